@@ -1,0 +1,3 @@
+from fazt.cli import main
+
+raise SystemExit(main())

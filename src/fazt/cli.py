@@ -1,0 +1,361 @@
+"""The `fazt` command: argument parsing only; the work is done by the layers below.
+
+Expected failures (bad input, missing database, port in use, wrong password)
+print one sentence on stderr and exit 1; no traceback reaches the user.
+"""
+
+import argparse
+import getpass
+import io
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+import zipfile
+
+from fazt import __version__
+from fazt.errors import FaztError
+
+
+def _db(args) -> str:
+    return args.db or os.environ.get("FAZT_DB") or os.path.expanduser("~/.fazt/data.db")
+
+
+def _frozen() -> bool:
+    return bool(getattr(sys, "frozen", False))
+
+
+def version_text() -> str:
+    build = "frozen single-file build" if _frozen() else "Python package"
+    return f"fazt {__version__} ({build}, Python {sys.version.split()[0]})"
+
+
+# -- server ------------------------------------------------------------------
+
+
+def cmd_init(args) -> int:
+    from fazt.instance import init_database
+
+    password = args.password
+    if password is None:
+        if not sys.stdin.isatty():
+            raise FaztError("Give the owner's password with --password.")
+        password = getpass.getpass("Password for the owner: ")
+    summary = init_database(_db(args), domain=args.domain, username=args.username,
+                            password=password, port=args.port, memory_mb=args.memory_mb,
+                            cpus=args.cpus)
+    m = summary["machine"]
+    print(f"Created {summary['db']} for {summary['domain']}.")
+    print(f"Machine: {m['ram_mb']:.0f} MB RAM, {m['cpus']:g} CPUs, {m['disk_gb']:.1f} GB free.")
+    _print_thresholds(summary["thresholds"])
+    print(f"Start it with: fazt server start --db {summary['db']}")
+    return 0
+
+
+def cmd_start(args) -> int:
+    from fazt.server import run
+
+    run(_db(args), args.host, args.port)
+    return 0
+
+
+def cmd_probe(args) -> int:
+    from fazt.stability import thresholds as th
+    from fazt.stability.probe import probe
+
+    machine = probe(args.db and _db(args), memory_mb=args.memory_mb, cpus=args.cpus)
+    result = th.compute(machine)
+    if args.json:
+        print(json.dumps({"machine": machine.as_dict(),
+                          "thresholds": th.thresholds_for(machine),
+                          "ledger": result["ledger"], "safe": result["safe"],
+                          "capabilities": result["capabilities"]}, indent=2))
+        return 0
+    print(f"RAM: {machine.ram_mb:.0f} MB   CPUs: {machine.cpus:g}   "
+          f"free disk: {machine.disk_gb:.1f} GB")
+    for what, where in machine.source.items():
+        print(f"  {what}: {where}")
+    ledger = result["ledger"]
+    print(f"Budget: {ledger['usable_mb']:.0f} MB usable, the thresholds allow "
+          f"{ledger['total_mb']:.0f} MB.")
+    _print_thresholds(th.thresholds_for(machine))
+    return 0
+
+
+def cmd_recalibrate(args) -> int:
+    from fazt.instance import recalibrate_database
+    from fazt.stability import thresholds as th
+    from fazt.store import open_database
+
+    db = open_database(_db(args))
+    machine, config = recalibrate_database(db, args.memory_mb, args.cpus)
+    db.close()
+    print(f"Re-probed: {machine.ram_mb:.0f} MB RAM, {machine.cpus:g} CPUs. "
+          "A running server picks the new thresholds up within seconds.")
+    _print_thresholds({k: config[k] for k in th.keys()})
+    return 0
+
+
+def cmd_status(args) -> int:
+    from fazt.instance import machine_for, mode_for
+    from fazt.stability import thresholds as th
+    from fazt.store import open_database
+    from fazt.store.config import active_overrides, load_config
+
+    db = open_database(_db(args))
+    with db.read() as conn:
+        config = {**th.defaults(), **load_config(conn)}
+        overrides = active_overrides(conn)
+    machine = machine_for(config, db.path)
+    size = db.size_bytes()
+    mode, ratio = mode_for(size, machine, float(config["maintenance_ratio"]))
+    db.close()
+    thresholds = {k: config[k] for k in th.keys()}
+    if args.json:
+        print(json.dumps({"mode": mode, "thresholds": thresholds, "overrides": overrides,
+                          "owner_keys": config.get("owner_keys") or [],
+                          "machine": machine.as_dict(),
+                          "db": {"path": db.path, "size_bytes": size, "ratio": ratio}}, indent=2))
+        return 0
+    print(f"Mode: {mode}")
+    print(f"Database: {db.path}, {size / 2**20:.1f} MB, {ratio:.3f}× RAM "
+          f"(maintenance above {config['maintenance_ratio']}×)")
+    marked = {o["key"] for o in overrides}
+    _print_thresholds(thresholds, marked)
+    if marked:
+        print("(!) = past its safe range, set with break glass")
+    return 0
+
+
+# -- sites -------------------------------------------------------------------
+
+
+def cmd_deploy(args) -> int:
+    if args.server:
+        return _deploy_remote(args)
+    from fazt.deploy import files_from_directory
+    from fazt.instance import deploy_site
+    from fazt.store import open_database
+
+    db = open_database(_db(args))
+    result = deploy_site(db, args.site, files_from_directory(args.directory))
+    db.close()
+    print(f"Deployed {result['files']} files ({result['bytes']} bytes) as site {args.site!r}.")
+    return 0
+
+
+def _deploy_remote(args) -> int:
+    from fazt.deploy import check_site_name, files_from_directory
+
+    check_site_name(args.site)
+    if not args.token:
+        raise FaztError("Deploying with --server needs --token (see `fazt token create`).")
+    files = files_from_directory(args.directory)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
+        for f in files:
+            archive.writestr(f.path, b"".join(f.pieces))
+    url = args.server.rstrip("/") + f"/api/deploy?site={args.site}"
+    request = urllib.request.Request(url, data=buf.getvalue(), method="POST", headers={
+        "Authorization": f"Bearer {args.token}", "Content-Type": "application/zip"})
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            result = json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read())["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = exc.reason
+        raise FaztError(f"The server refused the deploy ({exc.code}): {message}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise FaztError(f"Cannot reach {args.server}: {getattr(exc, 'reason', exc)}.") from None
+    print(f"Deployed {result.get('files', len(files))} files as site {args.site!r} "
+          f"on {args.server}.")
+    return 0
+
+
+def cmd_site_list(args) -> int:
+    from fazt.store import open_database
+    from fazt.store.sites import list_sites
+
+    db = open_database(_db(args))
+    with db.read() as conn:
+        sites = [s for s in list_sites(conn) if s["name"] != "admin"]
+    db.close()
+    if not sites:
+        print("No sites yet; deploy one with `fazt deploy DIR --site NAME`.")
+    for s in sites:
+        print(f"{s['name']:<24} {s['files']:>6} files {s['bytes']:>14,} bytes")
+    return 0
+
+
+def cmd_site_remove(args) -> int:
+    from fazt.deploy import check_site_name
+    from fazt.store import open_database
+    from fazt.store.sites import remove_site
+
+    check_site_name(args.name)
+    db = open_database(_db(args))
+    with db.write() as conn:
+        removed = remove_site(conn, args.name)
+    db.close()
+    if not removed:
+        raise FaztError(f"There is no site named {args.name!r}.")
+    print(f"Removed site {args.name!r}.")
+    return 0
+
+
+# -- config, tokens, backup -------------------------------------------------
+
+
+def cmd_config_get(args) -> int:
+    from fazt.stability import thresholds as th
+    from fazt.store import open_database
+    from fazt.store.config import load_config
+
+    db = open_database(_db(args))
+    with db.read() as conn:
+        config = {**th.defaults(), **load_config(conn)}
+    db.close()
+    shown = {k: v for k, v in config.items() if k != "admin_assets_sha"}
+    if args.key:
+        if args.key not in shown:
+            raise FaztError(f"Unknown setting {args.key!r}.")
+        print(json.dumps(shown[args.key]))
+        return 0
+    units = {s["key"]: s["unit"] for s in th.schema()}
+    for key in sorted(shown):
+        print(f"{key:<22} {json.dumps(shown[key])} {units.get(key, '')}".rstrip())
+    return 0
+
+
+def cmd_config_set(args) -> int:
+    from fazt.instance import machine_for, update_config
+    from fazt.stability import thresholds as th
+    from fazt.store import open_database
+    from fazt.store.config import load_config
+
+    db = open_database(_db(args))
+    with db.read() as conn:
+        config = {**th.defaults(), **load_config(conn)}
+    machine = machine_for(config, db.path)
+    config = update_config(db, config, machine, {args.key: args.value}, args.break_glass)
+    db.close()
+    print(f"{args.key} = {json.dumps(config[args.key])}"
+          + (" (break glass: recorded)" if args.break_glass else ""))
+    return 0
+
+
+def cmd_token_create(args) -> int:
+    from fazt.cockpit.tokens import create_token
+    from fazt.store import open_database
+
+    db = open_database(_db(args))
+    token = create_token(db, args.name)
+    db.close()
+    print(token)
+    print("Keep it now: it is shown only once.", file=sys.stderr)
+    return 0
+
+
+def cmd_backup(args) -> int:
+    from fazt.store import open_database
+
+    db = open_database(_db(args))
+    db.backup(args.out)
+    db.close()
+    print(f"Wrote a consistent copy of {db.path} to {args.out}.")
+    return 0
+
+
+def _print_thresholds(values: dict, marked: set | None = None) -> None:
+    from fazt.stability import thresholds as th
+
+    for s in th.schema():
+        flag = " (!)" if marked and s["key"] in marked else ""
+        print(f"  {s['label']:<34} {values.get(s['key'])!s:>8} {s['unit']}{flag}")
+
+
+# -- parsing -------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", help="database path (default: $FAZT_DB or ~/.fazt/data.db)")
+    hw = argparse.ArgumentParser(add_help=False)
+    hw.add_argument("--memory-mb", type=float, help="declare the container's RAM in MB")
+    hw.add_argument("--cpus", type=float, help="declare the container's CPUs")
+
+    p = argparse.ArgumentParser(prog="fazt", description="A personal PaaS in one file.")
+    p.add_argument("--version", action="version", version=version_text())
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    server = sub.add_parser("server", help="create, start, probe and inspect the server")
+    ss = server.add_subparsers(dest="server_command", required=True, metavar="ACTION")
+    s = ss.add_parser("init", parents=[common, hw], help="create the database")
+    s.add_argument("--domain", required=True)
+    s.add_argument("--username", required=True)
+    s.add_argument("--password", help="the owner's password (asked for when omitted)")
+    s.add_argument("--port", type=int, default=4698)
+    s.set_defaults(func=cmd_init)
+    s = ss.add_parser("start", parents=[common], help="boot and serve")
+    s.add_argument("--host", default="0.0.0.0")
+    s.add_argument("--port", type=int, help="default: the port given at init (4698)")
+    s.set_defaults(func=cmd_start)
+    s = ss.add_parser("probe", parents=[common, hw], help="show what the probe sees")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_probe)
+    s = ss.add_parser("recalibrate", parents=[common, hw], help="re-probe, rewrite thresholds")
+    s.set_defaults(func=cmd_recalibrate)
+    s = ss.add_parser("status", parents=[common], help="mode, thresholds, database size")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("deploy", parents=[common], help="upload a directory as a site")
+    s.add_argument("directory")
+    s.add_argument("--site", required=True)
+    s.add_argument("--server", help="deploy over HTTP to this cockpit URL instead")
+    s.add_argument("--token", help="API token for --server")
+    s.set_defaults(func=cmd_deploy)
+
+    site = sub.add_parser("site", help="list or remove sites")
+    st = site.add_subparsers(dest="site_command", required=True, metavar="ACTION")
+    st.add_parser("list", parents=[common]).set_defaults(func=cmd_site_list)
+    s = st.add_parser("remove", parents=[common])
+    s.add_argument("name")
+    s.set_defaults(func=cmd_site_remove)
+
+    config = sub.add_parser("config", help="read or write thresholds and settings")
+    ct = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    s = ct.add_parser("get", parents=[common])
+    s.add_argument("key", nargs="?")
+    s.set_defaults(func=cmd_config_get)
+    s = ct.add_parser("set", parents=[common])
+    s.add_argument("key")
+    s.add_argument("value")
+    s.add_argument("--break-glass", action="store_true",
+                   help="apply a value past its safe range (recorded)")
+    s.set_defaults(func=cmd_config_set)
+
+    token = sub.add_parser("token", help="API tokens for deploys over HTTP")
+    tt = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    s = tt.add_parser("create", parents=[common])
+    s.add_argument("--name", required=True)
+    s.set_defaults(func=cmd_token_create)
+
+    s = sub.add_parser("backup", parents=[common], help="write a consistent copy of the database")
+    s.add_argument("out")
+    s.set_defaults(func=cmd_backup)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except FaztError as exc:
+        print(f"fazt: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

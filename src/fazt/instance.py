@@ -1,0 +1,369 @@
+"""One fazt: the database, the pinned config and auth, the VFS and the runtime.
+
+Like Datasette's application object, this holds the state every request
+needs; the command line and the HTTP layers call into it. Boot happens in the
+quiet window before the port opens: config, secrets and the admin assets are
+read once into RAM, and from then on the cockpit never waits on the database.
+"""
+
+import hashlib
+import importlib.resources
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fazt import __version__
+from fazt.cockpit.auth import Auth, hash_password, new_session_key, token_hash
+from fazt.deploy import ADMIN_SITE, deploy, files_from_directory
+from fazt.errors import FaztError
+from fazt.metrics import RequestRate
+from fazt.stability import thresholds as th
+from fazt.stability.probe import Machine, probe
+from fazt.store import Database, open_database
+from fazt.store.config import (
+    active_overrides,
+    load_config,
+    load_secrets,
+    record_override,
+    save_config,
+    save_secret,
+    undo_overrides,
+)
+from fazt.store.database import Limits, create_database
+from fazt.store.sites import NewFile
+from fazt.vfs import VFS
+
+MB = 1024 * 1024
+DEFAULT_PORT = 4698
+NORMAL = "normal"
+MAINTENANCE = "maintenance"
+# Settings kept in the config table beside the thresholds.
+SETTING_KEYS = ("domain", "port", "declared_memory_mb", "declared_cpus", "owner_keys",
+                "admin_assets_sha")
+
+
+class Conflict(FaztError):
+    """A value past its safe limit, sent without break glass: 409."""
+
+    status = 409
+    code = "break_glass_required"
+
+
+def default_db_path() -> str:
+    return os.environ.get("FAZT_DB") or str(Path.home() / ".fazt" / "data.db")
+
+
+def package_dir(*parts: str) -> Path:
+    return Path(str(importlib.resources.files("fazt").joinpath(*parts)))
+
+
+def admin_asset_files() -> list[NewFile]:
+    """The dashboard and the simulator, as the reserved site `admin` stores them."""
+    files = files_from_directory(str(package_dir("cockpit", "assets")))
+    files += [
+        NewFile("simulator/" + f.path, f.mime, f.pieces)
+        for f in files_from_directory(str(package_dir("web_simulator")))
+    ]
+    return files
+
+
+def admin_assets_sha() -> str:
+    digest = hashlib.sha256(__version__.encode())
+    for folder in (package_dir("cockpit", "assets"), package_dir("web_simulator")):
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            digest.update(str(path.relative_to(folder)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def deploy_site(db: Database, name: str, files: list[NewFile]) -> dict:
+    """A user deploy: the site's JavaScript must compile before anything is written."""
+    from fazt.runtime import compile_check
+
+    return deploy(db, name, files, check=compile_check)
+
+
+def machine_for(config: dict, db_path: str, memory_mb: float | None = None,
+                cpus: float | None = None) -> Machine:
+    """Probe, with what the owner declared at init (or now) winning over what is seen."""
+    return probe(
+        db_path,
+        memory_mb=memory_mb or config.get("declared_memory_mb"),
+        cpus=cpus or config.get("declared_cpus"),
+    )
+
+
+def mode_for(db_size: int, machine: Machine, ratio_limit: float) -> tuple[str, float]:
+    ratio = db_size / (machine.ram_mb * MB)
+    return (MAINTENANCE if ratio > ratio_limit else NORMAL), ratio
+
+
+def init_database(path: str, *, domain: str, username: str, password: str,
+                  port: int = DEFAULT_PORT, memory_mb: float | None = None,
+                  cpus: float | None = None) -> dict:
+    """`fazt server init`: a new database with owner, thresholds and admin assets."""
+    if not domain or "/" in domain or " " in domain:
+        raise FaztError(f"{domain!r} is not a valid domain.")
+    if not username.strip():
+        raise FaztError("The username must not be empty.")
+    if len(password) < 8:
+        raise FaztError("The password must be at least 8 characters long.")
+    if os.path.exists(path):
+        raise FaztError(f"A database already exists at {path}; refusing to touch it.")
+    machine = probe(path, memory_mb=memory_mb, cpus=cpus)
+    thresholds = th.thresholds_for(machine)
+    db = create_database(path)
+    try:
+        with db.write() as conn:
+            save_config(conn, {**thresholds, "domain": domain.lower(), "port": port,
+                               "declared_memory_mb": memory_mb, "declared_cpus": cpus,
+                               "owner_keys": []})
+            save_secret(conn, "username", username)
+            save_secret(conn, "password_hash", hash_password(password))
+            save_secret(conn, "session_key", new_session_key())
+        refresh_admin_assets(db)
+    except BaseException:
+        db.close()
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(path + suffix):
+                os.unlink(path + suffix)
+        raise
+    db.close()
+    return {"db": path, "domain": domain, "machine": machine.as_dict(), "thresholds": thresholds}
+
+
+def refresh_admin_assets(db: Database) -> bool:
+    """Write the packaged admin assets into the database when they changed."""
+    sha = admin_assets_sha()
+    with db.read() as conn:
+        stored = load_config(conn).get("admin_assets_sha")
+    if stored == sha:
+        return False
+    deploy(db, ADMIN_SITE, admin_asset_files(), allow_reserved=True)
+    with db.write() as conn:
+        save_config(conn, {"admin_assets_sha": sha})
+    return True
+
+
+def update_config(db: Database, config: dict, machine: Machine, values: dict,
+                  break_glass: bool = False) -> dict:
+    """Check and write owner changes to thresholds; return the new config.
+
+    A wrong type or an insane value is refused outright (400); a value past its
+    safe range for this machine needs break glass (409) and is then recorded.
+    """
+    keys = set(th.keys())
+    unknown = sorted(k for k in values if k not in keys and k != "domain")
+    if unknown:
+        raise FaztError(f"Unknown setting {unknown[0]!r}; see `fazt config get`.")
+    merged = dict(config)
+    overrides, safe_again, coerced = [], [], {}
+    for key, value in values.items():
+        if key == "domain":
+            coerced[key] = str(value).lower()
+            continue
+        verdict = th.check(key, value, {k: merged[k] for k in keys}, machine)
+        if verdict.invalid:
+            raise FaztError(verdict.message)
+        merged[key] = coerced[key] = verdict.value
+        if verdict.needs_break_glass:
+            overrides.append((key, config.get(key), verdict.value, verdict.message))
+        else:
+            safe_again.append(key)
+    if overrides and not break_glass:
+        raise Conflict(" ".join(o[3] for o in overrides))
+    owner_keys = sorted(set(config.get("owner_keys") or []) | (set(coerced) - {"domain"}))
+    with db.write() as conn:
+        save_config(conn, {**coerced, "owner_keys": owner_keys})
+        for key in safe_again:
+            undo_overrides(conn, key)
+        for key, old, new, message in overrides:
+            undo_overrides(conn, key)
+            record_override(conn, key, old, new, message)
+    return {**merged, **coerced, "owner_keys": owner_keys}
+
+
+def recalibrate_database(db: Database, memory_mb: float | None = None,
+                         cpus: float | None = None) -> tuple[Machine, dict]:
+    """Re-probe and rewrite the thresholds; values the owner set stay as set."""
+    with db.read() as conn:
+        config = load_config(conn)
+    machine = machine_for(config, db.path, memory_mb, cpus)
+    fresh = th.thresholds_for(machine)
+    kept = set(config.get("owner_keys") or [])
+    values = {k: v for k, v in fresh.items() if k not in kept}
+    if memory_mb:
+        values["declared_memory_mb"] = memory_mb
+    if cpus:
+        values["declared_cpus"] = cpus
+    with db.write() as conn:
+        save_config(conn, values)
+        config = load_config(conn)
+    return machine, config
+
+
+@dataclass
+class Lanes:
+    """What the server lets the instance resize on a soft restart."""
+
+    resize: object  # callable(user_threads, cockpit_threads, connection_limit)
+
+
+class Instance:
+    """A booted fazt, ready to serve."""
+
+    def __init__(self, db_path: str):
+        self.db_path = db_path
+        self.db: Database | None = None
+        self.config: dict = {}
+        self.machine: Machine | None = None
+        self.mode = NORMAL
+        self.ratio = 0.0
+        self.vfs: VFS | None = None
+        self.auth: Auth | None = None
+        self.runtime = None
+        self.lanes: Lanes | None = None
+        self.overrides: list[dict] = []  # active break-glass changes, kept in RAM
+        self.rate = RequestRate()
+        self.started = time.time()
+        self._apply_lock = threading.RLock()
+        self._config_stamp = None
+
+    # -- boot --------------------------------------------------------------
+
+    def boot(self) -> "Instance":
+        """The quiet window: everything the cockpit needs goes into RAM."""
+        from fazt.runtime import Runtime  # the runtime imports QuickJS: only when serving
+
+        self.db = open_database(self.db_path)
+        refresh_admin_assets(self.db)
+        with self.db.read() as conn:
+            self.config = {**th.defaults(), **load_config(conn)}
+            secrets = load_secrets(conn)
+            tokens = {r[0] for r in conn.execute(
+                "SELECT token_hash FROM tokens WHERE revoked_at IS NULL")}
+            self._config_stamp = _config_stamp(conn)
+            self.overrides = active_overrides(conn)
+        if not {"username", "password_hash", "session_key"} <= secrets.keys():
+            raise FaztError(f"{self.db_path} has no owner; it was not made by `fazt server init`.")
+        self.auth = Auth(secrets["username"], secrets["password_hash"], secrets["session_key"],
+                         tokens)
+        self.machine = machine_for(self.config, self.db_path)
+        self.vfs = VFS(self.db, self._mb("vfs_cache_mb"), self._mb("large_file_mb"))
+        self.vfs.pin_site(ADMIN_SITE)
+        self.runtime = Runtime(self.db, slots=int(self.config["max_concurrent_js"]),
+                               memory_mb=float(self.config["js_memory_mb"]),
+                               timeout_ms=int(self.config["js_timeout_ms"]))
+        self.apply()
+        return self
+
+    def _mb(self, key: str) -> int:
+        return int(float(self.config[key]) * MB)
+
+    @property
+    def domain(self) -> str:
+        return self.config.get("domain", "localhost")
+
+    # -- soft restart --------------------------------------------------------
+
+    def apply(self) -> None:
+        """Resize everything to the current config without closing a connection."""
+        with self._apply_lock:
+            c = self.config
+            connections = int(c["user_threads"]) + int(c["cockpit_threads"]) + 2
+            cache_mb = float(c["sqlite_cache_mb"])
+            self.db.set_limits(Limits(cache_mb=cache_mb, heap_mb=cache_mb * connections + 8))
+            self.vfs.resize(self._mb("vfs_cache_mb"), self._mb("large_file_mb"))
+            self.runtime.resize(slots=int(c["max_concurrent_js"]),
+                                memory_mb=float(c["js_memory_mb"]),
+                                timeout_ms=int(c["js_timeout_ms"]))
+            if self.lanes is not None:
+                self.lanes.resize(int(c["user_threads"]), int(c["cockpit_threads"]),
+                                  int(c["connection_limit"]))
+            self.mode, self.ratio = mode_for(self.db.size_bytes(), self.machine,
+                                             float(c["maintenance_ratio"]))
+
+    def set_config(self, values: dict, break_glass: bool = False) -> dict:
+        self.config = update_config(self.db, self.config, self.machine, values, break_glass)
+        with self.db.read() as conn:
+            self.overrides = active_overrides(conn)
+        self.apply()
+        return self.config
+
+    def recalibrate(self) -> None:
+        """Re-probe, rewrite the thresholds, soft-restart (the button, the API, SIGHUP)."""
+        self.machine, config = recalibrate_database(self.db)
+        self.config = {**th.defaults(), **config}
+        self.apply()
+
+    def reload_if_changed(self) -> bool:
+        """Pick up config written by another process (`fazt config set`, `recalibrate`)."""
+        try:
+            with self.db.read() as conn:
+                stamp = _config_stamp(conn)
+                if stamp == self._config_stamp:
+                    return False
+                config = load_config(conn)
+                self.overrides = active_overrides(conn)
+        except FaztError:
+            return False  # the database is busy: try again at the next tick
+        self._config_stamp = stamp
+        if config.get("declared_memory_mb") != self.config.get("declared_memory_mb") or \
+                config.get("declared_cpus") != self.config.get("declared_cpus"):
+            self.machine = machine_for(config, self.db_path)
+        self.config = {**th.defaults(), **config}
+        self.apply()
+        return True
+
+    # -- owner operations -----------------------------------------------------
+
+    def check_token(self, token: str | None) -> bool:
+        """An API token: RAM first, then the database (a token made by the CLI)."""
+        if not token:
+            return False
+        if self.auth.check_token(token):
+            return True
+        digest = token_hash(token)
+        with self.db.read() as conn:
+            row = conn.execute("SELECT 1 FROM tokens WHERE token_hash = ? AND revoked_at IS NULL",
+                               (digest,)).fetchone()
+        if row:
+            self.auth.token_hashes.add(digest)
+        return bool(row)
+
+    def status(self) -> dict:
+        """What `GET /api/system/status` and `fazt server status` show."""
+        import psutil
+
+        c = self.config
+        thresholds = {k: c[k] for k in th.keys()}
+        ledger = th.ledger(thresholds, self.machine)
+        return {
+            "version": __version__,
+            "mode": self.mode,
+            "uptime_s": round(time.time() - self.started, 1),
+            "machine": self.machine.as_dict(),
+            "thresholds": thresholds,
+            "owner_keys": c.get("owner_keys") or [],
+            "overrides": self.overrides,
+            "memory": {
+                "rss_bytes": psutil.Process().memory_info().rss,
+                "budget_bytes": int(ledger["usable_mb"] * MB),
+                "ledger": ledger,
+            },
+            "cache": self.vfs.stats(),
+            "js": self.runtime.stats(),
+            "db": {"size_bytes": self.db.size_bytes(), "ratio": self.ratio,
+                   "maintenance_ratio": c["maintenance_ratio"]},
+            "requests": {"per_second": self.rate.per_second(), "total": self.rate.total},
+        }
+
+    def close(self) -> None:
+        if self.db is not None:
+            self.db.close()
+
+
+def _config_stamp(conn) -> tuple:
+    return tuple(conn.execute("SELECT COUNT(*), MAX(updated_at) FROM config").fetchone())

@@ -1,0 +1,169 @@
+"""`fazt server start`: boot in the quiet window, then serve with Waitress in two lanes.
+
+Boot order: open the database (maintenance check), hydrate the pinned map and
+RAM auth, and only then bind the port, so the first request already finds the
+cockpit in RAM.
+
+Connections: Waitress stops accepting at its connection limit, and lanes do
+not help a connection that was never accepted. So the server closes requests
+whose headers take longer than HEADER_TIMEOUT (slowloris), and when the limit
+is reached it makes room by closing the oldest connection that has not yet
+sent a whole request, instead of shutting everyone out.
+"""
+
+import errno
+import logging
+import signal
+import socket
+import sys
+import threading
+import time
+
+from waitress.adjustments import Adjustments
+from waitress.channel import HTTPChannel
+from waitress.server import TcpWSGIServer
+
+from fazt.app import Router
+from fazt.errors import FaztError
+from fazt.hosts import ADMIN, classify
+from fazt.instance import MB, Instance, Lanes
+from fazt.lanes import LaneDispatcher
+
+HEADER_TIMEOUT = 10.0  # seconds a client may take to send a request's headers
+CONFIG_POLL = 2.0  # seconds between looks for config written by another process
+log = logging.getLogger("fazt")
+
+
+class Channel(HTTPChannel):
+    """Remembers when the request now arriving began, for the header timeout."""
+
+    partial_since = 0.0
+
+    def received(self, data: bytes) -> bool:
+        if self.request is None:
+            self.partial_since = time.time()
+        return super().received(data)
+
+    def waiting_for_headers(self) -> bool:
+        return self.request is not None and not self.request.headers_finished
+
+
+class Server(TcpWSGIServer):
+    channel_class = Channel
+
+    def maintenance(self, now: float) -> None:
+        super().maintenance(now)
+        for channel in list(self.active_channels.values()):
+            if channel.waiting_for_headers() and now - channel.partial_since > HEADER_TIMEOUT:
+                channel.will_close = True
+
+    def handle_accept(self) -> None:
+        # Waitress's limit includes a reserve; past the owner's limit, make room.
+        if len(self.active_channels) >= self.soft_limit:
+            idle = [c for c in self.active_channels.values()
+                    if not c.requests and (c.request is None or c.waiting_for_headers())]
+            if idle:
+                oldest = min(idle, key=lambda c: c.last_activity)
+                oldest.handle_close()
+        super().handle_accept()
+
+    soft_limit = 100
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise FaztError(f"Port {port} is already in use on {host}; "
+                            "stop the other program or pick another --port.") from None
+        raise FaztError(f"Cannot listen on {host}:{port}: {exc.strerror}.") from None
+    sock.listen(1024)
+    return sock
+
+
+def make_server(instance: Instance, host: str, port: int, *, log_requests: bool = True) -> Server:
+    """A ready server on a bound port, not yet running."""
+    c = instance.config
+    lanes = LaneDispatcher(lambda h: classify(h, instance.domain).kind == ADMIN,
+                           int(c["user_threads"]), int(c["cockpit_threads"]))
+    sock = bind(host, port)
+    adj = Adjustments(
+        sockets=[sock],
+        threads=int(c["user_threads"]),
+        connection_limit=int(c["connection_limit"]) + 16,
+        channel_timeout=30,
+        cleanup_interval=2,
+        max_request_header_size=32 * 1024,
+        max_request_body_size=int(float(c["max_upload_mb"]) * MB) + 64 * 1024,
+        inbuf_overflow=64 * 1024,
+        outbuf_overflow=256 * 1024,
+        outbuf_high_watermark=1024 * 1024,
+        asyncore_use_poll=True,
+        ident="fazt",
+    )
+    server = Server(Router(instance, log=log_requests), {}, True, sock, dispatcher=lanes,
+                    adj=adj, bind_socket=False,
+                    sockinfo=(sock.family, sock.type, sock.proto, sock.getsockname()))
+    server.soft_limit = int(c["connection_limit"])
+    server.lanes = lanes
+
+    def resize(user_threads: int, cockpit_threads: int, connection_limit: int) -> None:
+        lanes.resize(user_threads, cockpit_threads)
+        adj.connection_limit = connection_limit + 16
+        adj.max_request_body_size = int(float(instance.config["max_upload_mb"]) * MB) + 64 * 1024
+        server.soft_limit = connection_limit
+
+    instance.lanes = Lanes(resize)
+    return server
+
+
+def run(db_path: str, host: str, port: int | None) -> None:
+    """Boot, serve until SIGINT/SIGTERM, stop cleanly."""
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
+                        format="%(name)s: %(message)s")
+    instance = Instance(db_path).boot()
+    port = port or int(instance.config.get("port") or 4698)
+    server = make_server(instance, host, port)
+    instance.db.mark_nonblocking_thread()  # this thread runs the event loop
+
+    def stop(signum, frame):
+        raise SystemExit(0)
+
+    def hup(signum, frame):
+        # Recalibration writes to the database: never on the event loop's thread.
+        threading.Thread(target=_safely, args=(instance.recalibrate,), daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, hup)
+    threading.Thread(target=_watch_config, args=(instance,), daemon=True).start()
+    d = instance.domain
+    sys.stderr.write(
+        f"fazt serving on http://{host}:{port} in {instance.mode} mode "
+        f"(sites: http://NAME.{d}:{port}, cockpit: http://admin.{d}:{port})\n")
+    sys.stderr.flush()
+    try:
+        server.run()
+    finally:
+        server.lanes.shutdown(timeout=5)
+        server.close()
+        instance.close()
+        sys.stderr.write("fazt stopped\n")
+
+
+def _watch_config(instance: Instance) -> None:
+    while True:
+        time.sleep(CONFIG_POLL)
+        _safely(instance.reload_if_changed)
+
+
+def _safely(action) -> None:
+    try:
+        action()
+    except Exception:  # a background duty must never kill the server
+        log.exception("background task failed")

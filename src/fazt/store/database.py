@@ -1,0 +1,216 @@
+"""Connections to the one SQLite file: one writer, many short readers.
+
+Readers are one connection per thread (threads are bounded by the lanes, so
+connections are too), in autocommit mode: every SELECT is its own short read
+transaction, so no reader pins a WAL snapshot for long. Writers share one
+connection behind a lock, so the process never fights itself for the write
+lock; `BEGIN IMMEDIATE` makes another process's writer wait `busy_timeout`.
+
+Every connection gets `cache_size`, `mmap_size=0` (the OS must not map a file
+far larger than RAM into us) and `busy_timeout`; the heap limit is process-wide.
+A change of limits bumps a generation number and each connection re-applies
+its PRAGMAs the next time its thread takes it.
+"""
+
+import contextlib
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from fazt.errors import FaztError, Unavailable
+from fazt.store.schema import migrate
+
+PAGE_SIZE = 8192  # 4096-byte pages cap a database near 17.6 TB; the target is 20 TB.
+
+
+@dataclass
+class Limits:
+    """The PRAGMAs taken from the `config` table."""
+
+    cache_mb: float = 2.0  # page cache of each connection
+    heap_mb: float = 0.0  # process-wide soft heap limit; 0 means none
+    busy_ms: int = 5000  # how long a reader or writer waits for a lock
+
+
+class Database:
+    """The fazt database file and its connections."""
+
+    def __init__(self, path: str, limits: Limits | None = None):
+        self.path = path
+        self.limits = limits or Limits()
+        self._generation = 0
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        self._writer: sqlite3.Connection | None = None
+        self._writer_generation = -1
+        self._nonblocking_thread: int | None = None
+
+    # -- connections -------------------------------------------------------
+
+    def _connect(self, busy_ms: int) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=busy_ms / 1000
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        self._apply(conn, busy_ms)
+        return conn
+
+    def _apply(self, conn: sqlite3.Connection, busy_ms: int) -> None:
+        conn.execute(f"PRAGMA cache_size=-{max(64, int(self.limits.cache_mb * 1024))}")
+        conn.execute("PRAGMA mmap_size=0")
+        conn.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
+        if self.limits.heap_mb:
+            conn.execute(f"PRAGMA soft_heap_limit={int(self.limits.heap_mb * 1024 * 1024)}")
+
+    def set_limits(self, limits: Limits) -> None:
+        """New PRAGMAs; each connection picks them up when next used."""
+        self.limits = limits
+        self._generation += 1
+
+    def mark_nonblocking_thread(self) -> None:
+        """The calling thread must never wait for a lock (Waitress's event loop).
+
+        Its reads fail at once with Unavailable instead of waiting.
+        """
+        self._nonblocking_thread = threading.get_ident()
+
+    def _reader(self) -> sqlite3.Connection:
+        local = self._local
+        conn = getattr(local, "conn", None)
+        busy = 0 if threading.get_ident() == self._nonblocking_thread else self.limits.busy_ms
+        if conn is None:
+            conn = local.conn = self._connect(busy)
+            local.generation = self._generation
+        elif local.generation != self._generation:
+            self._apply(conn, busy)
+            local.generation = self._generation
+        return conn
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """A connection for short reads on this thread (autocommit)."""
+        conn = self._reader()
+        with _translate_busy():
+            yield conn
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction through the single writer; rolls back on any error."""
+        with self._write_lock:
+            if self._writer is None:
+                self._writer = self._connect(self.limits.busy_ms)
+                self._writer_generation = self._generation
+            elif self._writer_generation != self._generation:
+                self._apply(self._writer, self.limits.busy_ms)
+                self._writer_generation = self._generation
+            conn = self._writer
+            with _translate_busy():
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close the writer and this thread's reader (others close with their threads)."""
+        with self._write_lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # -- whole-file operations -------------------------------------------
+
+    def size_bytes(self) -> int:
+        """The database's size on disk, its WAL included."""
+        total = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                total += os.path.getsize(self.path + suffix)
+        return total
+
+    def backup(self, out_path: str) -> None:
+        """A consistent copy through SQLite's online backup, written under a temporary
+        name and renamed into place, so `out_path` is either complete or absent."""
+        tmp = out_path + ".partial"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        try:
+            src = self._connect(self.limits.busy_ms)
+            dst = sqlite3.connect(tmp)
+            try:
+                with _translate_busy():
+                    src.backup(dst, pages=1024)
+                dst.execute("PRAGMA journal_mode=DELETE")
+            finally:
+                dst.close()
+                src.close()
+            os.replace(tmp, out_path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+
+@contextlib.contextmanager
+def _translate_busy() -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        text = str(exc).lower()
+        if "locked" in text or "busy" in text:
+            raise Unavailable("The database is busy; try again shortly.") from exc
+        raise
+
+
+def create_database(path: str) -> Database:
+    """Make a new database file; refuse one that exists (nothing is overwritten)."""
+    if os.path.exists(path):
+        raise FaztError(f"A database already exists at {path}; refusing to touch it.")
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    try:
+        # O_EXCL: two inits racing cannot both win.
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        raise FaztError(f"A database already exists at {path}; refusing to touch it.") from None
+    except OSError as exc:
+        raise FaztError(f"Cannot create the database at {path}: {exc.strerror}.") from None
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # must precede the first table
+        conn.execute("PRAGMA journal_mode=WAL")
+        migrate(conn)
+    except BaseException:
+        conn.close()
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path + suffix)
+        raise
+    conn.close()
+    return Database(path)
+
+
+def open_database(path: str, limits: Limits | None = None) -> Database:
+    """Open an existing database and bring its schema forward."""
+    if not os.path.isfile(path):
+        raise FaztError(f"No database at {path}; create one with `fazt server init`.")
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, timeout=5)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            migrate(conn)
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise FaztError(f"{path} is not a usable fazt database ({exc}).") from None
+    return Database(path, limits)

@@ -1,0 +1,114 @@
+"""The schema as a list of forward migrations.
+
+Each migration runs once, in its own transaction, and is recorded in
+`schema_migrations`; a database made by an older fazt is brought forward on
+open. Never edit a migration that has shipped: append a new one.
+"""
+
+import sqlite3
+import time
+
+MIGRATIONS: list[str] = [
+    # 1: the whole first schema.
+    """
+    CREATE TABLE config (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL,            -- JSON
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE overrides (            -- break-glass history
+        id INTEGER PRIMARY KEY,
+        key TEXT NOT NULL,
+        old_value TEXT,
+        new_value TEXT NOT NULL,
+        message TEXT NOT NULL,
+        at REAL NOT NULL,
+        undone_at REAL
+    );
+    CREATE TABLE secrets (              -- never shown by `config get`
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE tokens (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at REAL NOT NULL,
+        revoked_at REAL
+    );
+    CREATE TABLE blobs (                -- file contents, deduplicated by hash
+        id INTEGER PRIMARY KEY,
+        sha256 TEXT UNIQUE,
+        size INTEGER NOT NULL
+    );
+    CREATE TABLE chunks (               -- fixed-size pieces, GridFS style
+        blob_id INTEGER NOT NULL REFERENCES blobs(id),
+        n INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        UNIQUE (blob_id, n)
+    );
+    CREATE TABLE deploys (
+        id INTEGER PRIMARY KEY,
+        site TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        file_count INTEGER NOT NULL,
+        total_bytes INTEGER NOT NULL
+    );
+    CREATE TABLE sites (
+        name TEXT PRIMARY KEY,
+        deploy_id INTEGER NOT NULL REFERENCES deploys(id),
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE files (
+        deploy_id INTEGER NOT NULL REFERENCES deploys(id),
+        path TEXT NOT NULL,
+        blob_id INTEGER NOT NULL REFERENCES blobs(id),
+        mime TEXT NOT NULL,
+        PRIMARY KEY (deploy_id, path)
+    );
+    CREATE INDEX files_blob ON files(blob_id);
+    CREATE TABLE kv (
+        site TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (site, key)
+    );
+    """,
+]
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply every pending migration; return the schema version reached."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+    )
+    done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+    for version, script in enumerate(MIGRATIONS, start=1):
+        if version in done:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(script):
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+                (version, time.time()),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return len(MIGRATIONS)
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements (executescript would commit on its own)."""
+    parts, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            parts.append(current.strip())
+            current = ""
+    return [p for p in parts if p]

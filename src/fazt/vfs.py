@@ -1,0 +1,204 @@
+"""The virtual file system: a pinned map, a byte-capped LRU, and chunked streams.
+
+- Pinned: whole sites (the admin assets) loaded before the port opens and
+  never evicted; lookups there never touch the database.
+- Cached: contents of small files, keyed by SHA-256, evicted least recently
+  used first when the *bytes* held pass `vfs_cache_mb` (never by entry count).
+  A file above `large_file_mb` never enters it.
+- Streamed: large files are read one chunk per short read as the client
+  drains them, so memory stays at one chunk per download.
+"""
+
+import io
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from fazt.store import Database
+from fazt.store.files import CHUNK_SIZE, read_blob, read_chunk
+from fazt.store.sites import FileInfo, find_file, site_exists, site_files
+
+
+class ByteLRU:
+    """An LRU map whose capacity is a number of bytes, not of entries."""
+
+    def __init__(self, limit_bytes: int):
+        self.limit_bytes = limit_bytes
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            data = self._items.get(key)
+            if data is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return data
+
+    def put(self, key: str, data: bytes) -> None:
+        if len(data) > self.limit_bytes:
+            return
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.bytes -= len(old)
+            self._items[key] = data
+            self.bytes += len(data)
+            while self.bytes > self.limit_bytes:
+                _, evicted = self._items.popitem(last=False)
+                self.bytes -= len(evicted)
+
+    def resize(self, limit_bytes: int) -> None:
+        """Flush and re-cap (a soft restart): counters start again too."""
+        with self._lock:
+            self._items.clear()
+            self.bytes = 0
+            self.hits = self.misses = 0
+            self.limit_bytes = limit_bytes
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@dataclass(frozen=True)
+class PinnedFile:
+    info: FileInfo
+    data: bytes
+
+
+class VFS:
+    """Where site files come from: pinned RAM, the LRU, or the database."""
+
+    def __init__(self, db: Database, cache_bytes: int, large_file_bytes: int):
+        self.db = db
+        self.cache = ByteLRU(cache_bytes)
+        self.large_file_bytes = large_file_bytes
+        self._pinned: dict[str, dict[str, PinnedFile]] = {}
+        self.pinned_bytes = 0
+
+    def pin_site(self, site: str) -> int:
+        """Load every file of `site` into the pinned map; return its bytes."""
+        with self.db.read() as conn:
+            files = {
+                info.path: PinnedFile(info, read_blob(conn, info.blob_id))
+                for info in site_files(conn, site)
+            }
+        old = self._pinned.get(site, {})
+        self._pinned[site] = files
+        self.pinned_bytes += sum(len(f.data) for f in files.values())
+        self.pinned_bytes -= sum(len(f.data) for f in old.values())
+        return sum(len(f.data) for f in files.values())
+
+    def is_pinned(self, site: str) -> bool:
+        return site in self._pinned
+
+    def find(self, site: str, path: str) -> FileInfo | None:
+        pinned = self._pinned.get(site)
+        if pinned is not None:
+            entry = pinned.get(path)
+            return entry.info if entry else None
+        with self.db.read() as conn:
+            return find_file(conn, site, path)
+
+    def site_exists(self, site: str) -> bool:
+        if site in self._pinned:
+            return True
+        with self.db.read() as conn:
+            return site_exists(conn, site)
+
+    def is_large(self, info: FileInfo) -> bool:
+        return info.size > self.large_file_bytes
+
+    def content(self, site: str, info: FileInfo) -> bytes:
+        """The whole content of a small file, through the pinned map or the LRU."""
+        pinned = self._pinned.get(site)
+        if pinned is not None and info.path in pinned:
+            return pinned[info.path].data
+        data = self.cache.get(info.sha256)
+        if data is None:
+            with self.db.read() as conn:
+                data = read_blob(conn, info.blob_id)
+            if not self.is_large(info):
+                self.cache.put(info.sha256, data)
+        return data
+
+    def stream(self, info: FileInfo, start: int = 0, end: int | None = None) -> "ChunkStream":
+        return ChunkStream(self.db, info.blob_id, start, info.size if end is None else end)
+
+    def resize(self, cache_bytes: int, large_file_bytes: int) -> None:
+        self.cache.resize(cache_bytes)
+        self.large_file_bytes = large_file_bytes
+
+    def stats(self) -> dict:
+        return {
+            "bytes": self.cache.bytes,
+            "limit_bytes": self.cache.limit_bytes,
+            "entries": len(self.cache),
+            "pinned_bytes": self.pinned_bytes,
+            "hits": self.cache.hits,
+            "misses": self.cache.misses,
+            "large_file_bytes": self.large_file_bytes,
+        }
+
+
+class ChunkStream(io.RawIOBase):
+    """Bytes [start, end) of a blob as a seekable file, holding one chunk at a time.
+
+    Waitress's `wsgi.file_wrapper` reads it from its event loop as the socket
+    drains, so no worker thread waits for a slow client. There the database
+    connection is the non-blocking one: a locked database ends the download
+    instead of freezing the loop.
+    """
+
+    def __init__(self, db: Database, blob_id: int, start: int, end: int):
+        super().__init__()
+        self._db = db
+        self._blob_id = blob_id
+        self._start = start
+        self._end = end
+        self._pos = start
+        self._chunk_no = -1
+        self._chunk = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos - self._start
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: self._start, io.SEEK_CUR: self._pos, io.SEEK_END: self._end}[whence]
+        self._pos = min(max(self._start, base + offset), self._end)
+        return self.tell()
+
+    def read(self, size: int = -1) -> bytes:
+        if self._pos >= self._end:
+            return b""
+        n, offset = divmod(self._pos, CHUNK_SIZE)
+        if n != self._chunk_no:
+            self._chunk = b""  # drop the old chunk before loading the next
+            with self._db.read() as conn:
+                self._chunk = read_chunk(conn, self._blob_id, n)
+            self._chunk_no = n
+        stop = min(len(self._chunk), offset + (size if size >= 0 else len(self._chunk)),
+                   offset + self._end - self._pos)
+        data = self._chunk[offset:stop]
+        self._pos += len(data)
+        return data
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._chunk = b""
+        super().close()

@@ -1,0 +1,125 @@
+"""Shared fixtures: real databases made by the real `fazt` command, real servers on real sockets."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+PASSWORD = "correct horse battery"
+USERNAME = "owner"
+
+
+def fazt_env(**extra: str) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("FAZT_DB", None)
+    env.update(extra)
+    return env
+
+
+def fazt(*args: str, check: bool = True, env: dict | None = None, timeout: float = 120,
+         input: str | None = None) -> subprocess.CompletedProcess:
+    """Run the real command line in a subprocess."""
+    result = subprocess.run([sys.executable, "-m", "fazt", *args], capture_output=True,
+                            text=True, env=env or fazt_env(), timeout=timeout, input=input)
+    if check and result.returncode != 0:
+        raise AssertionError(f"fazt {' '.join(args)} failed ({result.returncode}):\n"
+                             f"{result.stdout}\n{result.stderr}")
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_db(path: Path, *extra: str) -> Path:
+    fazt("server", "init", "--db", str(path), "--domain", "example.test", "--username",
+         USERNAME, "--password", PASSWORD, "--memory-mb", "1024", "--cpus", "2", *extra)
+    return path
+
+
+class Server:
+    """`fazt server start` in a subprocess on a free port."""
+
+    def __init__(self, db: Path, env: dict | None = None, port: int | None = None):
+        self.db = db
+        self.port = port or free_port()
+        self.log_path = db.parent / f"server-{self.port}.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "fazt", "server", "start", "--db", str(db), "--host",
+             "127.0.0.1", "--port", str(self.port)],
+            stdout=self._log, stderr=subprocess.STDOUT, env=env or fazt_env())
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited early:\n{self.log()}")
+            try:
+                requests.get(self.url("/_fazt/health"), timeout=1)
+                return
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        raise AssertionError(f"server did not start:\n{self.log()}")
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def get(self, path: str = "/", host: str = "localhost", **kw) -> requests.Response:
+        headers = {"Host": host, **kw.pop("headers", {})}
+        return requests.get(self.url(path), headers=headers, timeout=kw.pop("timeout", 30), **kw)
+
+    def request(self, method: str, path: str, host: str = "admin.localhost", **kw
+                ) -> requests.Response:
+        headers = {"Host": host, **kw.pop("headers", {})}
+        return requests.request(method, self.url(path), headers=headers,
+                                timeout=kw.pop("timeout", 30), **kw)
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return init_db(tmp_path / "data.db")
+
+
+@pytest.fixture
+def site_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "site"
+    (root / "docs").mkdir(parents=True)
+    (root / "index.html").write_text("<h1>hello from fazt</h1>")
+    (root / "style.css").write_text("body { color: red }")
+    (root / "docs" / "index.html").write_text("<p>docs</p>")
+    (root / "data.bin").write_bytes(bytes(range(256)) * 64)
+    return root
+
+
+@pytest.fixture
+def server(db_path: Path):
+    srv = Server(db_path)
+    yield srv
+    srv.stop()

@@ -1,0 +1,113 @@
+"""The store: page size, WAL, migrations, chunks, atomic deploys."""
+
+import sqlite3
+
+import pytest
+
+from fazt.errors import FaztError
+from fazt.store import open_database
+from fazt.store.database import PAGE_SIZE, create_database
+from fazt.store.files import CHUNK_SIZE, put_blob, read_blob, read_chunk
+from fazt.store.schema import MIGRATIONS
+from fazt.store.sites import NewFile, find_file, list_sites, remove_site, replace_site
+
+
+@pytest.fixture
+def db(tmp_path):
+    database = create_database(str(tmp_path / "store.db"))
+    yield database
+    database.close()
+
+
+def test_new_database_has_big_pages_wal_and_schema_version(db):
+    conn = sqlite3.connect(db.path)
+    assert conn.execute("PRAGMA page_size").fetchone()[0] >= PAGE_SIZE >= 8192
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    versions = [r[0] for r in conn.execute("SELECT version FROM schema_migrations")]
+    assert versions == list(range(1, len(MIGRATIONS) + 1))
+
+
+def test_create_refuses_an_existing_file(tmp_path):
+    path = tmp_path / "x.db"
+    path.write_bytes(b"precious")
+    with pytest.raises(FaztError, match="already exists"):
+        create_database(str(path))
+    assert path.read_bytes() == b"precious"
+
+
+def test_open_refuses_missing_and_garbage(tmp_path):
+    with pytest.raises(FaztError, match="No database"):
+        open_database(str(tmp_path / "missing.db"))
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not sqlite at all" * 100)
+    with pytest.raises(FaztError, match="not a usable"):
+        open_database(str(junk))
+
+
+def test_connections_get_the_pragmas(db):
+    with db.read() as conn:
+        assert conn.execute("PRAGMA mmap_size").fetchone()[0] == 0
+        assert conn.execute("PRAGMA cache_size").fetchone()[0] == -int(db.limits.cache_mb * 1024)
+        assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == db.limits.busy_ms
+
+
+def test_blob_is_chunked_and_deduplicated(db):
+    data = bytes(range(256)) * (CHUNK_SIZE * 2 // 256 + 100)  # a bit over two chunks
+    with db.write() as conn:
+        blob = put_blob(conn, [data[i:i + 10_000] for i in range(0, len(data), 10_000)])
+        again = put_blob(conn, [data])
+    assert again.id == blob.id
+    with db.read() as conn:
+        n = conn.execute("SELECT COUNT(*) FROM chunks WHERE blob_id = ?", (blob.id,)).fetchone()[0]
+        assert n == 3
+        assert read_chunk(conn, blob.id, 1) == data[CHUNK_SIZE:2 * CHUNK_SIZE]
+        assert read_blob(conn, blob.id) == data
+        assert conn.execute("SELECT COUNT(*) FROM blobs").fetchone()[0] == 1
+
+
+def _files(**contents):
+    return [NewFile(path, "text/plain", [body.encode()]) for path, body in contents.items()]
+
+
+def test_failed_deploy_keeps_the_old_version(db):
+    with db.write() as conn:
+        replace_site(conn, "blog", _files(**{"index.html": "v1"}))
+
+    def broken():
+        yield b"half"
+        raise OSError("disk on fire")
+
+    with pytest.raises(OSError), db.write() as conn:
+        replace_site(conn, "blog", [NewFile("index.html", "text/html", [b"v2"]),
+                                    NewFile("b.txt", "text/plain", broken())])
+    with db.read() as conn:
+        info = find_file(conn, "blog", "index.html")
+        assert read_blob(conn, info.blob_id) == b"v1"
+        assert find_file(conn, "blog", "b.txt") is None
+
+
+def test_redeploy_and_remove_collect_unused_blobs(db):
+    with db.write() as conn:
+        replace_site(conn, "a", _files(**{"x": "one", "y": "shared"}))
+        replace_site(conn, "b", _files(**{"z": "shared"}))
+        replace_site(conn, "a", _files(**{"x": "two"}))
+    with db.read() as conn:
+        assert conn.execute("SELECT COUNT(*) FROM blobs").fetchone()[0] == 2  # two, shared
+        assert [s["name"] for s in list_sites(conn)] == ["a", "b"]
+    with db.write() as conn:
+        assert remove_site(conn, "b")
+        assert not remove_site(conn, "b")
+    with db.read() as conn:
+        assert conn.execute("SELECT COUNT(*) FROM blobs").fetchone()[0] == 1
+        assert conn.execute("SELECT COUNT(*) FROM chunks").fetchone()[0] == 1
+
+
+def test_backup_is_consistent_and_atomic(db, tmp_path):
+    with db.write() as conn:
+        replace_site(conn, "a", _files(**{"x": "one"}))
+    out = tmp_path / "copy.db"
+    db.backup(str(out))
+    copy = sqlite3.connect(out)
+    assert copy.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert copy.execute("SELECT name FROM sites").fetchall() == [("a",)]
+    assert not (tmp_path / "copy.db.partial").exists()

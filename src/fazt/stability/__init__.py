@@ -1,0 +1,1 @@
+"""Stability engine: the hardware probe and the thresholds it turns into."""

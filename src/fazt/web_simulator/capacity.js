@@ -1,0 +1,381 @@
+/*
+ * capacity.js: the ONE formula that turns a machine into fazt's thresholds.
+ *
+ * The server evaluates this file in QuickJS, the simulator page loads it with
+ * a <script> tag, and the tests run it in Node too, so the page and the server
+ * can never disagree. Plain ES2019 globals: no DOM, no modules, no Math.log or
+ * Math.pow (engines may round those differently), only + - * / and floor.
+ *
+ * All memory is in MB (MiB), disk in GB (GiB).
+ */
+
+/* The fixed costs of the process, measured (see DESIGN.md). */
+var FAZT_BASELINE_MB = 30;   // the interpreter with falcon, waitress, psutil, quickjs
+var FAZT_PINNED_MB = 2;      // admin assets + config, never evicted
+var FAZT_THREAD_MB = 0.25;   // one worker thread's stack and frame
+var FAZT_BUFFER_MB = 0.5;    // per open socket: Waitress in/out buffers + one 256 KiB chunk
+var FAZT_SAFETY_FACTOR = 0.7; // the seed: usable = (total - OS overhead) * 0.7
+
+/* The machine the schema defaults are computed for (a small VPS). */
+var FAZT_REFERENCE_MACHINE = { ram_mb: 1024, cpus: 1, disk_gb: 25 };
+
+/* The RAM consumers of the ledger, in the order the page stacks them. */
+var FAZT_LEDGER_ITEMS = [
+  { key: "baseline", label: "Python baseline" },
+  { key: "pinned", label: "Pinned admin assets" },
+  { key: "vfs_cache", label: "File cache (VFS)" },
+  { key: "sqlite", label: "SQLite page caches" },
+  { key: "js", label: "JavaScript slots" },
+  { key: "threads", label: "Worker threads" },
+  { key: "buffers", label: "Connection buffers" }
+];
+
+/*
+ * One entry per threshold. min/max is the sane hard range: a value outside it
+ * is refused even with break glass. `default` is filled in below from the
+ * formula for FAZT_REFERENCE_MACHINE, so it cannot drift from it.
+ */
+var FAZT_SCHEMA = [
+  {
+    key: "vfs_cache_mb", unit: "MB", label: "File cache", integer: true, min: 0, max: 1048576,
+    description: "RAM for recently served files; 15% of what is left after fixed costs, " +
+      "at most 4 GB, since past that the OS file cache does the job as well."
+  },
+  {
+    key: "large_file_mb", unit: "MB", label: "Large file size", integer: true, min: 1, max: 1024,
+    description: "Files above this never enter RAM and stream in chunks; 5 MB keeps one " +
+      "file a small slice of the cache and of each thread's memory."
+  },
+  {
+    key: "max_upload_mb", unit: "MB", label: "Largest upload", integer: true, min: 1, max: 1048576,
+    description: "Uploads spool to disk but the deploy writes them again in one transaction, " +
+      "so: a quarter of usable RAM and a twentieth of free disk, whichever is smaller."
+  },
+  {
+    key: "max_concurrent_js", unit: "slots", label: "JavaScript at once", integer: true,
+    min: 1, max: 1024,
+    description: "Handlers running at once (more get 429); two per CPU at most, because " +
+      "JavaScript burns CPU and more slots only make each one slower."
+  },
+  {
+    key: "js_memory_mb", unit: "MB", label: "JavaScript memory", integer: true, min: 1, max: 4096,
+    description: "Memory limit of one handler; 30% of what is left after fixed costs, shared " +
+      "by the slots, between 4 MB and 64 MB."
+  },
+  {
+    key: "js_timeout_ms", unit: "ms", label: "JavaScript time limit", integer: true,
+    min: 10, max: 600000,
+    description: "CPU time one handler may use; 3 s is long for a web request yet short " +
+      "enough that a runaway loop frees its slot quickly."
+  },
+  {
+    key: "sqlite_cache_mb", unit: "MB", label: "SQLite cache", integer: false,
+    min: 0.25, max: 65536,
+    description: "Page cache of EACH database connection (one per thread, plus two); 10% of " +
+      "what is left after fixed costs, split between the connections."
+  },
+  {
+    key: "user_threads", unit: "threads", label: "Site threads", integer: true, min: 1, max: 1024,
+    description: "Threads serving sites; one per 64 MB usable, at least 2, at most 16 per CPU " +
+      "and 64, since they mostly wait on sockets and disk."
+  },
+  {
+    key: "cockpit_threads", unit: "threads", label: "Cockpit threads", integer: true,
+    min: 1, max: 64,
+    description: "Threads reserved for the admin cockpit and login, which site traffic can " +
+      "never occupy; a quarter of the site threads, 1 to 4."
+  },
+  {
+    key: "maintenance_ratio", unit: "x RAM", label: "Maintenance ratio", integer: true,
+    min: 1, max: 1000000,
+    description: "Boot into maintenance (sites answer 503) when the database is larger than " +
+      "this many times the RAM: the seed's 100x marks where the machine starts to thrash."
+  },
+  {
+    key: "connection_limit", unit: "connections", label: "Open connections", integer: true,
+    min: 4, max: 100000,
+    description: "Sockets Waitress keeps open; each holds about 0.5 MB of buffers, so 8% of " +
+      "usable RAM, 8 to 1000 (select() cannot watch more than 1024)."
+  }
+];
+
+function fazt_clamp(value, low, high) {
+  return Math.min(high, Math.max(low, value));
+}
+
+/* Round to two decimals, so that the ledger reads cleanly and stays exact in JSON. */
+function fazt_round2(value) {
+  return Math.round(value * 100) / 100;
+}
+
+/* Round down to a quarter MB, the step of the SQLite cache. */
+function fazt_quarter(value) {
+  return Math.floor(value * 4) / 4;
+}
+
+function fazt_machine(machine) {
+  var m = machine || {};
+  var ram = Number(m.ram_mb), cpus = Number(m.cpus), disk = Number(m.disk_gb);
+  if (!isFinite(ram) || ram <= 0) { throw new TypeError("ram_mb must be a positive number"); }
+  if (!isFinite(cpus) || cpus <= 0) { throw new TypeError("cpus must be a positive number"); }
+  if (!isFinite(disk) || disk < 0) { throw new TypeError("disk_gb must be zero or more"); }
+  return { ram_mb: ram, cpus: cpus, disk_gb: disk };
+}
+
+/*
+ * What the operating system and its daemons take: 10% of RAM, at most 2 GB,
+ * faded in below 1 GB because a small host is usually a container whose limit
+ * covers this process alone (64 MB -> 0.4 MB, 256 MB -> 6.4 MB, 1 GB -> 102 MB).
+ */
+function fazt_os_overhead_mb(ram_mb) {
+  return fazt_round2(Math.min(2048, 0.1 * ram_mb * Math.min(1, ram_mb / 1024)));
+}
+
+/* The budget every threshold draws from: (RAM - OS overhead) * 0.7. */
+function fazt_usable_mb(ram_mb) {
+  return fazt_round2((ram_mb - fazt_os_overhead_mb(ram_mb)) * FAZT_SAFETY_FACTOR);
+}
+
+function fazt_schema_entry(key) {
+  for (var i = 0; i < FAZT_SCHEMA.length; i++) {
+    if (FAZT_SCHEMA[i].key === key) { return FAZT_SCHEMA[i]; }
+  }
+  return null;
+}
+
+/* Only the threshold keys, computed from the machine. */
+function fazt_compute(machine) {
+  var m = fazt_machine(machine);
+  var usable = fazt_usable_mb(m.ram_mb);
+  var cpus = m.cpus;
+
+  var user_threads = fazt_clamp(Math.floor(usable / 64), 2,
+    Math.max(2, Math.min(64, Math.floor(16 * cpus))));
+  var cockpit_threads = fazt_clamp(Math.floor(user_threads / 4), 1, 4);
+  var connections = user_threads + cockpit_threads + 2;
+  var connection_limit = fazt_clamp(Math.floor(usable * 0.08 / FAZT_BUFFER_MB), 8, 1000);
+
+  // What is left once the fixed costs, the threads and the buffers are paid.
+  var rest = usable - FAZT_BASELINE_MB - FAZT_PINNED_MB -
+    FAZT_THREAD_MB * connections - FAZT_BUFFER_MB * connection_limit;
+
+  var js_slots_by_cpu = Math.max(1, Math.floor(cpus * 2));
+  var js_budget = rest * 0.3;
+  var js_memory_mb = fazt_clamp(Math.floor(js_budget / js_slots_by_cpu), 4, 64);
+  var max_concurrent_js = fazt_clamp(Math.floor(js_budget / js_memory_mb), 1, js_slots_by_cpu);
+
+  var sqlite_cache_mb = fazt_clamp(fazt_quarter(rest * 0.1 / connections), 0.25, 64);
+
+  // The cache takes its share, but never more than what the others left.
+  var left = rest - max_concurrent_js * js_memory_mb - sqlite_cache_mb * connections;
+  var vfs_cache_mb = fazt_clamp(Math.floor(Math.min(rest * 0.15, left)), 1, 4096);
+
+  var disk_mb = m.disk_gb * 1024;
+  var max_upload_mb = Math.max(1, Math.floor(Math.min(usable / 4, disk_mb / 20)));
+
+  return {
+    vfs_cache_mb: vfs_cache_mb,
+    large_file_mb: 5,
+    max_upload_mb: max_upload_mb,
+    max_concurrent_js: max_concurrent_js,
+    js_memory_mb: js_memory_mb,
+    js_timeout_ms: 3000,
+    sqlite_cache_mb: sqlite_cache_mb,
+    user_threads: user_threads,
+    cockpit_threads: cockpit_threads,
+    maintenance_ratio: 100,
+    connection_limit: connection_limit
+  };
+}
+
+/* The thresholds given, with any missing key taken from the formula. */
+function fazt_complete(thresholds, machine) {
+  var full = fazt_compute(machine);
+  var given = thresholds || {};
+  for (var i = 0; i < FAZT_SCHEMA.length; i++) {
+    var key = FAZT_SCHEMA[i].key;
+    if (Object.prototype.hasOwnProperty.call(given, key)) { full[key] = given[key]; }
+  }
+  return full;
+}
+
+/*
+ * The memory the thresholds allow, item by item, against the budget. This is
+ * the invariant everything else leans on: total_mb <= usable_mb.
+ */
+function fazt_ledger(thresholds, machine) {
+  var m = fazt_machine(machine);
+  var t = fazt_complete(thresholds, m);
+  var threads = t.user_threads + t.cockpit_threads + 2;
+  var ledger = {
+    baseline: FAZT_BASELINE_MB,
+    pinned: FAZT_PINNED_MB,
+    vfs_cache: t.vfs_cache_mb,
+    sqlite: fazt_round2(t.sqlite_cache_mb * threads),
+    js: t.max_concurrent_js * t.js_memory_mb,
+    threads: fazt_round2(FAZT_THREAD_MB * threads),
+    buffers: fazt_round2(FAZT_BUFFER_MB * t.connection_limit)
+  };
+  var total = 0;
+  for (var i = 0; i < FAZT_LEDGER_ITEMS.length; i++) { total += ledger[FAZT_LEDGER_ITEMS[i].key]; }
+  var overhead = fazt_os_overhead_mb(m.ram_mb);
+  var usable = fazt_usable_mb(m.ram_mb);
+  ledger.total_mb = fazt_round2(total);
+  ledger.usable_mb = usable;
+  ledger.ram_mb = m.ram_mb;
+  ledger.os_overhead_mb = overhead;
+  ledger.safety_margin_mb = fazt_round2(m.ram_mb - overhead - usable);
+  ledger.headroom_mb = fazt_round2(usable - ledger.total_mb);
+  return ledger;
+}
+
+/*
+ * The safe range of each threshold for this machine and these thresholds:
+ * above max needs break glass. A memory-bearing threshold may grow by the
+ * ledger's headroom converted to its unit; never is the current value unsafe
+ * by its own range (the ledger check catches an over-budget configuration).
+ */
+function fazt_safe(thresholds, machine) {
+  var m = fazt_machine(machine);
+  var t = fazt_complete(thresholds, m);
+  var usable = fazt_usable_mb(m.ram_mb);
+  var headroom = Math.max(0, usable - fazt_ledger(t, m).total_mb);
+  var per_thread = FAZT_THREAD_MB + t.sqlite_cache_mb;
+  var connections = t.user_threads + t.cockpit_threads + 2;
+  var limits = {
+    vfs_cache_mb: [0, t.vfs_cache_mb + Math.floor(headroom)],
+    large_file_mb: [1, Math.min(256, Math.floor(headroom / (t.user_threads + t.cockpit_threads)))],
+    max_upload_mb: [1, Math.floor(Math.min(usable / 2, m.disk_gb * 1024 / 10))],
+    max_concurrent_js: [1, Math.min(t.max_concurrent_js + Math.floor(headroom / t.js_memory_mb),
+      Math.floor(m.cpus * 8))],
+    js_memory_mb: [4, t.js_memory_mb + Math.floor(headroom / t.max_concurrent_js)],
+    js_timeout_ms: [100, 30000],
+    sqlite_cache_mb: [0.25, t.sqlite_cache_mb + fazt_quarter(headroom / connections)],
+    user_threads: [2, Math.min(t.user_threads + Math.floor(headroom / per_thread),
+      Math.floor(m.cpus * 64))],
+    cockpit_threads: [1, Math.min(t.cockpit_threads + Math.floor(headroom / per_thread), 16)],
+    maintenance_ratio: [1, 1000],
+    connection_limit: [8, Math.min(t.connection_limit + Math.floor(headroom / FAZT_BUFFER_MB),
+      1000)]
+  };
+  var safe = {};
+  for (var i = 0; i < FAZT_SCHEMA.length; i++) {
+    var s = FAZT_SCHEMA[i], value = t[s.key], range = limits[s.key];
+    var low = Math.max(s.min, Math.min(range[0], value));
+    var high = Math.min(s.max, Math.max(range[1], value));
+    safe[s.key] = [low, high];
+  }
+  return safe;
+}
+
+/* What the simulator shows a visitor: rough, honest estimates. */
+function fazt_capabilities(t, machine, ledger) {
+  var m = fazt_machine(machine);
+  // One Python process is bound by its GIL: past about two cores, more CPUs
+  // do not add throughput. About 800 cached small files a second per core.
+  var small_file_rps = Math.round(800 * Math.min(m.cpus, 2));
+  // A browsing visitor keeps about two connections open and asks for about
+  // half a page asset a second.
+  var concurrent_users = Math.max(1, Math.min(Math.floor(t.connection_limit / 2),
+    small_file_rps * 2));
+  return {
+    max_upload_mb: t.max_upload_mb,
+    concurrent_users: concurrent_users,
+    small_file_rps: small_file_rps,
+    concurrent_js: t.max_concurrent_js,
+    js_memory_mb: t.js_memory_mb,
+    vfs_cache_mb: t.vfs_cache_mb,
+    maintenance_db_gb: fazt_round2(m.ram_mb * t.maintenance_ratio / 1024),
+    memory_budget_mb: ledger.usable_mb,
+    within_budget: ledger.total_mb <= ledger.usable_mb
+  };
+}
+
+/* The thresholds for a machine, with their ledger, safe ranges and capabilities. */
+function fazt_thresholds(machine) {
+  var m = fazt_machine(machine);
+  var result = fazt_compute(m);
+  var ledger = fazt_ledger(result, m);
+  var safe = fazt_safe(result, m);
+  var capabilities = fazt_capabilities(result, m, ledger);
+  result.ledger = ledger;
+  result.safe = safe;
+  result.capabilities = capabilities;
+  return result;
+}
+
+function fazt_percent_over(value, limit) {
+  if (limit <= 0) { return 100; }
+  return Math.round((value - limit) / limit * 100);
+}
+
+/*
+ * Whether `key` may be set to `value` on this machine, given the other
+ * thresholds: invalid (refused even with break glass), needs break glass
+ * (outside the safe range, or more memory than the budget), or ok.
+ */
+function fazt_check(key, value, thresholds, machine) {
+  var m = fazt_machine(machine);
+  var s = fazt_schema_entry(key);
+  var current = fazt_complete(thresholds, m);
+  var before = fazt_ledger(current, m);
+  var result = {
+    ok: false, needs_break_glass: false, invalid: true, message: "",
+    ledger_total_mb: before.total_mb, usable_mb: before.usable_mb
+  };
+  if (s === null) {
+    result.message = "There is no threshold named " + JSON.stringify(String(key)) + ".";
+    return result;
+  }
+  var kind = s.integer ? "a whole number" : "a number";
+  var wrong = typeof value !== "number" || !isFinite(value) ||
+    (s.integer && Math.floor(value) !== value) || value < s.min || value > s.max;
+  if (wrong) {
+    result.message = s.key + " must be " + kind + " from " + s.min + " to " + s.max +
+      " " + s.unit + "; " + JSON.stringify(value === undefined ? null : value) +
+      " is refused even with break glass.";
+    return result;
+  }
+  result.invalid = false;
+
+  var changed = fazt_complete(current, m);
+  changed[key] = value;
+  var after = fazt_ledger(changed, m);
+  var range = fazt_safe(current, m)[key];
+  result.ledger_total_mb = after.total_mb;
+
+  var reasons = [];
+  if (value > range[1]) {
+    reasons.push(s.label + " " + value + " " + s.unit + " is past the safe maximum of " +
+      range[1] + " " + s.unit + " for this machine (" +
+      fazt_percent_over(value, range[1]) + "% over).");
+  } else if (value < range[0]) {
+    reasons.push(s.label + " " + value + " " + s.unit + " is below the safe minimum of " +
+      range[0] + " " + s.unit + " for this machine.");
+  }
+  var over_budget = after.total_mb > after.usable_mb && after.total_mb > before.total_mb;
+  if (over_budget) {
+    reasons.push("This allows " + Math.round(after.total_mb) + " MB against a budget of " +
+      Math.round(after.usable_mb) + " MB: " + fazt_percent_over(after.total_mb, after.usable_mb) +
+      "% over, the process may be killed for lack of memory.");
+  }
+  if (reasons.length > 0) {
+    result.needs_break_glass = true;
+    result.message = reasons.join(" ") + " Confirm with break glass to apply it anyway.";
+  } else {
+    result.ok = true;
+    result.message = s.label + " " + value + " " + s.unit + " is within the safe range (" +
+      range[0] + " to " + range[1] + " " + s.unit + "); this allows " +
+      Math.round(after.total_mb) + " MB against a budget of " + Math.round(after.usable_mb) +
+      " MB.";
+  }
+  return result;
+}
+
+/* Fill in each schema default from the formula for the reference machine. */
+(function () {
+  var reference = fazt_compute(FAZT_REFERENCE_MACHINE);
+  for (var i = 0; i < FAZT_SCHEMA.length; i++) {
+    FAZT_SCHEMA[i]["default"] = reference[FAZT_SCHEMA[i].key];
+  }
+}());

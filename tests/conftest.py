@@ -1,5 +1,6 @@
 """Shared fixtures: real databases made by the real `fazt` command, real servers on real sockets."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -86,6 +87,15 @@ class Server:
         return requests.request(method, self.url(path), headers=headers,
                                 timeout=kw.pop("timeout", 30), **kw)
 
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls, db: Path, **kw):
+        srv = cls(db, **kw)
+        try:
+            yield srv
+        finally:
+            srv.stop()
+
     def log(self) -> str:
         self._log.flush()
         return self.log_path.read_text(errors="replace")
@@ -123,3 +133,30 @@ def server(db_path: Path):
     srv = Server(db_path)
     yield srv
     srv.stop()
+
+
+@pytest.fixture
+def instance(db_path: Path):
+    """A booted fazt in this process (the same object the server runs)."""
+    from fazt.instance import Instance
+
+    inst = Instance(str(db_path)).boot()
+    yield inst
+    inst.close()
+
+
+@pytest.fixture
+def client(instance):
+    """falcon.testing against the whole WSGI app, Host routing included."""
+    from falcon import testing
+
+    from fazt.app import Router
+
+    return testing.TestClient(Router(instance, log=False))
+
+
+def deploy_dir(instance, name: str, root: Path) -> dict:
+    from fazt.deploy import files_from_directory
+    from fazt.instance import deploy_site
+
+    return deploy_site(instance.db, name, files_from_directory(str(root)))

@@ -91,13 +91,13 @@ class SiteResource:
     def _send(self, req: falcon.Request, resp: falcon.Response, site: str, info: FileInfo) -> None:
         etag = f'"{info.sha256}"'
         resp.set_header("ETag", etag)
-        resp.set_header("Accept-Ranges", "bytes")
-        resp.content_type = info.mime
         resp.cache_control = (["no-cache"] if info.mime.startswith("text/html")
                               else ["public", "max-age=300"])
         if _matches(req.get_header("If-None-Match"), etag):
             resp.status = falcon.HTTP_304
             return
+        resp.set_header("Accept-Ranges", "bytes")
+        resp.content_type = info.mime
         wanted = parse_range(req.get_header("Range"), info.size)
         if_range = req.get_header("If-Range")
         if if_range and if_range.strip() != etag:

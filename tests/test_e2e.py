@@ -1,0 +1,205 @@
+"""The real `fazt` command in subprocesses and a real server on a real socket."""
+
+import hashlib
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+import requests
+from conftest import PASSWORD, USERNAME, Server, fazt, fazt_env, init_db
+
+
+def test_version():
+    out = fazt("--version").stdout
+    assert out.startswith("fazt ") and "Python package" in out
+
+
+def test_init_deploy_start_fetch(db_path, site_dir, tmp_path):
+    out = fazt("deploy", str(site_dir), "--site", "blog", "--db", str(db_path)).stdout
+    assert "Deployed 4 files" in out
+    assert "blog" in fazt("site", "list", "--db", str(db_path)).stdout
+    srv = Server(db_path)
+    try:
+        r = srv.get("/", host="blog.localhost")
+        assert r.status_code == 200 and r.text == "<h1>hello from fazt</h1>"
+        assert srv.get("/", host="blog.example.test").text == "<h1>hello from fazt</h1>"
+        assert srv.get("/_fazt/health").json() == {"status": "ok", "mode": "normal"}
+        assert srv.get("/", host="nope.localhost").status_code == 404
+        # a redeploy switches at once; a removal answers 404
+        (site_dir / "index.html").write_text("v2")
+        fazt("deploy", str(site_dir), "--site", "blog", "--db", str(db_path))
+        assert srv.get("/", host="blog.localhost").text == "v2"
+        fazt("site", "remove", "blog", "--db", str(db_path))
+        assert srv.get("/", host="blog.localhost").status_code == 404
+    finally:
+        assert srv.stop() == 0
+    assert "GET /" in srv.log()  # one line a request
+    # nothing but the database (and SQLite's own files) beside it
+    assert {p.name for p in db_path.parent.iterdir() if p.name.startswith("data.db")} <= {
+        "data.db", "data.db-wal", "data.db-shm"}
+
+
+def test_db_path_resolution(tmp_path, site_dir):
+    env = fazt_env(FAZT_DB=str(tmp_path / "env.db"))
+    fazt("server", "init", "--domain", "d.test", "--username", "u", "--password", "password1",
+         "--memory-mb", "512", env=env)
+    assert (tmp_path / "env.db").exists()
+    home = tmp_path / "home"
+    home.mkdir()
+    env = fazt_env(HOME=str(home))
+    fazt("server", "init", "--domain", "d.test", "--username", "u", "--password", "password1",
+         "--memory-mb", "512", env=env)
+    assert (home / ".fazt" / "data.db").exists()
+
+
+def _fails(*args, env=None):
+    result = fazt(*args, check=False, env=env)
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr
+    message = result.stderr.strip()
+    assert message.startswith("fazt: ") and "\n" not in message
+    return message
+
+
+def test_expected_failures_are_one_sentence(db_path, site_dir, tmp_path):
+    assert "already exists" in _fails("server", "init", "--db", str(db_path), "--domain", "x",
+                                      "--username", "u", "--password", "password1")
+    assert "No database" in _fails("server", "start", "--db", str(tmp_path / "none.db"))
+    assert "No database" in _fails("site", "list", "--db", str(tmp_path / "none.db"))
+    assert "not a directory" in _fails("deploy", str(tmp_path / "nowhere"), "--site", "a",
+                                       "--db", str(db_path))
+    assert "not a valid site name" in _fails("deploy", str(site_dir), "--site", "Bad_Name",
+                                             "--db", str(db_path))
+    assert "reserved" in _fails("deploy", str(site_dir), "--site", "admin", "--db", str(db_path))
+    assert "no site named" in _fails("site", "remove", "ghost", "--db", str(db_path))
+    assert "at least 8" in _fails("server", "init", "--db", str(tmp_path / "n.db"), "--domain",
+                                  "x.test", "--username", "u", "--password", "short")
+    assert not (tmp_path / "n.db").exists()
+
+
+def test_symlink_outside_is_refused_and_old_version_kept(db_path, site_dir, tmp_path):
+    fazt("deploy", str(site_dir), "--site", "blog", "--db", str(db_path))
+    secret = tmp_path / "secret.txt"
+    secret.write_text("top secret")
+    os.symlink(secret, site_dir / "leak.txt")
+    (site_dir / "index.html").write_text("new version")
+    assert "outside" in _fails("deploy", str(site_dir), "--site", "blog", "--db", str(db_path))
+    with Server.running(db_path) as srv:
+        assert srv.get("/", host="blog.localhost").text == "<h1>hello from fazt</h1>"
+        assert srv.get("/leak.txt", host="blog.localhost").status_code == 404
+
+
+def test_port_in_use(db_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        message = _fails("server", "start", "--db", str(db_path), "--host", "127.0.0.1",
+                         "--port", str(port))
+        assert "in use" in message
+
+
+def test_sigterm_stops_cleanly(server):
+    assert server.get("/_fazt/health").status_code == 200
+    assert server.stop() == 0
+    assert "fazt stopped" in server.log()
+
+
+def _rss_sampler(pid: int, stop: threading.Event, peak: list[int]) -> None:
+    proc = psutil.Process(pid)
+    while not stop.is_set():
+        peak[0] = max(peak[0], proc.memory_info().rss)
+        time.sleep(0.02)
+
+
+def test_large_file_streams_with_flat_memory(tmp_path):
+    """200 MB through a real socket, fast and slow: the server's RSS grows by < 20 MB."""
+    db = init_db(tmp_path / "data.db")
+    root = tmp_path / "big"
+    root.mkdir()
+    block = os.urandom(1 << 20)
+    digest = hashlib.sha256()
+    with open(root / "movie.bin", "wb") as f:
+        for _ in range(200):
+            f.write(block)
+            digest.update(block)
+    fazt("deploy", str(root), "--site", "big", "--db", str(db))
+    with Server.running(db) as srv:
+        srv.get("/_fazt/health")
+        base = psutil.Process(srv.proc.pid).memory_info().rss
+        peak, stop = [base], threading.Event()
+        sampler = threading.Thread(target=_rss_sampler, args=(srv.proc.pid, stop, peak))
+        sampler.start()
+        try:
+            r = srv.get("/movie.bin", host="big.localhost", stream=True)
+            got = hashlib.sha256()
+            for piece in r.iter_content(1 << 20):
+                got.update(piece)
+            assert got.hexdigest() == digest.hexdigest()
+            # a slow client: reads a little, then sleeps, for a few seconds
+            slow = srv.get("/movie.bin", host="big.localhost", stream=True)
+            raw = slow.raw
+            for _ in range(20):
+                assert raw.read(64 * 1024)
+                time.sleep(0.1)
+            slow.close()
+        finally:
+            stop.set()
+            sampler.join()
+    growth = (peak[0] - base) / 2**20
+    assert growth < 20, f"RSS grew by {growth:.1f} MB while streaming"
+
+
+def test_sigkill_mid_deploy_keeps_the_old_version(db_path, site_dir, tmp_path):
+    fazt("deploy", str(site_dir), "--site", "blog", "--db", str(db_path))
+    big = tmp_path / "big"
+    big.mkdir()
+    for i in range(150):
+        (big / f"f{i:03}.bin").write_bytes(os.urandom(1 << 20))
+    proc = subprocess.Popen([sys.executable, "-m", "fazt", "deploy", str(big), "--site", "blog",
+                             "--db", str(db_path)], env=fazt_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wal = str(db_path) + "-wal"
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(wal) and os.path.getsize(wal) > 20 << 20:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the deploy finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()
+    with Server.running(db_path) as srv:
+        assert srv.get("/", host="blog.localhost").text == "<h1>hello from fazt</h1>"
+        assert srv.get("/f000.bin", host="blog.localhost").status_code == 404
+
+
+def test_config_set_reaches_a_running_server(server, db_path):
+    session = requests.Session()
+    r = session.post(server.url("/api/login"), json={"username": USERNAME, "password": PASSWORD},
+                     headers={"Host": "admin.localhost", "X-Fazt-Request": "1"})
+    assert r.status_code == 200
+    fazt("config", "set", "vfs_cache_mb", "16", "--db", str(db_path))
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        status = session.get(server.url("/api/system/status"),
+                             headers={"Host": "admin.localhost"}).json()
+        if status["thresholds"]["vfs_cache_mb"] == 16:
+            break
+        time.sleep(0.3)
+    assert status["thresholds"]["vfs_cache_mb"] == 16
+    assert status["cache"]["limit_bytes"] == 16 * 2**20
+
+
+@pytest.mark.parametrize("value", ["-5", "abc", "1e30"])
+def test_config_set_refuses_insane_values(db_path, value):
+    _fails("config", "set", "vfs_cache_mb", value, "--break-glass", "--db", str(db_path))

@@ -1,0 +1,153 @@
+"""Static serving, in-process through the whole WSGI app: routing, headers, ranges, traversal."""
+
+import pytest
+from conftest import deploy_dir
+
+H = {"Host": "blog.localhost"}
+
+
+@pytest.fixture
+def blog(instance, site_dir):
+    deploy_dir(instance, "blog", site_dir)
+    return site_dir
+
+
+def get(client, path, host="blog.localhost", **headers):
+    return client.simulate_get(path, headers={"Host": host, **headers})
+
+
+def test_index_and_directories(client, blog):
+    r = get(client, "/")
+    assert r.status_code == 200 and r.text == "<h1>hello from fazt</h1>"
+    assert r.headers["content-type"] == "text/html; charset=utf-8"
+    assert r.headers["cache-control"] == "no-cache"
+    assert get(client, "/docs/").text == "<p>docs</p>"
+    r = get(client, "/docs")
+    assert r.status_code == 301 and r.headers["location"] == "/docs/"
+
+
+def test_static_headers(client, blog):
+    r = get(client, "/style.css")
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "text/css; charset=utf-8"
+    assert r.headers["content-length"] == str(len("body { color: red }"))
+    assert r.headers["etag"].startswith('"') and len(r.headers["etag"]) == 66
+    assert "max-age" in r.headers["cache-control"]
+
+
+def test_if_none_match_gives_304(client, blog):
+    etag = get(client, "/style.css").headers["etag"]
+    r = get(client, "/style.css", **{"If-None-Match": etag})
+    assert r.status_code == 304 and r.content == b""
+    assert get(client, "/style.css", **{"If-None-Match": '"other"'}).status_code == 200
+
+
+def test_head_has_headers_and_no_body(client, blog):
+    r = client.simulate_head("/data.bin", headers=H)
+    assert r.status_code == 200 and r.content == b""
+    assert r.headers["content-length"] == str(256 * 64)
+
+
+@pytest.mark.parametrize("header,status,span", [
+    ("bytes=0-9", 206, (0, 10)),
+    ("bytes=100-", 206, (100, 16384)),
+    ("bytes=-16", 206, (16368, 16384)),
+    ("bytes=16000-99999", 206, (16000, 16384)),
+    ("bytes=16384-", 416, None),
+    ("bytes=-0", 416, None),
+    ("bytes=abc", 200, (0, 16384)),       # malformed: ignored, whole file
+    ("bytes=0-1,5-6", 200, (0, 16384)),   # several ranges: whole file
+    ("bytes=9-3", 200, (0, 16384)),       # invalid: ignored
+])
+def test_ranges(client, blog, header, status, span):
+    body = (blog / "data.bin").read_bytes()
+    r = get(client, "/data.bin", Range=header)
+    assert r.status_code == status
+    if status == 416:
+        assert r.headers["content-range"] == f"bytes */{len(body)}"
+        return
+    assert r.content == body[span[0]:span[1]]
+    if status == 206:
+        assert r.headers["content-range"] == f"bytes {span[0]}-{span[1] - 1}/{len(body)}"
+
+
+def test_if_range_with_a_stale_etag_sends_everything(client, blog):
+    r = get(client, "/data.bin", Range="bytes=0-9", **{"If-Range": '"stale"'})
+    assert r.status_code == 200 and len(r.content) == 256 * 64
+
+
+@pytest.mark.parametrize("path", [
+    "/../conftest.py", "/%2e%2e/%2e%2e/etc/passwd", "/docs/../../x", "/a\\..\\b",
+    "/%00index.html", "//etc/passwd/..",
+])
+def test_traversal_never_leaves_the_site(client, blog, path):
+    r = get(client, path)
+    assert r.status_code in (400, 404)
+    assert "root:" not in r.text and "import" not in r.text
+
+
+def test_unknown_site_and_host(client, blog):
+    r = get(client, "/", host="nosuch.localhost")
+    assert r.status_code == 404 and r.json["error"]["code"] == "no_such_site"
+    r = get(client, "/", host="evil.example.com")
+    assert r.status_code == 404 and r.json["error"]["code"] == "unknown_host"
+    r = get(client, "/", host="a.b.localhost")
+    assert r.status_code == 404
+
+
+def test_browsers_get_a_page_and_apis_get_json(client, blog):
+    r = get(client, "/missing.html", Accept="text/html,*/*")
+    assert r.status_code == 404 and r.headers["content-type"].startswith("text/html")
+    assert "Traceback" not in r.text and "<h1>404" in r.text
+    r = get(client, "/missing.html")
+    assert r.json["error"]["code"] == "not_found"
+
+
+def test_root_domain_serves_site_root(client, instance, site_dir):
+    deploy_dir(instance, "root", site_dir)
+    assert get(client, "/", host="example.test").text == "<h1>hello from fazt</h1>"
+    assert get(client, "/", host="localhost:4698").text == "<h1>hello from fazt</h1>"
+
+
+def test_health_on_every_host(client):
+    for host in ("localhost", "admin.localhost", "x.example.test", "nowhere.org"):
+        r = get(client, "/_fazt/health", host=host)
+        assert r.status_code == 200 and r.json == {"status": "ok", "mode": "normal"}
+
+
+def test_post_to_a_static_file_is_405(client, blog):
+    r = client.simulate_post("/index.html", headers=H)
+    assert r.status_code == 405 and r.json["error"]["code"] == "method_not_allowed"
+
+
+def test_small_files_are_cached_by_bytes(client, instance, tmp_path):
+    """Serve 3x the cache's size in small files: the cache never holds more than its cap."""
+    cap = 64 * 1024
+    instance.vfs.resize(cap, instance.vfs.large_file_bytes)
+    root = tmp_path / "many"
+    root.mkdir()
+    for i in range(48):  # 48 × 4 KiB = 192 KiB = 3 × cap
+        (root / f"f{i}.txt").write_bytes(bytes([i]) * 4096)
+    deploy_dir(instance, "many", root)
+    for _ in range(2):
+        for i in range(48):
+            r = get(client, f"/f{i}.txt", host="many.localhost")
+            assert r.content == bytes([i]) * 4096
+            stats = instance.vfs.stats()
+            assert stats["bytes"] <= cap
+    assert stats["entries"] == cap // 4096
+    assert stats["misses"] >= 48
+
+
+def test_large_files_never_enter_the_cache(client, instance, tmp_path):
+    instance.vfs.resize(64 * 2**20, 1 * 2**20)  # large_file_mb = 1
+    root = tmp_path / "large"
+    root.mkdir()
+    body = bytes(range(256)) * (3 * 2**20 // 256)
+    (root / "big.bin").write_bytes(body)
+    deploy_dir(instance, "large", root)
+    r = get(client, "/big.bin", host="large.localhost")
+    assert r.content == body
+    assert instance.vfs.stats()["bytes"] == 0
+    r = get(client, "/big.bin", host="large.localhost", Range="bytes=262140-262150")
+    assert r.content == body[262140:262151]  # across a chunk boundary

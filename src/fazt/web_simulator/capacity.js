@@ -60,7 +60,7 @@ var FAZT_SCHEMA = [
   {
     key: "js_memory_mb", unit: "MB", label: "JavaScript memory", integer: true, min: 1, max: 4096,
     description: "Memory limit of one handler; 30% of what is left after fixed costs, shared " +
-      "by the slots, between 4 MB and 64 MB."
+      "by the slots, 4 to 64 MB (16 MB or more once the budget allows, with fewer slots)."
   },
   {
     key: "js_timeout_ms", unit: "ms", label: "JavaScript time limit", integer: true,
@@ -161,7 +161,9 @@ function fazt_compute(machine) {
 
   var js_slots_by_cpu = Math.max(1, Math.floor(cpus * 2));
   var js_budget = rest * 0.3;
-  var js_memory_mb = fazt_clamp(Math.floor(js_budget / js_slots_by_cpu), 4, 64);
+  // Fewer slots rather than starved ones: a handler gets 16 MB when the budget allows.
+  var js_memory_mb = fazt_clamp(Math.max(Math.floor(js_budget / js_slots_by_cpu),
+    Math.min(16, Math.floor(js_budget))), 4, 64);
   var max_concurrent_js = fazt_clamp(Math.floor(js_budget / js_memory_mb), 1, js_slots_by_cpu);
 
   var sqlite_cache_mb = fazt_clamp(fazt_quarter(rest * 0.1 / connections), 0.25, 64);

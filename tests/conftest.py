@@ -160,3 +160,28 @@ def deploy_dir(instance, name: str, root: Path) -> dict:
     from fazt.instance import deploy_site
 
     return deploy_site(instance.db, name, files_from_directory(str(root)))
+
+
+class Admin:
+    """A signed-in owner talking to the cockpit API of a running server."""
+
+    def __init__(self, server: Server):
+        self.server = server
+        self.session = requests.Session()
+        self.session.headers.update({"Host": "admin.localhost", "X-Fazt-Request": "1"})
+        r = self.post("/api/login", json={"username": USERNAME, "password": PASSWORD})
+        assert r.status_code == 200, r.text
+
+    def get(self, path: str, **kw) -> requests.Response:
+        return self.session.get(self.server.url(path), timeout=kw.pop("timeout", 30), **kw)
+
+    def post(self, path: str, **kw) -> requests.Response:
+        return self.session.post(self.server.url(path), timeout=kw.pop("timeout", 60), **kw)
+
+    def put(self, path: str, **kw) -> requests.Response:
+        return self.session.put(self.server.url(path), timeout=kw.pop("timeout", 30), **kw)
+
+    def status(self) -> dict:
+        r = self.get("/api/system/status")
+        assert r.status_code == 200, r.text
+        return r.json()

@@ -112,7 +112,9 @@ class VFS:
             return site_exists(conn, site)
 
     def is_large(self, info: FileInfo) -> bool:
-        return info.size > self.large_file_bytes
+        """Streamed rather than held whole: above large_file_mb, or above the whole cache
+        (on a tiny host a file the cache could never keep is not worth a thread's RAM)."""
+        return info.size > min(self.large_file_bytes, self.cache.limit_bytes)
 
     def content(self, site: str, info: FileInfo) -> bytes:
         """The whole content of a small file, through the pinned map or the LRU."""

@@ -1,0 +1,185 @@
+"""The stability engine end to end: maintenance mode, recalibration under load, a real cgroup."""
+
+import hashlib
+import http.client
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from conftest import Admin, Server, fazt, fazt_env, free_port, init_db
+
+
+def _wait(predicate, timeout=15.0, every=0.2):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    return predicate()
+
+
+def test_maintenance_mode_end_to_end(tmp_path):
+    """A database larger than maintenance_ratio × RAM boots into maintenance; the cockpit
+    still works and a backup downloads; raising the ratio and recalibrating brings sites back."""
+    db = tmp_path / "data.db"
+    fazt("server", "init", "--db", str(db), "--domain", "example.test", "--username", "owner",
+         "--password", "correct horse battery", "--memory-mb", "64", "--cpus", "1")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("<p>welcome</p>")
+    with open(site / "blob.bin", "wb") as f:
+        for _ in range(72):
+            f.write(os.urandom(1 << 20))  # 72 MB of data: more than 1 × 64 MB of RAM
+    fazt("deploy", str(site), "--site", "shop", "--db", str(db))
+    fazt("config", "set", "maintenance_ratio", "1", "--db", str(db), "--break-glass")
+    with Server.running(db) as srv:
+        assert srv.get("/_fazt/health").json() == {"status": "ok", "mode": "maintenance"}
+        r = srv.get("/", host="shop.localhost", headers={"Accept": "text/html"})
+        assert r.status_code == 503 and int(r.headers["Retry-After"]) > 0
+        assert "maintenance" in r.text.lower()
+        admin = Admin(srv)
+        status = admin.status()
+        assert status["mode"] == "maintenance" and status["db"]["ratio"] > 1
+        backup = admin.get("/api/backup", timeout=120)
+        assert backup.status_code == 200
+        copy = tmp_path / "backup.db"
+        copy.write_bytes(backup.content)
+        conn = sqlite3.connect(copy)
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert ("shop",) in conn.execute("SELECT name FROM sites").fetchall()
+        conn.close()
+        # the way out: raise the ratio and recalibrate (from the command line)
+        fazt("config", "set", "maintenance_ratio", "1000", "--db", str(db), "--break-glass")
+        fazt("server", "recalibrate", "--db", str(db))
+        assert _wait(lambda: srv.get("/_fazt/health").json()["mode"] == "normal")
+        assert srv.get("/", host="shop.localhost").text == "<p>welcome</p>"
+
+
+def _slow_download(srv: Server, path: str, out: dict) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60)
+    conn.request("GET", path, headers={"Host": "big.localhost"})
+    resp = conn.getresponse()
+    digest = hashlib.sha256()
+    while piece := resp.read(256 * 1024):
+        digest.update(piece)
+        time.sleep(0.02)  # about 12 MB/s: a download that spans the recalibrations
+    out["status"] = resp.status
+    out["sha"] = digest.hexdigest()
+    conn.close()
+
+
+def test_recalibration_drops_no_connection(tmp_path):
+    db = init_db(tmp_path / "data.db")
+    root = tmp_path / "big"
+    root.mkdir()
+    data = os.urandom(1 << 20) * 40
+    (root / "file.bin").write_bytes(data)
+    (root / "index.html").write_text("hi")
+    fazt("deploy", str(root), "--site", "big", "--db", str(db))
+    with Server.running(db) as srv:
+        admin = Admin(srv)
+        before = admin.status()
+        result: dict = {}
+        downloader = threading.Thread(target=_slow_download, args=(srv, "/file.bin", result))
+        downloader.start()
+        keepalive = [http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+                     for _ in range(4)]
+        ports = []
+        for conn in keepalive:
+            conn.request("GET", "/", headers={"Host": "big.localhost"})
+            assert conn.getresponse().read() == b"hi"
+            ports.append(conn.sock.getsockname()[1])
+        # three ways to recalibrate: the API, the command line (new machine size), SIGHUP
+        assert admin.post("/api/system/recalibrate").status_code == 200
+        fazt("server", "recalibrate", "--db", str(db), "--memory-mb", "2048", "--cpus", "2")
+        assert _wait(lambda: admin.status()["machine"]["ram_mb"] == 2048)
+        srv.proc.send_signal(signal.SIGHUP)
+        after = admin.status()
+        assert after["thresholds"]["user_threads"] >= before["thresholds"]["user_threads"]
+        for conn, port in zip(keepalive, ports, strict=True):
+            conn.request("GET", "/", headers={"Host": "big.localhost"})
+            assert conn.getresponse().read() == b"hi"
+            assert conn.sock.getsockname()[1] == port  # the same connection, not a new one
+            conn.close()
+        downloader.join(timeout=120)
+        assert result.get("status") == 200
+        assert result.get("sha") == hashlib.sha256(data).hexdigest()
+
+
+def test_sighup_rewrites_thresholds(tmp_path):
+    db = init_db(tmp_path / "data.db")
+    with Server.running(db) as srv:
+        admin = Admin(srv)
+        probed = admin.status()["thresholds"]["vfs_cache_mb"]
+        conn = sqlite3.connect(db)
+        with conn:
+            conn.execute("UPDATE config SET value = '7', updated_at = updated_at + 1"
+                         " WHERE key = 'vfs_cache_mb'")
+        conn.close()
+        assert _wait(lambda: admin.status()["thresholds"]["vfs_cache_mb"] == 7)
+        srv.proc.send_signal(signal.SIGHUP)
+        assert _wait(lambda: admin.status()["thresholds"]["vfs_cache_mb"] == probed)
+        assert admin.status()["cache"]["limit_bytes"] == probed * 2**20
+
+
+CGROUP = Path("/sys/fs/cgroup/memory")
+
+
+def _make_cgroup(limit_mb: int) -> Path:
+    if not (CGROUP / "cgroup.procs").exists() or os.geteuid() != 0:
+        pytest.skip("no writable cgroup v1 memory controller here")
+    group = CGROUP / f"fazt-test-{uuid.uuid4().hex[:8]}"
+    try:
+        group.mkdir()
+        (group / "memory.limit_in_bytes").write_text(str(limit_mb << 20))
+    except OSError as exc:
+        pytest.skip(f"cannot make a memory cgroup: {exc}")
+    return group
+
+
+def test_inside_a_real_256_mb_cgroup(tmp_path):
+    group = _make_cgroup(256)
+    db = tmp_path / "data.db"
+    port = free_port()
+    enter = f'echo $$ > {group}/cgroup.procs && exec "$@"'
+    env = fazt_env()
+    try:
+        subprocess.run(["sh", "-c", enter, "sh", sys.executable, "-m", "fazt", "server", "init",
+                        "--db", str(db), "--domain", "example.test", "--username", "owner",
+                        "--password", "correct horse battery"], check=True, env=env,
+                       capture_output=True)
+        proc = subprocess.Popen(["sh", "-c", enter, "sh", sys.executable, "-m", "fazt", "server",
+                                 "start", "--db", str(db), "--host", "127.0.0.1", "--port",
+                                 str(port)], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        srv = Server.__new__(Server)
+        srv.port, srv.proc, srv.db = port, proc, db
+        srv.log_path = tmp_path / "log"
+        srv.log_path.write_text("")
+        srv._log = open(srv.log_path, "wb")
+        try:
+            srv.wait_ready()
+            status = Admin(srv).status()
+            assert status["machine"]["ram_mb"] == 256
+            ledger = status["memory"]["ledger"]
+            assert ledger["total_mb"] <= ledger["usable_mb"] < 256
+            assert status["memory"]["rss_bytes"] < status["memory"]["budget_bytes"]
+            assert srv.get("/_fazt/health").json()["status"] == "ok"
+        finally:
+            srv.stop()
+        assert int((group / "memory.failcnt").read_text()) == 0
+    finally:
+        for _ in range(50):
+            try:
+                group.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)

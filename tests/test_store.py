@@ -111,3 +111,40 @@ def test_backup_is_consistent_and_atomic(db, tmp_path):
     assert copy.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert copy.execute("SELECT name FROM sites").fetchall() == [("a",)]
     assert not (tmp_path / "copy.db.partial").exists()
+
+
+def test_nonblocking_thread_fails_fast_on_a_locked_database(db):
+    import threading
+    import time
+
+    from fazt.errors import Unavailable
+
+    with db.read() as conn:  # a connection made before the thread is marked
+        conn.execute("SELECT 1").fetchone()
+    db.mark_nonblocking_thread()
+    holder = sqlite3.connect(db.path, isolation_level=None, check_same_thread=False)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    holder.execute("SELECT COUNT(*) FROM config").fetchone()
+    try:
+        began = time.monotonic()
+        with pytest.raises(Unavailable), db.read() as conn:
+            conn.execute("SELECT COUNT(*) FROM sites").fetchone()
+        assert time.monotonic() - began < 1.0
+        errors = []
+
+        def other_thread():  # an ordinary reader waits, then gives up with Unavailable
+            db.limits.busy_ms = 300
+            try:
+                with db.read() as conn:
+                    conn.execute("SELECT COUNT(*) FROM sites").fetchone()
+            except Unavailable as exc:
+                errors.append(exc)
+
+        t = threading.Thread(target=other_thread)
+        t.start()
+        t.join()
+        assert len(errors) == 1
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()

@@ -77,6 +77,10 @@ class Database:
         Its reads fail at once with Unavailable instead of waiting.
         """
         self._nonblocking_thread = threading.get_ident()
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:  # opened during boot with the normal busy timeout
+            conn.close()
+            self._local.conn = None
 
     def _reader(self) -> sqlite3.Connection:
         local = self._local
@@ -93,29 +97,29 @@ class Database:
     @contextlib.contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
         """A connection for short reads on this thread (autocommit)."""
-        conn = self._reader()
         with _translate_busy():
-            yield conn
+            yield self._reader()
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction through the single writer; rolls back on any error."""
         with self._write_lock:
-            if self._writer is None:
-                self._writer = self._connect(self.limits.busy_ms)
-                self._writer_generation = self._generation
-            elif self._writer_generation != self._generation:
-                self._apply(self._writer, self.limits.busy_ms)
-                self._writer_generation = self._generation
-            conn = self._writer
             with _translate_busy():
+                if self._writer is None:
+                    self._writer = self._connect(self.limits.busy_ms)
+                    self._writer_generation = self._generation
+                elif self._writer_generation != self._generation:
+                    self._apply(self._writer, self.limits.busy_ms)
+                    self._writer_generation = self._generation
+                conn = self._writer
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     yield conn
+                    conn.execute("COMMIT")
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    if conn.in_transaction:  # also after a failed COMMIT (a full disk)
+                        conn.execute("ROLLBACK")
                     raise
-                conn.execute("COMMIT")
 
     def close(self) -> None:
         """Close the writer and this thread's reader (others close with their threads)."""

@@ -203,3 +203,30 @@ def test_config_set_reaches_a_running_server(server, db_path):
 @pytest.mark.parametrize("value", ["-5", "abc", "1e30"])
 def test_config_set_refuses_insane_values(db_path, value):
     _fails("config", "set", "vfs_cache_mb", value, "--break-glass", "--db", str(db_path))
+
+
+def test_slow_downloads_hold_no_worker_thread(tmp_path):
+    """Twice as many stalled large downloads as user threads: small requests still answer."""
+    db = init_db(tmp_path / "data.db")
+    fazt("config", "set", "user_threads", "2", "--db", str(db))
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "index.html").write_text("small")
+    (root / "big.bin").write_bytes(os.urandom(1 << 20) * 20)
+    fazt("deploy", str(root), "--site", "media", "--db", str(db))
+    with Server.running(db) as srv:
+        stalled = []
+        try:
+            for _ in range(4):
+                s = socket.create_connection(("127.0.0.1", srv.port))
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                s.sendall(b"GET /big.bin HTTP/1.1\r\nHost: media.localhost\r\n\r\n")
+                assert s.recv(1024).startswith(b"HTTP/1.1 200")
+                stalled.append(s)  # and never read again
+            for _ in range(10):
+                began = time.time()
+                assert srv.get("/", host="media.localhost", timeout=5).text == "small"
+                assert time.time() - began < 1.0
+        finally:
+            for s in stalled:
+                s.close()

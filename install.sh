@@ -99,14 +99,9 @@ unit_dir=$(absolute "$unit_dir")
 target="$prefix/fazt"
 db_dir=$(dirname "$db")
 
-# Prints a command (the password masked), then runs it unless --dry-run.
+# Prints a command, then runs it unless --dry-run.
 run() {
-    local shown=() masked=0 arg
-    for arg in "$@"; do
-        if [ "$masked" = 1 ]; then shown+=("********"); masked=0; else shown+=("$arg"); fi
-        [ "$arg" = --password ] && masked=1
-    done
-    echo "+ ${shown[*]}"
+    echo "+ $*"
     if [ "$dry_run" = 0 ]; then
         "$@"
     fi
@@ -174,10 +169,11 @@ else
         password=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
         generated=1
     fi
-    init_args=(--db "$db" --domain "$domain" --username "$username" --password "$password")
+    # The password travels in the environment, never on a command line that `ps` shows.
+    init_args=(--db "$db" --domain "$domain" --username "$username")
     [ -n "$port" ] && init_args+=(--port "$port")
     run mkdir -p "$db_dir"
-    run fazt server init "${init_args[@]}" "${hw_args[@]}"
+    FAZT_PASSWORD="$password" run fazt server init "${init_args[@]}" "${hw_args[@]}"
     if [ "$generated" = 1 ]; then
         if [ "$dry_run" = 1 ]; then
             echo "A password would be generated for $username and printed once."

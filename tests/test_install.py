@@ -95,7 +95,7 @@ def test_dry_run_prints_the_plan_and_changes_nothing(tmp_path: Path, stand_in: P
     assert "Dry run" in out
     assert f"+ install -m 755 {stand_in} {p['prefix']}/fazt.new" in out
     assert f"+ fazt server probe --db {p['db']}" in out
-    assert "+ fazt server init --db" in out and "--password ********" in out
+    assert "+ fazt server init --db" in out and "--password" not in out
     assert "not shown anywhere" not in out
     assert f"Writing {p['units']}/fazt.service" in out
 

@@ -37,10 +37,10 @@ def version_text() -> str:
 def cmd_init(args) -> int:
     from fazt.instance import init_database
 
-    password = args.password
+    password = args.password or os.environ.get("FAZT_PASSWORD")
     if password is None:
         if not sys.stdin.isatty():
-            raise FaztError("Give the owner's password with --password.")
+            raise FaztError("Give the owner's password with --password or $FAZT_PASSWORD.")
         password = getpass.getpass("Password for the owner: ")
     summary = init_database(_db(args), domain=args.domain, username=args.username,
                             password=password, port=args.port, memory_mb=args.memory_mb,
@@ -296,7 +296,8 @@ def parser() -> argparse.ArgumentParser:
     s = ss.add_parser("init", parents=[common, hw], help="create the database")
     s.add_argument("--domain", required=True)
     s.add_argument("--username", required=True)
-    s.add_argument("--password", help="the owner's password (asked for when omitted)")
+    s.add_argument("--password",
+                   help="the owner's password (else $FAZT_PASSWORD, else asked for)")
     s.add_argument("--port", type=int, default=4698)
     s.set_defaults(func=cmd_init)
     s = ss.add_parser("start", parents=[common], help="boot and serve")

@@ -100,6 +100,7 @@ class Auth:
         self.token_hashes = set(token_hashes or ())
         self.limiter = LoginLimiter()
         self._lock = threading.Lock()
+        self._revoked: dict[str, int] = {}  # signed out sessions -> when they expire anyway
 
     def check_password(self, username: str, password: str) -> bool:
         # Always run the slow hash, so a wrong username costs as long as a wrong password.
@@ -118,11 +119,27 @@ class Auth:
         body, _, signature = token.rpartition(".")
         if not hmac.compare_digest(signature, self._sign(body)):
             return False
+        if signature in self._revoked:
+            return False
         user, _, expires = body.partition(".")
         try:
             return int(expires) > (now or time.time()) and _unb64(user) == self.username.encode()
         except ValueError:
             return False
+
+    def revoke(self, token: str, now: float | None = None) -> None:
+        """Log out one session: a copy of its cookie stops working too.
+
+        Kept in RAM until the session would have expired anyway; a restart
+        forgets it, which is why "log out everywhere" rotates the key instead.
+        """
+        if not self.check_session(token, now):
+            return
+        body, _, signature = token.rpartition(".")
+        moment = now or time.time()
+        with self._lock:
+            self._revoked = {s: e for s, e in self._revoked.items() if e > moment}
+            self._revoked[signature] = int(body.rpartition(".")[2])
 
     def rotate(self, new_key: str) -> None:
         """Log out everywhere: every session signed with the old key stops working."""

@@ -1,0 +1,50 @@
+"""The cockpit: the dashboard and the admin API on admin.D.
+
+Everything a sign-in or a status check needs is already in RAM (the pinned
+dashboard, the password hash, the session key, the config), and the server
+serves this app from its own lane of threads, so the owner gets in even
+while user traffic or a locked database stalls every site.
+
+Middleware order matters: authentication first (401 says "sign in" before
+anything else), then the cross-site guard, and security headers on the way out
+of every response.
+"""
+
+import falcon
+
+from fazt.app import new_falcon_app
+from fazt.cockpit import resources as r
+from fazt.cockpit.backup import Backup
+from fazt.cockpit.csrf import CrossSiteGuard
+from fazt.cockpit.dashboard import Dashboard
+from fazt.cockpit.headers import SecurityHeaders
+from fazt.cockpit.session import Authentication
+from fazt.cockpit.upload import Deploy
+from fazt.instance import Instance
+
+
+def cockpit_app(instance: Instance) -> falcon.App:
+    """The cockpit's Falcon app; the Router sends it every request for admin.D."""
+    app = new_falcon_app(instance)
+    for middleware in (Authentication(instance), CrossSiteGuard(), SecurityHeaders()):
+        app.add_middleware(middleware)
+    routes = {
+        "/api/login": r.Login(instance),
+        "/api/logout": r.Logout(instance),
+        "/api/logout-all": r.LogoutAll(instance),
+        "/api/session": r.Session(instance),
+        "/api/system/status": r.Status(instance),
+        "/api/system/recalibrate": r.Recalibrate(instance),
+        "/api/config": r.Config(instance),
+        "/api/tokens": r.Tokens(instance),
+        "/api/tokens/{token_id:int}": r.Token(instance),
+        "/api/sites": r.Sites(instance),
+        "/api/sites/{name}": r.Site(instance),
+        "/api/sites/{name}/logs": r.SiteLogs(instance),
+        "/api/deploy": Deploy(instance),
+        "/api/backup": Backup(instance),
+    }
+    for path, resource in routes.items():
+        app.add_route(path, resource)
+    app.add_sink(Dashboard(instance), prefix=r"^/(?!api(?:/|$))")  # routes match first
+    return app

@@ -1,0 +1,36 @@
+"""`GET /api/backup`: the whole database as a download, consistent and online.
+
+SQLite's online backup writes a copy into a temporary file beside the
+database (same disk, so no surprise on a small /tmp); the file is opened and
+unlinked at once, so nothing is left behind even if the download is cut:
+Linux keeps the bytes until the stream is closed.
+"""
+
+import os
+import secrets
+import time
+
+import falcon
+
+from fazt.instance import Instance
+
+
+class Backup:
+    def __init__(self, instance: Instance):
+        self.instance = instance
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        db = self.instance.db
+        path = f"{db.path}.backup-{secrets.token_hex(8)}"
+        db.backup(path)
+        try:
+            stream = open(path, "rb")
+        finally:
+            os.unlink(path)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        resp.content_type = "application/vnd.sqlite3"
+        resp.downloadable_as = None
+        resp.set_header("Content-Disposition",
+                        f'attachment; filename="fazt-backup-{stamp}.db"')
+        resp.content_length = os.fstat(stream.fileno()).st_size
+        resp.stream = stream

@@ -1,0 +1,222 @@
+"""The admin API's small resources: session, status, config, tokens, sites and logs.
+
+Signing in and out and reading the status use RAM only. Calls that change the
+database go through the single writer and then update RAM (the pinned config,
+the token set, the session key), so what the cockpit reads next is already true.
+"""
+
+import json
+
+import falcon
+
+from fazt.cockpit import tokens
+from fazt.cockpit.auth import new_session_key, token_hash
+from fazt.cockpit.session import clear_session_cookie, session_cookie, set_session_cookie
+from fazt.deploy import ADMIN_SITE, check_site_name
+from fazt.errors import FaztError, NotFound
+from fazt.http_errors import http_error
+from fazt.instance import Instance
+from fazt.stability import thresholds as th
+from fazt.store.config import save_secret
+from fazt.store.sites import list_sites, remove_site
+
+JSON_LIMIT = 64 * 1024  # a settings form or a login is a few hundred bytes
+SETTINGS = ("domain", "port")  # shown beside the thresholds in GET /api/config
+
+
+def read_json(req: falcon.Request) -> dict:
+    """A small JSON object body, or a 400/413 that says what is wrong."""
+    if (req.content_length or 0) > JSON_LIMIT:
+        raise http_error(413, "too_large", f"A JSON body may be {JSON_LIMIT // 1024} KB at most.")
+    raw = req.bounded_stream.read(JSON_LIMIT + 1)
+    if len(raw) > JSON_LIMIT:
+        raise http_error(413, "too_large", f"A JSON body may be {JSON_LIMIT // 1024} KB at most.")
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError:
+        raise http_error(400, "bad_json", "The body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise http_error(400, "bad_json", "The body must be a JSON object.")
+    return body
+
+
+class Login:
+    """Checked against the hash in RAM, rate-limited per address, never a database read."""
+
+    def __init__(self, instance: Instance):
+        self.instance = instance
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        auth = self.instance.auth
+        address = req.remote_addr or "-"
+        wait = auth.limiter.retry_after(address)
+        if wait:
+            raise http_error(429, "too_many_attempts",
+                             f"Too many failed sign-ins from this address; wait {wait} s.", wait)
+        body = read_json(req)
+        username, password = body.get("username"), body.get("password")
+        if not isinstance(username, str) or not isinstance(password, str):
+            raise http_error(400, "bad_request", "Send a username and a password.")
+        if not auth.check_password(username, password):
+            auth.limiter.failed(address)
+            raise http_error(401, "wrong_credentials", "Wrong username or password.")
+        auth.limiter.succeeded(address)
+        set_session_cookie(req, resp, auth.issue())
+        resp.media = {"username": auth.username}
+
+
+class Logout:
+    def __init__(self, instance: Instance):
+        self.instance = instance
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        cookie = session_cookie(req)
+        if cookie:
+            self.instance.auth.revoke(cookie)
+        clear_session_cookie(req, resp)
+        resp.media = {"ok": True}
+
+
+class LogoutAll:
+    """Rotate the session key: every session, on every device, ends now and after restarts."""
+
+    def __init__(self, instance: Instance):
+        self.instance = instance
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        key = new_session_key()
+        with self.instance.db.write() as conn:
+            save_secret(conn, "session_key", key)
+        self.instance.auth.rotate(key)
+        clear_session_cookie(req, resp)
+        resp.media = {"ok": True}
+
+
+class Session:
+    def __init__(self, instance: Instance):
+        self.instance = instance
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {"username": self.instance.auth.username}
+
+
+class Status:
+    def __init__(self, instance: Instance):
+        self.instance = instance
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = self.instance.status()
+
+
+class Recalibrate:
+    def __init__(self, instance: Instance):
+        self.instance = instance
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self.instance.recalibrate()
+        resp.media = self.instance.status()
+
+
+class Config:
+    """Thresholds with their schema and safe ranges; a change past a safe range needs
+    `break_glass: true` (else 409 with the warning) and is recorded as an override."""
+
+    def __init__(self, instance: Instance):
+        self.instance = instance
+
+    def view(self) -> dict:
+        i = self.instance
+        keys = th.keys()
+        values = {k: i.config[k] for k in (*keys, *SETTINGS) if k in i.config}
+        return {
+            "values": values,
+            "schema": th.schema(),
+            "safe": th.compute(i.machine)["safe"],
+            "overrides": i.overrides,
+            "owner_keys": i.config.get("owner_keys") or [],
+        }
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = self.view()
+
+    def on_put(self, req: falcon.Request, resp: falcon.Response) -> None:
+        values = read_json(req)
+        break_glass = values.pop("break_glass", False)
+        if not isinstance(break_glass, bool):
+            raise http_error(400, "bad_request", "break_glass must be true or false.")
+        if not values:
+            raise http_error(400, "bad_request", "Send at least one setting to change.")
+        self.instance.set_config(values, break_glass)
+        resp.media = self.view()
+
+
+class Tokens:
+    def __init__(self, instance: Instance):
+        self.instance = instance
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = {"tokens": tokens.list_tokens(self.instance.db)}
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        name = read_json(req).get("name")
+        if not isinstance(name, str):
+            raise http_error(400, "bad_request", "A token needs a name.")
+        token = tokens.create_token(self.instance.db, name)
+        self.instance.auth.token_hashes.add(token_hash(token))
+        resp.status = falcon.HTTP_201
+        resp.media = {"token": token, "name": name.strip()}
+
+
+class Token:
+    def __init__(self, instance: Instance):
+        self.instance = instance
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, token_id: int) -> None:
+        digest = tokens.revoke_token(self.instance.db, token_id)
+        if digest is None:
+            raise NotFound(f"There is no active token with id {token_id}.")
+        self.instance.auth.token_hashes.discard(digest)
+        resp.media = {"revoked": token_id}
+
+
+def user_site(name: str) -> str:
+    """A site name the owner may touch here: valid, and not the cockpit's own."""
+    if name == ADMIN_SITE:
+        raise FaztError("The admin site holds the cockpit; it is not yours to change here.")
+    return check_site_name(name)
+
+
+class Sites:
+    def __init__(self, instance: Instance):
+        self.instance = instance
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        with self.instance.db.read() as conn:
+            sites = [s for s in list_sites(conn) if s["name"] != ADMIN_SITE]
+        resp.media = {"sites": sites, "domain": self.instance.domain}
+
+
+class Site:
+    def __init__(self, instance: Instance):
+        self.instance = instance
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        user_site(name)
+        with self.instance.db.write() as conn:
+            removed = remove_site(conn, name)
+        if not removed:
+            raise NotFound(f"There is no site named {name!r}.")
+        resp.media = {"removed": name}
+
+
+class SiteLogs:
+    """The site's console lines from the runtime's ring in RAM, oldest first."""
+
+    def __init__(self, instance: Instance):
+        self.instance = instance
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        user_site(name)
+        if not self.instance.vfs.site_exists(name):
+            raise NotFound(f"There is no site named {name!r}.")
+        resp.media = {"site": name, "lines": self.instance.runtime.logs(name)}

@@ -1,0 +1,82 @@
+"""Who is calling the admin API: the owner's session cookie, an API token, or nobody.
+
+Both checks run in RAM: a session is an HMAC-signed token checked against the
+key loaded at boot, so signing in and being recognised never wait on the
+database, even when it is locked. An `Authorization: Bearer` header wins over
+the cookie: such a call is judged by its token alone (and is therefore exempt
+from the cross-site checks in csrf.py: a browser never adds that header to a
+cross-site request on its own).
+
+Tokens are for scripts that deploy and read; the owner's other powers (tokens,
+backups holding the password hash and session key, settings, deletes) need the
+session.
+"""
+
+import falcon
+
+from fazt.cockpit.auth import SESSION_SECONDS
+from fazt.cockpit.headers import is_api
+from fazt.http_errors import http_error
+from fazt.instance import Instance
+
+COOKIE = "fazt_session"
+SESSION = "session"
+TOKEN = "token"
+PUBLIC = {("POST", "/api/login")}  # the one API call made before signing in
+TOKEN_DENIED = ("/api/tokens", "/api/backup")  # reads a token must not make
+
+
+def bearer(req: falcon.Request) -> str | None:
+    """The token of an `Authorization: Bearer` header; "" when the header is another kind."""
+    header = req.get_header("Authorization")
+    if header is None:
+        return None
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else ""
+
+
+def session_cookie(req: falcon.Request) -> str | None:
+    values = req.get_cookie_values(COOKIE)
+    return values[0] if values else None
+
+
+def token_may(method: str, path: str) -> bool:
+    """Whether an API token may make this call: reads, and deploys."""
+    if path.startswith(TOKEN_DENIED):
+        return False
+    return method in ("GET", "HEAD") or (method == "POST" and path == "/api/deploy")
+
+
+def set_session_cookie(req: falcon.Request, resp: falcon.Response, value: str) -> None:
+    """HttpOnly, SameSite=Strict, host-only (no Domain: sites under D never see it)."""
+    resp.set_cookie(COOKIE, value, max_age=SESSION_SECONDS, path="/", domain=None,
+                    http_only=True, same_site="Strict",
+                    secure=req.forwarded_scheme == "https")
+
+
+def clear_session_cookie(req: falcon.Request, resp: falcon.Response) -> None:
+    resp.unset_cookie(COOKIE, path="/", same_site="Strict")
+
+
+class Authentication:
+    """Falcon middleware: 401 for any admin API call without a valid session or token."""
+
+    def __init__(self, instance: Instance):
+        self.instance = instance
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.context.caller = None
+        if not is_api(req.path) or (req.method, req.path) in PUBLIC:
+            return
+        token = bearer(req)
+        if token is not None:
+            if not self.instance.check_token(token):
+                raise http_error(401, "unauthorized", "The API token is not valid.")
+            if not token_may(req.method, req.path):
+                raise http_error(403, "token_not_allowed",
+                                 "API tokens may deploy and read; this call needs a session.")
+            req.context.caller = TOKEN
+            return
+        if not self.instance.auth.check_session(session_cookie(req)):
+            raise http_error(401, "unauthorized", "Sign in first: no valid session.")
+        req.context.caller = SESSION

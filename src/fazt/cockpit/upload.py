@@ -1,0 +1,55 @@
+"""`POST /api/deploy?site=NAME`: a zip upload becomes a new version of a site.
+
+The body is bounded by `max_upload_mb` (refused from its Content-Length before
+a byte is read, and reading stops just past the limit when the length lies or
+is absent) and spooled to a temporary file, not RAM: a few uploads at once
+must not eat the memory budget. The zip is then checked member by member as
+it inflates, and written in one transaction.
+"""
+
+import tempfile
+
+import falcon
+
+from fazt.cockpit.resources import user_site
+from fazt.deploy import files_from_zip
+from fazt.errors import FaztError, TooLarge
+from fazt.instance import MB, Instance, deploy_site
+
+SPOOL_BYTES = 1 * MB  # above this the upload goes to disk
+PIECE = 64 * 1024
+
+
+def spool(stream, limit: int) -> tempfile.SpooledTemporaryFile:
+    """Copy at most `limit` bytes of `stream` into a spooled file; TooLarge past it."""
+    out = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
+    total = 0
+    try:
+        while piece := stream.read(PIECE):
+            total += len(piece)
+            if total > limit:
+                raise TooLarge(f"The upload is over the limit of {limit // MB} MB.")
+            out.write(piece)
+    except BaseException:
+        out.close()
+        raise
+    out.seek(0)
+    return out
+
+
+class Deploy:
+    def __init__(self, instance: Instance):
+        self.instance = instance
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        name = req.get_param("site")
+        if not name:
+            raise FaztError("Name the site: POST /api/deploy?site=NAME.")
+        user_site(name)
+        limit = int(float(self.instance.config["max_upload_mb"]) * MB)
+        if (req.content_length or 0) > limit:
+            raise TooLarge(f"The upload is over the limit of {limit // MB} MB.")
+        with spool(req.bounded_stream, limit) as upload:
+            files = files_from_zip(upload, limit)
+            result = deploy_site(self.instance.db, name, files)
+        resp.media = {"site": result["site"], "files": result["files"], "bytes": result["bytes"]}

@@ -1,0 +1,169 @@
+"""The cockpit answers while the database is locked and while every user thread is taken.
+
+Both run a real `fazt server start` and a second process that shuts every
+other connection out of the database. DESIGN.md's recipe
+(`PRAGMA locking_mode=EXCLUSIVE`, BEGIN EXCLUSIVE, one read) only works while
+no other process has read the file: a WAL connection that has read keeps a
+SHARED lock on the database file for as long as it is open (see
+/proc/locks), and a running fazt keeps its per-thread connections, so the
+recipe's BEGIN EXCLUSIVE fails with "database is locked" as soon as fazt has
+served one site request. So the locker takes the locks SQLite's WAL protocol
+itself uses: exclusive POSIX locks on the WAL-index lock bytes of `-shm`
+(write, checkpoint, recovery and every read mark). Until it lets go, no
+connection can start a read or a write: the database is completely unavailable.
+"""
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from conftest import PASSWORD, USERNAME, Server, fazt
+
+CSRF = {"X-Fazt-Request": "1"}
+CREDENTIALS = {"username": USERNAME, "password": PASSWORD}
+LOCKER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1] + "-shm", os.O_RDWR)
+# SQLite's unix VFS locks bytes 120-127 of the WAL index: write, checkpoint,
+# recover and the five read marks. Holding them all shuts out every connection.
+deadline = time.time() + 10
+while True:  # a reader may hold a read mark for a moment: try again
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 8, 120, os.SEEK_SET)
+        break
+    except OSError:
+        if time.time() > deadline:
+            raise
+        time.sleep(0.01)
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+class DatabaseLock:
+    """Another process holding the whole database for `seconds`."""
+
+    def __init__(self, db: Path, seconds: float):
+        self.proc = subprocess.Popen([sys.executable, "-c", LOCKER, str(db), str(seconds)],
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "locked"
+        self.started = time.monotonic()
+
+    def close(self) -> None:
+        self.proc.wait(timeout=60)
+
+
+def timed(action):
+    began = time.monotonic()
+    result = action()
+    return result, time.monotonic() - began
+
+
+@pytest.fixture
+def live(db_path: Path, site_dir: Path):
+    fazt("deploy", str(site_dir), "--site", "mysite", "--db", str(db_path))
+    srv = Server(db_path)
+    yield srv
+    srv.stop()
+
+
+def test_cockpit_answers_while_another_process_locks_the_database(live: Server, db_path):
+    assert live.get("/", host="mysite.localhost").status_code == 200
+    lock = DatabaseLock(db_path, 8)
+    try:
+        page, page_s = timed(lambda: live.get("/", host="admin.localhost"))
+        assert page.status_code == 200 and "fazt cockpit" in page.text
+        asset, asset_s = timed(lambda: live.get("/app.js", host="admin.localhost"))
+        assert asset.status_code == 200
+        login, login_s = timed(lambda: live.request("POST", "/api/login", headers=CSRF,
+                                                    json=CREDENTIALS))
+        assert login.status_code == 200
+        cookies = {"fazt_session": login.cookies["fazt_session"]}
+        status, status_s = timed(lambda: live.request("GET", "/api/system/status",
+                                                      cookies=cookies))
+        assert status.status_code == 200 and status.json()["mode"] == "normal"
+        assert time.monotonic() - lock.started < 7, "the lock ended before we measured"
+        print(f"\nwhile locked: page {page_s * 1000:.0f} ms, asset {asset_s * 1000:.0f} ms, "
+              f"login {login_s * 1000:.0f} ms, status {status_s * 1000:.0f} ms")
+        for seconds in (page_s, asset_s, login_s, status_s):
+            assert seconds < 1.0
+        # A site needs the database: it may wait or refuse, but it must come back.
+        site, site_s = timed(lambda: live.get("/", host="mysite.localhost", timeout=30))
+        print(f"site page while locked: {site.status_code} after {site_s:.1f} s")
+        assert 3 < site_s < 15  # it waited: the lock is real
+    finally:
+        lock.close()
+    assert live.get("/", host="mysite.localhost").status_code == 200
+
+
+@pytest.mark.xfail(reason="the store turns SQLite's 'locking protocol' error (a reader that "
+                   "found every WAL read mark taken for ~10 s) into a 500, not a 503",
+                   strict=False)
+def test_a_site_answers_503_when_the_lock_outlasts_its_wait(live: Server, db_path):
+    assert live.get("/", host="mysite.localhost").status_code == 200
+    lock = DatabaseLock(db_path, 14)
+    try:
+        site, site_s = timed(lambda: live.get("/", host="mysite.localhost", timeout=30))
+    finally:
+        lock.close()
+    print(f"\nsite page while locked for longer than its wait: {site.status_code} "
+          f"after {site_s:.1f} s")
+    assert site_s < 15
+    assert site.status_code == 503 and site.headers["Retry-After"]
+
+
+def test_fifty_logins_answer_while_every_user_thread_is_taken(live: Server, db_path):
+    assert live.get("/", host="mysite.localhost").status_code == 200  # fazt has the file open
+    login = live.request("POST", "/api/login", headers=CSRF, json=CREDENTIALS)
+    cookies = {"fazt_session": login.cookies["fazt_session"]}
+    values = live.request("GET", "/api/config", cookies=cookies).json()["values"]
+    user_threads = int(values["user_threads"])
+    crowd = user_threads * 3
+
+    lock = DatabaseLock(db_path, 12)
+    finished: list[float] = []
+    crowd_threads = []
+
+    def site_request() -> None:
+        try:
+            requests.get(live.url("/"), headers={"Host": "mysite.localhost"}, timeout=60)
+        except requests.RequestException:
+            pass
+        finished.append(time.monotonic())
+
+    try:
+        # Every user thread now waits out its busy timeout on the locked database.
+        for _ in range(crowd):
+            t = threading.Thread(target=site_request, daemon=True)
+            t.start()
+            crowd_threads.append(t)
+        time.sleep(1.0)
+        began = time.monotonic()
+        latencies = []
+        for _ in range(50):
+            r, seconds = timed(lambda: live.request("POST", "/api/login", headers=CSRF,
+                                                    json=CREDENTIALS, timeout=10))
+            assert r.status_code == 200
+            latencies.append(seconds)
+        logins_done = time.monotonic()
+        # The user lane was full the whole time: a newcomer still queues behind the crowd.
+        late, late_s = timed(lambda: live.get("/style.css", host="mysite.localhost", timeout=60))
+    finally:
+        lock.close()
+    for t in crowd_threads:
+        t.join(timeout=60)
+    done_during_logins = sum(1 for f in finished if f <= logins_done)
+    latencies.sort()
+    print(f"\n{user_threads} user threads, {crowd} site requests held them; 50 logins in "
+          f"{logins_done - began:.2f} s: p50 {latencies[25] * 1000:.0f} ms, "
+          f"max {latencies[-1] * 1000:.0f} ms; site requests finished meanwhile: "
+          f"{done_during_logins}; a site request made after them took {late_s:.1f} s")
+    assert max(latencies) < 1.0
+    assert done_during_logins < crowd - user_threads, "the user lane was not kept full"
+    assert late_s > 1.0, "a site request found a free user thread: the lane was not full"
+    assert late.status_code in (200, 503)
+    assert live.get("/", host="mysite.localhost").status_code == 200

@@ -129,12 +129,31 @@ def test_locked_database_with_downloads_in_flight(tmp_path):
     fazt("deploy", str(root), "--site", "big", "--db", str(db))
     with Server.running(db) as srv:
         admin = Admin(srv)
-        downloads = []
-        for _ in range(3):
-            s = socket.create_connection(("127.0.0.1", srv.port))
+        stop_reading = threading.Event()
+        received = [0, 0, 0]
+
+        def download(i: int) -> None:  # a reader as fast as the socket, so chunks are
+            s = socket.create_connection(("127.0.0.1", srv.port))  # fetched during the lock
+            s.settimeout(1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
             s.sendall(b"GET /big.bin HTTP/1.1\r\nHost: big.localhost\r\n\r\n")
-            s.recv(65536)  # started, then read slowly
-            downloads.append(s)
+            while not stop_reading.is_set():
+                try:
+                    piece = s.recv(65536)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    break
+                if not piece:
+                    break
+                received[i] += len(piece)
+                time.sleep(0.01)  # about 6 MB/s: still going when the lock starts
+            s.close()
+
+        readers = [threading.Thread(target=download, args=(i,)) for i in range(3)]
+        for t in readers:
+            t.start()
+        time.sleep(0.5)
         lock = DatabaseLock(db, 10)
         began = time.time()
         site_results = []
@@ -155,12 +174,6 @@ def test_locked_database_with_downloads_in_flight(tmp_path):
             assert admin.get("/").status_code == 200
             assert admin.get("/api/system/status").status_code == 200
             worst = max(worst, time.time() - t)
-            for s in downloads:
-                s.setblocking(False)
-                try:
-                    s.recv(4096)
-                except BlockingIOError:
-                    pass
             time.sleep(0.2)
         assert worst < 1.0, f"the cockpit took {worst:.2f} s while the database was locked"
         site_thread.join(timeout=30)
@@ -171,8 +184,11 @@ def test_locked_database_with_downloads_in_flight(tmp_path):
             assert retry
         lock.close()
         assert srv.get("/", host="big.localhost").text == "hi"  # back once the lock is gone
-        for s in downloads:
-            s.close()
+        stop_reading.set()
+        for t in readers:
+            t.join(timeout=30)
+        assert all(n > 0 for n in received)
+        assert srv.get("/big.bin", host="big.localhost").content == (root / "big.bin").read_bytes()
 
 
 def test_slowloris_and_huge_headers_do_not_starve_the_cockpit(server):

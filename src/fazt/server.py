@@ -28,6 +28,7 @@ from fazt.errors import FaztError
 from fazt.hosts import ADMIN, classify
 from fazt.instance import MB, Instance, Lanes
 from fazt.lanes import LaneDispatcher
+from fazt.vfs import ChunkStream, StreamLoop
 
 HEADER_TIMEOUT = 10.0  # seconds a client may take to send a request's headers
 CONFIG_POLL = 2.0  # seconds between looks for config written by another process
@@ -46,6 +47,15 @@ class Channel(HTTPChannel):
 
     def waiting_for_headers(self) -> bool:
         return self.request is not None and not self.request.headers_finished
+
+    def writable(self) -> bool:
+        # A stream whose next chunk is still being read has nothing to send: without
+        # this the event loop would spin on a writable socket until the chunk arrives.
+        if self.outbufs and not (self.will_close or self.close_when_flushed):
+            stream = getattr(self.outbufs[0], "file", None)
+            if isinstance(stream, ChunkStream) and stream.waiting:
+                return False
+        return super().writable()
 
 
 class Server(TcpWSGIServer):
@@ -129,7 +139,7 @@ def run(db_path: str, host: str, port: int | None) -> None:
     instance = Instance(db_path).boot()
     port = port or int(instance.config.get("port") or 4698)
     server = make_server(instance, host, port)
-    instance.db.mark_nonblocking_thread()  # this thread runs the event loop
+    instance.vfs.loop = StreamLoop(server.pull_trigger)  # this thread runs the event loop
 
     def stop(signum, frame):
         raise SystemExit(0)
@@ -151,6 +161,7 @@ def run(db_path: str, host: str, port: int | None) -> None:
         server.run()
     finally:
         server.lanes.shutdown(timeout=5)
+        instance.vfs.loop.shutdown()
         server.close()
         instance.close()
         sys.stderr.write("fazt stopped\n")

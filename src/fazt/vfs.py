@@ -12,6 +12,8 @@
 import io
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from fazt.store import Database
@@ -80,6 +82,7 @@ class VFS:
         self.large_file_bytes = large_file_bytes
         self._pinned: dict[str, dict[str, PinnedFile]] = {}
         self.pinned_bytes = 0
+        self.loop: StreamLoop | None = None  # set by the server: streams feed its event loop
 
     def pin_site(self, site: str) -> int:
         """Load every file of `site` into the pinned map; return its bytes."""
@@ -130,7 +133,8 @@ class VFS:
         return data
 
     def stream(self, info: FileInfo, start: int = 0, end: int | None = None) -> "ChunkStream":
-        return ChunkStream(self.db, info.blob_id, start, info.size if end is None else end)
+        return ChunkStream(self.db, info.blob_id, start, info.size if end is None else end,
+                           self.loop)
 
     def resize(self, cache_bytes: int, large_file_bytes: int) -> None:
         self.cache.resize(cache_bytes)
@@ -148,16 +152,40 @@ class VFS:
         }
 
 
+class StreamLoop:
+    """Lets chunk streams feed Waitress's event loop without it ever touching SQLite.
+
+    The loop thread must never wait on a locked database or a slow disk: every
+    connection it serves would wait with it, the cockpit's included. So when
+    it asks a stream for bytes whose chunk is not in memory, the stream hands
+    the read to a small pool of reader threads and answers "nothing yet"; the
+    server's channel stops asking (it is not writable while a stream waits)
+    until the reader has the chunk and `wake` pulls the loop's trigger.
+    """
+
+    def __init__(self, wake: Callable[[], None], readers: int = 2):
+        self.thread = threading.get_ident()  # built on the loop's own thread
+        self.wake = wake
+        self.pool = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="fazt-stream")
+
+    def on_loop(self) -> bool:
+        return threading.get_ident() == self.thread
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
 class ChunkStream(io.RawIOBase):
     """Bytes [start, end) of a blob as a seekable file, holding one chunk at a time.
 
     Waitress's `wsgi.file_wrapper` reads it from its event loop as the socket
-    drains, so no worker thread waits for a slow client. There the database
-    connection is the non-blocking one: a locked database ends the download
-    instead of freezing the loop.
+    drains, so no worker thread waits for a slow client. On the loop thread a
+    missing chunk is fetched by the StreamLoop's readers (see there); on any
+    other thread it is read directly, one short read per chunk.
     """
 
-    def __init__(self, db: Database, blob_id: int, start: int, end: int):
+    def __init__(self, db: Database, blob_id: int, start: int, end: int,
+                 loop: StreamLoop | None = None):
         super().__init__()
         self._db = db
         self._blob_id = blob_id
@@ -166,6 +194,11 @@ class ChunkStream(io.RawIOBase):
         self._pos = start
         self._chunk_no = -1
         self._chunk = b""
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._fetched: tuple[int, bytes] | None = None
+        self._error: BaseException | None = None
+        self.waiting = False
 
     def readable(self) -> bool:
         return True
@@ -186,15 +219,51 @@ class ChunkStream(io.RawIOBase):
             return b""
         n, offset = divmod(self._pos, CHUNK_SIZE)
         if n != self._chunk_no:
-            self._chunk = b""  # drop the old chunk before loading the next
-            with self._db.read() as conn:
-                self._chunk = read_chunk(conn, self._blob_id, n)
-            self._chunk_no = n
+            if self._loop is not None and self._loop.on_loop():
+                if not self._take_fetched(n):
+                    return b""  # not yet: the channel sleeps until the reader wakes it
+            else:
+                self._chunk = b""  # drop the old chunk before loading the next
+                self._chunk = self._read_chunk(n)
+                self._chunk_no = n
         stop = min(len(self._chunk), offset + (size if size >= 0 else len(self._chunk)),
                    offset + self._end - self._pos)
         data = self._chunk[offset:stop]
         self._pos += len(data)
         return data
+
+    def _read_chunk(self, n: int) -> bytes:
+        with self._db.read() as conn:
+            return read_chunk(conn, self._blob_id, n)
+
+    def _take_fetched(self, n: int) -> bool:
+        """On the loop: swap in chunk n if a reader has it, else ask for it."""
+        with self._lock:
+            if self._error is not None:
+                raise self._error  # Waitress closes the connection: the download ends
+            if self._fetched is not None and self._fetched[0] == n:
+                self._chunk_no, self._chunk = self._fetched
+                self._fetched = None
+                return True
+            if not self.waiting:
+                self.waiting = True
+                self._fetched = None
+                self._loop.pool.submit(self._fetch, n)
+            return False
+
+    def _fetch(self, n: int) -> None:
+        """On a reader thread: one short read, then wake the loop."""
+        try:
+            data, error = self._read_chunk(n), None
+        except BaseException as exc:  # noqa: BLE001 - handed to the loop, which ends the stream
+            data, error = b"", exc
+        with self._lock:
+            if self.closed:
+                return
+            self._fetched = (n, data)
+            self._error = error
+            self.waiting = False
+        self._loop.wake()
 
     def readinto(self, buffer) -> int:
         data = self.read(len(buffer))
@@ -202,5 +271,7 @@ class ChunkStream(io.RawIOBase):
         return len(data)
 
     def close(self) -> None:
-        self._chunk = b""
+        with self._lock:
+            self._chunk = b""
+            self._fetched = None
         super().close()

@@ -45,7 +45,6 @@ class Database:
         self._write_lock = threading.Lock()
         self._writer: sqlite3.Connection | None = None
         self._writer_generation = -1
-        self._nonblocking_thread: int | None = None
 
     # -- connections -------------------------------------------------------
 
@@ -71,21 +70,10 @@ class Database:
         self.limits = limits
         self._generation += 1
 
-    def mark_nonblocking_thread(self) -> None:
-        """The calling thread must never wait for a lock (Waitress's event loop).
-
-        Its reads fail at once with Unavailable instead of waiting.
-        """
-        self._nonblocking_thread = threading.get_ident()
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:  # opened during boot with the normal busy timeout
-            conn.close()
-            self._local.conn = None
-
     def _reader(self) -> sqlite3.Connection:
         local = self._local
         conn = getattr(local, "conn", None)
-        busy = 0 if threading.get_ident() == self._nonblocking_thread else self.limits.busy_ms
+        busy = self.limits.busy_ms
         if conn is None:
             conn = local.conn = self._connect(busy)
             local.generation = self._generation
@@ -171,7 +159,9 @@ def _translate_busy() -> Iterator[None]:
         yield
     except sqlite3.OperationalError as exc:
         text = str(exc).lower()
-        if "locked" in text or "busy" in text:
+        # "locking protocol": SQLite gave up waiting for a WAL read lock (held by another
+        # process) after its own ~10 s of retries, whatever busy_timeout says.
+        if "locked" in text or "busy" in text or "locking protocol" in text:
             raise Unavailable("The database is busy; try again shortly.") from exc
         raise
 

@@ -1,0 +1,578 @@
+"""fazt's benchmark: one command, a Markdown table per section, a PNG chart, RESULTS.md.
+
+    bench/run.sh            # the full run (about 25 minutes; writes bench/RESULTS.md)
+    bench/run.sh --smoke    # every section in a tiny form (CI; results go to a temp dir)
+
+Sections: 1 static 4 KiB file against peers, 2 large file, 3 JavaScript,
+4 cockpit logins under load, 5 soak in a 200 MB cgroup, 6 the naive control.
+See bench/README.md.
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+
+import common as c
+import peers
+import psutil
+import requests
+import soak
+
+
+@dataclass
+class Setup:
+    """What sections 1–4 share: one fazt, one site directory, the peers' processes."""
+
+    tmp: str
+    site_dir: str
+    db: str
+    port: int
+    log: str
+    proc: subprocess.Popen | None = None
+    peers: dict = field(default_factory=dict)  # name -> (port, process)
+    peer_notes: dict = field(default_factory=dict)  # name -> why it is missing
+    slots: int = 0
+
+
+
+
+@dataclass
+class Plan:
+    smoke: bool
+    rounds: int
+    seconds: float
+    wrk_threads: int
+    connections: int
+    large_mb: int
+    logins: int
+    soak_seconds: float
+    soak_db_gb: float
+
+
+def plan_for(args) -> Plan:
+    if args.smoke:
+        p = Plan(True, 1, 2, 2, 8, 50, 10, 20, 0.05)
+    else:
+        p = Plan(False, 3, 10, 2, 32, 1024, 50, 300, 2.2)
+    if args.soak_seconds:
+        p.soak_seconds = args.soak_seconds
+    if args.large_mb:
+        p.large_mb = args.large_mb
+    if args.soak_db_gb:
+        p.soak_db_gb = args.soak_db_gb
+    return p
+
+
+# -- setup ---------------------------------------------------------------------------
+
+
+def setup(tmp: str, plan: Plan) -> Setup:
+    site = os.path.join(tmp, "site")
+    c.write_file(os.path.join(site, "file.bin"), 4096)
+    c.write_file(os.path.join(site, "big.bin"), plan.large_mb * c.MB)
+    with open(os.path.join(site, "index.html"), "w") as f:
+        f.write("<!doctype html><title>bench</title><p>bench</p>\n")
+    os.makedirs(os.path.join(site, "api"))
+    with open(os.path.join(site, "api", "main.js"), "w") as f:
+        f.write(c.JS_SOURCE)
+    s = Setup(tmp, site, os.path.join(tmp, "bench.db"), c.free_port(),
+              os.path.join(tmp, "fazt.log"))
+    c.fazt("server", "init", "--domain", "example.test", "--username", c.USERNAME,
+           "--password", c.PASSWORD, db=s.db)
+    c.fazt("deploy", site, "--site", "bench", db=s.db)
+    s.slots = int(c.fazt("config", "get", "max_concurrent_js", db=s.db))
+    threads = int(c.fazt("config", "get", "user_threads", db=s.db))
+    s.proc = c.start_fazt(s.db, s.port, s.log)
+    for name, start in (
+        ("bare WSGI", lambda p: peers.start_python_peer(
+            "bare", os.path.join(site, "file.bin"), p, threads,
+            os.path.join(tmp, "bare.log"))),
+        ("WhiteNoise", lambda p: peers.start_python_peer(
+            "whitenoise", site, p, threads, os.path.join(tmp, "whitenoise.log"))),
+        ("nginx", lambda p: peers.start_nginx(site, p, os.path.join(tmp, "nginx"))),
+    ):
+        port = c.free_port()
+        try:
+            s.peers[name] = (port, start(port))
+        except c.Skip as exc:
+            s.peer_notes[name] = str(exc)
+    return s
+
+
+def teardown(s: Setup | None) -> None:
+    if s is None:
+        return
+    for _, proc in s.peers.values():
+        c.stop(proc)
+    c.stop(s.proc)
+
+
+def check_get(port: int, host: str, path: str, size: int) -> None:
+    r = requests.get(f"http://127.0.0.1:{port}{path}", headers={"Host": host}, timeout=30)
+    if r.status_code != 200 or len(r.content) != size:
+        raise RuntimeError(f"GET {path} on {host}:{port} gave {r.status_code}, "
+                           f"{len(r.content)} bytes (expected 200, {size})")
+
+
+# -- 1. static 4 KiB ---------------------------------------------------------------------
+
+
+def targets(s: Setup) -> list[tuple[str, int, str]]:
+    out = [("fazt", s.port, c.SITE_HOST)]
+    out += [(name, port, "localhost") for name, (port, _) in s.peers.items()]
+    return out
+
+
+def section_static(s: Setup, plan: Plan) -> c.Section:
+    sec = c.Section("1. Static 4 KiB file")
+    c.need("wrk")
+    runs: dict[str, list[dict]] = {}
+    for name, port, host in targets(s):
+        check_get(port, host, "/file.bin", 4096)
+        runs[name] = []
+    for _ in range(plan.rounds):
+        for name, port, host in targets(s):
+            runs[name].append(c.wrk(f"http://127.0.0.1:{port}/file.bin", host, plan.wrk_threads,
+                                    plan.connections, plan.seconds))
+    ceiling = c.median([r["rps"] for r in runs.get("bare WSGI", [])])
+    rows = []
+    for name, results in runs.items():
+        rps = c.median([r["rps"] for r in results])
+        ratio = f"{rps / ceiling:.2f}" if ceiling == ceiling else "–"
+        rows.append([name, f"{rps:,.0f}", ratio, c.ms(c.median([r["p50"] for r in results])),
+                     c.ms(c.median([r["p99"] for r in results])),
+                     sum(r["non2xx"] + r["errors"] for r in results)])
+        sec.chart[name] = rps
+    sec.tables.append(c.table(["server", "req/s (median)", "× bare ceiling", "p50 ms", "p99 ms",
+                               "non-2xx + socket errors"], rows))
+    sec.notes.append(f"wrk -t{plan.wrk_threads} -c{plan.connections} -d{plan.seconds:g}s on "
+                     f"loopback, {plan.rounds} round(s) alternated; wrk shares the 2 cores with "
+                     "the server. Python peers run on Waitress with fazt's `user_threads`; "
+                     "nginx with one worker. fazt logs one line a request (to a file), "
+                     "as it does in production; the peers log nothing.")
+    for name, why in s.peer_notes.items():
+        sec.notes.append(f"{name} skipped: {why}.")
+    return sec
+
+
+# -- 2. large file -------------------------------------------------------------------------
+
+
+class RssSampler:
+    """Peak RSS of a process and its children, sampled in a thread."""
+
+    def __init__(self, pid: int, every: float = 0.05):
+        self.proc = psutil.Process(pid)
+        self.every = every
+        self.peak = 0
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def rss(self) -> int:
+        try:
+            procs = [self.proc] + self.proc.children(recursive=True)
+            return sum(p.memory_info().rss for p in procs)
+        except psutil.Error:
+            return 0
+
+    def _run(self) -> None:
+        began = time.monotonic()
+        while not self._stop.is_set():
+            rss = self.rss()
+            self.peak = max(self.peak, rss)
+            self.samples.append((time.monotonic() - began, rss))
+            self._stop.wait(self.every)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def download(port: int, host: str, path: str, timeout: float) -> tuple[int, int, float]:
+    """curl to /dev/null: (status, bytes, bytes per second)."""
+    out = subprocess.run([c.need("curl"), "-s", "-o", "/dev/null", "--max-time", str(timeout),
+                          "-H", f"Host: {host}", "-w", "%{http_code} %{size_download} "
+                          "%{speed_download}", f"http://127.0.0.1:{port}{path}"],
+                         capture_output=True, text=True, timeout=timeout + 30).stdout.split()
+    return int(out[0]), int(out[1]), float(out[2].replace(",", "."))
+
+
+def section_large(s: Setup, plan: Plan) -> c.Section:
+    sec = c.Section(f"2. Large file ({plan.large_mb} MB)")
+    size = plan.large_mb * c.MB
+    rounds = 1 if plan.smoke else 2
+    procs = {"fazt": s.proc, **{n: p for n, (_, p) in s.peers.items() if n != "bare WSGI"}}
+    results: dict[str, list] = {n: [] for n in procs}
+    baseline = {n: RssSampler(p.pid).rss() for n, p in procs.items()}
+    for _ in range(rounds):
+        for name, port, host in targets(s):
+            if name not in procs:
+                continue
+            with RssSampler(procs[name].pid) as sampler:
+                code, got, speed = download(port, host, "/big.bin", 600)
+            if code != 200 or got != size:
+                raise RuntimeError(f"{name}: /big.bin gave {code} with {got} of {size} bytes")
+            results[name].append((speed, sampler.peak))
+    rows = []
+    for name, res in results.items():
+        speed = c.median([r[0] for r in res]) / c.MB
+        peak = max(r[1] for r in res) / c.MB
+        rows.append([name, f"{speed:,.0f}", f"{baseline[name] / c.MB:.0f}", f"{peak:.0f}",
+                     f"{peak - baseline[name] / c.MB:+.0f}"])
+        sec.chart[name] = (speed, peak)
+    sec.tables.append(c.table(["server", "MB/s (median)", "RSS before MB", "peak RSS MB",
+                               "growth MB"], rows))
+    sec.notes.append(f"curl to /dev/null on loopback, {rounds} round(s) alternated; RSS of the "
+                     "server process and its children sampled every 50 ms with psutil.")
+    return sec
+
+
+# -- 3. JavaScript ------------------------------------------------------------------------
+
+
+def js_flood(port: int, clients: int, seconds: float, path: str = "/api/spin?ms=50"):
+    """`clients` threads hammering a slow handler: (status counter, threads, stop event)."""
+    counts: dict[str, int] = {}
+    lock = threading.Lock()
+    stop = threading.Event()
+    deadline = time.monotonic() + seconds
+
+    def client():
+        session = requests.Session()
+        for _ in range(100_000):
+            if stop.is_set() or time.monotonic() > deadline:
+                break
+            try:
+                key = str(session.get(f"http://127.0.0.1:{port}{path}",
+                                      headers={"Host": c.SITE_HOST}, timeout=30).status_code)
+            except requests.RequestException as exc:
+                key = type(exc).__name__
+                time.sleep(0.05)
+            with lock:
+                counts[key] = counts.get(key, 0) + 1
+            if key == "429":
+                time.sleep(0.005)  # a polite client would honour Retry-After; we only yield
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    return counts, threads, stop
+
+
+def static_probe(port: int, count: int, every: float = 0.02) -> list[float]:
+    """Latencies of `count` sequential static GETs (a fresh connection each)."""
+    out = []
+    for _ in range(count):
+        began = time.perf_counter()
+        r = requests.get(f"http://127.0.0.1:{port}/file.bin", headers={"Host": c.SITE_HOST},
+                         timeout=30)
+        if r.status_code == 200:
+            out.append(time.perf_counter() - began)
+        time.sleep(every)
+    return out
+
+
+def section_js(s: Setup, plan: Plan) -> c.Section:
+    sec = c.Section("3. JavaScript")
+    c.need("wrk")
+    check_get(s.port, c.SITE_HOST, "/api/hello", 4096)
+    runs: dict[str, list[dict]] = {"trivial handler (4 KiB)": [], "static file (4 KiB)": []}
+    paths = {"trivial handler (4 KiB)": "/api/hello", "static file (4 KiB)": "/file.bin"}
+    conns = min(plan.connections, s.slots)  # no more clients than slots: no 429 here
+    for _ in range(plan.rounds):
+        for name, path in paths.items():
+            runs[name].append(c.wrk(f"http://127.0.0.1:{s.port}{path}", c.SITE_HOST,
+                                    min(plan.wrk_threads, conns), conns, plan.seconds))
+    rows = []
+    for name, res in runs.items():
+        rps = c.median([r["rps"] for r in res])
+        rows.append([name, f"{rps:,.0f}", c.ms(c.median([r["p50"] for r in res])),
+                     c.ms(c.median([r["p99"] for r in res])),
+                     sum(r["non2xx"] for r in res), sum(r["errors"] for r in res)])
+        sec.chart[name] = rps
+    sec.tables.append(c.table(["request", "req/s (median)", "p50 ms", "p99 ms", "non-2xx",
+                               "socket errors"], rows))
+    sec.notes.append(f"wrk -c{conns} (= the {s.slots} JS slots) -d{plan.seconds:g}s, "
+                     f"{plan.rounds} round(s) alternated.")
+    # Overload: 4 × slots clients on a handler that busy-loops 50 ms.
+    clients = 4 * s.slots
+    seconds = 3 if plan.smoke else 15
+    probes = 50 if plan.smoke else 200
+    idle = static_probe(s.port, probes)
+    counts, threads, stop = js_flood(s.port, clients, seconds + 30)
+    time.sleep(0.5)
+    during = static_probe(s.port, probes if plan.smoke else int(seconds / 0.025))
+    stop.set()
+    for t in threads:
+        t.join(60)
+    total = sum(counts.values())
+    share = counts.get("429", 0) / total if total else float("nan")
+    sec.tables.append(c.table(
+        ["JS clients", "slots", "JS requests", "200", "429", "429 share", "other",
+         "static p50 idle ms", "static p99 idle ms", "static p50 busy ms", "static p99 busy ms"],
+        [[clients, s.slots, total, counts.get("200", 0), counts.get("429", 0), f"{share:.0%}",
+          {k: v for k, v in counts.items() if k not in ("200", "429")} or "–",
+          c.ms(c.percentile(idle, 50)), c.ms(c.percentile(idle, 99)),
+          c.ms(c.percentile(during, 50)), c.ms(c.percentile(during, 99))]]))
+    sec.chart["429 share"] = share
+    sec.notes.append(f"Overload: {clients} Python clients (4 × slots) on `/api/spin?ms=50`, "
+                     "a handler that busy-loops 50 ms, while one client GETs the 4 KiB static "
+                     "file every 20 ms on fresh connections (the 'busy' columns); "
+                     f"{len(idle)} idle and {len(during)} busy static samples.")
+    return sec
+
+
+# -- 4. the cockpit ---------------------------------------------------------------------------
+
+
+def logins(port: int, count: int) -> tuple[list[float], dict]:
+    times, codes = [], {}
+    for _ in range(count):
+        try:
+            code, took, _ = c.login(port)
+            key = str(code)
+            if code == 200:
+                times.append(took)
+        except requests.RequestException as exc:
+            key = type(exc).__name__
+        codes[key] = codes.get(key, 0) + 1
+    return times, codes
+
+
+def slow_readers(port: int, clients: int, stop: threading.Event) -> list[threading.Thread]:
+    """Clients that read the large file 16 KiB every 100 ms, holding their connections."""
+
+    def reader():
+        while not stop.is_set():
+            try:
+                with requests.get(f"http://127.0.0.1:{port}/big.bin", stream=True, timeout=30,
+                                  headers={"Host": c.SITE_HOST}) as r:
+                    for _ in r.iter_content(16384):
+                        if stop.wait(0.1):
+                            break
+            except requests.RequestException:
+                stop.wait(0.5)
+
+    threads = [threading.Thread(target=reader, daemon=True) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def section_cockpit(s: Setup, plan: Plan) -> c.Section:
+    sec = c.Section("4. Cockpit login under load")
+    wrk_cmd = [c.need("wrk"), "-t", "2", "-c", "64", "-d", "600s", "-H", f"Host: {c.SITE_HOST}",
+               f"http://127.0.0.1:{s.port}/file.bin"]
+    phases = []
+    idle, codes = logins(s.port, plan.logins)
+    phases.append(("idle", idle, codes))
+    for name, with_js in (("static flood (wrk -c 64)", False),
+                          ("static flood + JS 4×slots + 8 slow large-file readers", True)):
+        flood = subprocess.Popen(wrk_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stop, threads = threading.Event(), []
+        try:
+            if with_js:
+                _, threads, js_stop = js_flood(s.port, 4 * s.slots, 600)
+                threads += slow_readers(s.port, 8, stop)
+            time.sleep(1)
+            times, codes = logins(s.port, plan.logins)
+        finally:
+            c.stop(flood)
+            stop.set()
+            if with_js:
+                js_stop.set()
+            for t in threads:
+                t.join(60)
+        phases.append((name, times, codes))
+    idle_p99 = c.percentile(idle, 99)
+    rows = []
+    for name, times, codes in phases:
+        p99 = c.percentile(times, 99)
+        ratio = p99 / idle_p99 if idle_p99 == idle_p99 else float("nan")
+        verdict = "–" if name == "idle" else ("met" if ratio < 2 else "missed")
+        rows.append([name, f"{len(times)}/{sum(codes.values())}", c.ms(c.percentile(times, 50)),
+                     c.ms(p99), f"{ratio:.2f}×", verdict,
+                     {k: v for k, v in codes.items() if k != "200"} or "–"])
+        sec.chart[name] = p99
+    sec.tables.append(c.table(["phase", "200 / logins", "p50 ms", "p99 ms", "p99 / idle p99",
+                               "goal < 2×", "other answers"], rows))
+    sec.notes.append(f"{plan.logins} sequential logins per phase, each on a fresh connection, "
+                     "measured client-side (the password check is scrypt, so most of a login "
+                     "is CPU). The load generators run on the same 2 cores.")
+    return sec
+
+
+# -- report -----------------------------------------------------------------------------------
+
+
+def machine_line() -> str:
+    ram = psutil.virtual_memory().total / 2**30
+    return (f"{os.cpu_count()} cores ({platform.processor() or platform.machine()}), "
+            f"{ram:.1f} GiB RAM, Linux {platform.release()}, Python {platform.python_version()}")
+
+
+def write_report(out_dir: str, sections: list[c.Section], argv: list[str], began: float,
+                 plan: Plan, load_before: tuple) -> str:
+    command = "bench/run.sh" + "".join(f" {a}" for a in argv)
+    kind = "smoke run (tiny sizes; not a measurement)" if plan.smoke else "full run"
+    head = [
+        "# fazt benchmark results",
+        f"- Date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
+        f"- Machine: {machine_line()}",
+        f"- Command: `{command}` ({kind}, {(time.time() - began) / 60:.0f} minutes)",
+        "- Load average (1/5/15 min) before: {:.2f} {:.2f} {:.2f}; after: {:.2f} {:.2f} {:.2f} "
+        "(anything else running on the machine shows here)".format(*load_before,
+                                                                     *os.getloadavg()),
+        f"- Chart: `{os.path.basename(chart_path(out_dir))}`",
+    ]
+    text = "\n".join(head) + "\n\n" + "\n\n".join(s.markdown() for s in sections) + "\n"
+    path = os.path.join(out_dir, "RESULTS.md")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def chart_path(out_dir: str) -> str:
+    return os.path.join(out_dir, "results.png")
+
+
+def draw_chart(out_dir: str, sections: dict[str, c.Section]) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install matplotlib): no chart"
+    fig, axes = plt.subplots(2, 3, figsize=(16, 9))
+    ax = axes[0][0]
+    data = sections.get("static", c.Section("")).chart
+    ax.bar(list(data), list(data.values()), color="tab:blue")
+    ax.set_title("1. Static 4 KiB: req/s")
+    ax = axes[0][1]
+    data = sections.get("large", c.Section("")).chart
+    ax.bar(list(data), [v[0] for v in data.values()], color="tab:green")
+    for i, v in enumerate(data.values()):
+        ax.annotate(f"peak RSS {v[1]:.0f} MB", (i, v[0]), ha="center", va="bottom", fontsize=8)
+    ax.set_title("2. Large file: MB/s")
+    ax = axes[0][2]
+    data = {k: v for k, v in sections.get("js", c.Section("")).chart.items() if k != "429 share"}
+    ax.bar([k.split(" (")[0] for k in data], list(data.values()), color="tab:orange")
+    share = sections.get("js", c.Section("")).chart.get("429 share")
+    ax.set_title("3. JS vs static: req/s" + (f" (429 share {share:.0%})" if share else ""))
+    ax = axes[1][0]
+    data = sections.get("cockpit", c.Section("")).chart
+    if data:
+        labels = [k.split(" (")[0].replace(" + ", "+\n") for k in data]
+        ax.bar(labels, [v * 1000 for v in data.values()], color="tab:purple")
+        idle = next(iter(data.values()))
+        ax.axhline(2 * idle * 1000, color="red", linestyle="--", label="goal: 2× idle p99")
+        ax.legend(fontsize=8)
+    ax.set_title("4. Login p99 (ms)")
+    ax.tick_params(axis="x", labelsize=7)
+    for col, key in ((1, "soak"), (2, "control")):
+        ax = axes[1][col]
+        sec = sections.get(key)
+        soak.draw(ax, sec.chart if sec else {}, sec.title if sec else key)
+    fig.tight_layout()
+    fig.savefig(chart_path(out_dir), dpi=90)
+    plt.close(fig)
+    return None
+
+
+# -- main -------------------------------------------------------------------------------------
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description="fazt's benchmark (see bench/README.md)")
+    p.add_argument("--smoke", action="store_true", help="every section, tiny and quick")
+    p.add_argument("--only", help="comma-separated: static,large,js,cockpit,soak")
+    p.add_argument("--soak-seconds", type=float, help="length of the soak and of the control")
+    p.add_argument("--soak-db-gb", type=float, help="size of the soak's database (full: 2.2)")
+    p.add_argument("--large-mb", type=int, help="size of the large file (full: 1024)")
+    p.add_argument("--out", help="where RESULTS.md and results.png go "
+                                 "(default: bench/ for a full run, a temp dir for --smoke)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = p.parse_args(argv)
+    plan = plan_for(args)
+    wanted = set((args.only or "static,large,js,cockpit,soak").split(","))
+    began, load_before = time.time(), os.getloadavg()
+    tmp = tempfile.mkdtemp(prefix="fazt-bench-")
+    out_dir = args.out or (tempfile.mkdtemp(prefix="fazt-bench-out-") if plan.smoke else c.HERE)
+    sections: dict[str, c.Section] = {}
+    s = None
+
+    def run(key: str, title: str, fn, *fn_args) -> None:
+        print(f"\n== {title} ...", flush=True)
+        try:
+            sec = fn(*fn_args)
+        except c.Skip as exc:
+            sec = c.Section(title, notes=[f"Skipped: {exc}."])
+        except Exception:
+            traceback.print_exc()
+            sec = c.Section(title, notes=["The harness failed here (traceback on stderr)."],
+                          failed=True)
+        sections[key] = sec
+        print(sec.markdown(), flush=True)
+
+    try:
+        if wanted & {"static", "large", "js", "cockpit"}:
+            print(f"Setting up fazt and its peers in {tmp} ...", flush=True)
+            try:
+                s = setup(tmp, plan)
+            except Exception:
+                traceback.print_exc()
+                sections["setup"] = c.Section("Setup for sections 1–4", failed=True, notes=[
+                    "fazt or a peer could not be set up (traceback on stderr)."])
+        if s is not None:
+            for key, title, fn in (("static", "1. Static 4 KiB file", section_static),
+                                   ("large", "2. Large file", section_large),
+                                   ("js", "3. JavaScript", section_js),
+                                   ("cockpit", "4. Cockpit login under load", section_cockpit)):
+                if key in wanted:
+                    run(key, title, fn, s, plan)
+            teardown(s)
+            problems = soak.log_problems(s.log)
+            if problems and sections:
+                list(sections.values())[-1].notes.append(
+                    f"fazt's log for sections 1–4: {problems}.")
+        if "soak" in wanted:
+            run("soak", "5. Soak in a 200 MB cgroup", soak.section_soak, tmp, plan, False)
+            run("control", "6. Control: the naive configuration", soak.section_soak, tmp, plan,
+                True)
+    finally:
+        teardown(s)
+        if args.keep:
+            print(f"Kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    note = draw_chart(out_dir, sections)
+    if note:
+        print(note)
+    report = write_report(out_dir, list(sections.values()), argv, began, plan,
+                          load_before)
+    print(f"\nWrote {report} and {chart_path(out_dir) if not note else '(no chart)'} "
+          f"in {(time.time() - began) / 60:.1f} minutes.")
+    failed = [sec.title for sec in sections.values() if sec.failed]
+    if failed:
+        print("The harness failed in: " + "; ".join(failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

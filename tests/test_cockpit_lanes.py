@@ -100,9 +100,6 @@ def test_cockpit_answers_while_another_process_locks_the_database(live: Server, 
     assert live.get("/", host="mysite.localhost").status_code == 200
 
 
-@pytest.mark.xfail(reason="the store turns SQLite's 'locking protocol' error (a reader that "
-                   "found every WAL read mark taken for ~10 s) into a 500, not a 503",
-                   strict=False)
 def test_a_site_answers_503_when_the_lock_outlasts_its_wait(live: Server, db_path):
     assert live.get("/", host="mysite.localhost").status_code == 200
     lock = DatabaseLock(db_path, 14)

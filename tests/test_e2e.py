@@ -230,3 +230,22 @@ def test_slow_downloads_hold_no_worker_thread(tmp_path):
         finally:
             for s in stalled:
                 s.close()
+
+
+def test_deploy_over_http_with_a_cli_token(server, db_path, site_dir):
+    token = fazt("token", "create", "--name", "laptop", "--db", str(db_path)).stdout.strip()
+    assert token.startswith("fazt_")
+    url = f"http://admin.localhost:{server.port}"
+    # the running server learns of the new token within its config watch (2 s)
+    deadline = time.time() + 10
+    while True:
+        result = fazt("deploy", str(site_dir), "--site", "remote", "--server", url,
+                      "--token", token, check=False)
+        if result.returncode == 0 or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    assert result.returncode == 0, result.stderr
+    assert server.get("/", host="remote.localhost").text == "<h1>hello from fazt</h1>"
+    bad = fazt("deploy", str(site_dir), "--site", "remote", "--server", url, "--token",
+               "fazt_wrong", check=False)
+    assert bad.returncode == 1 and "401" in bad.stderr and "Traceback" not in bad.stderr

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 
@@ -156,9 +157,11 @@ def _deploy_remote(args) -> int:
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
         for f in files:
             archive.writestr(f.path, b"".join(f.pieces))
-    url = args.server.rstrip("/") + f"/api/deploy?site={args.site}"
-    request = urllib.request.Request(url, data=buf.getvalue(), method="POST", headers={
-        "Authorization": f"Bearer {args.token}", "Content-Type": "application/zip"})
+    url, host = _loopback(args.server.rstrip("/") + f"/api/deploy?site={args.site}")
+    headers = {"Authorization": f"Bearer {args.token}", "Content-Type": "application/zip"}
+    if host:
+        headers["Host"] = host
+    request = urllib.request.Request(url, data=buf.getvalue(), method="POST", headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=300) as response:
             result = json.loads(response.read() or b"{}")
@@ -173,6 +176,17 @@ def _deploy_remote(args) -> int:
     print(f"Deployed {result.get('files', len(files))} files as site {args.site!r} "
           f"on {args.server}.")
     return 0
+
+
+def _loopback(url: str) -> tuple[str, str | None]:
+    """`*.localhost` is loopback (RFC 6761) though the system resolver may not know it:
+    connect to 127.0.0.1 and name the host in the Host header instead."""
+    parts = urllib.parse.urlsplit(url)
+    name = (parts.hostname or "").lower()
+    if not name.endswith(".localhost"):
+        return url, None
+    netloc = "127.0.0.1" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc)), parts.netloc
 
 
 def cmd_site_list(args) -> int:

@@ -137,6 +137,8 @@ def files_from_zip(fileobj: BinaryIO, max_total_bytes: int) -> list[NewFile]:
 def _common_folder(names: list[str]) -> str:
     """'site/' when every member sits under one top folder (as zips made of a folder do)."""
     first = names[0].split("/", 1)
+    if first[0] in ("", ".", "..") or "\\" in first[0]:
+        return ""  # not a folder to unwrap: clean_path judges these names
     if len(first) == 2 and all(n.startswith(first[0] + "/") for n in names):
         return first[0] + "/"
     return ""

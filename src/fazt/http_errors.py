@@ -40,10 +40,9 @@ def error_body(req: falcon.Request, status: int, code: str, message: str) -> tup
     page = (
         "<!doctype html><html lang=en><meta charset=utf-8>"
         f"<title>{status} {html.escape(title)}</title>"
-        "<body style=\"font:16px system-ui,sans-serif;max-width:36rem;margin:4rem auto;"
-        "padding:0 1rem;color:#222\">"
-        f"<h1>{status} {html.escape(title)}</h1><p>{html.escape(message)}</p>"
-        "<p style=\"color:#888\">fazt</p></body></html>"
+        # No inline style: the cockpit's CSP would block it. Plain is readable.
+        f"<body><h1>{status} {html.escape(title)}</h1><p>{html.escape(message)}</p>"
+        "<p><small>fazt</small></p></body></html>"
     )
     return "text/html; charset=utf-8", page
 

@@ -131,7 +131,7 @@ class Config:
         return {
             "values": values,
             "schema": th.schema(),
-            "safe": th.compute(i.machine)["safe"],
+            "safe": th.safe({k: i.config[k] for k in th.keys()}, i.machine),
             "overrides": i.overrides,
             "owner_keys": i.config.get("owner_keys") or [],
         }

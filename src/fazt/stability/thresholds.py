@@ -104,6 +104,11 @@ def ledger(thresholds: Mapping[str, Any], machine: Machine | Mapping[str, Any]) 
     return _call("fazt_ledger", dict(thresholds), _machine(machine))
 
 
+def safe(thresholds: Mapping[str, Any], machine: Machine | Mapping[str, Any]) -> dict[str, Any]:
+    """The safe range of every threshold given the *current* values: what check() enforces."""
+    return _call("fazt_safe", dict(thresholds), _machine(machine))
+
+
 @dataclass(frozen=True)
 class Check:
     """The verdict on one proposed threshold value (mirrors fazt_check in capacity.js)."""

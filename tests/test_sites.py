@@ -151,3 +151,13 @@ def test_large_files_never_enter_the_cache(client, instance, tmp_path):
     assert instance.vfs.stats()["bytes"] == 0
     r = get(client, "/big.bin", host="large.localhost", Range="bytes=262140-262150")
     assert r.content == body[262140:262151]  # across a chunk boundary
+
+
+def test_simulator_is_served_on_the_cockpit_host(client):
+    r = client.simulate_get("/simulator/", headers={"Host": "admin.localhost"})
+    assert r.status_code == 200 and "capacity.js" in r.text
+    r = client.simulate_get("/simulator/capacity.js", headers={"Host": "admin.localhost"})
+    assert r.status_code == 200 and "function fazt_thresholds" in r.text
+    # a user-site host never reaches the cockpit's files
+    r = client.simulate_get("/simulator/", headers={"Host": "blog.localhost"})
+    assert r.status_code == 404

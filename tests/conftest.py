@@ -1,12 +1,14 @@
 """Shared fixtures: real databases made by the real `fazt` command, real servers on real sockets."""
 
 import contextlib
+import io
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -186,3 +188,48 @@ class Admin:
         r = self.get("/api/system/status")
         assert r.status_code == 200, r.text
         return r.json()
+
+
+def zip_of(files: dict[str, str | bytes]) -> bytes:
+    """A zip archive in memory, as a deploy upload."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return buf.getvalue()
+
+
+# The database made completely unavailable by another process. DESIGN.md's recipe
+# (locking_mode=EXCLUSIVE, BEGIN EXCLUSIVE, a read) fails once fazt has read the file:
+# a WAL connection keeps a SHARED lock on it while open. So the locker takes the locks
+# SQLite's WAL protocol uses itself: bytes 120-127 of the `-shm` file.
+LOCKER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1] + "-shm", os.O_RDWR)
+# SQLite's unix VFS locks bytes 120-127 of the WAL index: write, checkpoint,
+# recover and the five read marks. Holding them all shuts out every connection.
+deadline = time.time() + 10
+while True:  # a reader may hold a read mark for a moment: try again
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 8, 120, os.SEEK_SET)
+        break
+    except OSError:
+        if time.time() > deadline:
+            raise
+        time.sleep(0.01)
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+class DatabaseLock:
+    """Another process holding the whole database for `seconds`."""
+
+    def __init__(self, db: Path, seconds: float):
+        self.proc = subprocess.Popen([sys.executable, "-c", LOCKER, str(db), str(seconds)],
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "locked"
+        self.started = time.monotonic()
+
+    def close(self) -> None:
+        self.proc.wait(timeout=60)

@@ -1,15 +1,12 @@
 """The cockpit's admin API: authentication, cross-site protection, tokens, config,
 deploys and backups, in-process on the real Router and against a real server."""
 
-import io
 import re
 import sqlite3
 import time
-import zipfile
 from pathlib import Path
 
-import pytest
-from conftest import PASSWORD, USERNAME, Server
+from conftest import PASSWORD, USERNAME, Server, zip_of
 from falcon import testing
 
 from fazt.app import Router
@@ -34,26 +31,6 @@ API_CALLS = [
     ("GET", "/api/sites"), ("DELETE", "/api/sites/mysite"), ("GET", "/api/sites/mysite/logs"),
     ("POST", "/api/deploy?site=mysite"), ("GET", "/api/backup"), ("GET", "/api/no-such-call"),
 ]
-
-
-def zip_of(files: dict[str, str]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, text in files.items():
-            archive.writestr(name, text)
-    return buf.getvalue()
-
-
-@pytest.fixture
-def instance(db_path: Path):
-    inst = Instance(str(db_path)).boot()
-    yield inst
-    inst.close()
-
-
-@pytest.fixture
-def client(instance: Instance) -> testing.TestClient:
-    return testing.TestClient(Router(instance, log=False))
 
 
 def call(client, method: str, path: str, headers: dict | None = None, **kw):

@@ -13,50 +13,16 @@ itself uses: exclusive POSIX locks on the WAL-index lock bytes of `-shm`
 connection can start a read or a write: the database is completely unavailable.
 """
 
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 import requests
-from conftest import PASSWORD, USERNAME, Server, fazt
+from conftest import PASSWORD, USERNAME, DatabaseLock, Server, fazt
 
 CSRF = {"X-Fazt-Request": "1"}
 CREDENTIALS = {"username": USERNAME, "password": PASSWORD}
-LOCKER = """
-import fcntl, os, sys, time
-fd = os.open(sys.argv[1] + "-shm", os.O_RDWR)
-# SQLite's unix VFS locks bytes 120-127 of the WAL index: write, checkpoint,
-# recover and the five read marks. Holding them all shuts out every connection.
-deadline = time.time() + 10
-while True:  # a reader may hold a read mark for a moment: try again
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 8, 120, os.SEEK_SET)
-        break
-    except OSError:
-        if time.time() > deadline:
-            raise
-        time.sleep(0.01)
-print("locked", flush=True)
-time.sleep(float(sys.argv[2]))
-"""
-
-
-class DatabaseLock:
-    """Another process holding the whole database for `seconds`."""
-
-    def __init__(self, db: Path, seconds: float):
-        self.proc = subprocess.Popen([sys.executable, "-c", LOCKER, str(db), str(seconds)],
-                                     stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout.readline().strip() == "locked"
-        self.started = time.monotonic()
-
-    def close(self) -> None:
-        self.proc.wait(timeout=60)
-
-
 def timed(action):
     began = time.monotonic()
     result = action()

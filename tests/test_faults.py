@@ -1,6 +1,5 @@
 """Fault injection: killed processes, a full disk, a locked database, hostile clients."""
 
-import io
 import os
 import signal
 import socket
@@ -9,13 +8,11 @@ import subprocess
 import sys
 import threading
 import time
-import zipfile
 from pathlib import Path
 
 import psutil
 import pytest
-from conftest import Admin, Server, fazt, fazt_env, init_db
-from test_cockpit_lanes import DatabaseLock
+from conftest import Admin, DatabaseLock, Server, fazt, fazt_env, init_db, zip_of
 
 
 def _integrity(db: Path) -> str:
@@ -233,25 +230,17 @@ def test_malformed_http_is_rejected(server):
     assert server.get("/_fazt/health").status_code == 200
 
 
-def _zip(entries: dict[str, bytes], compression=zipfile.ZIP_DEFLATED) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression) as archive:
-        for name, data in entries.items():
-            archive.writestr(name, data)
-    return buf.getvalue()
-
-
 def test_hostile_uploads_are_rejected_with_flat_memory(server, tmp_path):
     admin = Admin(server)
-    good = _zip({"index.html": b"first"})
+    good = zip_of({"index.html": b"first"})
     assert admin.post("/api/deploy?site=shop", data=good).status_code == 200
     rss = psutil.Process(server.proc.pid).memory_info().rss
 
-    traversal = _zip({"../../evil.txt": b"x", "index.html": b"bad"})
+    traversal = zip_of({"../../evil.txt": b"x", "index.html": b"bad"})
     r = admin.post("/api/deploy?site=shop", data=traversal)
     assert r.status_code == 400 and r.json()["error"]["message"]
 
-    bomb = _zip({"index.html": b"bomb", "zeros.bin": b"\0" * (400 << 20)})
+    bomb = zip_of({"index.html": b"bomb", "zeros.bin": b"\0" * (400 << 20)})
     r = admin.post("/api/deploy?site=shop", data=bomb, timeout=120)
     assert r.status_code == 413
 

@@ -1,0 +1,46 @@
+"""The deploy-time check of a site's back end: `api/main.js` must compile.
+
+It runs before the deploy's transaction, so a script with a syntax error
+fails the deploy with its line and message and the old version keeps serving.
+"""
+
+from fazt.errors import FaztError, TooLarge
+from fazt.runtime.engine import syntax_error
+from fazt.store.sites import NewFile
+
+SCRIPT = "api/main.js"
+MAX_SCRIPT_BYTES = 1024 * 1024
+
+
+def compile_check(files: list[NewFile]) -> list[NewFile]:
+    """The same files, with `api/main.js` read into memory once it is known to compile.
+
+    Its pieces may be a single-use iterator, so the checked bytes replace them.
+    """
+    out = []
+    for f in files:
+        if f.path == SCRIPT:
+            data = _read(f)
+            try:
+                source = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise FaztError(f"{SCRIPT} is not valid UTF-8 (byte {exc.start}).",
+                                code="js_syntax") from None
+            problem = syntax_error(source)
+            if problem:
+                line, message = problem
+                where = f"line {line}: " if line else ""
+                raise FaztError(f"{SCRIPT} does not compile: {where}{message}", code="js_syntax")
+            f = NewFile(f.path, f.mime, [data])
+        out.append(f)
+    return out
+
+
+def _read(f: NewFile) -> bytes:
+    parts, size = [], 0
+    for piece in f.pieces:
+        size += len(piece)
+        if size > MAX_SCRIPT_BYTES:
+            raise TooLarge(f"{SCRIPT} is over the limit of {MAX_SCRIPT_BYTES // 1024} KiB.")
+        parts.append(piece)
+    return b"".join(parts)

@@ -1,0 +1,148 @@
+"""The JavaScript every request's context runs before the site's script.
+
+It takes the bridge (a Python callable) out of the global object, so the
+script only sees `fazt.kv` and `console`, and it returns the `step` function
+that the engine calls: `step(requestJson)` runs the handler and answers a
+JSON description of the response, or PENDING when the handler returned a
+promise; `step()` then answers once the engine has run the pending jobs.
+The builtins it relies on (JSON, String) are captured before the script
+runs, so a script that overwrites them only breaks itself.
+"""
+
+PENDING = "pending"  # never valid JSON, so never a packed response
+
+PRELUDE = r"""
+(function () {
+  "use strict";
+  const host = globalThis.__fazt_bridge;
+  delete globalThis.__fazt_bridge;
+  const parse = JSON.parse, stringify = JSON.stringify, toText = String;
+  const errorTypes = { TypeError: TypeError, RangeError: RangeError, Error: Error };
+
+  function call(op, args) {
+    const answer = parse(host(op, stringify(args)));
+    if (answer.error !== undefined) {
+      throw new (errorTypes[answer.type] || Error)(answer.error);
+    }
+    return answer.value;
+  }
+
+  function keyOf(key) {
+    if (typeof key !== "string") throw new TypeError("fazt.kv: a key must be a string.");
+    return key;
+  }
+
+  const kv = Object.freeze({
+    get: function (key) { return call("kv.get", [keyOf(key)]); },
+    set: function (key, value) {
+      if (value === undefined) {
+        throw new TypeError("fazt.kv.set: the value is undefined; use fazt.kv.delete.");
+      }
+      const json = stringify(value);
+      if (json === undefined) {
+        throw new TypeError("fazt.kv.set: the value cannot be stored as JSON.");
+      }
+      call("kv.set", [keyOf(key), json]);
+    },
+    delete: function (key) { return call("kv.delete", [keyOf(key)]); },
+    list: function (prefix) {
+      if (prefix === undefined) prefix = "";
+      if (typeof prefix !== "string") {
+        throw new TypeError("fazt.kv.list: the prefix must be a string.");
+      }
+      return call("kv.list", [prefix]);
+    },
+  });
+
+  function show(value) {
+    if (typeof value === "string") return value;
+    if (value instanceof Error) {
+      return value.stack ? toText(value) + "\n" + value.stack : toText(value);
+    }
+    try {
+      const json = stringify(value);
+      return json === undefined ? toText(value) : json;
+    } catch (e) {
+      return toText(value);
+    }
+  }
+
+  function logger(level) {
+    return function () {
+      const parts = [];
+      for (let i = 0; i < arguments.length; i++) parts.push(show(arguments[i]));
+      call("log", [level, parts.join(" ").slice(0, 4000)]);
+    };
+  }
+
+  globalThis.fazt = Object.freeze({ kv: kv });
+  globalThis.console = Object.freeze({
+    log: logger("log"), info: logger("info"), debug: logger("debug"),
+    warn: logger("warn"), error: logger("error"),
+  });
+
+  function describe(value) {
+    if (value === null) return "null";
+    if (Array.isArray(value)) return "an array";
+    if (value === undefined) return "undefined";
+    return typeof value === "object" ? "an object" : "a " + typeof value;
+  }
+
+  function pack(result) {
+    if (result === null || typeof result !== "object" || Array.isArray(result)) {
+      return stringify({ problem: "handler returned " + describe(result) +
+                                  "; it must return {status, headers, body}." });
+    }
+    const out = { status: result.status === undefined ? 200 : result.status, headers: {} };
+    const headers = result.headers;
+    if (headers !== undefined && headers !== null) {
+      if (typeof headers !== "object" || Array.isArray(headers)) {
+        return stringify({ problem: "handler returned headers that are not an object." });
+      }
+      for (const name of Object.keys(headers)) out.headers[name] = toText(headers[name]);
+    }
+    const body = result.body;
+    if (typeof body === "string") {
+      out.body = body;
+    } else if (body === undefined) {
+      out.body = "";
+    } else {
+      let json;
+      try { json = stringify(body); } catch (e) {
+        return stringify({ problem: "the body cannot be sent as JSON: " + toText(e.message) });
+      }
+      if (json === undefined) return stringify({ problem: "the body cannot be sent as JSON." });
+      out.body = json;
+      out.json = true;
+    }
+    return stringify(out);
+  }
+
+  let settled = null;
+
+  return function step(requestJson) {
+    if (requestJson === undefined) {
+      if (settled === null) {
+        return stringify({ problem: "handler returned a promise that never settled." });
+      }
+      if ("error" in settled) throw settled.error;
+      return pack(settled.value);
+    }
+    const request = parse(requestJson);
+    const type = toText(request.headers["content-type"] || "").toLowerCase();
+    if (type.indexOf("json") >= 0 || /^\s*[\[{]/.test(request.body)) {
+      try { request.json = parse(request.body); } catch (e) { /* not JSON after all */ }
+    }
+    if (typeof handler !== "function") {
+      return stringify({ problem: "api/main.js must define function handler(request)." });
+    }
+    const result = handler(request);
+    if (result !== null && typeof result === "object" && typeof result.then === "function") {
+      result.then(function (value) { settled = { value: value }; },
+                  function (error) { settled = { error: error }; });
+      return "pending";
+    }
+    return pack(result);
+  };
+})()
+"""

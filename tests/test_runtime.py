@@ -1,0 +1,432 @@
+"""The JavaScript runtime in-process: real SQLite, real QuickJS, real threads."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+
+from fazt.errors import FaztError, TooLarge
+from fazt.runtime import JsBusy, Runtime, compile_check
+from fazt.runtime.kv import MAX_VALUE_BYTES
+from fazt.runtime.logs import SiteLogs
+from fazt.runtime.slots import Slots
+from fazt.store.database import create_database
+from fazt.store.sites import NewFile
+
+TIMEOUT_MS = 400
+SLOW = "function handler() { const end = Date.now() + %d; while (Date.now() < end) {} " \
+       "return {body: 'done'}; }"
+SPIN = "function handler() { while (true) {} }"
+
+
+@pytest.fixture
+def db(tmp_path):
+    return create_database(str(tmp_path / "fazt.db"))
+
+
+@pytest.fixture
+def rt(db):
+    return Runtime(db, slots=3, memory_mb=32, timeout_ms=TIMEOUT_MS)
+
+
+def request(**extra):
+    base = {"method": "GET", "path": "/api/x", "query": {}, "headers": {}, "body": ""}
+    return {**base, **extra}
+
+
+def call(rt, source, site="alpha", **extra):
+    """(status, parsed JSON or text, headers)."""
+    answer = rt.handle(site, "sha", source, request(**extra))
+    text = answer.body.decode()
+    if answer.headers.get("Content-Type") == "application/json":
+        return answer.status, json.loads(text), answer.headers
+    return answer.status, text, answer.headers
+
+
+def error_code(result):
+    status, body, _ = result
+    return status, body["error"]["code"]
+
+
+# -- handlers ---------------------------------------------------------------
+
+def test_echo_handler_sees_the_whole_request(rt):
+    source = """function handler(request) {
+      return {status: 201, headers: {'X-Echo': 'yes'}, body: request};
+    }"""
+    status, body, headers = call(
+        rt, source, method="POST", path="/api/items", query={"q": "1", "page": "2"},
+        headers={"content-type": "application/json", "x-token": "t"},
+        body='{"name": "ada", "n": [1, 2]}')
+    assert status == 201
+    assert headers["X-Echo"] == "yes"
+    assert headers["Content-Type"] == "application/json"
+    assert body["method"] == "POST"
+    assert body["path"] == "/api/items"
+    assert body["query"] == {"q": "1", "page": "2"}
+    assert body["headers"]["x-token"] == "t"
+    assert body["json"] == {"name": "ada", "n": [1, 2]}
+
+
+def test_string_body_is_text_unless_the_handler_says_otherwise(rt):
+    assert call(rt, "function handler() { return {body: 'hi'}; }") == (
+        200, "hi", {"Content-Type": "text/plain; charset=utf-8"})
+    status, text, headers = call(rt, "function handler() { return {body: '<b>', headers: "
+                                     "{'content-type': 'text/html'}}; }")
+    assert (status, text, headers) == (200, "<b>", {"content-type": "text/html"})
+
+
+def test_body_that_is_not_json_has_no_json_field(rt):
+    status, body, _ = call(rt, "function handler(r) { return {body: {has: 'json' in r}}; }",
+                           headers={"content-type": "application/json"}, body="{not json")
+    assert (status, body) == (200, {"has": False})
+
+
+def test_async_handler(rt):
+    source = "async function handler() { await null; return {status: 202, body: 'later'}; }"
+    assert call(rt, source)[:2] == (202, "later")
+
+
+# -- failures become JSON errors --------------------------------------------
+
+def test_infinite_loop_ends_with_504_and_the_site_keeps_working(rt):
+    started = time.monotonic()
+    assert error_code(call(rt, SPIN)) == (504, "js_timeout")
+    elapsed = time.monotonic() - started
+    assert TIMEOUT_MS / 1000 * 0.9 <= elapsed < 10
+    assert call(rt, "function handler() { return {body: 'fine'}; }")[:2] == (200, "fine")
+    assert rt.stats()["timeouts"] == 1
+
+
+def test_timeout_under_cpu_contention(rt):
+    """Spinners end with 504 while other JS and Python burn CPU; a script that works
+    for half the timeout is never killed by its neighbours."""
+    stop = threading.Event()
+
+    def burn():
+        while not stop.is_set():
+            sum(range(1000))
+
+    results = {}
+
+    def run(name, source):
+        started = time.monotonic()
+        answer = rt.handle("alpha", "sha", source, request())
+        results[name] = (answer.status, time.monotonic() - started)
+
+    burner = threading.Thread(target=burn)
+    burner.start()
+    try:
+        threads = [threading.Thread(target=run, args=(f"spin{i}", SPIN)) for i in range(2)]
+        threads.append(threading.Thread(target=run, args=("legit", SLOW % (TIMEOUT_MS // 2))))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    finally:
+        stop.set()
+        burner.join()
+    assert results["legit"][0] == 200
+    for name in ("spin0", "spin1"):
+        status, elapsed = results[name]
+        assert status == 504
+        assert TIMEOUT_MS / 1000 * 0.9 <= elapsed < 10
+
+
+def test_memory_bomb_is_a_clean_error_and_rss_falls_back(db):
+    rt = Runtime(db, slots=2, memory_mb=128, timeout_ms=5000)
+    process = psutil.Process()
+    before = process.memory_info().rss
+    for bomb in ("let a = []; while (true) a.push({x: a.length, y: [1, 2]});",
+                 "let a = []; while (true) a.push('y' + a.length);",
+                 "let s = 'x'; while (true) s = s + s;"):
+        source = "function handler() { " + bomb + " }"
+        assert error_code(call(rt, source)) == (500, "js_memory_limit")
+    assert process.memory_info().rss < before + 40 * 1024 * 1024
+    assert call(rt, "function handler() { return {body: 'ok'}; }")[:2] == (200, "ok")
+
+
+CRASHER = """
+import os, sys, tempfile
+from fazt.runtime import Runtime
+from fazt.store.database import create_database
+rt = Runtime(create_database(os.path.join(tempfile.mkdtemp(), "t.db")),
+             slots=1, memory_mb=16, timeout_ms=2000)
+bomb = "function handler() { let a = []; while (true) a.push('x'.repeat(1000)); }"
+request = {"method": "GET", "path": "/api/x", "query": {}, "headers": {}, "body": ""}
+for _ in range(300):
+    assert rt.handle("s", "sha", bomb, request).error == "js_memory_limit"
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="quickjs 1.19.4 corrupts memory when String.prototype"
+                   ".repeat or padEnd hits the memory limit; the process segfaults within a few"
+                   " runs. Engine bug, reproduced without fazt; see the issue note.")
+def test_repeat_memory_bomb_does_not_crash_the_process():
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.run([sys.executable, "-c", CRASHER], env=env, capture_output=True,
+                           timeout=120)
+    assert child.returncode == 0, child.stderr.decode()[-500:]
+
+
+def test_deep_recursion_is_a_clean_error(rt):
+    source = "function f(n) { return f(n + 1) + 1; }\nfunction handler() { return f(0); }"
+    assert error_code(call(rt, source)) == (500, "js_stack_overflow")
+
+
+def test_thrown_error_message_in_response_stack_in_log(rt):
+    source = "function inner() { throw new Error('boom'); }\n" \
+             "function handler() { return inner(); }"
+    status, body, _ = call(rt, source)
+    assert status == 500
+    assert body == {"error": {"code": "js_error", "message": "Error: boom"}}
+    logged = [line["message"] for line in rt.logs("alpha") if line["level"] == "error"]
+    assert any("Error: boom" in m and "at inner" in m for m in logged)
+    assert rt.stats()["errors"] == 1
+
+
+@pytest.mark.parametrize("source", [
+    "function handler() {}",
+    "function handler() { return 5; }",
+    "function handler() { return [1]; }",
+    "function handler() { return {status: 'x'}; }",
+    "function handler() { return {status: 99}; }",
+    "function handler() { return {headers: {'bad name': 'v'}}; }",
+    "function handler() { return {headers: {'x-a': 'a\\r\\nb'}}; }",
+    "function handler() { const o = {}; o.o = o; return {body: o}; }",
+    "var nothing = 1;",
+])
+def test_unusable_answers_are_bad_response(rt, source):
+    assert error_code(call(rt, source)) == (500, "bad_response")
+
+
+def test_syntax_error_at_run_time(rt):
+    status, body, _ = call(rt, "function handler() {\n  return {body: 1\n}")
+    assert status == 500
+    assert body["error"]["code"] == "js_syntax"
+    assert "line 3" in body["error"]["message"]
+
+
+def test_runtime_syntax_error_from_json_parse_is_a_js_error(rt):
+    assert error_code(call(rt, "function handler() { return JSON.parse('{'); }")) == (
+        500, "js_error")
+
+
+def test_no_globals_leak_between_requests(rt):
+    first = "globalThis.x = 1; Array.prototype.evil = 1;\n" \
+            "function handler() { globalThis.y = 2; return {body: 'set'}; }"
+    assert call(rt, first)[:2] == (200, "set")
+    second = "function handler() { return {body: [typeof x, typeof y, typeof [].evil]}; }"
+    assert call(rt, second)[1] == ["undefined", "undefined", "undefined"]
+
+
+def test_the_bridge_is_hidden_from_scripts(rt):
+    source = "function handler() { return {body: [typeof __fazt_bridge, typeof __fazt_clock," \
+             " typeof fazt.kv.get]}; }"
+    assert call(rt, source)[1] == ["undefined", "undefined", "function"]
+
+
+# -- compile_check ----------------------------------------------------------
+
+def one_shot(data: bytes):
+    yield data
+
+
+def test_compile_check_passes_good_script_and_keeps_its_bytes():
+    script = b"function handler(r) {\n  return {body: 'ok'};\n}\n"
+    other = NewFile("index.html", "text/html", [b"<p>"])
+    files = compile_check([other, NewFile("api/main.js", "text/javascript", one_shot(script))])
+    assert files[0] is other
+    assert files[1].pieces == [script]
+
+
+@pytest.mark.parametrize("script, line", [
+    (b"function handler(r) {\n  return {body: 'ok' 'x'};\n}\n", "line 2"),
+    (b"function handler(r) {\n  return {body: 'ok'};\n", "line 3"),  # found at the end
+    (b"function handler() {}\n}); (function () {\n", "line 2"),  # closes the check's wrapper
+    (b"let x = ;", "line 1"),
+])
+def test_compile_check_reports_the_line(script, line):
+    with pytest.raises(FaztError) as info:
+        compile_check([NewFile("api/main.js", "text/javascript", one_shot(script))])
+    assert info.value.code == "js_syntax"
+    assert info.value.message.startswith("api/main.js does not compile:")
+    assert line in info.value.message
+
+
+def test_compile_check_does_not_run_the_script():
+    script = b"while (true) {}\nfunction handler() {}"
+    started = time.monotonic()
+    compile_check([NewFile("api/main.js", "text/javascript", [script])])
+    assert time.monotonic() - started < 1
+
+
+def test_compile_check_refuses_bad_utf8_and_huge_scripts():
+    with pytest.raises(FaztError, match="UTF-8"):
+        compile_check([NewFile("api/main.js", "text/javascript", [b"\xff\xfe"])])
+    with pytest.raises(TooLarge):
+        compile_check([NewFile("api/main.js", "text/javascript", [b"//" + b"x" * 2_000_000])])
+
+
+# -- the slot semaphore -----------------------------------------------------
+
+def test_flood_gets_exactly_the_excess_rejected_at_once(rt):
+    slots = 3
+    barrier = threading.Barrier(3 * slots)
+    outcomes = []
+    lock = threading.Lock()
+
+    def hit():
+        barrier.wait()
+        started = time.monotonic()
+        try:
+            answer = rt.handle("alpha", "sha", SLOW % 600, request())
+            result = ("ok", answer.status, time.monotonic() - started)
+        except JsBusy as exc:
+            result = ("busy", exc.status, time.monotonic() - started, exc.retry_after)
+        with lock:
+            outcomes.append(result)
+
+    threads = [threading.Thread(target=hit) for _ in range(3 * slots)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    busy = [o for o in outcomes if o[0] == "busy"]
+    done = [o for o in outcomes if o[0] == "ok"]
+    assert len(busy) == 2 * slots
+    assert len(done) == slots
+    assert all(o[1] == 429 and o[2] < 0.3 and o[3] == 1 for o in busy)
+    assert all(o[1] == 200 for o in done)
+    stats = rt.stats()
+    assert stats["rejected"] == 2 * slots
+    assert stats["in_use"] == 0
+    assert stats["runs"] == slots
+
+
+def test_busy_is_a_fazt_error_the_http_layer_can_send():
+    exc = JsBusy("busy")
+    assert isinstance(exc, FaztError)
+    assert (exc.status, exc.code, exc.retry_after) == (429, "js_busy", 1)
+
+
+def test_slots_resize_grow_at_once_shrink_lazily():
+    slots = Slots(1)
+    assert slots.try_acquire()
+    assert not slots.try_acquire()
+    slots.resize(3)
+    assert slots.try_acquire() and slots.try_acquire()
+    slots.resize(1)  # three holders keep running
+    assert slots.stats() == {"slots": 1, "in_use": 3, "rejected": 1}
+    slots.release()
+    slots.release()
+    assert not slots.try_acquire()  # still one in use: full
+    slots.release()
+    assert slots.try_acquire()
+
+
+def test_runtime_resize_while_a_script_runs(rt):
+    rt.resize(slots=1, memory_mb=32, timeout_ms=TIMEOUT_MS)
+    result = {}
+    running = threading.Thread(
+        target=lambda: result.setdefault("a", rt.handle("alpha", "s", SLOW % 500, request())))
+    running.start()
+    time.sleep(0.15)
+    with pytest.raises(JsBusy):
+        rt.handle("alpha", "s", "function handler() { return {}; }", request())
+    rt.resize(slots=2, memory_mb=32, timeout_ms=TIMEOUT_MS)
+    assert rt.handle("alpha", "s", "function handler() { return {}; }", request()).status == 200
+    rt.resize(slots=0, memory_mb=32, timeout_ms=TIMEOUT_MS)
+    with pytest.raises(JsBusy):
+        rt.handle("alpha", "s", "function handler() { return {}; }", request())
+    running.join(10)
+    assert result["a"].status == 200  # shrinking never kills a running script
+    assert rt.stats()["slots"] == 0
+
+
+# -- fazt.kv -----------------------------------------------------------------
+
+def test_kv_is_private_to_each_site(rt):
+    write = "function handler(r) { fazt.kv.set('k', r.query.v); return {body: 'ok'}; }"
+    read = "function handler() { return {body: {v: fazt.kv.get('k'), keys: fazt.kv.list()}}; }"
+    call(rt, write, site="alpha", query={"v": "from alpha"})
+    call(rt, write, site="beta", query={"v": "from beta"})
+    assert call(rt, read, site="alpha")[1] == {"v": "from alpha", "keys": ["k"]}
+    assert call(rt, read, site="beta")[1] == {"v": "from beta", "keys": ["k"]}
+    assert call(rt, read, site="gamma")[1] == {"keys": []}  # missing: undefined
+
+
+def test_kv_values_are_json_and_list_takes_a_prefix(rt):
+    source = """function handler() {
+      fazt.kv.set('user:1', {name: 'ada', tags: ['a']});
+      fazt.kv.set('user:2', null);
+      fazt.kv.set('other', 3);
+      const had = fazt.kv.delete('other');
+      return {body: {one: fazt.kv.get('user:1'), two: fazt.kv.get('user:2'),
+                     gone: fazt.kv.get('other') === undefined, had: had,
+                     users: fazt.kv.list('user:'), all: fazt.kv.list()}};
+    }"""
+    assert call(rt, source)[1] == {"one": {"name": "ada", "tags": ["a"]}, "two": None,
+                                   "gone": True, "had": True,
+                                   "users": ["user:1", "user:2"], "all": ["user:1", "user:2"]}
+
+
+def test_kv_limits_are_js_exceptions(rt):
+    rt.kv.max_site = 2000
+    source = """function handler() {
+      const out = [];
+      for (const f of [() => fazt.kv.set('k'.repeat(513), 1),
+                       () => fazt.kv.set('big', 'x'.repeat(MAX)),
+                       () => fazt.kv.set(5, 1),
+                       () => fazt.kv.set('u', undefined),
+                       () => { for (let i = 0; i < 9; i++) fazt.kv.set('f' + i, 'x'.repeat(300)); },
+                      ]) {
+        try { f(); out.push('no error'); } catch (e) { out.push(e.name + ': ' + e.message); }
+      }
+      return {body: out};
+    }""".replace("MAX", str(MAX_VALUE_BYTES))
+    errors = call(rt, source)[1]
+    assert errors[0].startswith("RangeError") and "512" in errors[0]
+    assert errors[1].startswith("RangeError") and str(MAX_VALUE_BYTES) in errors[1]
+    assert errors[2].startswith("TypeError")
+    assert errors[3].startswith("TypeError")
+    assert errors[4].startswith("RangeError") and "2000" in errors[4]
+    assert rt.kv.used_bytes("alpha") <= 2000
+
+
+# -- console ----------------------------------------------------------------
+
+def test_console_goes_to_a_bounded_ring(rt):
+    source = """function handler() {
+      for (let i = 0; i < 250; i++) console.log('line', i, {i: i});
+      console.warn('x'.repeat(5000));
+      return {body: 'ok'};
+    }"""
+    call(rt, source)
+    lines = rt.logs("alpha")
+    assert len(lines) == 200
+    assert lines[-2]["message"] == 'line 249 {"i":249}'
+    assert lines[-1]["level"] == "warn" and len(lines[-1]["message"]) <= 1000
+    assert set(lines[0]) == {"time", "level", "message"}
+    assert rt.logs("beta") == []
+
+
+def test_site_logs_forget_the_least_recent_site():
+    logs = SiteLogs(lines_per_site=2, line_chars=10, max_sites=2)
+    for site in ("a", "b", "a", "c"):
+        logs.add(site, "log", "0123456789abc")
+    assert logs.lines("b") == []
+    assert [line["message"] for line in logs.lines("a")] == ["012345678…"] * 2
+    assert len(logs.lines("c")) == 1
+
+
+def test_stats_names(rt):
+    call(rt, "function handler() { return {body: 'x'}; }")
+    stats = rt.stats()
+    assert {"slots", "in_use", "rejected", "timeouts", "errors", "runs"} <= stats.keys()
+    assert stats["runs"] == 1 and stats["slots"] == 3

@@ -164,9 +164,6 @@ for _ in range(300):
 """
 
 
-@pytest.mark.xfail(strict=True, reason="quickjs 1.19.4 corrupts memory when String.prototype"
-                   ".repeat or padEnd hits the memory limit; the process segfaults within a few"
-                   " runs. Engine bug, reproduced without fazt; see the issue note.")
 def test_repeat_memory_bomb_does_not_crash_the_process():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     child = subprocess.run([sys.executable, "-c", CRASHER], env=env, capture_output=True,
@@ -285,7 +282,7 @@ def test_flood_gets_exactly_the_excess_rejected_at_once(rt):
         barrier.wait()
         started = time.monotonic()
         try:
-            answer = rt.handle("alpha", "sha", SLOW % 600, request())
+            answer = rt.handle("alpha", "sha", SLOW % 300, request())  # under the timeout
             result = ("ok", answer.status, time.monotonic() - started)
         except JsBusy as exc:
             result = ("busy", exc.status, time.monotonic() - started, exc.retry_after)

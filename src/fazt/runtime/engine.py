@@ -43,10 +43,12 @@ beside two spinners is never stopped. CPU taken by *other processes* only
 stretches these times (1.2–1.3 s measured on a loaded machine), never
 shortens them.
 
-Known engine bug (quickjs 1.19.4, reproduced without fazt): when
-`String.prototype.repeat` or `padEnd` hits the memory limit, QuickJS
-corrupts the heap and the process segfaults within a few such runs. See
-the xfail test in tests/test_runtime.py.
+The engine is `quickjs-ng` (same `import quickjs`). The archived `quickjs`
+1.19.4 corrupts its heap when `String.prototype.repeat` or `padEnd` hits the
+memory limit, and the process segfaults within a few such runs (reproduced
+without fazt; tests/test_runtime.py runs 300 of them in a child process).
+quickjs-ng survives them; its loops are slower (DESIGN.md measured ~3×),
+a price stability is worth.
 """
 
 import json
@@ -260,7 +262,7 @@ def _failure(exc: quickjs.JSException, limits: Limits, bridge: Bridge) -> JsResp
     elif first == "InternalError: interrupted":
         status, code = 504, "js_timeout"
         message = f"The script ran past its time limit of {limits.timeout_ms} ms."
-    elif ("out of memory" in first or first in ("null", "")
+    elif ("out of memory" in first or first in ("null", "") or "string too long" in first
           or first.startswith("(Failed obtaining QuickJS error string")):
         status, code = 500, "js_memory_limit"
         message = f"The script ran out of memory (limit {limits.memory_bytes // (1024 * 1024)} MB)."

@@ -1,0 +1,145 @@
+"""Site back ends over real HTTP: the contract of SPEC's "JavaScript back ends"."""
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, Admin, Server, fazt
+
+ECHO = """
+function handler(request) {
+  return {status: 201, headers: {"X-Echo": "yes"},
+          body: {method: request.method, path: request.path, query: request.query,
+                 agent: request.headers["x-agent"], json: request.json, body: request.body}};
+}
+"""
+SLOW = """
+function handler(request) {
+  const end = Date.now() + 1500; while (Date.now() < end) {}
+  return {body: "done"};
+}
+"""
+SPIN = "function handler() { while (true) {} }"
+KV = """
+function handler(request) {
+  if (request.method === "POST") { fazt.kv.set("color", request.json.color); }
+  console.log("color asked");
+  return {body: {color: fazt.kv.get("color"), keys: fazt.kv.list("")}};
+}
+"""
+
+
+def make_site(root: Path, name: str, script: str, extra: dict | None = None) -> Path:
+    site = root / name
+    (site / "api").mkdir(parents=True)
+    (site / "api" / "main.js").write_text(script)
+    (site / "index.html").write_text(f"<p>{name}</p>")
+    for path, text in (extra or {}).items():
+        (site / path).write_text(text)
+    return site
+
+
+def deploy(db: Path, site: Path, name: str) -> None:
+    fazt("deploy", str(site), "--site", name, "--db", str(db))
+
+
+def test_echo_handler(server, db_path, tmp_path):
+    deploy(db_path, make_site(tmp_path, "echo", ECHO), "echo")
+    r = server.request("POST", "/api/things/1?x=1&y=two", host="echo.localhost",
+                       json={"a": [1, 2]}, headers={"X-Agent": "pytest"})
+    assert r.status_code == 201 and r.headers["X-Echo"] == "yes"
+    assert r.headers["Content-Type"].startswith("application/json")
+    assert r.json() == {"method": "POST", "path": "/api/things/1", "query": {"x": "1", "y": "two"},
+                        "agent": "pytest", "json": {"a": [1, 2]}, "body": '{"a": [1, 2]}'}
+    # the script's source is never served
+    assert "function handler" not in server.get("/api/main.js", host="echo.localhost").text
+    assert server.get("/", host="echo.localhost").text == "<p>echo</p>"
+
+
+def test_timeout_is_504_and_the_site_recovers(server, db_path, tmp_path):
+    fazt("config", "set", "js_timeout_ms", "500", "--db", str(db_path))
+    site = make_site(tmp_path, "spin", SPIN)
+    deploy(db_path, site, "spin")
+    time.sleep(2.5)  # the running server picks up the new timeout
+    r = server.get("/api/x", host="spin.localhost")
+    assert r.status_code == 504 and r.json()["error"]["code"] == "js_timeout"
+    (site / "api" / "main.js").write_text("function handler() { return {body: 'fine'}; }")
+    deploy(db_path, site, "spin")
+    assert server.get("/api/x", host="spin.localhost").text == "fine"
+
+
+def test_syntax_error_fails_the_deploy_and_keeps_the_old_version(server, db_path, tmp_path):
+    site = make_site(tmp_path, "app", "function handler() { return {body: 'v1'}; }")
+    deploy(db_path, site, "app")
+    (site / "api" / "main.js").write_text("function handler() {\n  return {body: 'v2';\n}\n")
+    result = fazt("deploy", str(site), "--site", "app", "--db", str(db_path), check=False)
+    assert result.returncode == 1 and "does not compile" in result.stderr
+    assert "line 2" in result.stderr and "Traceback" not in result.stderr
+    assert server.get("/api/x", host="app.localhost").text == "v1"
+
+
+def test_flood_gets_429_for_the_excess_while_static_and_cockpit_answer(tmp_path):
+    from conftest import init_db
+
+    db = init_db(tmp_path / "data.db")
+    fazt("config", "set", "max_concurrent_js", "2", "--db", str(db))
+    fazt("config", "set", "user_threads", "10", "--db", str(db))
+    deploy(db, make_site(tmp_path, "slow", SLOW), "slow")
+    with Server.running(db) as srv:
+        admin = Admin(srv)
+        results = []
+        barrier = threading.Barrier(6)
+
+        def hit():
+            barrier.wait()
+            r = srv.get("/api/work", host="slow.localhost", timeout=30)
+            results.append((r.status_code, r.headers.get("Retry-After")))
+
+        threads = [threading.Thread(target=hit) for _ in range(6)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        during = time.time()
+        assert srv.get("/", host="slow.localhost").text == "<p>slow</p>"
+        assert admin.get("/api/system/status").status_code == 200
+        assert time.time() - during < 1.0  # neither waited for a JS slot
+        for t in threads:
+            t.join()
+        statuses = sorted(s for s, _ in results)
+        assert statuses == [200, 200, 429, 429, 429, 429], statuses
+        assert all(retry for s, retry in results if s == 429)
+        assert admin.status()["js"]["rejected"] == 4
+
+
+def test_kv_is_private_to_each_site_and_logs_are_visible(server, db_path, tmp_path):
+    for name in ("one", "two"):
+        deploy(db_path, make_site(tmp_path, name, KV), name)
+    server.request("POST", "/api/c", host="one.localhost", json={"color": "red"})
+    server.request("POST", "/api/c", host="two.localhost", json={"color": "blue"})
+    assert server.get("/api/c", host="one.localhost").json()["color"] == "red"
+    assert server.get("/api/c", host="two.localhost").json()["color"] == "blue"
+    logs = Admin(server).get("/api/sites/one/logs").json()
+    lines = logs["lines"] if isinstance(logs, dict) else logs
+    assert any("color asked" in line["message"] for line in lines)
+
+
+def test_the_demo_site(server, db_path):
+    fazt("deploy", str(ROOT / "examples" / "hello"), "--site", "hello", "--db", str(db_path))
+    first = server.get("/api/hello?name=ada", host="hello.localhost").json()
+    second = server.get("/api/hello?name=ada", host="hello.localhost").json()
+    assert first["hello"] == "ada" and second["visits"] == first["visits"] + 1
+
+
+@pytest.mark.parametrize("script,code", [
+    ("function handler() { throw new Error('kaput'); }", "js_error"),
+    ("function handler() { return undefined; }", "bad_response"),
+    ("function handler() { let a = []; while (true) a.push('x'.repeat(1000)); }",
+     "js_memory_limit"),
+])
+def test_script_failures_are_json_errors(server, db_path, tmp_path, script, code):
+    deploy(db_path, make_site(tmp_path, "bad", script), "bad")
+    r = server.get("/api/x", host="bad.localhost")
+    assert r.status_code == 500 and r.json()["error"]["code"] == code
+    assert "Traceback" not in r.text
+    assert server.get("/_fazt/health").status_code == 200

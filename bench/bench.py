@@ -9,10 +9,13 @@ See bench/README.md.
 """
 
 import argparse
+import dataclasses
 import datetime
+import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -273,15 +276,22 @@ def js_flood(port: int, clients: int, seconds: float, path: str = "/api/spin?ms=
     return counts, threads, stop
 
 
-def static_probe(port: int, count: int, every: float = 0.02) -> list[float]:
-    """Latencies of `count` sequential static GETs (a fresh connection each)."""
+def static_probe(port: int, count: int, seconds: float = 600, every: float = 0.02) -> list[float]:
+    """Latencies of up to `count` sequential static GETs for up to `seconds` (a fresh
+    connection each)."""
     out = []
+    deadline = time.monotonic() + seconds
     for _ in range(count):
+        if time.monotonic() > deadline:
+            break
         began = time.perf_counter()
-        r = requests.get(f"http://127.0.0.1:{port}/file.bin", headers={"Host": c.SITE_HOST},
-                         timeout=30)
-        if r.status_code == 200:
-            out.append(time.perf_counter() - began)
+        try:
+            r = requests.get(f"http://127.0.0.1:{port}/file.bin", timeout=30,
+                             headers={"Host": c.SITE_HOST})
+            if r.status_code == 200:
+                out.append(time.perf_counter() - began)
+        except requests.RequestException:
+            pass  # counted as missing: the table shows how many samples answered
         time.sleep(every)
     return out
 
@@ -313,9 +323,9 @@ def section_js(s: Setup, plan: Plan) -> c.Section:
     seconds = 3 if plan.smoke else 15
     probes = 50 if plan.smoke else 200
     idle = static_probe(s.port, probes)
-    counts, threads, stop = js_flood(s.port, clients, seconds + 30)
+    counts, threads, stop = js_flood(s.port, clients, seconds + 5)
     time.sleep(0.5)
-    during = static_probe(s.port, probes if plan.smoke else int(seconds / 0.025))
+    during = static_probe(s.port, 100_000, seconds)
     stop.set()
     for t in threads:
         t.join(60)
@@ -332,25 +342,30 @@ def section_js(s: Setup, plan: Plan) -> c.Section:
     sec.notes.append(f"Overload: {clients} Python clients (4 × slots) on `/api/spin?ms=50`, "
                      "a handler that busy-loops 50 ms, while one client GETs the 4 KiB static "
                      "file every 20 ms on fresh connections (the 'busy' columns); "
-                     f"{len(idle)} idle and {len(during)} busy static samples.")
+                     f"{len(idle)} idle and {len(during)} busy static samples answered 200.")
     return sec
 
 
 # -- 4. the cockpit ---------------------------------------------------------------------------
 
 
-def logins(port: int, count: int) -> tuple[list[float], dict]:
-    times, codes = [], {}
+def logins(port: int, count: int) -> tuple[list[float], dict, list[float]]:
+    """`count` sequential sign-ins, each followed by one status read with its cookie:
+    (login seconds, answers by status, status-read seconds)."""
+    times, codes, reads = [], {}, []
     for _ in range(count):
         try:
-            code, took, _ = c.login(port)
+            code, took, cookie = c.login(port)
             key = str(code)
             if code == 200:
                 times.append(took)
+                began = time.perf_counter()
+                c.status(port, cookie)
+                reads.append(time.perf_counter() - began)
         except requests.RequestException as exc:
             key = type(exc).__name__
         codes[key] = codes.get(key, 0) + 1
-    return times, codes
+    return times, codes, reads
 
 
 def slow_readers(port: int, clients: int, stop: threading.Event) -> list[threading.Thread]:
@@ -378,8 +393,8 @@ def section_cockpit(s: Setup, plan: Plan) -> c.Section:
     wrk_cmd = [c.need("wrk"), "-t", "2", "-c", "64", "-d", "600s", "-H", f"Host: {c.SITE_HOST}",
                f"http://127.0.0.1:{s.port}/file.bin"]
     phases = []
-    idle, codes = logins(s.port, plan.logins)
-    phases.append(("idle", idle, codes))
+    idle, codes, reads = logins(s.port, plan.logins)
+    phases.append(("idle", idle, codes, reads))
     for name, with_js in (("static flood (wrk -c 64)", False),
                           ("static flood + JS 4×slots + 8 slow large-file readers", True)):
         flood = subprocess.Popen(wrk_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -389,7 +404,7 @@ def section_cockpit(s: Setup, plan: Plan) -> c.Section:
                 _, threads, js_stop = js_flood(s.port, 4 * s.slots, 600)
                 threads += slow_readers(s.port, 8, stop)
             time.sleep(1)
-            times, codes = logins(s.port, plan.logins)
+            times, codes, reads = logins(s.port, plan.logins)
         finally:
             c.stop(flood)
             stop.set()
@@ -397,22 +412,26 @@ def section_cockpit(s: Setup, plan: Plan) -> c.Section:
                 js_stop.set()
             for t in threads:
                 t.join(60)
-        phases.append((name, times, codes))
+        phases.append((name, times, codes, reads))
     idle_p99 = c.percentile(idle, 99)
     rows = []
-    for name, times, codes in phases:
+    for name, times, codes, reads in phases:
         p99 = c.percentile(times, 99)
         ratio = p99 / idle_p99 if idle_p99 == idle_p99 else float("nan")
         verdict = "–" if name == "idle" else ("met" if ratio < 2 else "missed")
         rows.append([name, f"{len(times)}/{sum(codes.values())}", c.ms(c.percentile(times, 50)),
                      c.ms(p99), f"{ratio:.2f}×", verdict,
-                     {k: v for k, v in codes.items() if k != "200"} or "–"])
+                     {k: v for k, v in codes.items() if k != "200"} or "–",
+                     c.ms(c.percentile(reads, 50)), c.ms(c.percentile(reads, 99))])
         sec.chart[name] = p99
-    sec.tables.append(c.table(["phase", "200 / logins", "p50 ms", "p99 ms", "p99 / idle p99",
-                               "goal < 2×", "other answers"], rows))
+    sec.tables.append(c.table(["phase", "200 / logins", "login p50 ms", "login p99 ms",
+                               "p99 / idle p99", "goal < 2×", "other answers",
+                               "status read p50 ms", "status read p99 ms"], rows))
     sec.notes.append(f"{plan.logins} sequential logins per phase, each on a fresh connection, "
                      "measured client-side (the password check is scrypt, so most of a login "
-                     "is CPU). The load generators run on the same 2 cores.")
+                     "is CPU); after each, one `GET /api/system/status` with its cookie "
+                     "(no scrypt: the lane and the CPU alone). The load generators share the "
+                     "2 cores.")
     return sec
 
 
@@ -425,18 +444,35 @@ def machine_line() -> str:
             f"{ram:.1f} GiB RAM, Linux {platform.release()}, Python {platform.python_version()}")
 
 
-def write_report(out_dir: str, sections: list[c.Section], argv: list[str], began: float,
+ORDER = ("setup", "static", "large", "js", "cockpit", "soak", "control")
+
+
+def merge_previous(out_dir: str, sections: dict, partial: bool) -> dict[str, c.Section]:
+    """With --only, the sections not run now are kept from the last results.json."""
+    path = os.path.join(out_dir, "results.json")
+    merged = {}
+    if partial and os.path.exists(path):
+        with open(path) as f:
+            merged = {k: c.Section(**v) for k, v in json.load(f).items()}
+    merged.update(sections)
+    merged = {k: merged[k] for k in ORDER if k in merged}
+    with open(path, "w") as f:
+        json.dump({k: dataclasses.asdict(v) for k, v in merged.items()}, f)
+    return merged
+
+
+def write_report(out_dir: str, sections: list[c.Section], command: str, began: float,
                  plan: Plan, load_before: tuple) -> str:
-    command = "bench/run.sh" + "".join(f" {a}" for a in argv)
-    kind = "smoke run (tiny sizes; not a measurement)" if plan.smoke else "full run"
+    kind = "smoke run (tiny sizes; not a measurement)" if plan.smoke else "full sizes"
     head = [
         "# fazt benchmark results",
         f"- Date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
         f"- Machine: {machine_line()}",
-        f"- Command: `{command}` ({kind}, {(time.time() - began) / 60:.0f} minutes)",
+        f"- Command: `{command}` ({kind}, {(time.time() - began) / 60:.0f} minutes); "
+        "each section says when and by which command it was measured",
         "- Load average (1/5/15 min) before: {:.2f} {:.2f} {:.2f}; after: {:.2f} {:.2f} {:.2f} "
-        "(anything else running on the machine shows here)".format(*load_before,
-                                                                     *os.getloadavg()),
+        "(others' work on this shared machine shows here)".format(*load_before,
+                                                                  *os.getloadavg()),
         f"- Chart: `{os.path.basename(chart_path(out_dir))}`",
     ]
     text = "\n".join(head) + "\n\n" + "\n\n".join(s.markdown() for s in sections) + "\n"
@@ -508,9 +544,14 @@ def main(argv: list[str]) -> int:
                                  "(default: bench/ for a full run, a temp dir for --smoke)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = p.parse_args(argv)
+    # SIGTERM (and SIGINT, which a background job may have ignored) end the run through
+    # the `finally` blocks below, so that no server, nginx or cgroup is left behind.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: sys.exit(130))
     plan = plan_for(args)
     wanted = set((args.only or "static,large,js,cockpit,soak").split(","))
     began, load_before = time.time(), os.getloadavg()
+    command = "bench/run.sh" + "".join(f" {a}" for a in argv)
     tmp = tempfile.mkdtemp(prefix="fazt-bench-")
     out_dir = args.out or (tempfile.mkdtemp(prefix="fazt-bench-out-") if plan.smoke else c.HERE)
     sections: dict[str, c.Section] = {}
@@ -526,6 +567,8 @@ def main(argv: list[str]) -> int:
             traceback.print_exc()
             sec = c.Section(title, notes=["The harness failed here (traceback on stderr)."],
                           failed=True)
+        sec.run = (f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z} by `{command}` "
+                   f"(load average {os.getloadavg()[0]:.1f})")
         sections[key] = sec
         print(sec.markdown(), flush=True)
 
@@ -560,14 +603,15 @@ def main(argv: list[str]) -> int:
             print(f"Kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+    failed = [sec.title for sec in sections.values() if sec.failed]
+    sections = merge_previous(out_dir, sections, bool(args.only))
     note = draw_chart(out_dir, sections)
     if note:
         print(note)
-    report = write_report(out_dir, list(sections.values()), argv, began, plan,
+    report = write_report(out_dir, list(sections.values()), command, began, plan,
                           load_before)
     print(f"\nWrote {report} and {chart_path(out_dir) if not note else '(no chart)'} "
           f"in {(time.time() - began) / 60:.1f} minutes.")
-    failed = [sec.title for sec in sections.values() if sec.failed]
     if failed:
         print("The harness failed in: " + "; ".join(failed), file=sys.stderr)
         return 1

@@ -50,9 +50,11 @@ class Section:
     notes: list[str] = field(default_factory=list)
     chart: dict = field(default_factory=dict)
     failed: bool = False
+    run: str = ""  # when and by which command it was measured
 
     def markdown(self) -> str:
-        parts = [f"## {self.title}"] + self.tables + [f"- {n}" for n in self.notes]
+        parts = [f"## {self.title}"] + ([f"_Measured {self.run}._"] if self.run else [])
+        parts += self.tables + [f"- {n}" for n in self.notes]
         return "\n\n".join(parts)
 
 

@@ -52,7 +52,10 @@ class Cgroup:
             raise c.Skip(f"cannot create {group.path}: {exc.strerror}") from None
         try:
             group.write("memory.limit_in_bytes", str(limit_mb * c.MB))
-            if os.path.exists(os.path.join(group.path, "memory.memsw.limit_in_bytes")):
+            # memory+swap only matters with swap; without it, setting it (on this kernel)
+            # stops memory.failcnt from counting.
+            if psutil.swap_memory().total and \
+                    os.path.exists(os.path.join(group.path, "memory.memsw.limit_in_bytes")):
                 group.write("memory.memsw.limit_in_bytes", str(limit_mb * c.MB))
             if int(group.read("memory.limit_in_bytes")) > limit_mb * c.MB:
                 raise OSError(0, "the limit did not take")

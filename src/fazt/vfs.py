@@ -152,6 +152,9 @@ class VFS:
         }
 
 
+STREAM_CACHE_MB = 0.5  # a chunk is read once: streams read through a small page cache
+
+
 class StreamLoop:
     """Lets chunk streams feed Waitress's event loop without it ever touching SQLite.
 
@@ -233,7 +236,7 @@ class ChunkStream(io.RawIOBase):
         return data
 
     def _read_chunk(self, n: int) -> bytes:
-        with self._db.read() as conn:
+        with self._db.read(STREAM_CACHE_MB) as conn:
             return read_chunk(conn, self._blob_id, n)
 
     def _take_fetched(self, n: int) -> bool:

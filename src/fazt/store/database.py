@@ -48,18 +48,20 @@ class Database:
 
     # -- connections -------------------------------------------------------
 
-    def _connect(self, busy_ms: int) -> sqlite3.Connection:
+    def _connect(self, busy_ms: int, cache_mb: float | None = None) -> sqlite3.Connection:
         conn = sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=False, timeout=busy_ms / 1000
         )
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
-        self._apply(conn, busy_ms)
+        self._apply(conn, busy_ms, cache_mb)
         return conn
 
-    def _apply(self, conn: sqlite3.Connection, busy_ms: int) -> None:
-        conn.execute(f"PRAGMA cache_size=-{max(64, int(self.limits.cache_mb * 1024))}")
+    def _apply(self, conn: sqlite3.Connection, busy_ms: int, cache_mb: float | None = None
+               ) -> None:
+        cache_mb = self.limits.cache_mb if cache_mb is None else cache_mb
+        conn.execute(f"PRAGMA cache_size=-{max(64, int(cache_mb * 1024))}")
         conn.execute("PRAGMA mmap_size=0")
         conn.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
         if self.limits.heap_mb:
@@ -70,23 +72,35 @@ class Database:
         self.limits = limits
         self._generation += 1
 
-    def _reader(self) -> sqlite3.Connection:
-        local = self._local
-        conn = getattr(local, "conn", None)
+    def _reader(self, cache_mb: float | None) -> sqlite3.Connection:
+        # One connection per thread and page-cache size: a thread that streams a large
+        # file reads it through a second, small-cache connection, so its usual cache
+        # keeps what is worth keeping.
+        conns = self._local.__dict__.setdefault("conns", {})
+        entry = conns.get(cache_mb)
         busy = self.limits.busy_ms
-        if conn is None:
-            conn = local.conn = self._connect(busy)
-            local.generation = self._generation
-        elif local.generation != self._generation:
-            self._apply(conn, busy)
-            local.generation = self._generation
-        return conn
+        if entry is None:
+            entry = conns[cache_mb] = [self._connect(busy, cache_mb), self._generation]
+        elif entry[1] != self._generation:
+            self._apply(entry[0], busy, cache_mb)
+            entry[1] = self._generation
+        return entry[0]
 
     @contextlib.contextmanager
-    def read(self) -> Iterator[sqlite3.Connection]:
-        """A connection for short reads on this thread (autocommit)."""
+    def read(self, cache_mb: float | None = None) -> Iterator[sqlite3.Connection]:
+        """A connection for short reads on this thread (autocommit).
+
+        `cache_mb` asks for a connection with another page cache than
+        `sqlite_cache_mb`: streams read each chunk once, and caching what will
+        not be read again would only spend the budget.
+        """
         with _translate_busy():
-            yield self._reader()
+            yield self._reader(cache_mb)
+
+    def release_reader(self) -> None:
+        """Close this thread's readers, e.g. the boot thread's once boot is done."""
+        for conn, _ in self._local.__dict__.pop("conns", {}).values():
+            conn.close()
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
@@ -115,10 +129,7 @@ class Database:
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        self.release_reader()
 
     # -- whole-file operations -------------------------------------------
 

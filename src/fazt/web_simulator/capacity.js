@@ -54,7 +54,7 @@ var FAZT_SCHEMA = [
   {
     key: "max_concurrent_js", unit: "slots", label: "JavaScript at once", integer: true,
     min: 1, max: 1024,
-    description: "Handlers running at once (more get 429); two per CPU at most, because " +
+    description: "Handlers running at once (more get 429); one per CPU at most, because " +
       "JavaScript burns CPU and more slots only make each one slower."
   },
   {
@@ -76,8 +76,8 @@ var FAZT_SCHEMA = [
   },
   {
     key: "user_threads", unit: "threads", label: "Site threads", integer: true, min: 1, max: 1024,
-    description: "Threads serving sites; one per 64 MB usable, at least 2, at most 16 per CPU " +
-      "and 64, since they mostly wait on sockets and disk."
+    description: "Threads serving sites; one per 64 MB usable, at least 2, at most the JS " +
+      "slots plus 2 per CPU (64 in all): more only queue for Python's lock, cockpit included."
   },
   {
     key: "cockpit_threads", unit: "threads", label: "Cockpit threads", integer: true,
@@ -149,8 +149,14 @@ function fazt_compute(machine) {
   var usable = fazt_usable_mb(m.ram_mb);
   var cpus = m.cpus;
 
+  // JavaScript burns CPU: more slots than CPUs only make each one slower.
+  var js_slots_by_cpu = Math.max(1, Math.floor(cpus));
+  // Site threads: enough for every JS slot plus two per CPU for files. More runnable
+  // threads than that only queue for Python's lock, and the cockpit queues behind them
+  // (measured: 32 site threads on 2 CPUs made a login 9.8x slower under load, 4 made
+  // it 2.6x). Streams need no thread: the event loop feeds them.
   var user_threads = fazt_clamp(Math.floor(usable / 64), 2,
-    Math.max(2, Math.min(64, Math.floor(16 * cpus))));
+    Math.max(2, Math.min(64, js_slots_by_cpu + Math.floor(2 * cpus))));
   var cockpit_threads = fazt_clamp(Math.floor(user_threads / 4), 1, 4);
   var connections = user_threads + cockpit_threads + 2;
   var connection_limit = fazt_clamp(Math.floor(usable * 0.08 / FAZT_BUFFER_MB), 8, 1000);
@@ -159,7 +165,6 @@ function fazt_compute(machine) {
   var rest = usable - FAZT_BASELINE_MB - FAZT_PINNED_MB -
     FAZT_THREAD_MB * connections - FAZT_BUFFER_MB * connection_limit;
 
-  var js_slots_by_cpu = Math.max(1, Math.floor(cpus * 2));
   var js_budget = rest * 0.3;
   // Fewer slots rather than starved ones: a handler gets 16 MB when the budget allows.
   var js_memory_mb = fazt_clamp(Math.max(Math.floor(js_budget / js_slots_by_cpu),

@@ -13,7 +13,6 @@ sent a whole request, instead of shutting everyone out.
 
 import errno
 import logging
-import os
 import signal
 import socket
 import sys
@@ -32,7 +31,6 @@ from fazt.lanes import LaneDispatcher
 from fazt.vfs import ChunkStream, StreamLoop
 
 HEADER_TIMEOUT = 10.0  # seconds a client may take to send a request's headers
-SWITCH_INTERVAL = float(os.environ.get("FAZT_SWITCH_INTERVAL", "0.0005"))
 CONFIG_POLL = 2.0  # seconds between looks for config written by another process
 log = logging.getLogger("fazt")
 
@@ -138,10 +136,6 @@ def run(db_path: str, host: str, port: int | None) -> None:
     """Boot, serve until SIGINT/SIGTERM, stop cleanly."""
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
                         format="%(name)s: %(message)s")
-    # Python hands its lock from thread to thread every 5 ms by default: with many busy
-    # user threads a cockpit request would queue behind each of them in turn. A shorter
-    # interval trades a little throughput for an answer that never waits long.
-    sys.setswitchinterval(SWITCH_INTERVAL)
     instance = Instance(db_path).boot()
     port = port or int(instance.config.get("port") or 4698)
     server = make_server(instance, host, port)

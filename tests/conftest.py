@@ -160,9 +160,19 @@ def client(instance):
 
 def deploy_dir(instance, name: str, root: Path) -> dict:
     from fazt.deploy import files_from_directory
-    from fazt.instance import deploy_site
 
-    return deploy_site(instance.db, name, files_from_directory(str(root)))
+    return instance.deploy(name, files_from_directory(str(root)))
+
+
+def eventually(check, timeout: float = 6.0, every: float = 0.1):
+    """`check()` once it is truthy (a running server sees another process's deploy
+    within its config watch, two seconds); its last value when time runs out."""
+    deadline = time.time() + timeout
+    while True:
+        value = check()
+        if value or time.time() > deadline:
+            return value
+        time.sleep(every)
 
 
 class Admin:

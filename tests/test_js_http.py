@@ -5,7 +5,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, Admin, Server, fazt
+from conftest import ROOT, Admin, Server, eventually, fazt
 
 ECHO = """
 function handler(request) {
@@ -66,7 +66,7 @@ def test_timeout_is_504_and_the_site_recovers(server, db_path, tmp_path):
     assert r.status_code == 504 and r.json()["error"]["code"] == "js_timeout"
     (site / "api" / "main.js").write_text("function handler() { return {body: 'fine'}; }")
     deploy(db_path, site, "spin")
-    assert server.get("/api/x", host="spin.localhost").text == "fine"
+    assert eventually(lambda: server.get("/api/x", host="spin.localhost").text == "fine")
 
 
 def test_syntax_error_fails_the_deploy_and_keeps_the_old_version(server, db_path, tmp_path):

@@ -161,3 +161,29 @@ def test_simulator_is_served_on_the_cockpit_host(client):
     # a user-site host never reaches the cockpit's files
     r = client.simulate_get("/simulator/", headers={"Host": "blog.localhost"})
     assert r.status_code == 404
+
+
+def test_a_file_redeployed_behind_the_servers_back_is_looked_up_again(client, instance, tmp_path):
+    """Another process replaced the site: the remembered location is stale, and the
+    server notices (the old bytes are gone) and serves the new version."""
+    from fazt.store.sites import NewFile, replace_site
+
+    root = tmp_path / "v1"
+    root.mkdir()
+    (root / "page.txt").write_text("version one")
+    deploy_dir(instance, "moving", root)
+    assert get(client, "/page.txt", host="moving.localhost").text == "version one"
+    with instance.db.write() as conn:  # as `fazt deploy --db` from another process would
+        replace_site(conn, "moving", [NewFile("page.txt", "text/plain", [b"version two!"])])
+    instance.vfs.cache.resize(instance.vfs.cache.limit_bytes)  # the bytes left the cache
+    r = get(client, "/page.txt", host="moving.localhost")
+    assert r.status_code == 200 and r.text == "version two!"
+
+
+def test_hot_files_cost_no_database_read(client, instance, blog):
+    """Once served, a small file answers from RAM even with the database closed."""
+    assert get(client, "/style.css").status_code == 200
+    instance.db.release_reader()
+    instance.db.path = "/nonexistent/fazt.db"  # any database access would now fail
+    r = get(client, "/style.css")
+    assert r.status_code == 200 and r.text == "body { color: red }"

@@ -32,7 +32,7 @@ from fazt.store.config import (
     undo_overrides,
 )
 from fazt.store.database import Limits, create_database
-from fazt.store.sites import NewFile
+from fazt.store.sites import NewFile, remove_site
 from fazt.vfs import VFS
 
 MB = 1024 * 1024
@@ -230,6 +230,7 @@ class Instance:
         self.started = time.time()
         self._apply_lock = threading.RLock()
         self._config_stamp = None
+        self._sites_stamp = None
 
     # -- boot --------------------------------------------------------------
 
@@ -244,6 +245,7 @@ class Instance:
             secrets = load_secrets(conn)
             tokens = _token_hashes(conn)
             self._config_stamp = _config_stamp(conn)
+            self._sites_stamp = _sites_stamp(conn)
             self.overrides = active_overrides(conn)
         if not {"username", "password_hash", "session_key"} <= secrets.keys():
             raise FaztError(f"{self.db_path} has no owner; it was not made by `fazt server init`.")
@@ -298,9 +300,14 @@ class Instance:
         self.apply()
 
     def reload_if_changed(self) -> bool:
-        """Pick up config written by another process (`fazt config set`, `recalibrate`)."""
+        """Pick up what another process wrote: config (`fazt config set`, `recalibrate`),
+        tokens (`fazt token create`) and sites (`fazt deploy`, `fazt site remove`)."""
         try:
             with self.db.read() as conn:
+                sites = _sites_stamp(conn)
+                if sites != self._sites_stamp:  # a deploy by another process
+                    self._sites_stamp = sites
+                    self.vfs.forget_files()
                 stamp = _config_stamp(conn)
                 if stamp == self._config_stamp:
                     return False
@@ -318,6 +325,18 @@ class Instance:
         return True
 
     # -- owner operations -----------------------------------------------------
+
+    def deploy(self, name: str, files: list[NewFile]) -> dict:
+        """A user deploy through this server: visible to the very next request."""
+        result = deploy_site(self.db, name, files)
+        self.vfs.forget_files()
+        return result
+
+    def remove_site(self, name: str) -> bool:
+        with self.db.write() as conn:
+            removed = remove_site(conn, name)
+        self.vfs.forget_files()
+        return removed
 
     def check_token(self, token: str | None) -> bool:
         """An API token, checked in RAM only: junk tokens can never make the cockpit wait
@@ -361,6 +380,12 @@ def _config_stamp(conn) -> tuple:
     return (tuple(conn.execute("SELECT COUNT(*), MAX(updated_at) FROM config").fetchone())
             + tuple(conn.execute("SELECT COUNT(*), MAX(created_at), MAX(revoked_at) FROM tokens"
                                  ).fetchone()))
+
+
+def _sites_stamp(conn) -> tuple:
+    """Changes whenever a site is deployed or removed, by any process."""
+    return tuple(conn.execute("SELECT COUNT(*), MAX(updated_at), SUM(deploy_id) FROM sites"
+                              ).fetchone())
 
 
 def _token_hashes(conn) -> set[str]:

@@ -13,6 +13,7 @@ sent a whole request, instead of shutting everyone out.
 
 import errno
 import logging
+import os
 import signal
 import socket
 import sys
@@ -136,6 +137,8 @@ def run(db_path: str, host: str, port: int | None) -> None:
     """Boot, serve until SIGINT/SIGTERM, stop cleanly."""
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
                         format="%(name)s: %(message)s")
+    if os.environ.get("XSW"):
+        sys.setswitchinterval(float(os.environ["XSW"]))
     instance = Instance(db_path).boot()
     port = port or int(instance.config.get("port") or 4698)
     server = make_server(instance, host, port)

@@ -9,6 +9,7 @@ from fazt.errors import FaztError, TooLarge
 from fazt.http_errors import http_error
 from fazt.instance import MAINTENANCE, MB, Instance
 from fazt.store.sites import FileInfo
+from fazt.vfs import Stale
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 SCRIPT = "api/main.js"
@@ -57,6 +58,12 @@ class SiteResource:
                 return self._run(req, resp, site, script)
         if req.method not in ("GET", "HEAD"):
             raise http_error(405, "method_not_allowed", "Static files answer GET and HEAD only.")
+        try:
+            self._static(req, resp, site, path)
+        except Stale:  # the site was redeployed by another process: look once more
+            self._static(req, resp, site, path)
+
+    def _static(self, req: falcon.Request, resp: falcon.Response, site: str, path: str) -> None:
         info = self._find(site, path, req.path)
         if info is None:
             if req.path.endswith("/") or not path:

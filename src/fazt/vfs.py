@@ -7,6 +7,13 @@
   A file above `large_file_mb` never enters it.
 - Streamed: large files are read one chunk per short read as the client
   drains them, so memory stays at one chunk per download.
+- Found: where each recently served path of a site lives (its FileInfo), so a
+  hot file costs no database call at all. Measured: the one SQLite lookup per
+  request, with the lock handoffs around it, made static serving fall from
+  ~2,000 to ~250 requests a second in about half the runs of a wrk flood.
+  The server forgets these on every deploy or removal it makes, and within
+  CONFIG_POLL seconds of one made by another process (`fazt deploy --db`); a
+  file that vanished meanwhile is noticed (Stale) and looked up again.
 """
 
 import io
@@ -16,9 +23,20 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from fazt.errors import FaztError
 from fazt.store import Database
 from fazt.store.files import CHUNK_SIZE, read_blob, read_chunk
 from fazt.store.sites import FileInfo, find_file, site_exists, site_files
+
+FOUND_ENTRIES = 4096  # a FileInfo is ~300 bytes: about 1 MB at most
+
+
+class Stale(FaztError):
+    """A remembered file is gone (another process redeployed the site): look again."""
+
+    status = 503
+    code = "stale"
+    retry_after = 1
 
 
 class ByteLRU:
@@ -83,6 +101,9 @@ class VFS:
         self._pinned: dict[str, dict[str, PinnedFile]] = {}
         self.pinned_bytes = 0
         self.loop: StreamLoop | None = None  # set by the server: streams feed its event loop
+        self._found: OrderedDict[tuple[str, str], FileInfo] = OrderedDict()
+        self._found_lock = threading.Lock()
+        self._found_generation = 0
 
     def pin_site(self, site: str) -> int:
         """Load every file of `site` into the pinned map; return its bytes."""
@@ -105,8 +126,28 @@ class VFS:
         if pinned is not None:
             entry = pinned.get(path)
             return entry.info if entry else None
+        key = (site, path)
+        with self._found_lock:
+            info = self._found.get(key)
+            if info is not None:
+                self._found.move_to_end(key)
+                return info
+            generation = self._found_generation
         with self.db.read() as conn:
-            return find_file(conn, site, path)
+            info = find_file(conn, site, path)
+        if info is not None:
+            with self._found_lock:
+                if generation == self._found_generation:  # no deploy since we looked
+                    self._found[key] = info
+                    if len(self._found) > FOUND_ENTRIES:
+                        self._found.popitem(last=False)
+        return info
+
+    def forget_files(self) -> None:
+        """A site changed: every remembered location may be wrong now."""
+        with self._found_lock:
+            self._found.clear()
+            self._found_generation += 1
 
     def site_exists(self, site: str) -> bool:
         if site in self._pinned:
@@ -128,6 +169,9 @@ class VFS:
         if data is None:
             with self.db.read() as conn:
                 data = read_blob(conn, info.blob_id)
+            if len(data) != info.size:
+                self.forget_files()
+                raise Stale("The site changed while this file was read; try again.")
             if not self.is_large(info):
                 self.cache.put(info.sha256, data)
         return data
@@ -138,6 +182,7 @@ class VFS:
 
     def resize(self, cache_bytes: int, large_file_bytes: int) -> None:
         self.cache.resize(cache_bytes)
+        self.forget_files()
         self.large_file_bytes = large_file_bytes
 
     def stats(self) -> dict:

@@ -18,7 +18,7 @@ from fazt.http_errors import http_error
 from fazt.instance import Instance
 from fazt.stability import thresholds as th
 from fazt.store.config import save_secret
-from fazt.store.sites import list_sites, remove_site
+from fazt.store.sites import list_sites
 
 JSON_LIMIT = 64 * 1024  # a settings form or a login is a few hundred bytes
 SETTINGS = ("domain", "port")  # shown beside the thresholds in GET /api/config
@@ -202,8 +202,7 @@ class Site:
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         user_site(name)
-        with self.instance.db.write() as conn:
-            removed = remove_site(conn, name)
+        removed = self.instance.remove_site(name)
         if not removed:
             raise NotFound(f"There is no site named {name!r}.")
         resp.media = {"removed": name}

@@ -14,7 +14,7 @@ import falcon
 from fazt.cockpit.resources import user_site
 from fazt.deploy import files_from_zip
 from fazt.errors import FaztError, TooLarge
-from fazt.instance import MB, Instance, deploy_site
+from fazt.instance import MB, Instance
 
 SPOOL_BYTES = 1 * MB  # above this the upload goes to disk
 PIECE = 64 * 1024
@@ -51,5 +51,5 @@ class Deploy:
             raise TooLarge(f"The upload is over the limit of {limit // MB} MB.")
         with spool(req.bounded_stream, limit) as upload:
             files = files_from_zip(upload, limit)
-            result = deploy_site(self.instance.db, name, files)
+            result = self.instance.deploy(name, files)
         resp.media = {"site": result["site"], "files": result["files"], "bytes": result["bytes"]}

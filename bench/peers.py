@@ -41,13 +41,7 @@ def start_python_peer(kind: str, path: str, port: int, threads: int, log_path: s
         except ImportError:
             raise Skip("WhiteNoise is not installed (pip install whitenoise)") from None
     cmd = [sys.executable, os.path.abspath(__file__), kind, path, str(port), str(threads)]
-    proc = start(cmd, log_path)
-    try:
-        wait_ready(f"http://127.0.0.1:{port}/", "localhost", proc, log_path)
-    except BaseException:
-        stop(proc)
-        raise
-    return proc
+    return _start_ready(cmd, log_path, port)
 
 
 NGINX_CONF = """\
@@ -90,8 +84,13 @@ def start_nginx(root: str, port: int, workdir: str):
                            capture_output=True, text=True)
     if check.returncode != 0:
         raise Skip(f"nginx refuses the temporary config: {check.stderr.strip()[:300]}")
-    proc = start([nginx, "-p", workdir, "-c", conf, "-e",
-                  os.path.join(workdir, "nginx-error.log")], log_path)
+    return _start_ready([nginx, "-p", workdir, "-c", conf, "-e",
+                         os.path.join(workdir, "nginx-error.log")], log_path, port)
+
+
+def _start_ready(cmd: list[str], log_path: str, port: int):
+    """Start a peer and wait until it answers on `port`; never leave it running on failure."""
+    proc = start(cmd, log_path)
     try:
         wait_ready(f"http://127.0.0.1:{port}/", "localhost", proc, log_path)
     except BaseException:

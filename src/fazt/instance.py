@@ -11,7 +11,7 @@ import importlib.resources
 import os
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 from fazt import __version__
@@ -204,13 +204,6 @@ def recalibrate_database(db: Database, memory_mb: float | None = None,
     return machine, config
 
 
-@dataclass
-class Lanes:
-    """What the server lets the instance resize on a soft restart."""
-
-    resize: object  # callable(user_threads, cockpit_threads, connection_limit)
-
-
 class Instance:
     """A booted fazt, ready to serve."""
 
@@ -224,7 +217,8 @@ class Instance:
         self.vfs: VFS | None = None
         self.auth: Auth | None = None
         self.runtime = None
-        self.lanes: Lanes | None = None
+        # Set by the server: resize(user_threads, cockpit_threads, connection_limit).
+        self.resize_lanes: Callable[[int, int, int], None] | None = None
         self.overrides: list[dict] = []  # active break-glass changes, kept in RAM
         self.rate = RequestRate()
         self.started = time.time()
@@ -280,8 +274,8 @@ class Instance:
             self.runtime.resize(slots=int(c["max_concurrent_js"]),
                                 memory_mb=float(c["js_memory_mb"]),
                                 timeout_ms=int(c["js_timeout_ms"]))
-            if self.lanes is not None:
-                self.lanes.resize(int(c["user_threads"]), int(c["cockpit_threads"]),
+            if self.resize_lanes is not None:
+                self.resize_lanes(int(c["user_threads"]), int(c["cockpit_threads"]),
                                   int(c["connection_limit"]))
             self.mode, self.ratio = mode_for(self.db.size_bytes(), self.machine,
                                              float(c["maintenance_ratio"]))

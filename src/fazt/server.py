@@ -13,7 +13,6 @@ sent a whole request, instead of shutting everyone out.
 
 import errno
 import logging
-import os
 import signal
 import socket
 import sys
@@ -27,7 +26,7 @@ from waitress.server import TcpWSGIServer
 from fazt.app import Router
 from fazt.errors import FaztError
 from fazt.hosts import ADMIN, classify
-from fazt.instance import MB, Instance, Lanes
+from fazt.instance import MB, Instance
 from fazt.lanes import LaneDispatcher
 from fazt.vfs import ChunkStream, StreamLoop
 
@@ -129,7 +128,7 @@ def make_server(instance: Instance, host: str, port: int, *, log_requests: bool 
         adj.max_request_body_size = int(float(instance.config["max_upload_mb"]) * MB) + 64 * 1024
         server.soft_limit = connection_limit
 
-    instance.lanes = Lanes(resize)
+    instance.resize_lanes = resize
     return server
 
 
@@ -137,8 +136,6 @@ def run(db_path: str, host: str, port: int | None) -> None:
     """Boot, serve until SIGINT/SIGTERM, stop cleanly."""
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
                         format="%(name)s: %(message)s")
-    if os.environ.get("XSW"):
-        sys.setswitchinterval(float(os.environ["XSW"]))
     instance = Instance(db_path).boot()
     port = port or int(instance.config.get("port") or 4698)
     server = make_server(instance, host, port)

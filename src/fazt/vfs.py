@@ -172,8 +172,7 @@ class VFS:
             if len(data) != info.size:
                 self.forget_files()
                 raise Stale("The site changed while this file was read; try again.")
-            if not self.is_large(info):
-                self.cache.put(info.sha256, data)
+            self.cache.put(info.sha256, data)  # callers stream large files, never ask here
         return data
 
     def stream(self, info: FileInfo, start: int = 0, end: int | None = None) -> "ChunkStream":

@@ -155,7 +155,7 @@ def client(instance):
 
     from fazt.app import Router
 
-    return testing.TestClient(Router(instance, log=False))
+    return testing.TestClient(Router(instance))
 
 
 def deploy_dir(instance, name: str, root: Path) -> dict:

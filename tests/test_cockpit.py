@@ -190,7 +190,7 @@ def test_logout_everywhere_rotates_the_key_in_ram_and_in_the_database(client, db
     # After a restart the old sessions stay dead, the new one lives.
     rebooted = Instance(str(db_path)).boot()
     try:
-        again = testing.TestClient(Router(rebooted, log=False))
+        again = testing.TestClient(Router(rebooted))
         assert call(again, "GET", "/api/session", second).status_code == 401
         assert call(again, "GET", "/api/session", fresh).status_code == 200
     finally:

@@ -4,7 +4,6 @@ Two Falcon apps sit behind one router, so that nothing registered for the
 cockpit can ever be reached on a user-site host, and the other way round.
 """
 
-import sys
 import time
 
 import falcon
@@ -12,6 +11,7 @@ import falcon
 from fazt import http_errors
 from fazt.hosts import ADMIN, SITE, classify
 from fazt.instance import Instance
+from fazt.requestlog import RequestLog
 from fazt.sites import SiteResource
 
 
@@ -62,7 +62,7 @@ def unknown_app(instance: Instance) -> falcon.App:
 class Router:
     """The WSGI callable Waitress serves."""
 
-    def __init__(self, instance: Instance, log: bool = True):
+    def __init__(self, instance: Instance, log: RequestLog | None = None):
         from fazt.cockpit.app import cockpit_app  # the cockpit sits beside the sites
 
         self.instance = instance
@@ -86,7 +86,7 @@ class Router:
         began = time.monotonic()
 
         def logged_start(status, headers, exc_info=None):
-            sys.stderr.write(
+            self.log.write(
                 f'{environ.get("REMOTE_ADDR", "-")} {environ.get("HTTP_HOST", "-")} '
                 f'"{environ.get("REQUEST_METHOD")} {environ.get("PATH_INFO")}" '
                 f"{status.split(' ', 1)[0]} {(time.monotonic() - began) * 1000:.1f}ms\n"

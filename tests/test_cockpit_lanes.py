@@ -137,3 +137,26 @@ def test_fifty_logins_answer_while_every_user_thread_is_taken(live: Server, db_p
     assert late_s > 1.0, "a site request found a free user thread: the lane was not full"
     assert late.status_code in (404, 503)
     assert live.get("/", host="mysite.localhost").status_code == 200
+
+
+def test_a_backup_stuck_on_the_database_does_not_hold_up_a_sign_in(live: Server, db_path):
+    """One cockpit thread waits on a locked database for a backup; another signs in."""
+    admin = requests.Session()
+    admin.headers.update({"Host": "admin.localhost", **CSRF})
+    assert admin.post(live.url("/api/login"), json=CREDENTIALS, timeout=30).status_code == 200
+    assert live.get("/", host="mysite.localhost").status_code == 200  # the server has read
+    lock = DatabaseLock(db_path, 8)
+    answers: list[int] = []
+    backup = threading.Thread(
+        target=lambda: answers.append(admin.get(live.url("/api/backup"), timeout=60).status_code))
+    try:
+        backup.start()
+        time.sleep(0.5)
+        login, login_s = timed(lambda: live.request("POST", "/api/login", headers=CSRF,
+                                                    json=CREDENTIALS))
+        assert not answers, "the backup answered before the sign-in: it did not wait"
+        assert login.status_code == 200 and login_s < 1.0
+    finally:
+        lock.close()
+        backup.join(60)
+    assert answers and answers[0] in (200, 503)

@@ -151,13 +151,15 @@ function fazt_compute(machine) {
 
   // JavaScript burns CPU: more slots than CPUs only make each one slower.
   var js_slots_by_cpu = Math.max(1, Math.floor(cpus));
-  // Site threads: enough for every JS slot plus two per CPU for files. More runnable
+  // Site threads: enough for every JS slot plus one per CPU for files. More runnable
   // threads than that only queue for Python's lock, and the cockpit queues behind them
-  // (measured: 32 site threads on 2 CPUs made a login 9.8x slower under load, 4 made
-  // it 2.6x). Streams need no thread: the event loop feeds them.
+  // (measured on 2 CPUs under a static flood: 32 site threads made a sign-in 9.8x
+  // slower; 6 put its p50 at 75-96 ms, 4 at 66-77 ms, for the same req/s; idle 51 ms).
+  // Streams need no thread: the event loop feeds them.
   var user_threads = fazt_clamp(Math.floor(usable / 64), 2,
-    Math.max(2, Math.min(64, js_slots_by_cpu + Math.floor(2 * cpus))));
-  var cockpit_threads = fazt_clamp(Math.floor(user_threads / 4), 1, 4);
+    Math.max(2, Math.min(64, js_slots_by_cpu + Math.floor(cpus))));
+  // Two at least: a deploy or a backup on one cockpit thread must not hold up a sign-in.
+  var cockpit_threads = fazt_clamp(Math.floor(user_threads / 4), 2, 4);
   var connections = user_threads + cockpit_threads + 2;
   var connection_limit = fazt_clamp(Math.floor(usable * 0.08 / FAZT_BUFFER_MB), 8, 1000);
 

@@ -77,13 +77,13 @@ var FAZT_SCHEMA = [
   {
     key: "user_threads", unit: "threads", label: "Site threads", integer: true, min: 1, max: 1024,
     description: "Threads serving sites; one per 64 MB usable, at least 2, at most the JS " +
-      "slots plus 2 per CPU (64 in all): more only queue for Python's lock, cockpit included."
+      "slots plus 1 per CPU (64 in all): more only queue for Python's lock, cockpit included."
   },
   {
     key: "cockpit_threads", unit: "threads", label: "Cockpit threads", integer: true,
     min: 1, max: 64,
     description: "Threads reserved for the admin cockpit and login, which site traffic can " +
-      "never occupy; a quarter of the site threads, 1 to 4."
+      "never occupy; a quarter of the site threads, 2 to 4 (a backup on one leaves one for a sign-in)."
   },
   {
     key: "maintenance_ratio", unit: "x RAM", label: "Maintenance ratio", integer: true,

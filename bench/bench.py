@@ -66,7 +66,7 @@ def plan_for(args) -> Plan:
     if args.smoke:
         p = Plan(True, 1, 2, 2, 8, 50, 10, 20, 0.05)
     else:
-        p = Plan(False, 3, 10, 2, 32, 1024, 200, 300, 2.2)  # 200 logins: a p99 worth reading
+        p = Plan(False, 3, 10, 2, 32, 1024, 400, 300, 2.2)  # 400 logins: a p99 worth reading
     if args.soak_seconds:
         p.soak_seconds = args.soak_seconds
     if args.large_mb:

@@ -119,9 +119,28 @@ def test_kv_is_private_to_each_site_and_logs_are_visible(server, db_path, tmp_pa
     server.request("POST", "/api/c", host="two.localhost", json={"color": "blue"})
     assert server.get("/api/c", host="one.localhost").json()["color"] == "red"
     assert server.get("/api/c", host="two.localhost").json()["color"] == "blue"
-    logs = Admin(server).get("/api/sites/one/logs").json()
-    lines = logs["lines"] if isinstance(logs, dict) else logs
+    admin = Admin(server)
+    lines = admin.get("/api/sites/one/logs").json()["lines"]
     assert any("color asked" in line["message"] for line in lines)
+    # a removed site's console goes with it: a new site of the same name starts clean
+    assert admin.session.delete(server.url("/api/sites/one"), timeout=30).status_code == 200
+    deploy(db_path, make_site(tmp_path / "again", "one", "function handler() {}"), "one")
+    assert eventually(lambda: admin.get("/api/sites/one/logs").status_code == 200)
+    assert admin.get("/api/sites/one/logs").json()["lines"] == []
+    assert admin.get("/api/sites/two/logs").json()["lines"] != []
+
+
+def test_a_site_removed_by_another_process_loses_its_console(instance, db_path, tmp_path):
+    """What the server's config watch does when `fazt site remove` ran elsewhere."""
+    for name in ("one", "two"):
+        deploy(db_path, make_site(tmp_path, name, KV), name)
+    instance.reload_if_changed()
+    for name in ("one", "two"):
+        instance.runtime.logs_ring.add(name, "log", f"{name} was here")
+    fazt("site", "remove", "two", "--db", str(db_path))
+    instance.reload_if_changed()
+    assert instance.runtime.logs("two") == []
+    assert [line["message"] for line in instance.runtime.logs("one")] == ["one was here"]
 
 
 def test_the_demo_site(server, db_path):

@@ -420,6 +420,10 @@ def test_site_logs_forget_the_least_recent_site():
     assert logs.lines("b") == []
     assert [line["message"] for line in logs.lines("a")] == ["012345678…"] * 2
     assert len(logs.lines("c")) == 1
+    logs.forget("a")
+    assert logs.lines("a") == [] and len(logs.lines("c")) == 1
+    logs.keep_only({"a", "b"})
+    assert logs.lines("c") == []
 
 
 def test_stats_names(rt):

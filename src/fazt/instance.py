@@ -32,7 +32,7 @@ from fazt.store.config import (
     undo_overrides,
 )
 from fazt.store.database import Limits, create_database
-from fazt.store.sites import NewFile, remove_site
+from fazt.store.sites import NewFile, list_sites, remove_site
 from fazt.vfs import VFS
 
 MB = 1024 * 1024
@@ -222,6 +222,7 @@ class Instance:
         self.overrides: list[dict] = []  # active break-glass changes, kept in RAM
         self.rate = RequestRate()
         self.started = time.time()
+        self._process = None  # psutil's view of this process, made once
         self._apply_lock = threading.RLock()
         self._config_stamp = None
         self._sites_stamp = None
@@ -302,6 +303,9 @@ class Instance:
                 if sites != self._sites_stamp:  # a deploy by another process
                     self._sites_stamp = sites
                     self.vfs.forget_files()
+                    if self.runtime is not None:
+                        self.runtime.logs_ring.keep_only(
+                            {site["name"] for site in list_sites(conn)})
                 stamp = _config_stamp(conn)
                 if stamp == self._config_stamp:
                     return False
@@ -330,6 +334,8 @@ class Instance:
         with self.db.write() as conn:
             removed = remove_site(conn, name)
         self.vfs.forget_files()
+        if self.runtime is not None:
+            self.runtime.logs_ring.forget(name)
         return removed
 
     def check_token(self, token: str | None) -> bool:
@@ -341,6 +347,8 @@ class Instance:
         """What `GET /api/system/status` and `fazt server status` show."""
         import psutil
 
+        if self._process is None:
+            self._process = psutil.Process()
         c = self.config
         thresholds = {k: c[k] for k in th.keys()}
         ledger = th.ledger(thresholds, self.machine)
@@ -353,7 +361,7 @@ class Instance:
             "owner_keys": c.get("owner_keys") or [],
             "overrides": self.overrides,
             "memory": {
-                "rss_bytes": psutil.Process().memory_info().rss,
+                "rss_bytes": self._process.memory_info().rss,
                 "budget_bytes": int(ledger["usable_mb"] * MB),
                 "ledger": ledger,
             },

@@ -49,3 +49,14 @@ class SiteLogs:
         """A copy of the site's lines, oldest first."""
         with self._lock:
             return [dict(line) for line in self._rings.get(site, ())]
+
+    def forget(self, site: str) -> None:
+        """Drop a removed site's lines, so a new site of that name starts clean."""
+        with self._lock:
+            self._rings.pop(site, None)
+
+    def keep_only(self, sites: set[str]) -> None:
+        """Drop the lines of sites that no longer exist (removed by another process)."""
+        with self._lock:
+            for site in [s for s in self._rings if s not in sites]:
+                del self._rings[site]

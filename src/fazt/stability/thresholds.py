@@ -101,7 +101,14 @@ def thresholds_for(machine: Machine | Mapping[str, Any]) -> dict[str, Any]:
 
 def ledger(thresholds: Mapping[str, Any], machine: Machine | Mapping[str, Any]) -> dict[str, Any]:
     """The memory these thresholds allow on this machine, itemised in MB against the budget."""
-    return _call("fazt_ledger", dict(thresholds), _machine(machine))
+    m = _machine(machine)
+    return copy.deepcopy(_ledger(tuple(sorted(thresholds.items())), tuple(sorted(m.items()))))
+
+
+@functools.lru_cache(maxsize=8)
+def _ledger(thresholds: tuple, machine: tuple) -> dict[str, Any]:
+    # The status page asks every few seconds; the answer changes only with the thresholds.
+    return _call("fazt_ledger", dict(thresholds), dict(machine))
 
 
 def safe(thresholds: Mapping[str, Any], machine: Machine | Mapping[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import PASSWORD, USERNAME, DatabaseLock, Server, fazt
+from conftest import PASSWORD, USERNAME, DatabaseLock, Server, eventually, fazt
 
 CSRF = {"X-Fazt-Request": "1"}
 CREDENTIALS = {"username": USERNAME, "password": PASSWORD}
@@ -160,3 +160,40 @@ def test_a_backup_stuck_on_the_database_does_not_hold_up_a_sign_in(live: Server,
         lock.close()
         backup.join(60)
     assert answers and answers[0] in (200, 503)
+
+
+class _Channel:
+    def __init__(self, host: str, fail: bool = False):
+        self.requests = [type("R", (), {"headers": {"HOST": host}})()]
+        self.fail = fail
+        self.done = threading.Event()
+
+    def service(self):
+        self.done.set()
+        if self.fail:
+            raise RuntimeError("a broken request")
+
+    def cancel(self):
+        self.done.set()
+
+
+def test_the_cockpit_count_returns_to_zero_whatever_happens():
+    """The event loop pauses while `contended()`: a count that leaked would slow it for good."""
+    from fazt.lanes import LaneDispatcher
+
+    lanes = LaneDispatcher(lambda host: host == "admin.localhost", 2, 2)
+    try:
+        assert not lanes.contended()
+        channels = [_Channel("admin.localhost"), _Channel("admin.localhost", fail=True)]
+        for channel in channels:
+            lanes.add_task(channel)
+        for channel in channels:
+            assert channel.done.wait(5)
+        assert eventually(lambda: lanes.cockpit_tasks == 0) is True
+        lanes.cockpit.set_thread_count(0)  # no thread: the next one waits, then is cancelled
+        assert eventually(lambda: not lanes.cockpit.threads)
+        lanes.add_task(_Channel("admin.localhost"))
+        assert lanes.contended() and lanes.cockpit_tasks == 1
+    finally:
+        lanes.shutdown(timeout=5)
+    assert lanes.cockpit_tasks == 0

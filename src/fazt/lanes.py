@@ -15,6 +15,9 @@ higher CPU priority (nice COCKPIT_NICE) when the process may have it
 user lane's priority instead was measured and rejected: a user thread holding
 Python's lock and starved of CPU stalls everyone waiting for that lock
 (static throughput fell tenfold).
+
+The event loop must also let go (see `Server.run`): `contended()` tells it when
+a cockpit request is in flight or several site requests want Python's lock.
 """
 
 import contextlib
@@ -36,6 +39,32 @@ class _PriorityDispatcher(ThreadedTaskDispatcher):
         super().handler_thread(thread_no)
 
 
+class _CockpitTask:
+    """A cockpit channel in the queue, counted from queueing until it is done."""
+
+    __slots__ = ("channel", "lanes")
+
+    def __init__(self, channel, lanes: "LaneDispatcher"):
+        self.channel = channel
+        self.lanes = lanes
+        lanes._cockpit_in_flight(+1)
+
+    def service(self) -> None:
+        try:
+            self.channel.service()
+        finally:
+            self.lanes._cockpit_in_flight(-1)
+
+    def cancel(self) -> None:
+        try:
+            self.channel.cancel()
+        finally:
+            self.lanes._cockpit_in_flight(-1)
+
+    def __repr__(self) -> str:
+        return repr(self.channel)
+
+
 class LaneDispatcher:
     """A Waitress task dispatcher made of two."""
 
@@ -46,11 +75,24 @@ class LaneDispatcher:
         self.cockpit = _PriorityDispatcher()
         self.user.set_thread_count(user_threads)
         self.cockpit.set_thread_count(cockpit_threads)
+        self.cockpit_tasks = 0  # queued or running
+        self._count_lock = threading.Lock()
 
     def add_task(self, channel) -> None:
         host = channel.requests[0].headers.get("HOST") if channel.requests else None
-        lane = self.cockpit if self.is_cockpit(host) else self.user
-        lane.add_task(channel)
+        if self.is_cockpit(host):
+            self.cockpit.add_task(_CockpitTask(channel, self))
+        else:
+            self.user.add_task(channel)
+
+    def _cockpit_in_flight(self, change: int) -> None:
+        with self._count_lock:
+            self.cockpit_tasks += change
+
+    def contended(self) -> bool:
+        """A cockpit request is in flight, or more than one site request wants to run.
+        Read without locks: a heuristic, called on every turn of the event loop."""
+        return bool(self.cockpit_tasks) or self.user.active_count + len(self.user.queue) > 1
 
     def set_thread_count(self, count: int) -> None:
         """What Waitress calls with its `threads` setting: the user lane's size."""

@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 
+from waitress import wasyncore
 from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
 from waitress.server import TcpWSGIServer
@@ -31,6 +32,7 @@ from fazt.lanes import LaneDispatcher
 from fazt.requestlog import RequestLog
 from fazt.vfs import ChunkStream, StreamLoop
 
+LOOP_YIELD = 0.0002  # seconds the event loop pauses per turn while the lanes are busy
 HEADER_TIMEOUT = 10.0  # seconds a client may take to send a request's headers
 CONFIG_POLL = 2.0  # seconds between looks for config written by another process
 log = logging.getLogger("fazt")
@@ -63,6 +65,27 @@ class Channel(HTTPChannel):
 
 class Server(TcpWSGIServer):
     channel_class = Channel
+
+    def run(self) -> None:
+        """Waitress's event loop, which gives Python's lock away while the lanes are busy.
+
+        The loop makes a system call every few microseconds (poll, recv, send), and each
+        one lets go of Python's lock and takes it straight back. A worker thread waiting
+        for the lock only forces a hand-over when five milliseconds pass *without* the
+        lock changing hands, which never happens: the loop starves every worker (CPython's
+        "convoy effect"). Measured with 64 wrk connections on a 4 KiB file: 335-616 req/s
+        with a p99 of 0.4-0.6 s, bimodal from run to run; with this pause 3,800-4,200
+        req/s and a p99 of 25 ms, and a sign-in under that flood 1.6x its idle p99 instead
+        of 2-2.4x. Each turn the pause costs is LOOP_YIELD; with one client (nothing
+        contended) there is none.
+        """
+        try:
+            while self._map:
+                wasyncore.poll2(self.adj.asyncore_loop_timeout, self._map)
+                if self.lanes.contended():
+                    time.sleep(LOOP_YIELD)
+        except (SystemExit, KeyboardInterrupt):
+            self.task_dispatcher.shutdown()
 
     def maintenance(self, now: float) -> None:
         super().maintenance(now)

@@ -7,7 +7,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import PASSWORD, USERNAME, Server
+from conftest import PASSWORD, USERNAME, Server, fazt
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [
@@ -42,6 +42,15 @@ def wait_for_refreshes(page, at_least: int, timeout: float = 15) -> int:
         page.wait_for_timeout(200)
 
 
+def sign_in(page, base: str, username: str = USERNAME, password: str = PASSWORD) -> None:
+    page.goto(base + "/")
+    page.wait_for_selector("#view-login:not([hidden])")
+    page.fill("#login-username", username)
+    page.fill("#login-password", password)
+    page.click("#login-submit")
+    page.wait_for_selector("body[data-view=status]")
+
+
 def zip_file(path: Path) -> Path:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as archive:
@@ -63,12 +72,7 @@ def test_dashboard_signs_in_shows_live_status_deploys_and_breaks_glass(
     page.on("console", lambda msg: msg.type == "error" and not msg.text.startswith(
         "Failed to load resource") and problems.append(f"console: {msg.text}"))
 
-    page.goto(base + "/")
-    page.wait_for_selector("#view-login:not([hidden])")
-    page.fill("#login-username", USERNAME)
-    page.fill("#login-password", PASSWORD)
-    page.click("#login-submit")
-    page.wait_for_selector("body[data-view=status]")
+    sign_in(page, base)
 
     # Live figures: wait for a refresh after the first one to change the chart.
     first = wait_for_refreshes(page, 1)
@@ -126,3 +130,34 @@ def test_dashboard_signs_in_shows_live_status_deploys_and_breaks_glass(
     page.wait_for_selector("#view-login:not([hidden])")
     assert problems == []
     assert set(failed_responses) <= EXPECTED_FAILURES, failed_responses
+
+
+def test_maintenance_banner_shows_the_ratio_and_goes_when_the_ratio_is_raised(
+        browser, tmp_path: Path):
+    db = tmp_path / "data.db"
+    fazt("server", "init", "--db", str(db), "--domain", "example.test", "--username",
+         USERNAME, "--password", PASSWORD, "--memory-mb", "64", "--cpus", "1")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("<p>shop</p>")
+    with open(site / "blob.bin", "wb") as f:
+        for _ in range(72):
+            f.write(os.urandom(1 << 20))  # 72 MB: more than 1 × the 64 MB of RAM declared
+    fazt("deploy", str(site), "--site", "shop", "--db", str(db))
+    fazt("config", "set", "maintenance_ratio", "1", "--db", str(db), "--break-glass")
+    with Server.running(db) as srv:
+        base = f"http://admin.localhost:{srv.port}"
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        sign_in(page, base)
+        page.wait_for_selector("#maintenance-banner:not([hidden])")
+        assert page.text_content("#status-mode").strip().lower() == "maintenance"
+        ratio = float(page.text_content("#maintenance-ratio"))
+        assert ratio > 1 and page.text_content("#maintenance-limit").strip() == "1"
+        assert page.get_attribute("#maintenance-backup", "href") == "/api/backup"
+        page.screenshot(path=str(tmp_path / "cockpit-maintenance.png"), full_page=True)
+        assert srv.get("/", host="shop.localhost").status_code == 503
+        # the owner raises the ratio (here from the command line); the banner goes
+        fazt("config", "set", "maintenance_ratio", "100", "--db", str(db), "--break-glass")
+        page.wait_for_selector("#maintenance-banner", state="hidden", timeout=20_000)
+        assert page.text_content("#status-mode").strip().lower() == "normal"
+        assert srv.get("/", host="shop.localhost").text == "<p>shop</p>"

@@ -212,6 +212,8 @@ Restart=always
 RestartSec=2
 # The memory budget from the probe (ledger.usable_mb); the thresholds fit inside it.
 MemoryMax=${memory_max:-<the probe budget, in MB>}
+# Cockpit threads may raise their CPU priority (nice -10): sign-in answers under load.
+AmbientCapabilities=CAP_SYS_NICE
 NoNewPrivileges=yes
 ProtectSystem=strict
 ReadWritePaths=$db_dir $tmpdir

@@ -13,6 +13,7 @@ itself uses: exclusive POSIX locks on the WAL-index lock bytes of `-shm`
 connection can start a read or a write: the database is completely unavailable.
 """
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -197,3 +198,18 @@ def test_the_cockpit_count_returns_to_zero_whatever_happens():
     finally:
         lanes.shutdown(timeout=5)
     assert lanes.cockpit_tasks == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="raising a priority needs root or CAP_SYS_NICE")
+def test_cockpit_threads_run_at_a_higher_priority(live: Server, db_path):
+    from fazt.lanes import COCKPIT_NICE
+
+    assert live.get("/", host="mysite.localhost").status_code == 200
+    tasks = Path(f"/proc/{live.proc.pid}/task")
+    nices = []
+    for task in tasks.iterdir():
+        stat = (task / "stat").read_text()
+        nices.append(int(stat.rsplit(")", 1)[1].split()[16]))  # field 19: nice
+    expected = int(fazt("config", "get", "cockpit_threads", "--db", str(db_path)).stdout)
+    assert nices.count(COCKPIT_NICE) == expected and COCKPIT_NICE < 0
+    assert nices.count(0) >= 2  # the event loop and the site threads are left alone

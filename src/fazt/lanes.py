@@ -11,7 +11,10 @@ Reserved threads are not enough on their own: under load a cockpit thread
 still shares the CPUs with everything else, and a sign-in is mostly scrypt,
 which runs outside Python's lock. So cockpit threads ask the kernel for a
 higher CPU priority (nice COCKPIT_NICE) when the process may have it
-(root, or CAP_SYS_NICE); otherwise they run at the normal one. Lowering the
+(root, or CAP_SYS_NICE); otherwise they run at the normal one. Measured with
+JavaScript slots busy on every CPU: a sign-in's p99 was 2.0-2.1x its idle p99
+at nice -5, 1.4-1.5x at -10 (bench/ section 4). The price: a long cockpit task
+(a backup, a large deploy) takes CPU from the sites while it runs. Lowering the
 user lane's priority instead was measured and rejected: a user thread holding
 Python's lock and starved of CPU stalls everyone waiting for that lock
 (static throughput fell tenfold).
@@ -27,7 +30,7 @@ from collections.abc import Callable
 
 from waitress.task import ThreadedTaskDispatcher
 
-COCKPIT_NICE = -5
+COCKPIT_NICE = -10
 
 
 class _PriorityDispatcher(ThreadedTaskDispatcher):

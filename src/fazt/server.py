@@ -81,6 +81,7 @@ class Server(TcpWSGIServer):
         """
         try:
             while self._map:
+                # poll(2), never select(2): no FD_SETSIZE cap on connections
                 wasyncore.poll2(self.adj.asyncore_loop_timeout, self._map)
                 if self.lanes.contended():
                     time.sleep(LOOP_YIELD)
@@ -140,7 +141,6 @@ def make_server(instance: Instance, host: str, port: int,
         inbuf_overflow=64 * 1024,
         outbuf_overflow=256 * 1024,
         outbuf_high_watermark=1024 * 1024,
-        asyncore_use_poll=True,
         ident="fazt",
     )
     server = Server(Router(instance, log=log), {}, True, sock, dispatcher=lanes,

@@ -324,12 +324,12 @@ def section_js(s: Setup, plan: Plan) -> c.Section:
     seconds = 3 if plan.smoke else 15
     probes = 50 if plan.smoke else 200
     idle = static_probe(s.port, probes)
-    counts, threads, stop = js_flood(s.port, clients, seconds + 5)
-    time.sleep(0.5)
-    during = static_probe(s.port, 100_000, seconds)
-    stop.set()
-    for t in threads:
-        t.join(60)
+    load = UserLoad(s.port, clients, 0)
+    try:
+        time.sleep(0.5)
+        during = static_probe(s.port, 100_000, seconds)
+    finally:
+        counts = load.stop()
     total = sum(counts.values())
     share = counts.get("429", 0) / total if total else float("nan")
     sec.tables.append(c.table(
@@ -341,8 +341,9 @@ def section_js(s: Setup, plan: Plan) -> c.Section:
           c.ms(c.percentile(during, 50)), c.ms(c.percentile(during, 99))]]))
     sec.chart["429 share"] = share
     sec.notes.append(f"Overload: {clients} Python clients (4 × slots) on `/api/spin?ms=50`, "
-                     "a handler that busy-loops 50 ms, while one client GETs the 4 KiB static "
-                     "file every 20 ms on fresh connections (the 'busy' columns); "
+                     "a handler that busy-loops 50 ms (in a process of their own), while one "
+                     "client GETs the 4 KiB static file every 20 ms on fresh connections (the "
+                     "'busy' columns); "
                      f"{len(idle)} idle and {len(during)} busy static samples answered 200.")
     return sec
 
@@ -389,25 +390,36 @@ def slow_readers(port: int, clients: int, stop: threading.Event) -> list[threadi
     return threads
 
 
-def _user_load(port: int, js_clients: int, readers: int, stop) -> None:
+def _user_load(port: int, js_clients: int, readers: int, stop, answers) -> None:
     stopped = threading.Event()
-    _, threads, js_stop = js_flood(port, js_clients, 600)
+    counts, threads, js_stop = js_flood(port, js_clients, 600)
     threads += slow_readers(port, readers, stopped)
     stop.wait(600)
     stopped.set()
     js_stop.set()
     for t in threads:
         t.join(60)
+    answers.put(counts)
 
 
-def user_load(port: int, js_clients: int, readers: int):
-    """JS flood and slow readers in a process of their own, so their threads do not
-    share Python's lock with the client that measures the cockpit: (process, stop)."""
-    stop = multiprocessing.Event()
-    proc = multiprocessing.Process(target=_user_load, args=(port, js_clients, readers, stop),
-                                   daemon=True)
-    proc.start()
-    return proc, stop
+class UserLoad:
+    """`js_clients` on the slow handler and `readers` slow large-file readers, in a process
+    of their own, so their threads do not share Python's lock with the client that
+    measures. `stop()` ends them and returns the JS answers by status."""
+
+    def __init__(self, port: int, js_clients: int, readers: int):
+        self._stop = multiprocessing.Event()
+        self._answers = multiprocessing.Queue()
+        self._proc = multiprocessing.Process(
+            target=_user_load, args=(port, js_clients, readers, self._stop, self._answers),
+            daemon=True)
+        self._proc.start()
+
+    def stop(self) -> dict[str, int]:
+        self._stop.set()
+        counts = self._answers.get(timeout=120)
+        self._proc.join(90)
+        return counts
 
 
 def section_cockpit(s: Setup, plan: Plan) -> c.Section:
@@ -420,15 +432,14 @@ def section_cockpit(s: Setup, plan: Plan) -> c.Section:
     for name, with_js in (("static flood (wrk -c 64)", False),
                           ("static flood + JS 4×slots + 8 slow large-file readers", True)):
         flood = subprocess.Popen(wrk_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        load = user_load(s.port, 4 * s.slots, 8) if with_js else None
+        load = UserLoad(s.port, 4 * s.slots, 8) if with_js else None
         try:
             time.sleep(1)
             times, codes, reads = logins(s.port, plan.logins)
         finally:
             c.stop(flood)
             if load:
-                load[1].set()
-                load[0].join(90)
+                load.stop()
         phases.append((name, times, codes, reads))
     idle_p99 = c.percentile(idle, 99)
     rows = []

@@ -83,7 +83,8 @@ var FAZT_SCHEMA = [
     key: "cockpit_threads", unit: "threads", label: "Cockpit threads", integer: true,
     min: 1, max: 64,
     description: "Threads reserved for the admin cockpit and login, which site traffic can " +
-      "never occupy; a quarter of the site threads, 2 to 4 (a backup on one leaves one for a sign-in)."
+      "never occupy; a quarter of the site threads, 2 to 4 (a backup on one leaves one " +
+      "for a sign-in)."
   },
   {
     key: "maintenance_ratio", unit: "x RAM", label: "Maintenance ratio", integer: true,

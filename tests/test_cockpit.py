@@ -264,7 +264,7 @@ def test_sites_list_delete_and_logs(client):
 def test_config_past_the_safe_range_needs_break_glass(client, instance):
     session = sign_in(client)
     config = call(client, "GET", "/api/config", session).json
-    assert set(config) == {"values", "schema", "safe", "overrides", "owner_keys"}
+    assert set(config) == {"values", "schema", "settings", "safe", "overrides", "owner_keys"}
     assert {e["key"] for e in config["schema"]} <= set(config["values"])
     low, high = config["safe"]["max_upload_mb"]
     past = int(high) * 3

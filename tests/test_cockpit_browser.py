@@ -114,6 +114,14 @@ def test_dashboard_signs_in_shows_live_status_deploys_and_breaks_glass(
     page.click("#break-glass-confirm")
     page.wait_for_selector("#settings-overrides li[data-key=max_upload_mb]")
     assert page.is_hidden("#break-glass")
+    # Settings that are not thresholds sit below them, an input for each type.
+    page.fill("#setting-trusted_proxies", "10.0.0.1, 192.168.0.0/16")
+    page.fill("#setting-keep_versions", "20")
+    page.click("#settings-save")
+    page.wait_for_selector("#notice:has-text('Settings saved')")
+    assert fazt("config", "get", "trusted_proxies", "--db", str(server.db)).stdout.strip() == \
+        '["10.0.0.1", "192.168.0.0/16"]'
+    assert page.input_value("#setting-keep_versions") == "20"
 
     # Narrow screens: nothing overflows sideways at 360 px.
     page.set_viewport_size({"width": 360, "height": 780})

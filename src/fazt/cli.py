@@ -99,14 +99,14 @@ def cmd_recalibrate(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from fazt.instance import machine_for, mode_for
+    from fazt.instance import machine_for, mode_for, read_config
     from fazt.stability import thresholds as th
     from fazt.store import open_database
-    from fazt.store.config import active_overrides, load_config
+    from fazt.store.config import active_overrides
 
     db = open_database(_db(args))
     with db.read() as conn:
-        config = {**th.defaults(), **load_config(conn)}
+        config = read_config(conn)
         overrides = active_overrides(conn)
     machine = machine_for(config, db.path)
     size = db.size_bytes()
@@ -224,18 +224,18 @@ def cmd_site_remove(args) -> int:
 
 
 def cmd_config_get(args) -> int:
+    from fazt.instance import read_config
     from fazt.stability import thresholds as th
     from fazt.store import open_database
-    from fazt.store.config import load_config
 
     db = open_database(_db(args))
     with db.read() as conn:
-        config = {**th.defaults(), **load_config(conn)}
+        config = read_config(conn)
     db.close()
     shown = {k: v for k, v in config.items() if k != "admin_assets_sha"}
     if args.key:
         if args.key not in shown:
-            raise FaztError(f"Unknown setting {args.key!r}.")
+            raise FaztError(f"Unknown setting {args.key!r}; see `fazt config get`.")
         print(json.dumps(shown[args.key]))
         return 0
     units = {s["key"]: s["unit"] for s in th.schema()}
@@ -245,14 +245,12 @@ def cmd_config_get(args) -> int:
 
 
 def cmd_config_set(args) -> int:
-    from fazt.instance import machine_for, update_config
-    from fazt.stability import thresholds as th
+    from fazt.instance import machine_for, read_config, update_config
     from fazt.store import open_database
-    from fazt.store.config import load_config
 
     db = open_database(_db(args))
     with db.read() as conn:
-        config = {**th.defaults(), **load_config(conn)}
+        config = read_config(conn)
     machine = machine_for(config, db.path)
     config = update_config(db, config, machine, {args.key: args.value}, args.break_glass)
     db.close()

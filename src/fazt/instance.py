@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from fazt import __version__
+from fazt import __version__, settings
 from fazt.cockpit.auth import Auth, hash_password, new_session_key
 from fazt.deploy import ADMIN_SITE, deploy, files_from_directory
 from fazt.errors import FaztError
@@ -104,8 +104,9 @@ def init_database(path: str, *, domain: str, username: str, password: str,
                   port: int = DEFAULT_PORT, memory_mb: float | None = None,
                   cpus: float | None = None) -> dict:
     """`fazt server init`: a new database with owner, thresholds and admin assets."""
-    if not domain or "/" in domain or " " in domain:
-        raise FaztError(f"{domain!r} is not a valid domain.")
+    problem = settings.check_domain(domain)
+    if problem:
+        raise FaztError(problem)
     if not username.strip():
         raise FaztError("The username must not be empty.")
     if len(password) < 8:
@@ -147,22 +148,28 @@ def refresh_admin_assets(db: Database) -> bool:
     return True
 
 
+def read_config(conn) -> dict:
+    """Every threshold and setting: what the database holds over the schemas' defaults."""
+    return {**th.defaults(), **settings.defaults(), **load_config(conn)}
+
+
 def update_config(db: Database, config: dict, machine: Machine, values: dict,
                   break_glass: bool = False) -> dict:
-    """Check and write owner changes to thresholds; return the new config.
+    """Check and write owner changes to thresholds and settings; return the new config.
 
-    A wrong type or an insane value is refused outright (400); a value past its
+    A wrong type or an insane value is refused outright (400); a threshold past its
     safe range for this machine needs break glass (409) and is then recorded.
+    Settings (fazt.settings) have no safe range: they are valid or refused.
     """
     keys = set(th.keys())
-    unknown = sorted(k for k in values if k not in keys and k != "domain")
+    unknown = sorted(k for k in values if k not in keys and k not in settings.SETTINGS)
     if unknown:
         raise FaztError(f"Unknown setting {unknown[0]!r}; see `fazt config get`.")
     merged = dict(config)
     overrides, safe_again, coerced = [], [], {}
     for key, value in values.items():
-        if key == "domain":
-            coerced[key] = str(value).lower()
+        if key in settings.SETTINGS:
+            coerced[key] = settings.parse(key, value)
             continue
         verdict = th.check(key, value, {k: merged[k] for k in keys}, machine)
         if verdict.invalid:
@@ -174,7 +181,7 @@ def update_config(db: Database, config: dict, machine: Machine, values: dict,
             safe_again.append(key)
     if overrides and not break_glass:
         raise Conflict(" ".join(o[3] for o in overrides))
-    owner_keys = sorted(set(config.get("owner_keys") or []) | (set(coerced) - {"domain"}))
+    owner_keys = sorted(set(config.get("owner_keys") or []) | (set(coerced) & keys))
     with db.write() as conn:
         save_config(conn, {**coerced, "owner_keys": owner_keys})
         for key in safe_again:
@@ -200,7 +207,7 @@ def recalibrate_database(db: Database, memory_mb: float | None = None,
         values["declared_cpus"] = cpus
     with db.write() as conn:
         save_config(conn, values)
-        config = load_config(conn)
+        config = read_config(conn)
     return machine, config
 
 
@@ -236,7 +243,7 @@ class Instance:
         self.db = open_database(self.db_path)
         refresh_admin_assets(self.db)
         with self.db.read() as conn:
-            self.config = {**th.defaults(), **load_config(conn)}
+            self.config = read_config(conn)
             secrets = load_secrets(conn)
             tokens = _token_hashes(conn)
             self._config_stamp = _config_stamp(conn)
@@ -291,7 +298,7 @@ class Instance:
     def recalibrate(self) -> None:
         """Re-probe, rewrite the thresholds, soft-restart (the button, the API, SIGHUP)."""
         self.machine, config = recalibrate_database(self.db)
-        self.config = {**th.defaults(), **config}
+        self.config = config
         self.apply()
 
     def reload_if_changed(self) -> bool:
@@ -309,7 +316,7 @@ class Instance:
                 stamp = _config_stamp(conn)
                 if stamp == self._config_stamp:
                     return False
-                config = load_config(conn)
+                config = read_config(conn)
                 self.overrides = active_overrides(conn)
                 self.auth.token_hashes = _token_hashes(conn)
         except FaztError:
@@ -318,7 +325,7 @@ class Instance:
         if config.get("declared_memory_mb") != self.config.get("declared_memory_mb") or \
                 config.get("declared_cpus") != self.config.get("declared_cpus"):
             self.machine = machine_for(config, self.db_path)
-        self.config = {**th.defaults(), **config}
+        self.config = config
         self.apply()
         return True
 

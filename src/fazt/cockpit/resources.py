@@ -9,6 +9,7 @@ import json
 
 import falcon
 
+from fazt import settings
 from fazt.cockpit import tokens
 from fazt.cockpit.auth import new_session_key, token_hash
 from fazt.cockpit.session import clear_session_cookie, session_cookie, set_session_cookie
@@ -21,7 +22,6 @@ from fazt.store.config import save_secret
 from fazt.store.sites import list_sites
 
 JSON_LIMIT = 64 * 1024  # a settings form or a login is a few hundred bytes
-SETTINGS = ("domain", "port")  # shown beside the thresholds in GET /api/config
 
 
 def read_json(req: falcon.Request) -> dict:
@@ -118,19 +118,20 @@ class Recalibrate:
 
 
 class Config:
-    """Thresholds with their schema and safe ranges; a change past a safe range needs
-    `break_glass: true` (else 409 with the warning) and is recorded as an override."""
+    """Thresholds with their schema and safe ranges, and the settings with theirs; a
+    threshold past its safe range needs `break_glass: true` (else 409 with the
+    warning) and is recorded as an override."""
 
     def __init__(self, instance: Instance):
         self.instance = instance
 
     def view(self) -> dict:
         i = self.instance
-        keys = th.keys()
-        values = {k: i.config[k] for k in (*keys, *SETTINGS) if k in i.config}
+        values = {k: i.config[k] for k in (*th.keys(), *settings.keys())}
         return {
             "values": values,
             "schema": th.schema(),
+            "settings": settings.schema(),
             "safe": th.safe({k: i.config[k] for k in th.keys()}, i.machine),
             "overrides": i.overrides,
             "owner_keys": i.config.get("owner_keys") or [],

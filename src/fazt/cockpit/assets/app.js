@@ -355,9 +355,50 @@ function renderSettings(config) {
     check();
     return card;
   }));
+  $("settings-other").replaceChildren(...config.settings.map((entry) => settingCard(entry, config.values[entry.key])));
   const hasOverrides = config.overrides.length > 0;
   $("settings-no-overrides").hidden = hasOverrides;
   renderOverrides($("settings-overrides"), config.overrides);
+}
+
+// A setting that is not a threshold (fazt/settings.py): an input for its type, no safe range.
+function settingInput(entry, value) {
+  const id = `setting-${entry.key}`;
+  if (entry.type === "choice") {
+    const select = make("select", { name: entry.key, id }, ...entry.choices.map((c) => make("option", { value: c }, c)));
+    select.value = value;
+    return select;
+  }
+  if (entry.type === "bool") return make("input", { type: "checkbox", name: entry.key, id, checked: Boolean(value) });
+  if (entry.type === "int") {
+    const props = { type: "number", name: entry.key, id, step: "1", value: String(value), required: true };
+    if (entry.min != null) props.min = String(entry.min);
+    if (entry.max != null) props.max = String(entry.max);
+    return make("input", props);
+  }
+  const text = entry.type === "list" ? value.join(", ") : value;
+  return make("input", { type: "text", name: entry.key, id, value: text, placeholder: entry.type === "list" ? "comma-separated" : "" });
+}
+
+function settingValue(entry, input) {
+  if (entry.type === "bool") return input.checked;
+  if (entry.type === "int") return Number(input.value);
+  if (entry.type === "list") return input.value.split(",").map((s) => s.trim()).filter(Boolean);
+  return input.value.trim();
+}
+
+function settingCard(entry, value) {
+  const input = settingInput(entry, value);
+  const card = make("div", { className: "card setting", dataset: { key: entry.key } });
+  input.addEventListener("input", () => {
+    card.classList.toggle("changed", JSON.stringify(settingValue(entry, input)) !== JSON.stringify(value));
+  });
+  card.append(
+    make("div", { className: "head" }, make("label", { htmlFor: input.id, className: "name" }, entry.label)),
+    make("span", { className: "key" }, entry.key),
+    make("div", { className: "value" }, input),
+    make("p", { className: "desc" }, entry.description));
+  return card;
 }
 
 function changedValues() {
@@ -365,6 +406,10 @@ function changedValues() {
   for (const entry of state.config.schema) {
     const input = $(`setting-${entry.key}`);
     if (input.value !== String(state.config.values[entry.key])) changes[entry.key] = Number(input.value);
+  }
+  for (const entry of state.config.settings) {
+    const value = settingValue(entry, $(`setting-${entry.key}`));
+    if (JSON.stringify(value) !== JSON.stringify(state.config.values[entry.key])) changes[entry.key] = value;
   }
   return changes;
 }

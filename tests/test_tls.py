@@ -8,7 +8,7 @@ import threading
 import pytest
 import trustme
 
-from fazt.tls import CIPHERS, HANDSHAKE_TIMEOUT, Certificates, TLSFailure, context_from_pem
+from fazt.server.tls import CIPHERS, HANDSHAKE_TIMEOUT, Certificates, TLSFailure, context_from_pem
 
 
 @pytest.fixture(scope="module")

@@ -33,3 +33,12 @@ def test_memory_is_bounded_when_nothing_flushes():
         log.write(line)
     assert len(out.getvalue()) >= MAX_PENDING
     assert log._size < MAX_PENDING
+
+
+def test_every_field_is_escaped_to_printable_ascii():
+    from fazt.requestlog import line
+
+    text = line("1.2.3.4", 'evil"host', "GET", '/a\nb"c\\d\xe9\u2028\x7f', "200", 1.0)
+    assert text == ('1.2.3.4 evil\\x22host "GET /a\\x0Ab\\x22c\\x5Cd\\xE9\\xE2\\x80\\xA8\\x7F" '
+                    "200 1.0ms\n")
+    assert line(None, "", "GET", "/", "404", 0.5).startswith('- - "GET /" 404')

@@ -8,7 +8,7 @@ import time
 
 import falcon
 
-from fazt import http_errors
+from fazt import http_errors, requestlog
 from fazt.hosts import ADMIN, SITE, classify
 from fazt.instance import Instance
 from fazt.requestlog import RequestLog
@@ -86,11 +86,10 @@ class Router:
         began = time.monotonic()
 
         def logged_start(status, headers, exc_info=None):
-            self.log.write(
-                f'{environ.get("REMOTE_ADDR", "-")} {environ.get("HTTP_HOST", "-")} '
-                f'"{environ.get("REQUEST_METHOD")} {environ.get("PATH_INFO")}" '
-                f"{status.split(' ', 1)[0]} {(time.monotonic() - began) * 1000:.1f}ms\n"
-            )
+            self.log.write(requestlog.line(
+                environ.get("REMOTE_ADDR"), environ.get("HTTP_HOST"),
+                environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"),
+                status.split(" ", 1)[0], (time.monotonic() - began) * 1000))
             return start_response(status, headers, exc_info)
 
         return app(environ, logged_start)

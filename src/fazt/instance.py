@@ -8,6 +8,8 @@ read once into RAM, and from then on the cockpit never waits on the database.
 
 import hashlib
 import importlib.resources
+import json
+import logging
 import os
 import threading
 import time
@@ -35,11 +37,14 @@ from fazt.store.database import Limits, create_database
 from fazt.store.sites import NewFile, list_sites, remove_site
 from fazt.vfs import VFS
 
+log = logging.getLogger("fazt")
 MB = 1024 * 1024
 DEFAULT_PORT = 4698
 NORMAL = "normal"
 MAINTENANCE = "maintenance"
 # Settings kept in the config table beside the thresholds.
+# The secret holding signed-out sessions (nonce -> expiry), so a restart keeps them out.
+REVOKED_SESSIONS = "revoked_sessions"
 SETTING_KEYS = ("domain", "port", "declared_memory_mb", "declared_cpus", "owner_keys",
                 "admin_assets_sha")
 
@@ -252,7 +257,7 @@ class Instance:
         if not {"username", "password_hash", "session_key"} <= secrets.keys():
             raise FaztError(f"{self.db_path} has no owner; it was not made by `fazt server init`.")
         self.auth = Auth(secrets["username"], secrets["password_hash"], secrets["session_key"],
-                         tokens)
+                         tokens, json.loads(secrets.get(REVOKED_SESSIONS) or "{}"))
         self.machine = machine_for(self.config, self.db_path)
         self.vfs = VFS(self.db, self._mb("vfs_cache_mb"), self._mb("large_file_mb"))
         self.vfs.pin_site(ADMIN_SITE)
@@ -344,6 +349,20 @@ class Instance:
         if self.runtime is not None:
             self.runtime.logs_ring.forget(name)
         return removed
+
+    def save_revoked_sessions(self) -> None:
+        """Record the signed-out sessions so a restart keeps them out.
+
+        Best effort: the session is already refused in RAM, and a locked
+        database must not make logging out fail; the next logout saves again.
+        """
+        revoked = json.dumps(self.auth.revoked())
+        try:
+            with self.db.write() as conn:
+                save_secret(conn, REVOKED_SESSIONS, revoked)
+        except FaztError:
+            log.warning("could not record a logout in the database (busy); "
+                        "it holds until the server restarts")
 
     def check_token(self, token: str | None) -> bool:
         """An API token, checked in RAM only: junk tokens can never make the cockpit wait

@@ -6,14 +6,42 @@ under a flood that wait is paid by every request, the cockpit's included.
 So lines collect in memory and a background thread writes them out every
 FLUSH_SECONDS (or at once when MAX_PENDING bytes are waiting). A killed
 process loses at most that last batch of log lines, never any data.
+
+Every field a client chose (address, Host, method, path) is escaped the way
+nginx escapes its log: control characters, quotes, backslashes and bytes
+past ASCII become `\\xHH`. A `%0a` in a path therefore cannot start a forged
+line, and a quote cannot end the quoted request field early.
 """
 
+import re
 import sys
 import threading
 from typing import TextIO
 
 FLUSH_SECONDS = 0.5
 MAX_PENDING = 256 * 1024
+_UNSAFE = re.compile(r'[^\x20-\x7e]|["\\]')
+
+
+def escape(field: str | None) -> str:
+    """One log field, printable ASCII only: "-" when absent."""
+    if field is None or field == "":
+        return "-"
+    return _UNSAFE.sub(_hex, field)
+
+
+def _hex(match: re.Match) -> str:
+    char = match.group()
+    # WSGI passes the raw bytes as latin-1 text; anything wider was decoded by us.
+    raw = char.encode("latin-1") if ord(char) < 256 else char.encode("utf-8")
+    return "".join(f"\\x{b:02X}" for b in raw)
+
+
+def line(address: str | None, host: str | None, method: str | None, path: str | None,
+         status: str, millis: float) -> str:
+    """The log line of one request, newline included."""
+    return (f'{escape(address)} {escape(host)} "{escape(method)} {escape(path)}" '
+            f"{escape(status)} {millis:.1f}ms\n")
 
 
 class RequestLog:

@@ -1,8 +1,12 @@
 """RAM-resident authentication: checking a password or a session never reads the database.
 
 The password hash and the session key are loaded at boot. A session is a
-signed, expiring token: `<username>.<expires>.<hmac>`; rotating the key logs
-out every session at once. Failed logins are counted per address in RAM.
+signed, expiring token: `<username>.<expires>.<nonce>.<hmac>`. The nonce is
+128 random bits drawn at each sign-in, so no two sign-ins share a token (two
+in the same second once did, and logging out one logged out both) and a
+token cannot be guessed from the time. Logging out revokes that nonce only;
+rotating the key logs out every session at once. Failed logins are counted
+per address in RAM.
 """
 
 import base64
@@ -93,14 +97,15 @@ class Auth:
     """The owner's credentials and the session key, held in RAM."""
 
     def __init__(self, username: str, password_hash: str, session_key: str,
-                 token_hashes: set[str] | None = None):
+                 token_hashes: set[str] | None = None, revoked: dict[str, int] | None = None):
         self.username = username
         self.password_hash = password_hash
         self.session_key = session_key
         self.token_hashes = set(token_hashes or ())
         self.limiter = LoginLimiter()
         self._lock = threading.Lock()
-        self._revoked: dict[str, int] = {}  # signed out sessions -> when they expire anyway
+        # Signed-out sessions' nonces -> when they expire anyway; loaded at boot.
+        self._revoked: dict[str, int] = dict(revoked or {})
 
     def check_password(self, username: str, password: str) -> bool:
         # Always run the slow hash, so a wrong username costs as long as a wrong password.
@@ -109,42 +114,55 @@ class Auth:
         return ok_password and ok_user
 
     def issue(self, now: float | None = None) -> str:
+        """A new session: its own random nonce, never derived from the time."""
         expires = int((now or time.time()) + SESSION_SECONDS)
-        body = f"{_b64(self.username.encode())}.{expires}"
+        body = f"{_b64(self.username.encode())}.{expires}.{secrets.token_urlsafe(16)}"
         return f"{body}.{self._sign(body)}"
 
     def check_session(self, token: str | None, now: float | None = None) -> bool:
-        if not token or token.count(".") != 2:
-            return False
+        return self._nonce(token, now) is not None
+
+    def _nonce(self, token: str | None, now: float | None) -> str | None:
+        """The nonce of a valid, unrevoked session token; None for anything else."""
+        if not token or token.count(".") != 3:
+            return None
         body, _, signature = token.rpartition(".")
         if not hmac.compare_digest(signature, self._sign(body)):
-            return False
-        if signature in self._revoked:
-            return False
-        user, _, expires = body.partition(".")
+            return None
+        user, expires, nonce = body.split(".")
+        if nonce in self._revoked:
+            return None
         try:
-            return int(expires) > (now or time.time()) and _unb64(user) == self.username.encode()
+            alive = int(expires) > (now or time.time())
+            return nonce if alive and _unb64(user) == self.username.encode() else None
         except ValueError:
-            return False
+            return None
 
-    def revoke(self, token: str, now: float | None = None) -> None:
-        """Log out one session: a copy of its cookie stops working too.
+    def revoke(self, token: str, now: float | None = None) -> bool:
+        """Log out one session (a copy of its cookie stops working too), no other.
 
-        Kept in RAM until the session would have expired anyway; a restart
-        forgets it, which is why "log out everywhere" rotates the key instead.
+        Returns whether a live session was revoked, so the caller can record
+        it (see `revoked`) and a restart does not bring it back.
         """
-        if not self.check_session(token, now):
-            return
-        body, _, signature = token.rpartition(".")
+        nonce = self._nonce(token, now)
+        if nonce is None:
+            return False
         moment = now or time.time()
         with self._lock:
-            self._revoked = {s: e for s, e in self._revoked.items() if e > moment}
-            self._revoked[signature] = int(body.rpartition(".")[2])
+            self._revoked = {n: e for n, e in self._revoked.items() if e > moment}
+            self._revoked[nonce] = int(token.split(".")[1])
+        return True
+
+    def revoked(self) -> dict[str, int]:
+        """Revoked nonces -> when their sessions expire anyway (kept until then)."""
+        with self._lock:
+            return dict(self._revoked)
 
     def rotate(self, new_key: str) -> None:
         """Log out everywhere: every session signed with the old key stops working."""
         with self._lock:
             self.session_key = new_key
+            self._revoked = {}  # every one of them is dead with the old key
 
     def check_token(self, token: str | None) -> bool:
         return bool(token) and token_hash(token) in self.token_hashes

@@ -16,7 +16,7 @@ from fazt.cockpit.session import clear_session_cookie, session_cookie, set_sessi
 from fazt.deploy import ADMIN_SITE, check_site_name
 from fazt.errors import FaztError, NotFound
 from fazt.http_errors import http_error
-from fazt.instance import Instance
+from fazt.instance import REVOKED_SESSIONS, Instance
 from fazt.stability import thresholds as th
 from fazt.store.config import save_secret
 from fazt.store.sites import list_sites
@@ -66,13 +66,15 @@ class Login:
 
 
 class Logout:
+    """Ends this session only; the owner's other devices stay signed in."""
+
     def __init__(self, instance: Instance):
         self.instance = instance
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         cookie = session_cookie(req)
-        if cookie:
-            self.instance.auth.revoke(cookie)
+        if cookie and self.instance.auth.revoke(cookie):
+            self.instance.save_revoked_sessions()
         clear_session_cookie(req, resp)
         resp.media = {"ok": True}
 
@@ -87,6 +89,7 @@ class LogoutAll:
         key = new_session_key()
         with self.instance.db.write() as conn:
             save_secret(conn, "session_key", key)
+            save_secret(conn, REVOKED_SESSIONS, "{}")
         self.instance.auth.rotate(key)
         clear_session_cookie(req, resp)
         resp.media = {"ok": True}

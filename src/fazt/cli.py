@@ -197,6 +197,8 @@ def cmd_site_list(args) -> int:
     with db.read() as conn:
         sites = [s for s in list_sites(conn) if s["name"] != "admin"]
     db.close()
+    if args.json:
+        return _print_json({"sites": sites})
     if not sites:
         print("No sites yet; deploy one with `fazt deploy DIR --site NAME`.")
     for s in sites:
@@ -238,6 +240,8 @@ def cmd_config_get(args) -> int:
             raise FaztError(f"Unknown setting {args.key!r}; see `fazt config get`.")
         print(json.dumps(shown[args.key]))
         return 0
+    if args.json:
+        return _print_json(shown)
     units = {s["key"]: s["unit"] for s in th.schema()}
     for key in sorted(shown):
         print(f"{key:<22} {json.dumps(shown[key])} {units.get(key, '')}".rstrip())
@@ -271,6 +275,35 @@ def cmd_token_create(args) -> int:
     return 0
 
 
+def cmd_token_list(args) -> int:
+    from fazt.cockpit.tokens import list_tokens
+    from fazt.store import open_database
+
+    db = open_database(_db(args))
+    tokens = list_tokens(db)
+    db.close()
+    if args.json:
+        return _print_json({"tokens": tokens})
+    if not tokens:
+        print("No tokens; make one with `fazt token create --name N`.")
+    for t in tokens:
+        print(f"{t['id']:>4}  {t['name']:<32} created {_when(t['created_at'])}")
+    return 0
+
+
+def cmd_token_revoke(args) -> int:
+    from fazt.cockpit.tokens import revoke_token
+    from fazt.store import open_database
+
+    db = open_database(_db(args))
+    revoked = revoke_token(db, args.id)
+    db.close()
+    if revoked is None:
+        raise FaztError(f"There is no active token with id {args.id}; see `fazt token list`.")
+    print(f"Revoked token {args.id}; a running server refuses it within seconds.")
+    return 0
+
+
 def cmd_backup(args) -> int:
     from fazt.store import open_database
 
@@ -279,6 +312,27 @@ def cmd_backup(args) -> int:
     db.close()
     print(f"Wrote a consistent copy of {db.path} to {args.out}.")
     return 0
+
+
+def cmd_restore(args) -> int:
+    from fazt.restore import restore_file
+
+    result = restore_file(args.backup, _db(args))
+    print(f"Restored {args.backup} ({result['sites']} sites, {result['bytes']:,} bytes, "
+          f"integrity ok) into {result['db']}"
+          + ("; the database it replaced is gone." if result["replaced"] else "."))
+    return 0
+
+
+def _print_json(value) -> int:
+    print(json.dumps(value, indent=2))
+    return 0
+
+
+def _when(epoch: float | None) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch)) if epoch else "-"
 
 
 def _print_thresholds(values: dict, marked: set | None = None) -> None:
@@ -295,6 +349,8 @@ def _print_thresholds(values: dict, marked: set | None = None) -> None:
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--db", help="database path (default: $FAZT_DB or ~/.fazt/data.db)")
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print JSON")
     hw = argparse.ArgumentParser(add_help=False)
     hw.add_argument("--memory-mb", type=float, help="declare the container's RAM in MB")
     hw.add_argument("--cpus", type=float, help="declare the container's CPUs")
@@ -334,14 +390,15 @@ def parser() -> argparse.ArgumentParser:
 
     site = sub.add_parser("site", help="list or remove sites")
     st = site.add_subparsers(dest="site_command", required=True, metavar="ACTION")
-    st.add_parser("list", parents=[common]).set_defaults(func=cmd_site_list)
+    s = st.add_parser("list", parents=[common, as_json], help="the sites and their sizes")
+    s.set_defaults(func=cmd_site_list)
     s = st.add_parser("remove", parents=[common])
     s.add_argument("name")
     s.set_defaults(func=cmd_site_remove)
 
     config = sub.add_parser("config", help="read or write thresholds and settings")
     ct = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
-    s = ct.add_parser("get", parents=[common])
+    s = ct.add_parser("get", parents=[common, as_json])
     s.add_argument("key", nargs="?")
     s.set_defaults(func=cmd_config_get)
     s = ct.add_parser("set", parents=[common])
@@ -356,19 +413,37 @@ def parser() -> argparse.ArgumentParser:
     s = tt.add_parser("create", parents=[common])
     s.add_argument("--name", required=True)
     s.set_defaults(func=cmd_token_create)
+    s = tt.add_parser("list", parents=[common, as_json],
+                      help="the active tokens (never their value)")
+    s.set_defaults(func=cmd_token_list)
+    s = tt.add_parser("revoke", parents=[common], help="stop a token from working")
+    s.add_argument("id", type=int, help="the token's id, from `fazt token list`")
+    s.set_defaults(func=cmd_token_revoke)
 
     s = sub.add_parser("backup", parents=[common], help="write a consistent copy of the database")
     s.add_argument("out")
     s.set_defaults(func=cmd_backup)
+
+    s = sub.add_parser("restore", parents=[common],
+                       help="put a backup in place of the database (the server must be stopped)")
+    s.add_argument("backup", help="a file written by `fazt backup` or the dashboard")
+    s.set_defaults(func=cmd_restore)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
     try:
-        return args.func(args)
+        args = parser().parse_args(argv)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
     except FaztError as exc:
         print(f"fazt: {exc.message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`fazt config get | head -1`): end quietly, as `cat` does.
+        # Python would try to flush stdout once more at exit and complain; point it nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141

@@ -30,6 +30,7 @@ from fazt.hosts import ADMIN, classify
 from fazt.instance import MB, Instance
 from fazt.lanes import LaneDispatcher
 from fazt.requestlog import RequestLog
+from fazt.store.claim import claim_for_server
 from fazt.vfs import ChunkStream, StreamLoop
 
 LOOP_YIELD = 0.0002  # seconds the event loop pauses per turn while the lanes are busy
@@ -167,6 +168,7 @@ def run(db_path: str, host: str, port: int | None) -> None:
     # log line per request, written by the event loop thread itself (measured: a sign-in
     # under a flood took 100 ms at p50 with it, 72 without). A queue is expected under load.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+    held = claim_for_server(db_path)  # `fazt restore` refuses a database a server holds
     instance = Instance(db_path).boot()
     port = port or int(instance.config.get("port") or 4698)
     requests_log = RequestLog().start()
@@ -198,6 +200,7 @@ def run(db_path: str, host: str, port: int | None) -> None:
         server.close()
         instance.close()
         requests_log.close()
+        held.release()
         sys.stderr.write("fazt stopped\n")
 
 

@@ -1,0 +1,168 @@
+"""`fazt restore BACKUP`: integrity first, never under a running server, the old file kept
+until the new one is proven, the result 0600; and a backup taken under load restores whole."""
+
+import hashlib
+import os
+import sqlite3
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+import requests
+from conftest import Admin, Server, fazt, init_db, zip_of
+
+
+def _sites(db: Path) -> dict:
+    conn = sqlite3.connect(db)
+    try:
+        return dict(conn.execute(
+            "SELECT s.name || '/' || f.path, b.sha256 FROM sites s"
+            " JOIN files f ON f.deploy_id = s.deploy_id JOIN blobs b ON b.id = f.blob_id"
+            " WHERE s.name != 'admin'").fetchall())
+    finally:
+        conn.close()
+
+
+def test_restore_puts_the_backup_back_with_0600(db_path, site_dir, tmp_path):
+    fazt("deploy", str(site_dir), "--site", "blog", "--db", str(db_path))
+    backup = tmp_path / "backup.db"
+    fazt("backup", str(backup), "--db", str(db_path))
+    before = _sites(db_path)
+    (site_dir / "index.html").write_text("<h1>a later version</h1>")
+    fazt("deploy", str(site_dir), "--site", "blog", "--db", str(db_path))
+    fazt("deploy", str(site_dir), "--site", "other", "--db", str(db_path))
+    assert _sites(db_path) != before
+
+    done = fazt("restore", str(backup), "--db", str(db_path))
+    assert "integrity ok" in done.stdout
+    assert _sites(db_path) == before
+    assert stat.S_IMODE(os.stat(db_path).st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("data.db")) in (
+        ["data.db"], ["data.db", "data.db-shm", "data.db-wal"])  # nothing else left behind
+
+
+def test_restore_onto_a_fresh_machine(db_path, tmp_path):
+    backup = tmp_path / "backup.db"
+    fazt("backup", str(backup), "--db", str(db_path))
+    fresh = tmp_path / "new" / "home" / "data.db"
+    fazt("restore", str(backup), "--db", str(fresh))
+    assert stat.S_IMODE(os.stat(fresh).st_mode) == 0o600
+    with Server.running(fresh) as srv:
+        Admin(srv)  # the owner of the backup signs in
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "not_fazt", "missing"])
+def test_a_bad_backup_is_refused_and_nothing_changes(db_path, tmp_path, damage):
+    backup = tmp_path / "backup.db"
+    fazt("backup", str(backup), "--db", str(db_path))
+    if damage == "garbage":
+        backup.write_bytes(b"not a database at all" * 100)
+    elif damage == "truncated":
+        data = backup.read_bytes()
+        backup.write_bytes(data[: len(data) // 2])
+    elif damage == "not_fazt":
+        backup.unlink()
+        sqlite3.connect(backup).execute("CREATE TABLE t (x)").connection.commit()
+    else:
+        backup.unlink()
+    digest = hashlib.sha256(db_path.read_bytes()).hexdigest()
+    failed = fazt("restore", str(backup), "--db", str(db_path), check=False)
+    assert failed.returncode == 1
+    assert "Traceback" not in failed.stderr and failed.stderr.count("\n") == 1, failed.stderr
+    assert hashlib.sha256(db_path.read_bytes()).hexdigest() == digest
+    assert not list(tmp_path.glob("data.db.r*"))  # no .restoring / .replaced left
+
+
+def test_restore_refuses_a_database_a_running_server_holds(server, db_path, tmp_path):
+    backup = tmp_path / "backup.db"
+    fazt("backup", str(backup), "--db", str(db_path))
+    failed = fazt("restore", str(backup), "--db", str(db_path), check=False)
+    assert failed.returncode == 1 and "running fazt server" in failed.stderr
+    assert server.get("/_fazt/health").status_code == 200
+    server.stop()
+    fazt("restore", str(backup), "--db", str(db_path))  # stopped: now it may
+
+
+def test_a_second_server_on_the_same_database_is_refused(server, db_path):
+    second = fazt("server", "start", "--db", str(db_path), "--port", "1", check=False,
+                  timeout=30)
+    assert second.returncode == 1 and "Another fazt server" in second.stderr
+
+
+def test_the_replaced_file_returns_when_the_new_one_fails_its_proof(db_path, tmp_path,
+                                                                    monkeypatch):
+    from fazt import restore
+    from fazt.errors import FaztError
+
+    backup = tmp_path / "backup.db"
+    fazt("backup", str(backup), "--db", str(db_path))
+    fazt("server", "init", "--db", str(tmp_path / "other.db"), "--domain", "x.test",
+         "--username", "someone", "--password", "another password")
+    digest = hashlib.sha256(db_path.read_bytes()).hexdigest()
+
+    def failing_proof(target):
+        raise FaztError("proof failed")
+
+    monkeypatch.setattr(restore, "_prove", failing_proof)
+    with pytest.raises(FaztError, match="proof failed"):
+        restore.restore_file(str(tmp_path / "other.db"), str(db_path))
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert conn.execute("SELECT value FROM secrets WHERE key='username'").fetchone()[0] == "owner"
+    conn.close()
+    assert hashlib.sha256(db_path.read_bytes()).hexdigest() == digest
+    assert not list(tmp_path.glob("data.db.r*"))
+
+
+def test_a_backup_taken_under_load_restores_whole_and_byte_exact(tmp_path):
+    db = init_db(tmp_path / "data.db")
+    big = os.urandom(3 * 1024 * 1024 + 17)
+    files = {"index.html": "<h1>steady</h1>", "big.bin": big,
+             "api/main.js": "function handler(r) { fazt.kv.set('n', (fazt.kv.get('n') || 0)"
+                            " + 1); return {body: 'ok'}; }"}
+    backup = tmp_path / "backup.db"
+    with Server.running(db) as srv:
+        admin = Admin(srv)
+        assert admin.post("/api/deploy?site=steady", data=zip_of(files)).status_code == 200
+        stop = threading.Event()
+        errors: list[str] = []
+
+        def load(kind: int) -> None:
+            session = requests.Session()
+            n = 0
+            while not stop.is_set():
+                n += 1
+                try:
+                    if kind == 0:
+                        r = session.get(srv.url("/big.bin"), headers={"Host": "steady.localhost"})
+                        assert r.content == big
+                    elif kind == 1:
+                        r = session.post(srv.url("/api/count"),
+                                         headers={"Host": "steady.localhost"})
+                        assert r.status_code in (200, 429), r.text
+                    else:
+                        r = admin.post(f"/api/deploy?site=churn{n % 3}",
+                                       data=zip_of({"x.txt": os.urandom(200_000)}))
+                        assert r.status_code in (200, 503), r.text
+                except Exception as exc:  # noqa: BLE001 - reported below
+                    errors.append(repr(exc))
+                    return
+
+        workers = [threading.Thread(target=load, args=(k,)) for k in (0, 1, 2)]
+        for w in workers:
+            w.start()
+        try:
+            fazt("backup", str(backup), "--db", str(db))
+        finally:
+            stop.set()
+            for w in workers:
+                w.join()
+        assert not errors, errors
+    fazt("restore", str(backup), "--db", str(db))
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()
+    with Server.running(db) as srv:
+        for path, want in (("/big.bin", big), ("/", b"<h1>steady</h1>")):
+            assert srv.get(path, host="steady.localhost").content == want

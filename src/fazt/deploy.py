@@ -14,6 +14,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
+from fazt.compression import precompressed
 from fazt.errors import FaztError, TooLarge
 from fazt.store import Database
 from fazt.store.sites import NewFile, replace_site
@@ -188,7 +189,7 @@ def deploy(db: Database, name: str, files: list[NewFile], *, check: Checker | No
     if check is not None:
         files = check(files)
     try:
-        with db.write() as conn:
+        with precompressed(db, files) as files, db.write() as conn:
             return replace_site(conn, name, files)
     except OSError as exc:
         raise FaztError(f"The deploy failed and nothing changed: {exc.strerror or exc}.") from None

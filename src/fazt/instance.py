@@ -21,6 +21,7 @@ from fazt.cockpit.auth import Auth, hash_password, new_session_key
 from fazt.deploy import ADMIN_SITE, deploy, files_from_directory
 from fazt.errors import FaztError
 from fazt.metrics import RequestRate
+from fazt.siterules import check_rules
 from fazt.stability import thresholds as th
 from fazt.stability.probe import Machine, probe
 from fazt.store import Database, open_database
@@ -84,10 +85,11 @@ def admin_assets_sha() -> str:
 
 
 def deploy_site(db: Database, name: str, files: list[NewFile]) -> dict:
-    """A user deploy: the site's JavaScript must compile before anything is written."""
+    """A user deploy: the site's JavaScript must compile, and its `_redirects` and
+    `_headers` must parse, before anything is written."""
     from fazt.runtime import compile_check
 
-    return deploy(db, name, files, check=compile_check)
+    return deploy(db, name, files, check=lambda fs: check_rules(compile_check(fs)))
 
 
 def machine_for(config: dict, db_path: str, memory_mb: float | None = None,

@@ -1,18 +1,39 @@
-"""Serving user sites: static files from the VFS, and `/api/...` through the runtime."""
+"""Serving user sites: static files from the VFS, and `/api/...` through the runtime.
+
+A static path is answered, in this order, by a forced (`!`) rule of the
+site's `_redirects`, its file, a folder's redirect to its trailing slash,
+the first matching rule, and last the site's `404.html` (or fazt's page).
+"""
 
 import re
+from urllib.parse import quote
 
 import falcon
 
+from fazt.compression import ON_THE_FLY_MAX, compress_answer, worth_it
 from fazt.deploy import clean_path
 from fazt.errors import FaztError, TooLarge
 from fazt.http_errors import http_error
 from fazt.instance import MAINTENANCE, MB, Instance
-from fazt.store.sites import FileInfo
+from fazt.negotiation import (
+    CODINGS,
+    IDENTITY,
+    choose,
+    compressible,
+    etag,
+    not_modified,
+    pick,
+    static_headers,
+)
+from fazt.siterules import RULE_FILES, Rule, SiteRules
+from fazt.store.sites import Body, FileInfo
 from fazt.vfs import Stale
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 SCRIPT = "api/main.js"
+NOT_FOUND_PAGE = "404.html"
+_REDIRECT = {301: falcon.HTTPMovedPermanently, 302: falcon.HTTPFound, 303: falcon.HTTPSeeOther,
+             307: falcon.HTTPTemporaryRedirect, 308: falcon.HTTPPermanentRedirect}
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None | str:
@@ -64,15 +85,37 @@ class SiteResource:
             self._static(req, resp, site, path)
 
     def _static(self, req: falcon.Request, resp: falcon.Response, site: str, path: str) -> None:
+        vfs = self.instance.vfs
+        rules = vfs.rules(site)
+        url = "/" + path + ("/" if path and req.path.endswith("/") else "")
+        forced = rules.forced(url)
+        if forced is not None:
+            return self._apply(req, resp, site, rules, url, *forced)
         info = self._find(site, path, req.path)
-        if info is None:
-            if req.path.endswith("/") or not path:
-                raise self._missing(site)
-            redirect = self.instance.vfs.find(site, _join(path, "index.html"))
-            if redirect is None:
-                raise self._missing(site)
+        if info is not None:
+            return self._send(req, resp, site, info, rules.headers_for(url))
+        if path and not req.path.endswith("/") and vfs.find(site, _join(path, "index.html")):
             raise falcon.HTTPMovedPermanently(req.path + "/")
-        self._send(req, resp, site, info)
+        fallback = rules.fallback(url)
+        if fallback is not None:
+            return self._apply(req, resp, site, rules, url, *fallback)
+        self._not_found(req, resp, site, rules.headers_for(url))
+
+    def _apply(self, req: falcon.Request, resp: falcon.Response, site: str, rules: SiteRules,
+               url: str, rule: Rule, params: dict[str, str]) -> None:
+        """A `_redirects` rule: a redirect, or (200, 404) another file of the site."""
+        if not rule.rewrite:
+            location = rule.destination({k: quote(v) for k, v in params.items()})
+            if req.query_string and "?" not in location:
+                location += "?" + req.query_string
+            raise _REDIRECT[rule.status](location)
+        target = rule.destination(params).split("?", 1)[0].split("#", 1)[0]
+        info = self._find(site, self._relative(target), target)
+        if info is None:
+            return self._not_found(req, resp, site, rules.headers_for(url))
+        if rule.status == 404:
+            return self._page(req, resp, site, info, rules.headers_for(url))
+        self._send(req, resp, site, info, rules.headers_for(url))
 
     @staticmethod
     def _relative(raw: str) -> str:
@@ -84,47 +127,69 @@ class SiteResource:
             raise http_error(400, "bad_path", exc.message) from None
 
     def _find(self, site: str, path: str, raw: str) -> FileInfo | None:
+        if path in RULE_FILES:
+            return None  # read by fazt, never served
         if path.startswith("api/") and self.instance.vfs.find(site, SCRIPT) is not None:
             return None  # a back end's source is never served
         if not path or raw.endswith("/"):
             return self.instance.vfs.find(site, _join(path, "index.html"))
         return self.instance.vfs.find(site, path)
 
-    def _missing(self, site: str) -> falcon.HTTPError:
-        if not self.instance.vfs.site_exists(site):
-            return http_error(404, "no_such_site", f"There is no site named {site!r} here.")
-        return http_error(404, "not_found", "There is no file at this address.")
+    def _not_found(self, req: falcon.Request, resp: falcon.Response, site: str,
+                   site_headers: list[tuple[str, str]]) -> None:
+        """The site's own 404.html with status 404, or fazt's page when it has none."""
+        vfs = self.instance.vfs
+        page = vfs.find(site, NOT_FOUND_PAGE)
+        if page is not None:
+            return self._page(req, resp, site, page, site_headers)
+        if not vfs.site_exists(site):
+            raise http_error(404, "no_such_site", f"There is no site named {site!r} here.")
+        raise http_error(404, "not_found", "There is no file at this address.")
 
-    def _send(self, req: falcon.Request, resp: falcon.Response, site: str, info: FileInfo) -> None:
-        etag = f'"{info.sha256}"'
-        resp.set_header("ETag", etag)
-        resp.cache_control = (["no-cache"] if info.mime.startswith("text/html")
-                              else ["public", "max-age=300"])
-        if _matches(req.get_header("If-None-Match"), etag):
+    def _page(self, req: falcon.Request, resp: falcon.Response, site: str, info: FileInfo,
+              site_headers: list[tuple[str, str]]) -> None:
+        """A file sent as the body of a 404: no validators or ranges, the coding negotiated."""
+        body = pick(info, req.get_header("Accept-Encoding"))
+        resp.status = falcon.HTTP_404
+        headers = static_headers(info, body, site_headers=[("Cache-Control", "no-cache"),
+                                                           *site_headers])
+        _set_headers(resp, [h for h in headers if h[0] not in ("ETag", "Accept-Ranges")])
+        if req.method != "HEAD":
+            self._body(resp, site, info, body, 0, body.size)
+
+    def _send(self, req: falcon.Request, resp: falcon.Response, site: str, info: FileInfo,
+              site_headers: list[tuple[str, str]]) -> None:
+        range_header = req.get_header("Range")
+        body = pick(info, req.get_header("Accept-Encoding"), ranged=bool(range_header))
+        if not_modified(req.get_header("If-None-Match"), body):
             resp.status = falcon.HTTP_304
+            _set_headers(resp, static_headers(info, body, not_modified=True,
+                                              site_headers=site_headers))
             return
-        resp.set_header("Accept-Ranges", "bytes")
-        resp.content_type = info.mime
-        wanted = parse_range(req.get_header("Range"), info.size)
+        _set_headers(resp, static_headers(info, body, site_headers=site_headers))
+        wanted = parse_range(range_header, body.size)
         if_range = req.get_header("If-Range")
-        if if_range and if_range.strip() != etag:
+        if if_range and if_range.strip() != etag(body):
             wanted = None
         if wanted == "416":
             raise falcon.HTTPError(falcon.HTTP_416, title="range_not_satisfiable",
-                                   description=f"The file is {info.size} bytes long.",
-                                   headers={"Content-Range": f"bytes */{info.size}"})
-        start, end = wanted if wanted else (0, info.size)
+                                   description=f"The file is {body.size} bytes long.",
+                                   headers={"Content-Range": f"bytes */{body.size}"})
+        start, end = wanted if wanted else (0, body.size)
         if wanted:
             resp.status = falcon.HTTP_206
-            resp.set_header("Content-Range", f"bytes {start}-{end - 1}/{info.size}")
-        resp.content_length = end - start
-        if req.method == "HEAD":
-            return
+            resp.set_header("Content-Range", f"bytes {start}-{end - 1}/{body.size}")
+            resp.content_length = end - start
+        if req.method != "HEAD":
+            self._body(resp, site, info, body, start, end)
+
+    def _body(self, resp: falcon.Response, site: str, info: FileInfo, body: Body,
+              start: int, end: int) -> None:
         vfs = self.instance.vfs
-        if vfs.is_large(info):
-            resp.stream = vfs.stream(info, start, end)
+        if vfs.is_large(body):
+            resp.stream = vfs.stream(body, start, end)
         else:
-            resp.data = vfs.content(site, info)[start:end]
+            resp.data = vfs.content(site, info, body)[start:end]
 
     def _run(self, req: falcon.Request, resp: falcon.Response, site: str, script: FileInfo) -> None:
         c = self.instance.config
@@ -146,18 +211,31 @@ class SiteResource:
         source = self.instance.vfs.content(site, script).decode("utf-8", errors="replace")
         answer = self.instance.runtime.handle(site, script.sha256, source, request)
         resp.status = falcon.code_to_http_status(answer.status)
-        for name, value in answer.headers.items():
+        headers = {name.lower(): (name, value) for name, value in answer.headers.items()}
+        if "cache-control" not in headers:
+            # an answer is personal until the handler says otherwise: no shared cache keeps it
+            headers["cache-control"] = ("Cache-Control", "no-store")
+        body = answer.body
+        if (1024 <= len(body) <= ON_THE_FLY_MAX and answer.status not in (204, 206, 304)
+                and compressible(headers["content-type"][1])
+                and not {"content-encoding", "etag", "content-range"} & headers.keys()):
+            vary = headers.get("vary", ("Vary", ""))[1]
+            headers["vary"] = ("Vary", f"{vary}, Accept-Encoding" if vary else "Accept-Encoding")
+            coding = choose(req.get_header("Accept-Encoding"), CODINGS)
+            if coding != IDENTITY:
+                packed = compress_answer(body, coding)
+                if worth_it(len(body), len(packed)):
+                    headers["content-encoding"] = ("Content-Encoding", coding)
+                    body = packed
+        for name, value in headers.values():
             resp.set_header(name, value)
-        resp.data = answer.body
+        resp.data = body
 
 
 def _join(path: str, name: str) -> str:
     return f"{path}/{name}" if path else name
 
 
-def _matches(header: str | None, etag: str) -> bool:
-    if not header:
-        return False
-    if header.strip() == "*":
-        return True
-    return any(tag.strip().removeprefix("W/") == etag for tag in header.split(","))
+def _set_headers(resp: falcon.Response, headers: list[tuple[str, str]]) -> None:
+    for name, value in headers:
+        resp.set_header(name, value)

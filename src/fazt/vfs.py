@@ -14,6 +14,8 @@
   The server forgets these on every deploy or removal it makes, and within
   CONFIG_POLL seconds of one made by another process (`fazt deploy --db`); a
   file that vanished meanwhile is noticed (Stale) and looked up again.
+- Rules: each recently served site's parsed `_redirects` and `_headers` (an
+  empty set for most), forgotten with the found files.
 """
 
 import io
@@ -24,11 +26,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from fazt.errors import FaztError
+from fazt.siterules import EMPTY, HEADERS, REDIRECTS, SiteRules, parse_headers, parse_redirects
 from fazt.store import Database
 from fazt.store.files import CHUNK_SIZE, read_blob, read_chunk
-from fazt.store.sites import FileInfo, find_file, site_exists, site_files
+from fazt.store.sites import Body, FileInfo, find_file, site_exists, site_files
 
 FOUND_ENTRIES = 4096  # a FileInfo is ~300 bytes: about 1 MB at most
+RULES_ENTRIES = 256  # sites whose rules are kept parsed (most have none: a shared EMPTY)
 
 
 class Stale(FaztError):
@@ -88,7 +92,11 @@ class ByteLRU:
 @dataclass(frozen=True)
 class PinnedFile:
     info: FileInfo
-    data: bytes
+    bodies: dict[str, bytes]  # by encoding: 'identity' and the variants
+
+    @property
+    def bytes(self) -> int:
+        return sum(len(b) for b in self.bodies.values())
 
 
 class VFS:
@@ -104,19 +112,21 @@ class VFS:
         self._found: OrderedDict[tuple[str, str], FileInfo] = OrderedDict()
         self._found_lock = threading.Lock()
         self._found_generation = 0
+        self._rules: OrderedDict[str, SiteRules] = OrderedDict()
 
     def pin_site(self, site: str) -> int:
         """Load every file of `site` into the pinned map; return its bytes."""
         with self.db.read() as conn:
             files = {
-                info.path: PinnedFile(info, read_blob(conn, info.blob_id))
+                info.path: PinnedFile(info, {body.encoding: read_blob(conn, body.blob_id)
+                                             for body in (info.identity, *info.variants)})
                 for info in site_files(conn, site)
             }
         old = self._pinned.get(site, {})
         self._pinned[site] = files
-        self.pinned_bytes += sum(len(f.data) for f in files.values())
-        self.pinned_bytes -= sum(len(f.data) for f in old.values())
-        return sum(len(f.data) for f in files.values())
+        self.pinned_bytes += sum(f.bytes for f in files.values())
+        self.pinned_bytes -= sum(f.bytes for f in old.values())
+        return sum(f.bytes for f in files.values())
 
     def is_pinned(self, site: str) -> bool:
         return site in self._pinned
@@ -144,10 +154,31 @@ class VFS:
         return info
 
     def forget_files(self) -> None:
-        """A site changed: every remembered location may be wrong now."""
+        """A site changed: every remembered location (and rule) may be wrong now."""
         with self._found_lock:
             self._found.clear()
+            self._rules.clear()
             self._found_generation += 1
+
+    def rules(self, site: str) -> SiteRules:
+        """The site's `_redirects` and `_headers`, parsed once until the site changes."""
+        with self._found_lock:
+            rules = self._rules.get(site)
+            if rules is not None:
+                self._rules.move_to_end(site)
+                return rules
+            generation = self._found_generation
+        texts = {}
+        for name in (REDIRECTS, HEADERS):
+            info = self.find(site, name)
+            texts[name] = self.content(site, info).decode("utf-8", "replace") if info else ""
+        rules = _parsed(texts[REDIRECTS], texts[HEADERS])
+        with self._found_lock:
+            if generation == self._found_generation:
+                self._rules[site] = rules
+                if len(self._rules) > RULES_ENTRIES:
+                    self._rules.popitem(last=False)
+        return rules
 
     def site_exists(self, site: str) -> bool:
         if site in self._pinned:
@@ -155,28 +186,30 @@ class VFS:
         with self.db.read() as conn:
             return site_exists(conn, site)
 
-    def is_large(self, info: FileInfo) -> bool:
+    def is_large(self, body: Body) -> bool:
         """Streamed rather than held whole: above large_file_mb, or above the whole cache
         (on a tiny host a file the cache could never keep is not worth a thread's RAM)."""
-        return info.size > min(self.large_file_bytes, self.cache.limit_bytes)
+        return body.size > min(self.large_file_bytes, self.cache.limit_bytes)
 
-    def content(self, site: str, info: FileInfo) -> bytes:
-        """The whole content of a small file, through the pinned map or the LRU."""
+    def content(self, site: str, info: FileInfo, body: Body | None = None) -> bytes:
+        """One whole body of a small file (identity unless `body` names a variant),
+        through the pinned map or the LRU, which keys each body by its own hash."""
+        body = body or info.identity
         pinned = self._pinned.get(site)
         if pinned is not None and info.path in pinned:
-            return pinned[info.path].data
-        data = self.cache.get(info.sha256)
+            return pinned[info.path].bodies[body.encoding]
+        data = self.cache.get(body.sha256)
         if data is None:
             with self.db.read() as conn:
-                data = read_blob(conn, info.blob_id)
-            if len(data) != info.size:
+                data = read_blob(conn, body.blob_id)
+            if len(data) != body.size:
                 self.forget_files()
                 raise Stale("The site changed while this file was read; try again.")
-            self.cache.put(info.sha256, data)  # callers stream large files, never ask here
+            self.cache.put(body.sha256, data)  # callers stream large files, never ask here
         return data
 
-    def stream(self, info: FileInfo, start: int = 0, end: int | None = None) -> "ChunkStream":
-        return ChunkStream(self.db, info.blob_id, start, info.size if end is None else end,
+    def stream(self, body: Body, start: int = 0, end: int | None = None) -> "ChunkStream":
+        return ChunkStream(self.db, body.blob_id, start, body.size if end is None else end,
                            self.loop)
 
     def resize(self, cache_bytes: int, large_file_bytes: int) -> None:
@@ -194,6 +227,21 @@ class VFS:
             "misses": self.cache.misses,
             "large_file_bytes": self.large_file_bytes,
         }
+
+
+def _parsed(redirects: str, headers: str) -> SiteRules:
+    if not redirects and not headers:
+        return EMPTY
+    return SiteRules.of(_lenient(parse_redirects, redirects), _lenient(parse_headers, headers))
+
+
+def _lenient(parse, text: str) -> tuple:
+    """Rules are checked at deploy; a file deployed before fazt read rules was never
+    checked, and counts as absent when it does not parse."""
+    try:
+        return parse(text)
+    except FaztError:
+        return ()
 
 
 STREAM_CACHE_MB = 0.5  # a chunk is read once: streams read through a small page cache

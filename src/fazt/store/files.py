@@ -3,6 +3,10 @@
 A blob is written chunk by chunk inside the caller's transaction and is
 deduplicated by its SHA-256, which is also the file's strong ETag. Reads take
 one chunk per statement, so a slow download never holds a read transaction.
+
+A blob may have variants: the same content compressed (gzip, br), each itself
+a blob. They belong to the content, not to a site, so every file and every
+deploy with that content shares them, and they go when the content goes.
 """
 
 import hashlib
@@ -57,6 +61,25 @@ def put_blob(conn: sqlite3.Connection, pieces: Iterable[bytes]) -> Blob:
     return Blob(blob_id, sha, size)
 
 
+def put_variant(conn: sqlite3.Connection, blob_id: int, encoding: str,
+                pieces: Iterable[bytes]) -> Blob:
+    """Store `pieces` as the `encoding` variant of blob `blob_id`. Inside a write transaction."""
+    variant = put_blob(conn, pieces)
+    conn.execute("INSERT OR IGNORE INTO variants (blob_id, encoding, variant_id) VALUES (?, ?, ?)",
+                 (blob_id, encoding, variant.id))
+    return variant
+
+
+def variants_decided(conn: sqlite3.Connection, sha256: str) -> bool:
+    """Whether this content is stored with its variants already made (or judged not worth it)."""
+    row = conn.execute("SELECT compressed FROM blobs WHERE sha256 = ?", (sha256,)).fetchone()
+    return bool(row and row[0])
+
+
+def mark_variants_decided(conn: sqlite3.Connection, blob_id: int) -> None:
+    conn.execute("UPDATE blobs SET compressed = 1 WHERE id = ?", (blob_id,))
+
+
 def read_chunk(conn: sqlite3.Connection, blob_id: int, n: int) -> bytes:
     """Chunk n of a blob: one short read."""
     row = conn.execute(
@@ -76,12 +99,27 @@ def read_blob(conn: sqlite3.Connection, blob_id: int) -> bytes:
 
 
 def drop_unreferenced(conn: sqlite3.Connection, blob_ids: Iterable[int]) -> int:
-    """Delete those of `blob_ids` no file refers to any more; return how many."""
+    """Delete those of `blob_ids` no file refers to any more, with their variants;
+    return how many blobs went."""
     dropped = 0
-    for blob_id in set(blob_ids):
-        used = conn.execute("SELECT 1 FROM files WHERE blob_id = ? LIMIT 1", (blob_id,)).fetchone()
-        if used is None:
-            conn.execute("DELETE FROM chunks WHERE blob_id = ?", (blob_id,))
-            conn.execute("DELETE FROM blobs WHERE id = ?", (blob_id,))
-            dropped += 1
+    pending = set(blob_ids)
+    while pending:
+        blob_id = pending.pop()
+        if _in_use(conn, blob_id):
+            continue
+        pending.update(r[0] for r in conn.execute(
+            "SELECT variant_id FROM variants WHERE blob_id = ?", (blob_id,)))
+        conn.execute("DELETE FROM variants WHERE blob_id = ?", (blob_id,))
+        conn.execute("DELETE FROM chunks WHERE blob_id = ?", (blob_id,))
+        conn.execute("DELETE FROM blobs WHERE id = ?", (blob_id,))
+        dropped += 1
     return dropped
+
+
+def _in_use(conn: sqlite3.Connection, blob_id: int) -> bool:
+    """A file's content, or the variant of content still kept (a site may even deploy
+    the very bytes fazt made as another file's gzip variant)."""
+    return conn.execute(
+        "SELECT 1 FROM files WHERE blob_id = ?1"
+        " UNION ALL SELECT 1 FROM variants WHERE variant_id = ?1 LIMIT 1", (blob_id,)
+    ).fetchone() is not None

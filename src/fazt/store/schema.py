@@ -75,6 +75,19 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (site, key)
     );
     """,
+    # 2: compressed variants of a blob, made once per content at deploy (gzip, br).
+    # `compressed` marks the blobs whose variants were decided; those stored before
+    # this migration get theirs the next time a deploy brings them.
+    """
+    CREATE TABLE variants (
+        blob_id INTEGER NOT NULL REFERENCES blobs(id),
+        encoding TEXT NOT NULL,         -- a content coding: 'gzip' or 'br'
+        variant_id INTEGER NOT NULL REFERENCES blobs(id),
+        PRIMARY KEY (blob_id, encoding)
+    );
+    CREATE INDEX variants_variant ON variants(variant_id);
+    ALTER TABLE blobs ADD COLUMN compressed INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 

@@ -9,7 +9,18 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from fazt.store.files import drop_unreferenced, put_blob
+from fazt.store.files import drop_unreferenced, mark_variants_decided, put_blob, put_variant
+
+
+@dataclass(frozen=True)
+class Body:
+    """One stored form of a file's content: the content itself ('identity') or a
+    compressed variant of it ('gzip', 'br'), each a blob with its own hash."""
+
+    encoding: str
+    blob_id: int
+    sha256: str
+    size: int
 
 
 @dataclass(frozen=True)
@@ -21,15 +32,25 @@ class FileInfo:
     sha256: str
     size: int
     mime: str
+    variants: tuple[Body, ...] = ()  # compressed forms, made at deploy
+
+    @property
+    def identity(self) -> Body:
+        return Body("identity", self.blob_id, self.sha256, self.size)
 
 
 @dataclass(frozen=True)
 class NewFile:
-    """One file of a deploy: its path in the site and a way to read it in pieces."""
+    """One file of a deploy: its path in the site and a way to read it in pieces.
+
+    `variants` are its compressed forms as (encoding, pieces); None when they were
+    not considered (the content is not compressible, or already stored with them).
+    """
 
     path: str
     mime: str
     pieces: Iterable[bytes]
+    variants: tuple[tuple[str, Iterable[bytes]], ...] | None = None
 
 
 def replace_site(conn: sqlite3.Connection, name: str, files: Iterable[NewFile]) -> dict:
@@ -43,6 +64,10 @@ def replace_site(conn: sqlite3.Connection, name: str, files: Iterable[NewFile]) 
     count = total = 0
     for f in files:
         blob = put_blob(conn, f.pieces)
+        if f.variants is not None:
+            for encoding, pieces in f.variants:
+                put_variant(conn, blob.id, encoding, pieces)
+            mark_variants_decided(conn, blob.id)
         conn.execute(
             "INSERT INTO files (deploy_id, path, blob_id, mime) VALUES (?, ?, ?, ?)",
             (deploy_id, f.path, blob.id, f.mime),
@@ -85,18 +110,33 @@ def _drop_deploy(conn: sqlite3.Connection, deploy_id: int) -> None:
     drop_unreferenced(conn, blob_ids)
 
 
-_LOOKUP = """
-    SELECT f.path, f.blob_id, b.sha256, b.size, f.mime
+# A file with its variants in one statement: "br:12:<sha256>:345,gzip:13:<sha256>:400".
+_COLUMNS = """
+    f.path, f.blob_id, b.sha256, b.size, f.mime,
+    (SELECT group_concat(v.encoding || ':' || vb.id || ':' || vb.sha256 || ':' || vb.size)
+     FROM variants v JOIN blobs vb ON vb.id = v.variant_id WHERE v.blob_id = f.blob_id)
+"""
+_LOOKUP = f"""
+    SELECT {_COLUMNS}
     FROM sites s JOIN files f ON f.deploy_id = s.deploy_id AND f.path = ?
     JOIN blobs b ON b.id = f.blob_id
     WHERE s.name = ?
 """
 
 
+def _file_info(row: tuple) -> FileInfo:
+    variants = ()
+    if row[5]:
+        parts = (v.split(":") for v in row[5].split(","))
+        variants = tuple(sorted((Body(e, int(i), sha, int(n)) for e, i, sha, n in parts),
+                                key=lambda b: b.encoding))
+    return FileInfo(*row[:5], variants)
+
+
 def find_file(conn: sqlite3.Connection, site: str, path: str) -> FileInfo | None:
     """The file at `path` (no leading slash) of the version `site` serves now."""
     row = conn.execute(_LOOKUP, (path, site)).fetchone()
-    return FileInfo(*row) if row else None
+    return _file_info(row) if row else None
 
 
 def site_exists(conn: sqlite3.Connection, name: str) -> bool:
@@ -117,9 +157,8 @@ def list_sites(conn: sqlite3.Connection) -> list[dict]:
 def site_files(conn: sqlite3.Connection, site: str) -> Iterator[FileInfo]:
     """Every file of a site's current version (used to hydrate the pinned map)."""
     rows = conn.execute(
-        "SELECT f.path, f.blob_id, b.sha256, b.size, f.mime"
-        " FROM sites s JOIN files f ON f.deploy_id = s.deploy_id"
+        f"SELECT {_COLUMNS} FROM sites s JOIN files f ON f.deploy_id = s.deploy_id"
         " JOIN blobs b ON b.id = f.blob_id WHERE s.name = ?",
         (site,),
     ).fetchall()
-    return (FileInfo(*r) for r in rows)
+    return (_file_info(r) for r in rows)

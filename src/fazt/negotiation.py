@@ -1,0 +1,155 @@
+"""Content negotiation for static files: which stored body a request gets, with which headers.
+
+This is the one place those decisions are made, and it is pure (no I/O, no
+Falcon): the normal path (`fazt.sites.SiteResource`) and the event loop's fast
+path (`fazt.server.fastpath`, which answers cache hits with pre-rendered
+headers) both call `pick` and `static_headers`, so the two can never send a
+different body or different headers for the same request.
+
+- `choose` reads `Accept-Encoding` as RFC 9110 (section 12.5.3) says: q-values,
+  `*`, `identity`, `q=0` refusals, no header or an empty one meaning identity.
+  A coding the client names with any q above 0 wins over an identity it does
+  not name (as nginx and Caddy read it: "gzip;q=0.5" still asks for gzip).
+  When a client refuses every coding on offer, identity included, it still gets
+  identity (the content is usable; a 406 would help nobody).
+- `pick` chooses among a file's stored bodies: the content itself and the
+  variants made at deploy. A `Range` request always gets identity, so byte
+  offsets mean the same whatever the client accepts.
+- `static_headers` renders the headers of a 200 or a 304: every body has its
+  own strong ETag (its own SHA-256), and every compressible file says
+  `Vary: Accept-Encoding`, whichever body it sent.
+"""
+
+import re
+from collections.abc import Iterable, Sequence
+
+from fazt.store.sites import Body, FileInfo
+
+CODINGS = ("br", "gzip")  # the variants made at deploy, best first: ties go to the smaller
+IDENTITY = "identity"
+UNNAMED_IDENTITY = 0.0001  # below any q a client can write (three decimals at most)
+
+_COMPRESSIBLE = frozenset({
+    "application/javascript", "application/x-javascript", "application/json",
+    "application/xml", "application/wasm", "application/manifest+json",
+    "application/rss+xml", "application/atom+xml", "application/ld+json",
+    "application/geo+json", "image/svg+xml", "image/x-icon", "image/vnd.microsoft.icon",
+    "image/bmp", "font/ttf", "font/otf", "application/x-font-ttf",
+})
+
+HTML_CACHE = "no-cache"  # a page always revalidates, so a deploy shows at once
+ASSET_CACHE = "max-age=300"
+IMMUTABLE_CACHE = "max-age=31536000, immutable"
+# A content hash in the name ("app.3f9a1c2e.js", Vite's "index-B3xkT9aQ.js"): the name
+# changes whenever the content does, so the file can be kept for a year unasked.
+_FINGERPRINT = re.compile(
+    r"[.-](?:(?=[0-9a-f]*[0-9])(?=[0-9a-f]*[a-f])[0-9a-f]{8,}"
+    r"|(?=[\w-]*[0-9])(?=[\w-]*[A-Z])(?=[\w-]*[a-z])[A-Za-z0-9_-]{8})\.[A-Za-z0-9]+$")
+
+
+def compressible(mime: str) -> bool:
+    """Whether a type is worth compressing (text, scripts, JSON, SVG, fonts without
+    their own compression); images, video, archives and woff2 already are."""
+    base = mime.split(";", 1)[0].strip().lower()
+    return (base.startswith("text/") or base in _COMPRESSIBLE
+            or base.endswith("+json") or base.endswith("+xml"))
+
+
+def accepted(header: str) -> dict[str, float]:
+    """`Accept-Encoding` as {coding: q}; a malformed q counts as a refusal."""
+    weights: dict[str, float] = {}
+    for item in header.split(","):
+        name, _, params = item.partition(";")
+        name = name.strip().lower()
+        if not name:
+            continue
+        q = 1.0
+        for param in params.split(";"):
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value.strip())
+                except ValueError:
+                    q = 0.0
+                if not 0.0 <= q <= 1.0:
+                    q = 0.0
+        weights["gzip" if name == "x-gzip" else name] = q
+    return weights
+
+
+def choose(header: str | None, offered: Iterable[str]) -> str:
+    """The coding to send: one of `offered` (a subset of CODINGS) or 'identity'."""
+    if not header or not header.strip():
+        return IDENTITY  # no header, or an empty one: the client wants no coding
+    weights = accepted(header)
+    star = weights.get("*")
+
+    def weight(coding: str) -> float:
+        if coding in weights:
+            return weights[coding]
+        if star is not None:
+            return star
+        # identity stays acceptable unless refused, but any coding the client names wins
+        return UNNAMED_IDENTITY if coding == IDENTITY else 0.0
+
+    offered = set(offered)
+    best, best_q = IDENTITY, 0.0
+    for coding in (*CODINGS, IDENTITY):
+        if (coding == IDENTITY or coding in offered) and weight(coding) > best_q:
+            best, best_q = coding, weight(coding)
+    return best
+
+
+def pick(info: FileInfo, accept_encoding: str | None, ranged: bool = False) -> Body:
+    """The body to send for `info`: a variant when the client takes one, else identity.
+    `ranged`: the request has a Range header, which always gets identity."""
+    if ranged or not info.variants:
+        return info.identity
+    coding = choose(accept_encoding, (v.encoding for v in info.variants))
+    for variant in info.variants:
+        if variant.encoding == coding:
+            return variant
+    return info.identity
+
+
+def etag(body: Body) -> str:
+    return f'"{body.sha256}"'
+
+
+def cache_control(path: str, mime: str) -> str:
+    if mime.startswith("text/html"):
+        return HTML_CACHE
+    if _FINGERPRINT.search(path.rsplit("/", 1)[-1]):
+        return IMMUTABLE_CACHE
+    return ASSET_CACHE
+
+
+def not_modified(if_none_match: str | None, body: Body) -> bool:
+    """If-None-Match (weak comparison, as RFC 9110 asks) against this body's ETag."""
+    if not if_none_match:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    tag = etag(body)
+    return any(t.strip().removeprefix("W/") == tag for t in if_none_match.split(","))
+
+
+def static_headers(info: FileInfo, body: Body, *, not_modified: bool = False,
+                   site_headers: Sequence[tuple[str, str]] = ()) -> list[tuple[str, str]]:
+    """Every header of a 200 (or, with `not_modified`, a 304) that sends `body` of `info`.
+
+    `site_headers` are the site's own (its `_headers` file): a name given there
+    replaces fazt's value for it (say, a longer Cache-Control).
+    """
+    headers = [("ETag", etag(body)), ("Cache-Control", cache_control(info.path, info.mime))]
+    if compressible(info.mime):
+        headers.append(("Vary", "Accept-Encoding"))
+    if not not_modified:
+        headers.append(("Content-Type", info.mime))
+        if body.encoding != IDENTITY:
+            headers.append(("Content-Encoding", body.encoding))
+        headers += [("Accept-Ranges", "bytes"), ("Content-Length", str(body.size))]
+    if site_headers:
+        replaced = {name.lower() for name, _ in site_headers}
+        headers = [h for h in headers if h[0].lower() not in replaced] + list(site_headers)
+    return headers

@@ -1,0 +1,255 @@
+"""A site's `_redirects` and `_headers` files, in Netlify's format (the part people use).
+
+`_redirects`: one rule a line, `FROM TO [STATUS][!]`, first match wins.
+FROM is a path whose segments may be `:name` placeholders and whose end may
+be a `*` splat; TO may use those as `:name` and `:splat`. STATUS is 301 (the
+default), 302, 303, 307 or 308 for a redirect (TO may then be a full URL), and
+200 or 404 to answer with TO's file instead (a rewrite: `/*  /index.html  200`
+is a single-page app's fallback). As on Netlify, a rule applies only when no
+file answers the path, unless its status ends with `!`.
+
+`_headers`: a path line (placeholders and splat as above), then indented
+`Name: value` lines; every block whose path matches adds its headers to a
+static response, values of one name from several blocks joined with ", ".
+
+Both files are parsed at deploy: a bad line refuses the deploy with its line
+number, so the previous version keeps serving. Neither is ever served itself.
+"""
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from fazt.errors import FaztError, TooLarge
+from fazt.store.sites import NewFile
+
+REDIRECTS = "_redirects"
+HEADERS = "_headers"
+RULE_FILES = (REDIRECTS, HEADERS)
+MAX_FILE_BYTES = 256 * 1024  # rules are matched one by one on a request: keep them few
+REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+REWRITE_CODES = frozenset({200, 404})
+# fazt owns these: framing, validators and the negotiation's Vary
+RESERVED_HEADERS = frozenset({
+    "content-length", "content-encoding", "content-range", "transfer-encoding", "connection",
+    "keep-alive", "upgrade", "trailer", "te", "etag", "vary", "accept-ranges", "set-cookie",
+})
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_VALUE = re.compile(r"^[\t\x20-\x7e\x80-\xff]*$")
+_PLACEHOLDER = re.compile(r":([A-Za-z_][A-Za-z0-9_]*)")
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A FROM path: literal segments, `:name` segments, and an optional trailing `*`."""
+
+    text: str
+    regex: re.Pattern
+    names: frozenset[str]
+
+    def match(self, path: str) -> dict[str, str] | None:
+        m = self.regex.match(path)
+        return m.groupdict() if m else None
+
+
+@dataclass(frozen=True)
+class Rule:
+    line: int
+    source: Pattern
+    target: str
+    status: int
+    force: bool
+
+    @property
+    def rewrite(self) -> bool:
+        return self.status in REWRITE_CODES
+
+    def destination(self, params: dict[str, str]) -> str:
+        """TO with the placeholders filled in from the matched path."""
+        return _PLACEHOLDER.sub(lambda m: params.get(m.group(1), ""), self.target)
+
+
+@dataclass(frozen=True)
+class HeaderBlock:
+    line: int
+    source: Pattern
+    headers: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class SiteRules:
+    """A site's parsed rules; EMPTY when it has neither file."""
+
+    redirects: tuple[Rule, ...] = ()
+    header_blocks: tuple[HeaderBlock, ...] = ()
+    _forced: tuple[Rule, ...] = field(default=(), repr=False)
+
+    @classmethod
+    def of(cls, redirects: tuple[Rule, ...], header_blocks: tuple[HeaderBlock, ...]
+           ) -> "SiteRules":
+        return cls(redirects, header_blocks, tuple(r for r in redirects if r.force))
+
+    def forced(self, path: str) -> tuple[Rule, dict[str, str]] | None:
+        """A `!` rule for `path`: it applies even where a file exists."""
+        return _first(self._forced, path)
+
+    def fallback(self, path: str) -> tuple[Rule, dict[str, str]] | None:
+        """The first rule for a path no file answers."""
+        return _first(self.redirects, path)
+
+    def headers_for(self, path: str) -> list[tuple[str, str]]:
+        merged: dict[str, tuple[str, str]] = {}
+        for block in self.header_blocks:
+            if block.source.match(path) is None:
+                continue
+            for name, value in block.headers:
+                key = name.lower()
+                if key in merged:
+                    merged[key] = (merged[key][0], f"{merged[key][1]}, {value}")
+                else:
+                    merged[key] = (name, value)
+        return list(merged.values())
+
+
+EMPTY = SiteRules()
+
+
+def _first(rules: Sequence[Rule], path: str) -> tuple[Rule, dict[str, str]] | None:
+    for rule in rules:
+        params = rule.source.match(path)
+        if params is not None:
+            return rule, params
+    return None
+
+
+def _pattern(text: str, file: str, line: int) -> Pattern:
+    if not text.startswith("/"):
+        raise _bad(file, line, f"the path {text!r} must start with '/'")
+    body, splat = (text[:-1], True) if text.endswith("*") else (text, False)
+    if "*" in body:
+        raise _bad(file, line, "a '*' may only end a path")
+    regex, names = "", set()
+    for segment in body.split("/")[1:]:
+        m = re.fullmatch(r":([A-Za-z_][A-Za-z0-9_]*)", segment)
+        if m:
+            if m.group(1) in names or m.group(1) == "splat":
+                raise _bad(file, line, f"the placeholder ':{m.group(1)}' is used twice")
+            names.add(m.group(1))
+            regex += f"/(?P<{m.group(1)}>[^/]+)"
+        else:
+            regex += "/" + re.escape(segment)
+    if splat:
+        names.add("splat")
+        regex += "(?P<splat>.*)"
+    elif regex.endswith("/"):
+        regex = regex[:-1] + "/?"  # "/blog/" and "/blog" are one path, as on Netlify
+    else:
+        regex += "/?"
+    return Pattern(text, re.compile(f"^{regex or '/'}$"), frozenset(names))
+
+
+def _bad(file: str, line: int, why: str) -> FaztError:
+    return FaztError(f"{file} line {line}: {why}.", code="bad_rules")
+
+
+def parse_redirects(text: str) -> tuple[Rule, ...]:
+    rules = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        fields = raw.split("#", 1)[0].split() if not raw.lstrip().startswith("#") else []
+        if not fields:
+            continue
+        if len(fields) < 2:
+            raise _bad(REDIRECTS, number, "a rule needs a FROM path and a TO path or URL")
+        if len(fields) > 3:
+            raise _bad(REDIRECTS, number, "fazt takes FROM TO [STATUS]; query-string and "
+                       "country/language conditions are not supported")
+        source = _pattern(fields[0], REDIRECTS, number)
+        target = fields[1]
+        status_text = fields[2] if len(fields) == 3 else "301"
+        force = status_text.endswith("!")
+        status_text = status_text.removesuffix("!")
+        if not status_text.isdigit() or int(status_text) not in REDIRECT_CODES | REWRITE_CODES:
+            raise _bad(REDIRECTS, number, f"the status {fields[2]!r} is not one of 200, 301, "
+                       "302, 303, 307, 308, 404 (optionally followed by '!')")
+        status = int(status_text)
+        external = re.match(r"^https?://[^/\s]+", target) is not None
+        if not external and not target.startswith("/"):
+            raise _bad(REDIRECTS, number, f"the target {target!r} must be a path starting "
+                       "with '/' or an http(s) URL")
+        if external and status in REWRITE_CODES:
+            raise _bad(REDIRECTS, number, "a 200 or 404 rule serves a file of this site; "
+                       "proxying to another server is not supported")
+        for name in _PLACEHOLDER.findall(target):
+            if name not in source.names:
+                raise _bad(REDIRECTS, number, f"the target uses ':{name}', which the path "
+                           f"{source.text!r} does not define")
+        rules.append(Rule(number, source, target, status, force))
+    return tuple(rules)
+
+
+def parse_headers(text: str) -> tuple[HeaderBlock, ...]:
+    blocks: list[HeaderBlock] = []
+    source: Pattern | None = None
+    start, headers = 0, []
+
+    def close() -> None:
+        if source is not None:
+            if not headers:
+                raise _bad(HEADERS, start, f"the path {source.text!r} has no headers under it")
+            blocks.append(HeaderBlock(start, source, tuple(headers)))
+
+    for number, raw in enumerate(text.splitlines(), start=1):
+        stripped = raw.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if not raw[0].isspace():
+            close()
+            if len(stripped.split()) != 1:
+                raise _bad(HEADERS, number, "a path line holds one path and nothing else")
+            source, start, headers = _pattern(stripped, HEADERS, number), number, []
+            continue
+        if source is None:
+            raise _bad(HEADERS, number, "a header comes before any path")
+        name, colon, value = stripped.partition(":")
+        name, value = name.strip(), value.strip()
+        if not colon or not _TOKEN.match(name):
+            raise _bad(HEADERS, number, "a header line reads 'Name: value'")
+        if name.lower() in RESERVED_HEADERS:
+            raise _bad(HEADERS, number, f"{name} cannot be set here (fazt sets it, "
+                       "or a static file should not)")
+        if not _VALUE.match(value):
+            raise _bad(HEADERS, number, f"the value of {name} holds a control character")
+        headers.append((name, value))
+    close()
+    return tuple(blocks)
+
+
+def check_rules(files: list[NewFile]) -> list[NewFile]:
+    """The deploy-time check: parse the site's rule files, refusing the deploy with
+    the first bad line. Their pieces may be single-use, so the read bytes replace them."""
+    out = []
+    for f in files:
+        if f.path in RULE_FILES:
+            data = _read(f)
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise FaztError(f"{f.path} is not valid UTF-8 (byte {exc.start}).",
+                                code="bad_rules") from None
+            if f.path == REDIRECTS:
+                parse_redirects(text)
+            else:
+                parse_headers(text)
+            f = NewFile(f.path, f.mime, [data])
+        out.append(f)
+    return out
+
+
+def _read(f: NewFile) -> bytes:
+    parts, size = [], 0
+    for piece in f.pieces:
+        size += len(piece)
+        if size > MAX_FILE_BYTES:
+            raise TooLarge(f"{f.path} is over the limit of {MAX_FILE_BYTES // 1024} KiB.")
+        parts.append(piece)
+    return b"".join(parts)

@@ -53,14 +53,15 @@ def init_db(path: Path, *extra: str) -> Path:
 class Server:
     """`fazt server start` in a subprocess on a free port."""
 
-    def __init__(self, db: Path, env: dict | None = None, port: int | None = None):
+    def __init__(self, db: Path, env: dict | None = None, port: int | None = None,
+                 args: tuple[str, ...] = ()):
         self.db = db
         self.port = port or free_port()
         self.log_path = db.parent / f"server-{self.port}.log"
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fazt", "server", "start", "--db", str(db), "--host",
-             "127.0.0.1", "--port", str(self.port)],
+             "127.0.0.1", "--port", str(self.port), *args],
             stdout=self._log, stderr=subprocess.STDOUT, env=env or fazt_env())
         self.wait_ready()
 

@@ -10,6 +10,7 @@ import falcon
 
 from fazt import http_errors, requestlog
 from fazt.hosts import ADMIN, SITE, classify
+from fazt.https import HttpsPolicy
 from fazt.instance import Instance
 from fazt.requestlog import RequestLog
 from fazt.sites import SiteResource
@@ -34,6 +35,7 @@ def new_falcon_app(instance: Instance) -> falcon.App:
     app.req_options.strip_url_path_trailing_slash = False
     app.req_options.auto_parse_qs_csv = False
     http_errors.install(app)
+    app.add_middleware(HttpsPolicy(instance))  # first: the plain port redirects before all else
     app.add_route("/_fazt/health", Health(instance))
     return app
 
@@ -72,7 +74,7 @@ class Router:
         self.log = log
 
     def __call__(self, environ: dict, start_response):
-        target = classify(environ.get("HTTP_HOST"), self.instance.domain)
+        target = classify(environ.get("HTTP_HOST"), self.instance.domain, self.instance.domains)
         self.instance.rate.hit()
         if target.kind == ADMIN:
             app = self.cockpit

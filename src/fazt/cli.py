@@ -10,6 +10,7 @@ import io
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -57,7 +58,7 @@ def cmd_init(args) -> int:
 def cmd_start(args) -> int:
     from fazt.server import run
 
-    run(_db(args), args.host, args.port)
+    run(_db(args), args.host, args.port, args.https_port)
     return 0
 
 
@@ -99,6 +100,7 @@ def cmd_recalibrate(args) -> int:
 
 
 def cmd_status(args) -> int:
+    from fazt.certs import certificate_list
     from fazt.instance import machine_for, mode_for, read_config
     from fazt.stability import thresholds as th
     from fazt.store import open_database
@@ -111,17 +113,26 @@ def cmd_status(args) -> int:
     machine = machine_for(config, db.path)
     size = db.size_bytes()
     mode, ratio = mode_for(size, machine, float(config["maintenance_ratio"]))
+    certificates = certificate_list(db)
     db.close()
     thresholds = {k: config[k] for k in th.keys()}
     if args.json:
         print(json.dumps({"mode": mode, "thresholds": thresholds, "overrides": overrides,
                           "owner_keys": config.get("owner_keys") or [],
                           "machine": machine.as_dict(),
-                          "db": {"path": db.path, "size_bytes": size, "ratio": ratio}}, indent=2))
+                          "db": {"path": db.path, "size_bytes": size, "ratio": ratio},
+                          "https": {"enabled": config.get("https") == "on",
+                                    "certificates": certificates}}, indent=2))
         return 0
     print(f"Mode: {mode}")
     print(f"Database: {db.path}, {size / 2**20:.1f} MB, {ratio:.3f}× RAM "
           f"(maintenance above {config['maintenance_ratio']}×)")
+    if config.get("https") == "on" or certificates:
+        failed = [c for c in certificates if c["last_error"]]
+        print(f"HTTPS: {config.get('https')}, {len(certificates) - len(failed)} "
+              f"certificates, {len(failed)} failing (see `fazt cert list`)")
+        for c in failed:
+            print(f"  {c['host']}: {c['last_error']}")
     marked = {o["key"] for o in overrides}
     _print_thresholds(thresholds, marked)
     if marked:
@@ -204,6 +215,92 @@ def cmd_site_list(args) -> int:
     for s in sites:
         print(f"{s['name']:<24} {s['files']:>6} files {s['bytes']:>14,} bytes")
     return 0
+
+
+def cmd_domain_add(args) -> int:
+    from fazt.certs import add_domain
+    from fazt.instance import read_config
+    from fazt.store import open_database
+
+    db = open_database(_db(args))
+    with db.read() as conn:
+        config = read_config(conn)
+    host = add_domain(db, args.name, args.host, config["domain"])
+    db.close()
+    print(f"Site {args.name!r} is now served at {host} too."
+          + (" The running server orders its certificate." if config["https"] == "on" else ""))
+    print(f"Point {host}'s DNS A/AAAA records at this machine.")
+    return 0
+
+
+def cmd_domain_remove(args) -> int:
+    from fazt.certs import remove_domain
+    from fazt.store import open_database
+
+    db = open_database(_db(args))
+    remove_domain(db, args.name, args.host)
+    db.close()
+    print(f"Site {args.name!r} is no longer served at {args.host}.")
+    return 0
+
+
+def cmd_domain_list(args) -> int:
+    from fazt.certs import site_domains
+    from fazt.store import open_database
+
+    db = open_database(_db(args))
+    hosts = site_domains(db, args.name)
+    db.close()
+    if args.json:
+        print(json.dumps(hosts))
+    for host in [] if args.json else hosts:
+        print(host)
+    return 0
+
+
+def cmd_cert_import(args) -> int:
+    from fazt.certs import import_certificate
+    from fazt.store import open_database
+
+    chain, key = _read_file(args.cert, "--cert"), _read_file(args.key, "--key")
+    db = open_database(_db(args))
+    result = import_certificate(db, args.host, chain, key)
+    db.close()
+    print(f"Installed the certificate for {result['host']} from {result['issuer']}, "
+          f"valid until {_day(result['not_after'])}. A running server uses it within seconds.")
+    return 0
+
+
+def cmd_cert_list(args) -> int:
+    from fazt.certs import certificate_list
+    from fazt.store import open_database
+
+    db = open_database(_db(args))
+    certificates = certificate_list(db)
+    db.close()
+    if args.json:
+        print(json.dumps(certificates, indent=2))
+        return 0
+    if not certificates:
+        print("No certificates yet (`fazt config set https on`, or `fazt cert import`).")
+    for c in certificates:
+        expiry = f"until {_day(c['not_after'])}" if c["not_after"] else "none yet"
+        print(f"{c['host']:<32} {c['issuer'] or '-':<28} {expiry:<16} {c['source'] or ''}")
+        if c["last_error"]:
+            print(f"  last error: {c['last_error']} (next try {_day(c['next_attempt'], True)})")
+    return 0
+
+
+def _read_file(path: str, option: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise FaztError(f"Cannot read {option} {path}: {exc.strerror}.") from None
+
+
+def _day(t: float, minutes: bool = False) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC" if minutes else "%Y-%m-%d", time.gmtime(t))
 
 
 def cmd_site_remove(args) -> int:
@@ -370,7 +467,11 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_init)
     s = ss.add_parser("start", parents=[common], help="boot and serve")
     s.add_argument("--host", default="0.0.0.0")
-    s.add_argument("--port", type=int, help="default: the port given at init (4698)")
+    s.add_argument("--port", type=int,
+                   help="the plain HTTP port (default: 80 with https on, else the port "
+                        "given at init, 4698)")
+    s.add_argument("--https-port", type=int,
+                   help="the HTTPS port when the setting https is on (default 443)")
     s.set_defaults(func=cmd_start)
     s = ss.add_parser("probe", parents=[common, hw], help="show what the probe sees")
     s.add_argument("--json", action="store_true")
@@ -395,6 +496,29 @@ def parser() -> argparse.ArgumentParser:
     s = st.add_parser("remove", parents=[common])
     s.add_argument("name")
     s.set_defaults(func=cmd_site_remove)
+    domain = st.add_parser("domain", help="serve a site at custom hosts (with certificates)")
+    dt = domain.add_subparsers(dest="domain_command", required=True, metavar="ACTION")
+    for action, func, helptext in (("add", cmd_domain_add, "serve site NAME at HOST too"),
+                                   ("remove", cmd_domain_remove, "stop serving NAME at HOST")):
+        s = dt.add_parser(action, parents=[common], help=helptext)
+        s.add_argument("name")
+        s.add_argument("host")
+        s.set_defaults(func=func)
+    s = dt.add_parser("list", parents=[common], help="the custom hosts of site NAME")
+    s.add_argument("name")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_domain_list)
+
+    cert = sub.add_parser("cert", help="HTTPS certificates: list, import your own")
+    ct = cert.add_subparsers(dest="cert_command", required=True, metavar="ACTION")
+    s = ct.add_parser("list", parents=[common], help="host, issuer, expiry and last error")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_cert_list)
+    s = ct.add_parser("import", parents=[common], help="install a certificate made elsewhere")
+    s.add_argument("host", help="the host it serves (*.example.org for a wildcard)")
+    s.add_argument("--cert", required=True, help="PEM file: the certificate and its chain")
+    s.add_argument("--key", required=True, help="PEM file: its private key (unencrypted)")
+    s.set_defaults(func=cmd_cert_import)
 
     config = sub.add_parser("config", help="read or write thresholds and settings")
     ct = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")

@@ -1,5 +1,6 @@
 """Which part of fazt a Host header is for. Shared by the WSGI router and the lanes."""
 
+from collections.abc import Mapping
 from typing import NamedTuple
 
 ADMIN = "admin"
@@ -13,14 +14,17 @@ class Target(NamedTuple):
     site: str | None = None
 
 
-def classify(host: str | None, domain: str) -> Target:
-    """`admin.D` → the cockpit, `NAME.D` → site NAME, `D` → site root; `localhost` alike."""
+def classify(host: str | None, domain: str, domains: Mapping[str, str] | None = None) -> Target:
+    """`admin.D` → the cockpit, `NAME.D` → site NAME, `D` → site root; `localhost` alike;
+    a custom domain (`domains`: host → site) → its site."""
     if not host:
         return Target(UNKNOWN)
     name = host.strip().lower()
     if name.startswith("["):  # an IPv6 literal: never one of our names
         return Target(UNKNOWN)
     name = name.rsplit(":", 1)[0].rstrip(".")
+    if domains and name in domains:
+        return Target(SITE, domains[name])
     for base in (domain.lower(), "localhost"):
         if name == base:
             return Target(SITE, ROOT_SITE)

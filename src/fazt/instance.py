@@ -25,6 +25,7 @@ from fazt.siterules import check_rules
 from fazt.stability import thresholds as th
 from fazt.stability.probe import Machine, probe
 from fazt.store import Database, open_database
+from fazt.store.certs import domains_stamp, load_domains
 from fazt.store.config import (
     active_overrides,
     load_config,
@@ -234,6 +235,10 @@ class Instance:
         # Set by the server: resize(user_threads, cockpit_threads, connection_limit).
         self.resize_lanes: Callable[[int, int, int], None] | None = None
         self.overrides: list[dict] = []  # active break-glass changes, kept in RAM
+        self.domains: dict[str, str] = {}  # custom host -> site, kept in RAM for routing
+        # Set by the server when HTTPS is on: the certificate keeper and the TLS port.
+        self.autocert = None
+        self.https_port: int | None = None
         self.rate = RequestRate()
         self.started = time.time()
         self._process = None  # psutil's view of this process, made once
@@ -255,6 +260,7 @@ class Instance:
             tokens = _token_hashes(conn)
             self._config_stamp = _config_stamp(conn)
             self._sites_stamp = _sites_stamp(conn)
+            self.domains = load_domains(conn)
             self.overrides = active_overrides(conn)
         if not {"username", "password_hash", "session_key"} <= secrets.keys():
             raise FaztError(f"{self.db_path} has no owner; it was not made by `fazt server init`.")
@@ -316,6 +322,7 @@ class Instance:
                 sites = _sites_stamp(conn)
                 if sites != self._sites_stamp:  # a deploy by another process
                     self._sites_stamp = sites
+                    self.domains = load_domains(conn)
                     self.vfs.forget_files()
                     if self.runtime is not None:
                         self.runtime.logs_ring.keep_only(
@@ -342,6 +349,8 @@ class Instance:
         """A user deploy through this server: visible to the very next request."""
         result = deploy_site(self.db, name, files)
         self.vfs.forget_files()
+        if self.autocert is not None:
+            self.autocert.poke()  # a new site's host wants its certificate now
         return result
 
     def remove_site(self, name: str) -> bool:
@@ -413,9 +422,10 @@ def _config_stamp(conn) -> tuple:
 
 
 def _sites_stamp(conn) -> tuple:
-    """Changes whenever a site is deployed or removed, by any process."""
+    """Changes whenever a site is deployed or removed, or a custom domain changes,
+    by any process."""
     return tuple(conn.execute("SELECT COUNT(*), MAX(updated_at), SUM(deploy_id) FROM sites"
-                              ).fetchone())
+                              ).fetchone()) + domains_stamp(conn)
 
 
 def _token_hashes(conn) -> set[str]:

@@ -160,7 +160,7 @@ def make_server(instance: Instance, host: str, port: int,
     return server
 
 
-def run(db_path: str, host: str, port: int | None) -> None:
+def run(db_path: str, host: str, port: int | None, https_port: int | None = None) -> None:
     """Boot, serve until SIGINT/SIGTERM, stop cleanly."""
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
                         format="%(name)s: %(message)s")
@@ -170,7 +170,9 @@ def run(db_path: str, host: str, port: int | None) -> None:
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     held = claim_for_server(db_path)  # `fazt restore` refuses a database a server holds
     instance = Instance(db_path).boot()
-    port = port or int(instance.config.get("port") or 4698)
+    https_on = instance.config.get("https") == "on"
+    port = port or (80 if https_on else int(instance.config.get("port") or 4698))
+    autocert = start_certificates(instance) if https_on else None
     requests_log = RequestLog().start()
     server = make_server(instance, host, port, requests_log)
     instance.vfs.loop = StreamLoop(server.pull_trigger)  # this thread runs the event loop
@@ -192,9 +194,13 @@ def run(db_path: str, host: str, port: int | None) -> None:
         f"fazt serving on http://{host}:{port} in {instance.mode} mode "
         f"(sites: http://NAME.{d}:{port}, cockpit: http://admin.{d}:{port})\n")
     sys.stderr.flush()
+    if autocert is not None:
+        autocert.start()  # the plain port is open: HTTP-01 checks can reach it
     try:
         server.run()
     finally:
+        if autocert is not None:
+            autocert.stop()
         server.lanes.shutdown(timeout=5)
         instance.vfs.loop.shutdown()
         server.close()
@@ -202,6 +208,19 @@ def run(db_path: str, host: str, port: int | None) -> None:
         requests_log.close()
         held.release()
         sys.stderr.write("fazt stopped\n")
+
+
+def start_certificates(instance: Instance):
+    """The certificates the TLS port will show, loaded from the database before any port
+    opens, and the keeper that orders and renews them once the plain port is open."""
+    from fazt.autocert import AutoCert
+    from fazt.server.tls import Certificates
+
+    certificates = Certificates(default_host=instance.domain)
+    autocert = AutoCert(instance.db, certificates, lambda: instance.config)
+    autocert.load()
+    instance.autocert = autocert
+    return autocert
 
 
 def _watch_config(instance: Instance) -> None:

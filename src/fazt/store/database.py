@@ -143,11 +143,13 @@ class Database:
 
     def backup(self, out_path: str) -> None:
         """A consistent copy through SQLite's online backup, written under a temporary
-        name and renamed into place, so `out_path` is either complete or absent."""
+        name and renamed into place, so `out_path` is either complete or absent.
+        Mode 0600 from the first byte: the copy holds private keys and the session key."""
         tmp = out_path + ".partial"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
             src = self._connect(self.limits.busy_ms)
             dst = sqlite3.connect(tmp)
             try:

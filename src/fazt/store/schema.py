@@ -88,6 +88,38 @@ MIGRATIONS: list[str] = [
     CREATE INDEX variants_variant ON variants(variant_id);
     ALTER TABLE blobs ADD COLUMN compressed INTEGER NOT NULL DEFAULT 0;
     """,
+    # 3: HTTPS. Certificates and their keys live here like everything else: a restart
+    # must never order again (Let's Encrypt allows 5 duplicates a week).
+    """
+    CREATE TABLE certificates (
+        host TEXT PRIMARY KEY,
+        chain_pem TEXT NOT NULL,
+        key_pem TEXT NOT NULL,          -- never printed, never returned by the API
+        issuer TEXT NOT NULL,
+        not_before REAL NOT NULL,
+        not_after REAL NOT NULL,
+        source TEXT NOT NULL,           -- 'acme' or 'import'
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE cert_orders (          -- the last ACME attempt per host, for backoff
+        host TEXT PRIMARY KEY,
+        failures INTEGER NOT NULL,
+        last_error TEXT,
+        last_attempt REAL NOT NULL,
+        next_attempt REAL NOT NULL
+    );
+    CREATE TABLE acme_accounts (
+        directory TEXT PRIMARY KEY,
+        key_pem TEXT NOT NULL,
+        uri TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE domains (              -- custom hosts, each serving one site
+        host TEXT PRIMARY KEY,
+        site TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    """,
 ]
 
 

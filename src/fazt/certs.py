@@ -1,0 +1,79 @@
+"""The owner's side of HTTPS: custom domains and certificates made elsewhere.
+
+The command line and the admin API both call these; each checks everything
+before it writes, so bad input changes nothing. A running server picks the
+changes up through its database watch within seconds.
+"""
+
+import re
+import time
+
+from fazt.deploy import check_site_name
+from fazt.errors import FaztError, NotFound
+from fazt.hosts import UNKNOWN, classify
+from fazt.pem import check_pair
+from fazt.store import Database
+from fazt.store import certs as store
+
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+def check_host(host: str, *, wildcard: bool = False) -> str:
+    """A DNS name (lower-case, ASCII; IDNs in their xn-- form), or one sentence."""
+    name = (host or "").strip().lower().rstrip(".")
+    labels = name.split(".")
+    if wildcard and labels[0] == "*":
+        labels = labels[1:]
+    if len(name) > 253 or len(labels) < 2 or not all(_LABEL.match(x) for x in labels):
+        raise FaztError(f"{host!r} is not a host name such as www.example.org.")
+    return name
+
+
+def add_domain(db: Database, site: str, host: str, domain: str) -> str:
+    """Serve `site` at `host` too (and order its certificate when HTTPS is on)."""
+    check_site_name(site)
+    host = check_host(host)
+    if classify(host, domain).kind != UNKNOWN:
+        raise FaztError(f"{host} is already one of fazt's own hosts under {domain}.")
+    with db.write() as conn:
+        if conn.execute("SELECT 1 FROM sites WHERE name = ?", (site,)).fetchone() is None:
+            raise NotFound(f"There is no site named {site!r}.")
+        owner = store.load_domains(conn).get(host)
+        if owner and owner != site:
+            raise FaztError(f"{host} already serves site {owner!r}; remove it there first.")
+        store.add_domain(conn, host, site)
+    return host
+
+
+def remove_domain(db: Database, site: str, host: str) -> None:
+    host = check_host(host)
+    with db.write() as conn:
+        if store.load_domains(conn).get(host) != site:
+            raise NotFound(f"Site {site!r} has no domain {host}.")
+        store.remove_domain(conn, host)
+
+
+def site_domains(db: Database, site: str) -> list[str]:
+    with db.read() as conn:
+        return [h for h, s in store.load_domains(conn).items() if s == site]
+
+
+def import_certificate(db: Database, host: str, chain_pem: bytes, key_pem: bytes) -> dict:
+    """Install a certificate made elsewhere (a wildcard by DNS-01, a company CA).
+
+    Refused, with nothing written, when the key does not match, the certificate
+    does not name the host, or it is expired or not valid yet.
+    """
+    host = check_host(host, wildcard=True)
+    info = check_pair(host, chain_pem, key_pem, time.time())
+    with db.write() as conn:
+        store.save_certificate(conn, host, chain_pem, key_pem, issuer=info.issuer,
+                               not_before=info.not_before, not_after=info.not_after,
+                               source="import")
+    return {"host": host, "issuer": info.issuer, "not_after": info.not_after}
+
+
+def certificate_list(db: Database) -> list[dict]:
+    """Host, issuer, expiry, source and last error of every certificate: never a key."""
+    with db.read() as conn:
+        return store.list_certificates(conn)

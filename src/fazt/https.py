@@ -1,0 +1,61 @@
+"""What HTTPS changes for every request: ACME challenges, the plain port's redirect, HSTS.
+
+With HTTPS on, the plain port keeps three jobs only: it answers the CA's
+HTTP-01 checks under `/.well-known/acme-challenge/`, it keeps
+`/_fazt/health` for load balancers and monitors, and it sends everything else
+with `308` to the same host, path *and query* on HTTPS (308 keeps the method
+and body, so a POST is not turned into a GET). Responses that went out over
+HTTPS carry `Strict-Transport-Security`.
+"""
+
+import urllib.parse
+
+import falcon
+
+CHALLENGE_PATH = "/.well-known/acme-challenge/"
+HEALTH = "/_fazt/health"
+
+
+def came_over_https(req: falcon.Request) -> bool:
+    """TLS on this connection, or a proxy in front that says it terminated TLS."""
+    return req.forwarded_scheme == "https"
+
+
+def https_url(req: falcon.Request, https_port: int) -> str:
+    """The same host, path and query on the HTTPS port."""
+    host = req.host  # without the plain port
+    if ":" in host:  # an IPv6 literal
+        host = f"[{host}]"
+    port = "" if https_port == 443 else f":{https_port}"
+    target = req.env.get("REQUEST_URI") or ""
+    if not target.startswith("/"):  # absolute-form, or a server that does not pass it
+        target = urllib.parse.quote(req.path) + (f"?{req.query_string}" if req.query_string
+                                                   else "")
+    return f"https://{host}{port}{target}"
+
+
+class HttpsPolicy:
+    """Falcon middleware, first on every app (cockpit, sites, unknown hosts)."""
+
+    def __init__(self, instance):
+        self.instance = instance
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        autocert = self.instance.autocert
+        if autocert is not None and req.path.startswith(CHALLENGE_PATH):
+            answer = autocert.challenge(req.path[len(CHALLENGE_PATH):])
+            if answer is None:
+                raise falcon.HTTPNotFound(title="Unknown challenge")
+            resp.content_type = "text/plain"
+            resp.text = answer
+            resp.complete = True
+            return
+        port = self.instance.https_port
+        if port and req.path != HEALTH and not came_over_https(req):
+            raise falcon.HTTPPermanentRedirect(https_url(req, port))
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource,
+                         req_succeeded: bool) -> None:
+        max_age = int(self.instance.config.get("hsts_max_age") or 0)
+        if max_age and self.instance.https_port and came_over_https(req):
+            resp.set_header("Strict-Transport-Security", f"max-age={max_age}")

@@ -1,0 +1,180 @@
+"""HTTPS end to end against Let's Encrypt's test CA (pebble) on loopback.
+
+fazt runs as a real server; pebble sends its HTTP-01 checks to fazt's plain
+port and its DNS questions to a dnslib server that answers 127.0.0.1.
+"""
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import trustme
+from conftest import Server, eventually, fazt, free_port, init_db
+from pebble import Pebble, available
+
+pytestmark = pytest.mark.skipif(not available(), reason="pebble is not installed")
+
+DOMAIN = "example.test"
+
+
+def certs(db: Path) -> dict[str, dict]:
+    out = fazt("cert", "list", "--json", "--db", str(db)).stdout
+    return {c["host"]: c for c in json.loads(out)}
+
+
+def issued(db: Path, *hosts: str) -> bool:
+    listed = certs(db)
+    return all(h in listed and listed[h]["not_after"] for h in hosts)
+
+
+def https_on(db: Path, pebble: Pebble) -> None:
+    for key, value in (("https", "on"), ("acme_directory", pebble.directory),
+                       ("acme_ca_bundle", str(pebble.ca_bundle)),
+                       ("acme_email", "owner@example.org")):
+        fazt("config", "set", key, value, "--db", str(db))
+
+
+@pytest.fixture
+def setup(tmp_path: Path, site_dir: Path):
+    """A database with https on and a site `blog`, and pebble aimed at its plain port."""
+    db = init_db(tmp_path / "data.db")
+    fazt("deploy", str(site_dir), "--site", "blog", "--db", str(db))
+    port = free_port()
+    pebble = Pebble(tmp_path / "pebble", port)
+    https_on(db, pebble)
+    yield db, port, pebble
+    pebble.close()
+
+
+def start(db: Path, port: int):
+    return Server.running(db, port=port, args=("--https-port", str(free_port())))
+
+
+def test_certificates_for_the_domain_the_cockpit_and_each_site_survive_a_restart(setup, site_dir):
+    db, port, pebble = setup
+    with start(db, port) as srv:
+        assert eventually(lambda: issued(db, DOMAIN, f"admin.{DOMAIN}", f"blog.{DOMAIN}"),
+                          timeout=60), srv.log() + pebble.log()
+        listed = certs(db)
+        assert listed[DOMAIN]["issuer"].startswith("Pebble Intermediate")
+        assert all(c["last_error"] is None and c["source"] == "acme" for c in listed.values())
+        assert set(listed) == {DOMAIN, f"admin.{DOMAIN}", f"blog.{DOMAIN}"}  # nothing else
+        # a site deployed while running gets its certificate too (another process deploys)
+        fazt("deploy", str(site_dir), "--site", "shop", "--db", str(db))
+        assert eventually(lambda: issued(db, f"shop.{DOMAIN}"), timeout=60), srv.log()
+    issued_before = pebble.issued()
+    before = {h: c["not_after"] for h, c in certs(db).items()}
+    with start(db, port) as srv:
+        # the restart orders only what is new: one more site, one more order
+        fazt("deploy", str(site_dir), "--site", "news", "--db", str(db))
+        assert eventually(lambda: issued(db, f"news.{DOMAIN}"), timeout=60), srv.log()
+    assert pebble.issued() == issued_before + 1
+    after = certs(db)
+    assert all(after[h]["not_after"] == t for h, t in before.items())
+
+
+def test_an_unreachable_ca_is_a_visible_error_and_plain_http_keeps_serving(tmp_path, site_dir):
+    db = init_db(tmp_path / "data.db")
+    fazt("config", "set", "https", "on", "--db", str(db))
+    fazt("config", "set", "acme_directory", f"https://127.0.0.1:{free_port()}/dir",
+         "--db", str(db))
+    with start(db, free_port()) as srv:
+        assert eventually(lambda: DOMAIN in certs(db), timeout=30), srv.log()
+        error = certs(db)[DOMAIN]["last_error"]
+        assert "Cannot reach the ACME server" in error and "Connection refused" in error
+        assert srv.get("/_fazt/health").status_code == 200
+        status = fazt("server", "status", "--db", str(db)).stdout
+        assert "failing" in status and "Cannot reach the ACME server" in status
+        as_json = json.loads(fazt("server", "status", "--json", "--db", str(db)).stdout)
+        assert as_json["https"]["certificates"][0]["last_error"] == error
+
+
+def test_the_plain_port_answers_only_known_challenges(setup):
+    db, port, pebble = setup
+    with start(db, port) as srv:
+        r = srv.get("/.well-known/acme-challenge/not-a-token", host=DOMAIN)
+        assert r.status_code == 404
+
+
+# -- the owner's commands ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def write_pair(folder: Path, cert: trustme.LeafCert) -> tuple[str, str]:
+    chain, key = folder / "chain.pem", folder / "key.pem"
+    chain.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    key.write_bytes(cert.private_key_pem.bytes())
+    return str(chain), str(key)
+
+
+def test_cert_import_checks_everything_before_writing(db_path, tmp_path, ca):
+    import datetime
+
+    good = write_pair(tmp_path, ca.issue_cert("*.other.org"))
+    r = fazt("cert", "import", "*.other.org", "--cert", good[0], "--key", good[1],
+             "--db", str(db_path))
+    assert "valid until" in r.stdout
+    listed = certs(db_path)
+    assert listed["*.other.org"]["source"] == "import"
+    assert set(listed["*.other.org"]) == {"host", "issuer", "not_before", "not_after", "source",
+                                          "last_error", "next_attempt"}  # never a key
+
+    other = tmp_path / "other"
+    other.mkdir()
+    mismatched = (good[0], write_pair(other, ca.issue_cert("*.other.org"))[1])
+    past = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
+    expired_dir = tmp_path / "expired"
+    expired_dir.mkdir()
+    expired = write_pair(expired_dir, ca.issue_cert(
+        "old.org", not_before=past, not_after=past + datetime.timedelta(days=30)))
+    future = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=10)
+    future_dir = tmp_path / "future"
+    future_dir.mkdir()
+    not_yet = write_pair(future_dir, ca.issue_cert(
+        "new.org", not_before=future, not_after=future + datetime.timedelta(days=30)))
+    for host, (cert, key), message in (
+            ("*.other.org", mismatched, "does not match"),
+            ("old.org", expired, "expired"),
+            ("new.org", not_yet, "not valid before"),
+            ("www.other.com", good, "not www.other.com"),
+            ("bad host", good, "not a host name"),
+            ("x.org", (str(tmp_path / "missing.pem"), good[1]), "Cannot read --cert"),
+            ("x.org", (good[1], good[1]), "no PEM certificate")):
+        r = fazt("cert", "import", host, "--cert", cert, "--key", key, "--db", str(db_path),
+                 check=False)
+        assert r.returncode == 1 and message in r.stderr, (host, r.stderr)
+        assert "Traceback" not in r.stderr
+    assert set(certs(db_path)) == {"*.other.org"}  # nothing else was written
+
+
+def test_site_domains_are_checked_listed_and_served(db_path, site_dir, instance, client):
+    fazt("deploy", str(site_dir), "--site", "blog", "--db", str(db_path))
+    fazt("site", "domain", "add", "blog", "www.blog.org", "--db", str(db_path))
+    assert json.loads(fazt("site", "domain", "list", "blog", "--json", "--db",
+                           str(db_path)).stdout) == ["www.blog.org"]
+    for args, message in ((("nosuch", "a.org"), "no site named"),
+                          (("blog", f"x.{DOMAIN}"), "already one of fazt's own hosts"),
+                          (("blog", "not a host"), "not a host name")):
+        r = fazt("site", "domain", "add", *args, "--db", str(db_path), check=False)
+        assert r.returncode == 1 and message in r.stderr, r.stderr
+    instance.reload_if_changed()
+    r = client.simulate_get("/", headers={"Host": "www.blog.org"})
+    assert r.status_code == 200 and "hello from fazt" in r.text
+    fazt("site", "domain", "remove", "blog", "www.blog.org", "--db", str(db_path))
+    r = fazt("site", "domain", "remove", "blog", "www.blog.org", "--db", str(db_path),
+             check=False)
+    assert r.returncode == 1 and "has no domain" in r.stderr
+    instance.reload_if_changed()
+    assert client.simulate_get("/", headers={"Host": "www.blog.org"}).status_code == 404
+
+
+def test_a_backup_is_readable_by_its_owner_only(db_path, tmp_path):
+    out = tmp_path / "backup.db"
+    fazt("backup", str(out), "--db", str(db_path))
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o600

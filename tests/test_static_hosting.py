@@ -1,0 +1,296 @@
+"""Static hosting as people expect it, through a real server: compression variants made at
+deploy, the site's 404.html, `_redirects` (SPA fallback included) and `_headers`."""
+
+import gzip
+import http.client
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import brotli
+import pytest
+from conftest import Admin, Server, fazt, init_db, zip_of
+
+HTML = ("<!doctype html><title>shop</title>"
+        + "".join(f"<p class=item>item {i}: a thing worth buying</p>\n" for i in range(300)))
+CSS = "".join(f".c{i} {{ color: #{i:06x}; margin: {i}px }}\n" for i in range(400))
+JS = "".join(f"export function f{i}(x) {{ return x * {i} + {i}; }}\n" for i in range(400))
+TINY = "body{margin:0}"  # under 1 KiB: never worth a variant
+PNG = b"\x89PNG\r\n\x1a\n" + os.urandom(4096)  # random, as incompressible as images are
+PAGE_404 = "<!doctype html><title>gone</title>" + "<p>no such page, sorry</p>\n" * 80
+REDIRECTS = """\
+# moved pages
+/old            /new.html
+/temp           /new.html            302
+/blog/:year/:slug  /posts/:year-:slug.html  307
+/docs/*         https://docs.example.com/:splat   308
+/see            /new.html            303
+/hidden.html    /new.html            301!
+/pretty         /new.html            200
+/gone/*         /404.html            404
+"""
+HEADERS = """\
+/*
+  X-Frame-Options: DENY
+/assets/*
+  Cache-Control: max-age=31536000, immutable
+  X-Robots-Tag: noindex
+"""
+API = """
+function handler(request) {
+  if (request.path === "/api/big") {
+    var rows = [];
+    for (var i = 0; i < 400; i++) rows.push({id: i, name: "row number " + i});
+    return {status: 200, headers: {"Content-Type": "application/json"}, body: rows};
+  }
+  if (request.path === "/api/cached")
+    return {status: 200, headers: {"Cache-Control": "max-age=60"}, body: "ok"};
+  return {status: 200, body: {hello: "world"}};
+}
+"""
+
+
+def write(root: Path, files: dict[str, str | bytes]) -> Path:
+    for name, data in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data if isinstance(data, bytes) else data.encode())
+    return root
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("static")
+    db = init_db(tmp / "data.db")
+    shop = write(tmp / "shop", {
+        "index.html": HTML, "app.css": CSS, "app.js": JS, "tiny.css": TINY, "logo.png": PNG,
+        "new.html": "<p>the new page</p>", "posts/2024-hello.html": "<p>hello post</p>",
+        "hidden.html": "<p>shadowed by a forced rule</p>",
+        "404.html": PAGE_404, "_redirects": REDIRECTS, "_headers": HEADERS,
+        "assets/app.3f9a1c2e.js": JS, "api/main.js": API,
+    })
+    fazt("deploy", str(shop), "--site", "shop", "--db", str(db))
+    spa = write(tmp / "spa", {"index.html": HTML, "app.js": JS,
+                              "_redirects": "/*  /index.html  200\n"})
+    fazt("deploy", str(spa), "--site", "spa", "--db", str(db))
+    with Server.running(db) as server:
+        yield server
+
+
+def fetch(srv: Server, path: str, host: str = "shop.localhost", method: str = "GET",
+          **headers: str) -> tuple[int, dict[str, str], bytes]:
+    """One exchange with no client-side decoding: status, headers (lower-case), raw body."""
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+    try:
+        conn.request(method, path, headers={"Host": host, **{k.replace("_", "-"): v
+                                                              for k, v in headers.items()}})
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()
+
+
+def decode(encoding: str | None, body: bytes) -> bytes:
+    if encoding == "br":
+        return brotli.decompress(body)
+    if encoding == "gzip":
+        return gzip.decompress(body)
+    assert encoding is None
+    return body
+
+
+@pytest.mark.parametrize("accept,expected", [
+    (None, None), ("", None), ("gzip", "gzip"), ("br", "br"), ("gzip, deflate, br", "br"),
+    ("br;q=0, gzip", "gzip"), ("gzip;q=0.9, br;q=0.5", "gzip"), ("*", "br"),
+    ("*;q=0", None), ("identity", None), ("br;q=0, gzip;q=0", None), ("deflate", None),
+])
+@pytest.mark.parametrize("path,original", [("/", HTML), ("/app.css", CSS), ("/app.js", JS)])
+def test_each_encoding_chosen_and_decoding_to_the_original(srv, accept, expected, path,
+                                                           original):
+    headers = {} if accept is None else {"Accept-Encoding": accept}
+    status, h, body = fetch(srv, path, **headers)
+    assert status == 200
+    assert h.get("content-encoding") == expected
+    assert h["vary"] == "Accept-Encoding"
+    assert int(h["content-length"]) == len(body)
+    assert decode(expected, body) == original.encode()
+    if expected:
+        assert len(body) < 0.9 * len(original)
+
+
+def test_etags_differ_per_encoding_and_304_works_for_each(srv):
+    tags = {}
+    for accept in ("identity", "gzip", "br"):
+        _, h, _ = fetch(srv, "/app.js", Accept_Encoding=accept)
+        tags[accept] = h["etag"]
+        status, h304, body = fetch(srv, "/app.js", Accept_Encoding=accept,
+                                   If_None_Match=h["etag"])
+        assert status == 304 and body == b""
+        assert h304["etag"] == h["etag"] and h304["vary"] == "Accept-Encoding"
+        assert h304["cache-control"] == h["cache-control"]
+    assert len(set(tags.values())) == 3
+    # a cached gzip body does not answer a client that now gets br
+    status, h, _ = fetch(srv, "/app.js", Accept_Encoding="br", If_None_Match=tags["gzip"])
+    assert status == 200 and h["content-encoding"] == "br"
+
+
+@pytest.mark.parametrize("accept", ["identity", "gzip", "br"])
+def test_head_agrees_with_get(srv, accept):
+    _, got, _ = fetch(srv, "/app.css", Accept_Encoding=accept)
+    status, head, body = fetch(srv, "/app.css", method="HEAD", Accept_Encoding=accept)
+    assert status == 200 and body == b""
+    for name in ("content-length", "content-encoding", "etag", "vary", "content-type",
+                 "cache-control"):
+        assert head.get(name) == got.get(name), name
+
+
+def test_range_gets_identity(srv):
+    status, h, body = fetch(srv, "/app.js", Accept_Encoding="gzip, br", Range="bytes=10-19")
+    assert status == 206 and body == JS.encode()[10:20]
+    assert "content-encoding" not in h and h["vary"] == "Accept-Encoding"
+    assert h["content-range"] == f"bytes 10-19/{len(JS.encode())}"
+    _, identity, _ = fetch(srv, "/app.js")
+    assert h["etag"] == identity["etag"]
+
+
+def test_small_and_binary_files_are_sent_as_they_are(srv):
+    _, h, body = fetch(srv, "/tiny.css", Accept_Encoding="gzip, br")
+    assert body == TINY.encode() and "content-encoding" not in h
+    assert h["vary"] == "Accept-Encoding"  # compressible, even if not worth it here
+    _, h, body = fetch(srv, "/logo.png", Accept_Encoding="gzip, br")
+    assert body == PNG and "content-encoding" not in h and "vary" not in h
+
+
+def test_cache_headers(srv):
+    assert fetch(srv, "/")[1]["cache-control"] == "no-cache"
+    assert fetch(srv, "/app.css")[1]["cache-control"] == "max-age=300"
+    _, h, _ = fetch(srv, "/assets/app.3f9a1c2e.js")
+    assert h["cache-control"] == "max-age=31536000, immutable"
+    _, h, _ = fetch(srv, "/api/hello")
+    assert h["cache-control"] == "no-store"  # a handler's answer is not for shared caches
+    _, h, _ = fetch(srv, "/api/cached")
+    assert h["cache-control"] == "max-age=60"  # unless it says otherwise
+
+
+def test_handler_answers_compress_on_the_fly_when_small(srv):
+    status, h, body = fetch(srv, "/api/big", Accept_Encoding="gzip")
+    assert status == 200 and h["content-encoding"] == "gzip" and "Accept-Encoding" in h["vary"]
+    rows = json.loads(gzip.decompress(body))
+    assert len(rows) == 400 and int(h["content-length"]) == len(body)
+    _, h, body = fetch(srv, "/api/big", Accept_Encoding="br")
+    assert h["content-encoding"] == "br" and json.loads(brotli.decompress(body)) == rows
+    _, h, body = fetch(srv, "/api/big")
+    assert "content-encoding" not in h and json.loads(body) == rows
+    _, h, body = fetch(srv, "/api/hello", Accept_Encoding="gzip")  # tiny: as it is
+    assert "content-encoding" not in h and json.loads(body) == {"hello": "world"}
+
+
+@pytest.mark.parametrize("accept", [None, "gzip", "br"])
+def test_the_sites_own_404_page(srv, accept):
+    headers = {"Accept-Encoding": accept} if accept else {}
+    status, h, body = fetch(srv, "/no/such/page", **headers)
+    assert status == 404 and decode(h.get("content-encoding"), body) == PAGE_404.encode()
+    assert h["content-type"].startswith("text/html") and h.get("content-encoding") == accept
+    assert "etag" not in h and h["x-frame-options"] == "DENY"
+    status, h, body = fetch(srv, "/no/such/page", method="HEAD", **headers)
+    assert status == 404 and body == b"" and h.get("content-encoding") == accept
+
+
+def test_fazts_page_when_the_site_has_none(srv):
+    status, h, body = fetch(srv, "/nothing-here", host="spa.localhost", method="POST")
+    assert status == 405
+    status, _, body = fetch(srv, "/x", host="nosite.localhost")
+    assert status == 404 and b"no_such_site" in body
+
+
+@pytest.mark.parametrize("path,status,location", [
+    ("/old", 301, "/new.html"),
+    ("/old/", 301, "/new.html"),  # a trailing slash matches too
+    ("/old?utm=x", 301, "/new.html?utm=x"),  # the query string goes along
+    ("/temp", 302, "/new.html"),
+    ("/blog/2024/hello", 307, "/posts/2024-hello.html"),
+    ("/docs/guide/start.html", 308, "https://docs.example.com/guide/start.html"),
+    ("/see", 303, "/new.html"),
+    ("/hidden.html", 301, "/new.html"),  # forced with '!': wins over the file there
+])
+def test_redirects(srv, path, status, location):
+    got, h, _ = fetch(srv, path)
+    assert (got, h.get("location")) == (status, location)
+
+
+def test_rewrites_and_forced_rules(srv):
+    status, h, body = fetch(srv, "/pretty")
+    assert status == 200 and body == b"<p>the new page</p>" and "location" not in h
+    status, _, body = fetch(srv, "/gone/anything")
+    assert status == 404 and body == PAGE_404.encode()
+    # a file shadows a rule that is not forced: /new.html is served, not redirected
+    assert fetch(srv, "/new.html")[0] == 200
+
+
+def test_spa_fallback(srv):
+    for path in ("/", "/app/deep/link", "/settings/"):
+        status, h, body = fetch(srv, path, host="spa.localhost", Accept_Encoding="br")
+        assert status == 200 and brotli.decompress(body) == HTML.encode(), path
+    status, _, body = fetch(srv, "/app.js", host="spa.localhost")
+    assert status == 200 and body == JS.encode()
+
+
+def test_headers_file_and_rule_files_are_never_served(srv):
+    _, h, _ = fetch(srv, "/assets/app.3f9a1c2e.js")
+    assert h["x-frame-options"] == "DENY" and h["x-robots-tag"] == "noindex"
+    _, h, _ = fetch(srv, "/app.css")
+    assert h["x-frame-options"] == "DENY" and "x-robots-tag" not in h
+    for path in ("/_redirects", "/_headers"):
+        status, _, body = fetch(srv, path)
+        assert status == 404 and body == PAGE_404.encode()
+        assert fetch(srv, path, host="spa.localhost")[2] == HTML.encode()  # the SPA fallback
+
+
+@pytest.mark.parametrize("name,text,line", [
+    ("_redirects", "/a /b\n/c\n", 2),
+    ("_redirects", "# ok\n/a /b 301\n/c /d 418\n", 3),
+    ("_redirects", "/a /b 301\n\n/x/:id /y/:other 302\n", 3),
+    ("_redirects", "/* https://elsewhere.example/ 200\n", 1),
+    ("_headers", "/*\n  X-A: 1\n  Content-Length: 5\n", 3),
+    ("_headers", "  X-A: 1\n", 1),
+])
+def test_a_bad_rule_line_refuses_the_deploy_and_the_old_version_serves(srv, tmp_path, name,
+                                                                      text, line):
+    admin = Admin(srv)
+    r = admin.post("/api/deploy?site=shop", data=zip_of({"index.html": "new", name: text}))
+    assert r.status_code == 400, r.text
+    message = r.json()["error"]["message"]
+    assert message.startswith(f"{name} line {line}: "), message
+    assert decode(None, fetch(srv, "/")[2]) == HTML.encode()  # the old version, untouched
+    bad = write(tmp_path / "bad", {"index.html": "new", name: text})
+    result = fazt("deploy", str(bad), "--site", "shop", "--db", str(srv.db), check=False)
+    assert result.returncode == 1 and f"{name} line {line}: " in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def raw_response(srv: Server, path: str, host: str = "shop.localhost", **headers: str) -> bytes:
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+    try:
+        conn.request("GET", path, headers={"Host": host, **{k.replace("_", "-"): v
+                                                            for k, v in headers.items()}})
+        r = conn.getresponse()
+        head = f"HTTP/1.1 {r.status} {r.reason}\r\n" + "".join(
+            f"{k}: {v}\r\n" for k, v in r.getheaders()) + "\r\n"
+        return head.encode() + r.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.skipif(shutil.which("httplint") is None, reason="httplint is not installed")
+@pytest.mark.parametrize("path,accept", [
+    ("/", "gzip, br"), ("/app.css", "gzip"), ("/app.js", None), ("/assets/app.3f9a1c2e.js", "br"),
+    ("/logo.png", None), ("/api/big", "gzip"), ("/api/hello", None),
+])
+def test_an_outside_linter_finds_nothing_to_warn_about(srv, path, accept):
+    headers = {"Accept-Encoding": accept} if accept else {}
+    report = subprocess.run(["httplint", "-n"], input=raw_response(srv, path, **headers),
+                            capture_output=True, check=True).stdout.decode()
+    problems = [line for line in report.splitlines() if "[WARN]" in line or "[BAD]" in line]
+    assert not problems, report

@@ -9,7 +9,14 @@ from fazt.store import open_database
 from fazt.store.database import PAGE_SIZE, create_database
 from fazt.store.files import CHUNK_SIZE, put_blob, read_blob, read_chunk
 from fazt.store.schema import MIGRATIONS
-from fazt.store.sites import NewFile, find_file, list_sites, remove_site, replace_site
+from fazt.store.sites import (
+    NewFile,
+    find_file,
+    list_versions,
+    remove_site,
+    replace_site,
+    rollback_site,
+)
 
 
 @pytest.fixture
@@ -86,20 +93,53 @@ def test_failed_deploy_keeps_the_old_version(db):
         assert find_file(conn, "blog", "b.txt") is None
 
 
-def test_redeploy_and_remove_collect_unused_blobs(db):
+def test_versions_are_kept_pruned_and_collected(db):
+    """Redeploys keep `keep` versions; content no kept version uses goes at the next
+    collection, the content shared between versions and sites stays once."""
+    from fazt.vfs import Leases
+
+    def count(table: str) -> int:
+        with db.read() as conn:
+            return conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+
     with db.write() as conn:
-        replace_site(conn, "a", _files(**{"x": "one", "y": "shared"}))
-        replace_site(conn, "b", _files(**{"z": "shared"}))
-        replace_site(conn, "a", _files(**{"x": "two"}))
-    with db.read() as conn:
-        assert conn.execute("SELECT COUNT(*) FROM blobs").fetchone()[0] == 2  # two, shared
-        assert [s["name"] for s in list_sites(conn)] == ["a", "b"]
+        replace_site(conn, "a", _files(**{"x": "one", "y": "shared"}), keep=2)
+        replace_site(conn, "b", _files(**{"z": "shared"}), keep=2)
+        replace_site(conn, "a", _files(**{"x": "two"}), keep=2)
+    assert Leases().collect(db) == 0 and count("blobs") == 3  # a's first version is kept
     with db.write() as conn:
+        assert replace_site(conn, "a", _files(**{"x": "three"}), keep=2)["version"] == 3
+        assert [v["version"] for v in list_versions(conn, "a")] == [3, 2]
+    assert Leases().collect(db) == 1 and count("blobs") == 3  # "one" went; "shared" is b's
+    with db.write() as conn:
+        assert rollback_site(conn, "a")["version"] == 2
+        assert find_file(conn, "a", "x") is not None
+        assert [v["live"] for v in list_versions(conn, "a")] == [False, True]
+        with pytest.raises(LookupError):
+            rollback_site(conn, "a", 1)
         assert remove_site(conn, "b")
         assert not remove_site(conn, "b")
+    assert Leases().collect(db) == 1 and count("blobs") == 2 and count("chunks") == 2
+
+
+def test_a_leased_blob_outlives_its_versions_until_the_stream_ends(db):
+    from fazt.vfs import Leases, Stale
+
+    with db.write() as conn:
+        replace_site(conn, "a", _files(**{"x": "old"}))
+        old = find_file(conn, "a", "x")
+    leases = Leases()
+    leases.take(old.blob_id)
+    with db.write() as conn:
+        replace_site(conn, "a", _files(**{"x": "new"}))
+    assert leases.collect(db) == 0 and leases.deferred == 1 and not leases.due()
     with db.read() as conn:
-        assert conn.execute("SELECT COUNT(*) FROM blobs").fetchone()[0] == 1
-        assert conn.execute("SELECT COUNT(*) FROM chunks").fetchone()[0] == 1
+        assert read_blob(conn, old.blob_id) == b"old"
+    leases.give(old.blob_id)
+    assert leases.due() and leases.collect(db) == 1
+    with pytest.raises(Stale):  # a lease taken while its blob is being collected
+        leases._doomed = {old.blob_id}
+        leases.take(old.blob_id)
 
 
 def test_backup_is_consistent_and_atomic(db, tmp_path):

@@ -147,13 +147,15 @@ def cmd_deploy(args) -> int:
     if args.server:
         return _deploy_remote(args)
     from fazt.deploy import files_from_directory
-    from fazt.instance import deploy_site
+    from fazt.instance import collect_unserved, deploy_site
     from fazt.store import open_database
 
     db = open_database(_db(args))
     result = deploy_site(db, args.site, files_from_directory(args.directory))
+    collect_unserved(db)
     db.close()
-    print(f"Deployed {result['files']} files ({result['bytes']} bytes) as site {args.site!r}.")
+    print(f"Deployed {result['files']} files ({result['bytes']} bytes) as site {args.site!r}, "
+          f"version {result['version']}.")
     return 0
 
 
@@ -305,6 +307,7 @@ def _day(t: float, minutes: bool = False) -> str:
 
 def cmd_site_remove(args) -> int:
     from fazt.deploy import check_site_name
+    from fazt.instance import collect_unserved
     from fazt.store import open_database
     from fazt.store.sites import remove_site
 
@@ -312,10 +315,47 @@ def cmd_site_remove(args) -> int:
     db = open_database(_db(args))
     with db.write() as conn:
         removed = remove_site(conn, args.name)
+    if removed:
+        collect_unserved(db)
     db.close()
     if not removed:
         raise FaztError(f"There is no site named {args.name!r}.")
     print(f"Removed site {args.name!r}.")
+    return 0
+
+
+def cmd_site_versions(args) -> int:
+    from fazt.deploy import check_site_name
+    from fazt.store import open_database
+    from fazt.store.sites import list_versions
+
+    check_site_name(args.name)
+    db = open_database(_db(args))
+    with db.read() as conn:
+        versions = list_versions(conn, args.name)
+    db.close()
+    if not versions:
+        raise FaztError(f"There is no site named {args.name!r}.")
+    if args.json:
+        return _print_json({"site": args.name, "versions": versions})
+    for v in versions:
+        print(f"{'*' if v['live'] else ' '} {v['version']:>5}  {_when(v['created_at'])}  "
+              f"{v['files']:>6} files {v['bytes']:>14,} bytes")
+    print("(* = live; `fazt site rollback NAME [VERSION]` switches back instantly)")
+    return 0
+
+
+def cmd_site_rollback(args) -> int:
+    from fazt.deploy import check_site_name
+    from fazt.instance import rollback_site
+    from fazt.store import open_database
+
+    check_site_name(args.name)
+    db = open_database(_db(args))
+    result = rollback_site(db, args.name, args.version)
+    db.close()
+    print(f"Site {args.name!r} serves version {result['version']} again (was "
+          f"{result['from']}); a running server switches within seconds.")
     return 0
 
 
@@ -489,13 +529,24 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--token", help="API token for --server")
     s.set_defaults(func=cmd_deploy)
 
-    site = sub.add_parser("site", help="list or remove sites")
+    site = sub.add_parser("site", help="list, remove and roll back sites")
     st = site.add_subparsers(dest="site_command", required=True, metavar="ACTION")
     s = st.add_parser("list", parents=[common, as_json], help="the sites and their sizes")
     s.set_defaults(func=cmd_site_list)
-    s = st.add_parser("remove", parents=[common])
+    s = st.add_parser("remove", parents=[common], help="delete a site and all its versions")
     s.add_argument("name")
     s.set_defaults(func=cmd_site_remove)
+    s = st.add_parser("versions", parents=[common, as_json],
+                      help="the site's kept versions (setting keep_versions)")
+    s.add_argument("name")
+    s.set_defaults(func=cmd_site_versions)
+    s = st.add_parser("rollback", parents=[common],
+                      help="serve a kept version again, instantly")
+    s.add_argument("name")
+    s.add_argument("version", nargs="?", type=int,
+                   help="the version to serve (default: the one before the live one)")
+    s.set_defaults(func=cmd_site_rollback)
+
     domain = st.add_parser("domain", help="serve a site at custom hosts (with certificates)")
     dt = domain.add_subparsers(dest="domain_command", required=True, metavar="ACTION")
     for action, func, helptext in (("add", cmd_domain_add, "serve site NAME at HOST too"),

@@ -176,11 +176,12 @@ Checker = Callable[[list[NewFile]], list[NewFile]]
 
 
 def deploy(db: Database, name: str, files: list[NewFile], *, check: Checker | None = None,
-           allow_reserved: bool = False) -> dict:
-    """Replace site `name` with `files` in one transaction.
+           allow_reserved: bool = False, keep: int = 1) -> dict:
+    """Make `files` the new version of site `name` in one transaction.
 
     `check` may inspect (and must return) the files before the write, e.g. to
     compile the site's JavaScript; it raises FaztError to refuse the deploy.
+    `keep` versions of the site are kept, the new one included.
     """
     check_site_name(name, allow_reserved=allow_reserved)
     paths = [f.path for f in files]
@@ -190,7 +191,7 @@ def deploy(db: Database, name: str, files: list[NewFile], *, check: Checker | No
         files = check(files)
     try:
         with precompressed(db, files) as files, db.write() as conn:
-            return replace_site(conn, name, files)
+            return replace_site(conn, name, files, keep)
     except OSError as exc:
         raise FaztError(f"The deploy failed and nothing changed: {exc.strerror or exc}.") from None
     except sqlite3.OperationalError as exc:  # e.g. "database or disk is full"

@@ -19,13 +19,15 @@ from pathlib import Path
 from fazt import __version__, settings
 from fazt.cockpit.auth import Auth, hash_password, new_session_key
 from fazt.deploy import ADMIN_SITE, deploy, files_from_directory
-from fazt.errors import FaztError
+from fazt.errors import FaztError, NotFound
 from fazt.metrics import RequestRate
 from fazt.siterules import check_rules
 from fazt.stability import thresholds as th
 from fazt.stability.probe import Machine, probe
 from fazt.store import Database, open_database
+from fazt.store import sites as sites_store
 from fazt.store.certs import domains_stamp, load_domains
+from fazt.store.claim import try_claim
 from fazt.store.config import (
     active_overrides,
     load_config,
@@ -37,7 +39,7 @@ from fazt.store.config import (
 )
 from fazt.store.database import Limits, create_database
 from fazt.store.sites import NewFile, list_sites, remove_site
-from fazt.vfs import VFS
+from fazt.vfs import VFS, Leases
 
 log = logging.getLogger("fazt")
 MB = 1024 * 1024
@@ -87,10 +89,38 @@ def admin_assets_sha() -> str:
 
 def deploy_site(db: Database, name: str, files: list[NewFile]) -> dict:
     """A user deploy: the site's JavaScript must compile, and its `_redirects` and
-    `_headers` must parse, before anything is written."""
+    `_headers` must parse, before anything is written; `keep_versions` versions of
+    the site stay for rollback."""
     from fazt.runtime import compile_check
 
-    return deploy(db, name, files, check=lambda fs: check_rules(compile_check(fs)))
+    with db.read() as conn:
+        keep = int(read_config(conn)["keep_versions"])
+    return deploy(db, name, files, check=lambda fs: check_rules(compile_check(fs)),
+                  keep=keep)
+
+
+def rollback_site(db: Database, name: str, version: int | None = None) -> dict:
+    """Serve a kept version of `name` again (the one before the live one by default)."""
+    with db.write() as conn:
+        try:
+            return sites_store.rollback_site(conn, name, version)
+        except LookupError as exc:
+            raise NotFound(str(exc)) from None
+
+
+def collect_unserved(db: Database) -> int:
+    """Delete file contents no kept version uses, unless a server holds the database:
+    it may be streaming them, so it collects them itself (Leases) when it sees the change.
+    Best effort: content left now is collected by the next collection."""
+    held = try_claim(db.path, brief=True)
+    if held is None:
+        return 0
+    try:
+        return Leases().collect(db)  # this process streams nothing
+    except FaztError:
+        return 0
+    finally:
+        held.release()
 
 
 def machine_for(config: dict, db_path: str, memory_mb: float | None = None,
@@ -269,6 +299,7 @@ class Instance:
         self.machine = machine_for(self.config, self.db_path)
         self.vfs = VFS(self.db, self._mb("vfs_cache_mb"), self._mb("large_file_mb"))
         self.vfs.pin_site(ADMIN_SITE)
+        self.collect()  # what a command-line deploy left while a server held the database
         self.runtime = Runtime(self.db, slots=int(self.config["max_concurrent_js"]),
                                memory_mb=float(self.config["js_memory_mb"]),
                                timeout_ms=int(self.config["js_timeout_ms"]))
@@ -320,7 +351,8 @@ class Instance:
         try:
             with self.db.read() as conn:
                 sites = _sites_stamp(conn)
-                if sites != self._sites_stamp:  # a deploy by another process
+                changed = sites != self._sites_stamp  # a deploy by another process
+                if changed:
                     self._sites_stamp = sites
                     self.domains = load_domains(conn)
                     self.vfs.forget_files()
@@ -328,13 +360,16 @@ class Instance:
                         self.runtime.logs_ring.keep_only(
                             {site["name"] for site in list_sites(conn)})
                 stamp = _config_stamp(conn)
-                if stamp == self._config_stamp:
-                    return False
-                config = read_config(conn)
-                self.overrides = active_overrides(conn)
-                self.auth.token_hashes = _token_hashes(conn)
+                if stamp != self._config_stamp:
+                    config = read_config(conn)
+                    self.overrides = active_overrides(conn)
+                    self.auth.token_hashes = _token_hashes(conn)
         except FaztError:
             return False  # the database is busy: try again at the next tick
+        if changed or self.vfs.leases.due():
+            self.collect()
+        if stamp == self._config_stamp:
+            return False
         self._config_stamp = stamp
         if config.get("declared_memory_mb") != self.config.get("declared_memory_mb") or \
                 config.get("declared_cpus") != self.config.get("declared_cpus"):
@@ -351,6 +386,13 @@ class Instance:
         self.vfs.forget_files()
         if self.autocert is not None:
             self.autocert.poke()  # a new site's host wants its certificate now
+        self.collect()
+        return result
+
+    def rollback(self, name: str, version: int | None = None) -> dict:
+        """Serve a kept version again, from the very next request; nothing is uploaded."""
+        result = rollback_site(self.db, name, version)
+        self.vfs.forget_files()
         return result
 
     def remove_site(self, name: str) -> bool:
@@ -359,7 +401,17 @@ class Instance:
         self.vfs.forget_files()
         if self.runtime is not None:
             self.runtime.logs_ring.forget(name)
+        self.collect()
         return removed
+
+    def collect(self) -> int:
+        """Delete file contents no kept version uses, sparing what downloads still stream.
+        Best effort: a busy database leaves them for the next collection."""
+        try:
+            return self.vfs.leases.collect(self.db)
+        except FaztError:
+            log.warning("could not collect unused files (the database is busy); will retry")
+            return 0
 
     def save_revoked_sessions(self) -> None:
         """Record the signed-out sessions so a restart keeps them out.

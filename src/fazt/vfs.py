@@ -16,11 +16,14 @@
   file that vanished meanwhile is noticed (Stale) and looked up again.
 - Rules: each recently served site's parsed `_redirects` and `_headers` (an
   empty set for most), forgotten with the found files.
+- Leased: a stream holds its file's content until it ends, so collecting what
+  no kept version uses (after a deploy pruned one, or a removal) never cuts a
+  download in flight; that content is collected once the stream is closed.
 """
 
 import io
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,7 +31,13 @@ from dataclasses import dataclass
 from fazt.errors import FaztError
 from fazt.siterules import EMPTY, HEADERS, REDIRECTS, SiteRules, parse_headers, parse_redirects
 from fazt.store import Database
-from fazt.store.files import CHUNK_SIZE, read_blob, read_chunk
+from fazt.store.files import (
+    CHUNK_SIZE,
+    delete_blobs,
+    read_blob,
+    read_chunk,
+    unreferenced_blobs,
+)
 from fazt.store.sites import Body, FileInfo, find_file, site_exists, site_files
 
 FOUND_ENTRIES = 4096  # a FileInfo is ~300 bytes: about 1 MB at most
@@ -89,6 +98,49 @@ class ByteLRU:
         return len(self._items)
 
 
+class Leases:
+    """The blobs that streams are reading now, and the collector that spares them."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._held: Counter[int] = Counter()
+        self._doomed: set[int] = set()
+        self.deferred = 0  # unused blobs spared for a stream at the last collection
+        self._released = False  # a lease ended since then: worth collecting again
+
+    def take(self, blob_id: int) -> None:
+        with self._lock:
+            if blob_id in self._doomed:
+                raise Stale("The site changed while this file was looked up; try again.")
+            self._held[blob_id] += 1
+
+    def give(self, blob_id: int) -> None:
+        with self._lock:
+            self._held[blob_id] -= 1
+            if self._held[blob_id] <= 0:
+                del self._held[blob_id]
+                self._released = True
+
+    def due(self) -> bool:
+        """Content was spared for a stream that has ended since."""
+        return self.deferred > 0 and self._released
+
+    def collect(self, db: Database) -> int:
+        """Delete the content no kept version uses, except what streams hold; how many."""
+        with db.write() as conn:
+            unused = unreferenced_blobs(conn)
+            with self._lock:
+                self._doomed = unused - self._held.keys()
+                self.deferred = len(unused) - len(self._doomed)
+                self._released = False
+            try:
+                delete_blobs(conn, self._doomed)
+                return len(self._doomed)
+            finally:
+                with self._lock:
+                    self._doomed = set()
+
+
 @dataclass(frozen=True)
 class PinnedFile:
     info: FileInfo
@@ -113,6 +165,7 @@ class VFS:
         self._found_lock = threading.Lock()
         self._found_generation = 0
         self._rules: OrderedDict[str, SiteRules] = OrderedDict()
+        self.leases = Leases()
 
     def pin_site(self, site: str) -> int:
         """Load every file of `site` into the pinned map; return its bytes."""
@@ -209,8 +262,20 @@ class VFS:
         return data
 
     def stream(self, body: Body, start: int = 0, end: int | None = None) -> "ChunkStream":
+        """A stream that holds the body's blob until it is closed (see Leases)."""
+        self.leases.take(body.blob_id)
+        try:
+            with self.db.read() as conn:  # collected between lookup and lease?
+                row = conn.execute("SELECT size FROM blobs WHERE id = ?",
+                                   (body.blob_id,)).fetchone()
+            if row is None or row[0] != body.size:
+                self.forget_files()
+                raise Stale("The site changed while this file was looked up; try again.")
+        except BaseException:
+            self.leases.give(body.blob_id)
+            raise
         return ChunkStream(self.db, body.blob_id, start, body.size if end is None else end,
-                           self.loop)
+                           self.loop, on_close=self.leases.give)
 
     def resize(self, cache_bytes: int, large_file_bytes: int) -> None:
         self.cache.resize(cache_bytes)
@@ -280,8 +345,10 @@ class ChunkStream(io.RawIOBase):
     """
 
     def __init__(self, db: Database, blob_id: int, start: int, end: int,
-                 loop: StreamLoop | None = None):
+                 loop: StreamLoop | None = None,
+                 on_close: Callable[[int], None] | None = None):
         super().__init__()
+        self._on_close = on_close
         self._db = db
         self._blob_id = blob_id
         self._start = start
@@ -369,4 +436,7 @@ class ChunkStream(io.RawIOBase):
         with self._lock:
             self._chunk = b""
             self._fetched = None
+            on_close, self._on_close = self._on_close, None  # once, however often closed
+        if on_close is not None:
+            on_close(self._blob_id)
         super().close()

@@ -41,6 +41,8 @@ def cockpit_app(instance: Instance) -> falcon.App:
         "/api/sites": r.Sites(instance),
         "/api/sites/{name}": r.Site(instance),
         "/api/sites/{name}/logs": r.SiteLogs(instance),
+        "/api/sites/{name}/versions": r.SiteVersions(instance),
+        "/api/sites/{name}/rollback": r.SiteRollback(instance),
         "/api/deploy": Deploy(instance),
         "/api/backup": Backup(instance),
     }

@@ -19,7 +19,7 @@ from fazt.http_errors import http_error
 from fazt.instance import REVOKED_SESSIONS, Instance
 from fazt.stability import thresholds as th
 from fazt.store.config import save_secret
-from fazt.store.sites import list_sites
+from fazt.store.sites import list_sites, list_versions
 
 JSON_LIMIT = 64 * 1024  # a settings form or a login is a few hundred bytes
 
@@ -210,6 +210,35 @@ class Site:
         if not removed:
             raise NotFound(f"There is no site named {name!r}.")
         resp.media = {"removed": name}
+
+
+class SiteVersions:
+    """The site's kept versions, newest first, the live one marked."""
+
+    def __init__(self, instance: Instance):
+        self.instance = instance
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        user_site(name)
+        with self.instance.db.read() as conn:
+            versions = list_versions(conn, name)
+        if not versions:
+            raise NotFound(f"There is no site named {name!r}.")
+        resp.media = {"site": name, "versions": versions}
+
+
+class SiteRollback:
+    """`{"version": N}` (or nothing: the version before the live one) goes live at once."""
+
+    def __init__(self, instance: Instance):
+        self.instance = instance
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        user_site(name)
+        version = read_json(req).get("version")
+        if version is not None and (type(version) is not int or version < 1):
+            raise http_error(400, "bad_request", "version must be a positive whole number.")
+        resp.media = self.instance.rollback(name, version)
 
 
 class SiteLogs:

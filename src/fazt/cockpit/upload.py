@@ -52,4 +52,5 @@ class Deploy:
         with spool(req.bounded_stream, limit) as upload:
             files = files_from_zip(upload, limit)
             result = self.instance.deploy(name, files)
-        resp.media = {"site": result["site"], "files": result["files"], "bytes": result["bytes"]}
+        resp.media = {"site": result["site"], "version": result["version"],
+                      "files": result["files"], "bytes": result["bytes"]}

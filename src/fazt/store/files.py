@@ -98,28 +98,19 @@ def read_blob(conn: sqlite3.Connection, blob_id: int) -> bytes:
     return b"".join(r[0] for r in rows)
 
 
-def drop_unreferenced(conn: sqlite3.Connection, blob_ids: Iterable[int]) -> int:
-    """Delete those of `blob_ids` no file refers to any more, with their variants;
-    return how many blobs went."""
-    dropped = 0
-    pending = set(blob_ids)
-    while pending:
-        blob_id = pending.pop()
-        if _in_use(conn, blob_id):
-            continue
-        pending.update(r[0] for r in conn.execute(
-            "SELECT variant_id FROM variants WHERE blob_id = ?", (blob_id,)))
-        conn.execute("DELETE FROM variants WHERE blob_id = ?", (blob_id,))
+def unreferenced_blobs(conn: sqlite3.Connection) -> set[int]:
+    """Blobs no file of any kept version uses: neither as its content nor as a
+    compressed variant of that content."""
+    return {r[0] for r in conn.execute(
+        "SELECT id FROM blobs b WHERE NOT EXISTS (SELECT 1 FROM files f WHERE f.blob_id = b.id)"
+        " AND NOT EXISTS (SELECT 1 FROM variants v JOIN files f ON f.blob_id = v.blob_id"
+        " WHERE v.variant_id = b.id)")}
+
+
+def delete_blobs(conn: sqlite3.Connection, blob_ids: Iterable[int]) -> None:
+    """Delete blobs, their chunks and their variant links. Call inside db.write(), with
+    ids from unreferenced_blobs taken in the same transaction."""
+    for blob_id in blob_ids:
+        conn.execute("DELETE FROM variants WHERE blob_id = ?1 OR variant_id = ?1", (blob_id,))
         conn.execute("DELETE FROM chunks WHERE blob_id = ?", (blob_id,))
         conn.execute("DELETE FROM blobs WHERE id = ?", (blob_id,))
-        dropped += 1
-    return dropped
-
-
-def _in_use(conn: sqlite3.Connection, blob_id: int) -> bool:
-    """A file's content, or the variant of content still kept (a site may even deploy
-    the very bytes fazt made as another file's gzip variant)."""
-    return conn.execute(
-        "SELECT 1 FROM files WHERE blob_id = ?1"
-        " UNION ALL SELECT 1 FROM variants WHERE variant_id = ?1 LIMIT 1", (blob_id,)
-    ).fetchone() is not None

@@ -120,6 +120,27 @@ MIGRATIONS: list[str] = [
         created_at REAL NOT NULL
     );
     """,
+    # 4: every deploy is a version, numbered per site (older fazt kept one deploy a site);
+    # secrets for handlers; the sites' console lines, kept across restarts.
+    """
+    ALTER TABLE deploys ADD COLUMN version INTEGER NOT NULL DEFAULT 1;
+    CREATE UNIQUE INDEX deploys_site_version ON deploys(site, version);
+    CREATE TABLE site_env (
+        site TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (site, key)
+    );
+    CREATE TABLE site_logs (
+        id INTEGER PRIMARY KEY,
+        site TEXT NOT NULL,
+        time REAL NOT NULL,
+        level TEXT NOT NULL,
+        message TEXT NOT NULL
+    );
+    CREATE INDEX site_logs_site ON site_logs(site, id);
+    """,
 ]
 
 

@@ -1,7 +1,9 @@
-"""Sites and their deploys: which files make up the version a site serves.
+"""Sites and their versions: which files make up the version a site serves.
 
 A deploy writes every file of the new version and switches the site's
 `deploy_id` in one transaction, so a site changes all at once or not at all.
+Every deploy is a version (numbered per site); a rollback switches the same
+pointer back to a kept one.
 """
 
 import sqlite3
@@ -9,7 +11,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from fazt.store.files import drop_unreferenced, mark_variants_decided, put_blob, put_variant
+from fazt.store.files import mark_variants_decided, put_blob, put_variant
 
 
 @dataclass(frozen=True)
@@ -53,12 +55,22 @@ class NewFile:
     variants: tuple[tuple[str, Iterable[bytes]], ...] | None = None
 
 
-def replace_site(conn: sqlite3.Connection, name: str, files: Iterable[NewFile]) -> dict:
-    """Write a new version of site `name` and switch to it. Call inside db.write()."""
+def replace_site(conn: sqlite3.Connection, name: str, files: Iterable[NewFile],
+                 keep: int = 1) -> dict:
+    """Write a new version of site `name` and switch to it. Call inside db.write().
+
+    The site's older versions stay for rollback, `keep` of them in all (the
+    new one counted); their files share content by hash, so a version costs
+    only what changed. Content no version uses any more is left for
+    `files.collect` (a download may still be streaming it).
+    """
     now = time.time()
+    version = conn.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM deploys WHERE site = ?",
+                           (name,)).fetchone()[0]
     cur = conn.execute(
-        "INSERT INTO deploys (site, created_at, file_count, total_bytes) VALUES (?, ?, 0, 0)",
-        (name, now),
+        "INSERT INTO deploys (site, created_at, file_count, total_bytes, version)"
+        " VALUES (?, ?, 0, 0, ?)",
+        (name, now, version),
     )
     deploy_id = cur.lastrowid
     count = total = 0
@@ -77,37 +89,88 @@ def replace_site(conn: sqlite3.Connection, name: str, files: Iterable[NewFile]) 
     conn.execute(
         "UPDATE deploys SET file_count = ?, total_bytes = ? WHERE id = ?", (count, total, deploy_id)
     )
-    old = conn.execute("SELECT deploy_id FROM sites WHERE name = ?", (name,)).fetchone()
-    if old is None:
-        conn.execute(
-            "INSERT INTO sites (name, deploy_id, created_at, updated_at) VALUES (?, ?, ?, ?)",
-            (name, deploy_id, now, now),
-        )
+    _switch(conn, name, deploy_id, now)
+    _prune(conn, name, keep)
+    return {"site": name, "deploy_id": deploy_id, "version": version, "files": count,
+            "bytes": total}
+
+
+def _switch(conn: sqlite3.Connection, name: str, deploy_id: int, now: float) -> None:
+    conn.execute(
+        "INSERT INTO sites (name, deploy_id, created_at, updated_at) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT(name) DO UPDATE SET deploy_id = excluded.deploy_id,"
+        " updated_at = excluded.updated_at",
+        (name, deploy_id, now, now),
+    )
+
+
+def _prune(conn: sqlite3.Connection, name: str, keep: int) -> None:
+    """Forget all but the newest `keep` versions; the live one always stays."""
+    doomed = [r[0] for r in conn.execute(
+        "SELECT id FROM deploys WHERE site = ? AND id != (SELECT deploy_id FROM sites"
+        " WHERE name = ?) ORDER BY version DESC LIMIT -1 OFFSET ?",
+        (name, name, max(0, keep - 1)),
+    )]
+    for deploy_id in doomed:
+        _drop_deploy(conn, deploy_id)
+
+
+def list_versions(conn: sqlite3.Connection, name: str) -> list[dict]:
+    """The site's kept versions, newest first; `live` marks the one it serves."""
+    rows = conn.execute(
+        "SELECT d.version, d.created_at, d.file_count, d.total_bytes, d.id = s.deploy_id"
+        " FROM deploys d JOIN sites s ON s.name = d.site WHERE d.site = ?"
+        " ORDER BY d.version DESC",
+        (name,),
+    ).fetchall()
+    return [{"version": r[0], "created_at": r[1], "files": r[2], "bytes": r[3],
+             "live": bool(r[4])} for r in rows]
+
+
+def rollback_site(conn: sqlite3.Connection, name: str, version: int | None = None) -> dict:
+    """Serve a kept version again: one pointer changes, nothing is uploaded or copied.
+
+    Without `version`, the newest version older than the live one. Call inside
+    db.write(). Raises LookupError with a sentence when there is no such version.
+    """
+    live = conn.execute("SELECT d.version FROM sites s JOIN deploys d ON d.id = s.deploy_id"
+                        " WHERE s.name = ?", (name,)).fetchone()
+    if live is None:
+        raise LookupError(f"There is no site named {name!r}.")
+    if version is None:
+        row = conn.execute("SELECT id, version FROM deploys WHERE site = ? AND version < ?"
+                           " ORDER BY version DESC LIMIT 1", (name, live[0])).fetchone()
+        if row is None:
+            raise LookupError(f"Site {name!r} has no version older than {live[0]} to roll "
+                              "back to.")
     else:
-        conn.execute(
-            "UPDATE sites SET deploy_id = ?, updated_at = ? WHERE name = ?", (deploy_id, now, name)
-        )
-        _drop_deploy(conn, old[0])
-    return {"site": name, "deploy_id": deploy_id, "files": count, "bytes": total}
+        row = conn.execute("SELECT id, version FROM deploys WHERE site = ? AND version = ?",
+                           (name, version)).fetchone()
+        if row is None:
+            raise LookupError(f"Site {name!r} has no version {version}; see "
+                              f"`fazt site versions {name}`.")
+    _switch(conn, name, row[0], time.time())
+    return {"site": name, "version": row[1], "from": live[0]}
 
 
 def remove_site(conn: sqlite3.Connection, name: str) -> bool:
-    """Delete a site, its files and its key-value data. Call inside db.write()."""
+    """Delete a site, every version of it, its key-value data, secrets and log lines.
+    Call inside db.write()."""
     row = conn.execute("SELECT deploy_id FROM sites WHERE name = ?", (name,)).fetchone()
     if row is None:
         return False
     conn.execute("DELETE FROM sites WHERE name = ?", (name,))
-    conn.execute("DELETE FROM kv WHERE site = ?", (name,))
-    _drop_deploy(conn, row[0])
+    for table in ("kv", "site_env", "site_logs"):
+        conn.execute(f"DELETE FROM {table} WHERE site = ?", (name,))
+    for (deploy_id,) in conn.execute("SELECT id FROM deploys WHERE site = ?",
+                                     (name,)).fetchall():
+        _drop_deploy(conn, deploy_id)
     return True
 
 
 def _drop_deploy(conn: sqlite3.Connection, deploy_id: int) -> None:
-    blob_ids = [r[0] for r in conn.execute("SELECT blob_id FROM files WHERE deploy_id = ?",
-                                           (deploy_id,))]
     conn.execute("DELETE FROM files WHERE deploy_id = ?", (deploy_id,))
     conn.execute("DELETE FROM deploys WHERE id = ?", (deploy_id,))
-    drop_unreferenced(conn, blob_ids)
 
 
 # A file with its variants in one statement: "br:12:<sha256>:345,gzip:13:<sha256>:400".
@@ -145,11 +208,12 @@ def site_exists(conn: sqlite3.Connection, name: str) -> bool:
 
 def list_sites(conn: sqlite3.Connection) -> list[dict]:
     rows = conn.execute(
-        "SELECT s.name, s.created_at, s.updated_at, d.file_count, d.total_bytes"
+        "SELECT s.name, s.created_at, s.updated_at, d.file_count, d.total_bytes, d.version"
         " FROM sites s JOIN deploys d ON d.id = s.deploy_id ORDER BY s.name"
     ).fetchall()
     return [
-        {"name": r[0], "created_at": r[1], "updated_at": r[2], "files": r[3], "bytes": r[4]}
+        {"name": r[0], "created_at": r[1], "updated_at": r[2], "files": r[3], "bytes": r[4],
+         "version": r[5]}
         for r in rows
     ]
 

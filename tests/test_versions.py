@@ -1,0 +1,129 @@
+"""Every deploy is a version: list, roll back (CLI, API), keep_versions, and collection that
+never cuts a download in flight."""
+
+import hashlib
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+from conftest import Admin, Server, eventually, fazt, init_db, zip_of
+
+
+def _deploy(db: Path, root: Path, text: str, site: str = "blog") -> str:
+    (root / "index.html").write_text(text)
+    return fazt("deploy", str(root), "--site", site, "--db", str(db)).stdout
+
+
+def test_cli_versions_and_rollback_reach_a_running_server(server, db_path, tmp_path):
+    root = tmp_path / "site"
+    root.mkdir()
+    for n in (1, 2, 3):
+        assert f"version {n}" in _deploy(db_path, root, f"v{n}")
+
+    def served() -> str:
+        return server.get("/", host="blog.localhost").text
+
+    assert eventually(lambda: served() == "v3")
+    listed = json.loads(fazt("site", "versions", "blog", "--json", "--db", str(db_path)).stdout)
+    assert [(v["version"], v["live"]) for v in listed["versions"]] == [
+        (3, True), (2, False), (1, False)]
+    assert "* " in fazt("site", "versions", "blog", "--db", str(db_path)).stdout
+
+    out = fazt("site", "rollback", "blog", "--db", str(db_path)).stdout
+    assert "version 2" in out
+    assert eventually(lambda: served() == "v2")
+    fazt("site", "rollback", "blog", "1", "--db", str(db_path))
+    assert eventually(lambda: served() == "v1")
+    fazt("site", "rollback", "blog", "3", "--db", str(db_path))  # forward again
+    assert eventually(lambda: served() == "v3")
+
+    for bad in (["blog", "9"], ["nosuch"]):
+        failed = fazt("site", "rollback", *bad, "--db", str(db_path), check=False)
+        assert failed.returncode == 1 and failed.stderr.count("\n") == 1, failed.stderr
+    fazt("site", "rollback", "blog", "1", "--db", str(db_path))
+    failed = fazt("site", "rollback", "blog", "--db", str(db_path), check=False)
+    assert "no version older than 1" in failed.stderr
+
+
+def test_api_versions_and_instant_rollback(server):
+    admin = Admin(server)
+    for n in (1, 2):
+        r = admin.post("/api/deploy?site=app", data=zip_of({"index.html": f"v{n}"}))
+        assert r.json()["version"] == n
+    versions = admin.get("/api/sites/app/versions").json()["versions"]
+    assert [(v["version"], v["live"]) for v in versions] == [(2, True), (1, False)]
+    r = admin.post("/api/sites/app/rollback", json={})
+    assert r.status_code == 200 and r.json() == {"site": "app", "version": 1, "from": 2}
+    assert server.get("/", host="app.localhost").text == "v1"  # the very next request
+    assert admin.post("/api/sites/app/rollback", json={"version": 2}).json()["version"] == 2
+    assert server.get("/", host="app.localhost").text == "v2"
+    r = admin.post("/api/sites/app/rollback", json={"version": 7})
+    assert r.status_code == 404 and "no version 7" in r.json()["error"]["message"]
+    assert admin.post("/api/sites/app/rollback", json={"version": "x"}).status_code == 400
+    assert admin.get("/api/sites/nope/versions").status_code == 404
+    assert admin.get("/api/sites").json()["sites"][0]["version"] == 2
+
+
+def test_keep_versions_bounds_history_and_unused_files_go(db_path, tmp_path):
+    fazt("config", "set", "keep_versions", "2", "--db", str(db_path))
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "same.txt").write_text("shared by every version")
+    for n in range(1, 6):
+        (root / "each.bin").write_bytes(os.urandom(1000 + n))
+        _deploy(db_path, root, f"v{n}")
+    listed = json.loads(fazt("site", "versions", "blog", "--json", "--db", str(db_path)).stdout)
+    assert [v["version"] for v in listed["versions"]] == [5, 4]
+    conn = sqlite3.connect(db_path)
+    blobs = conn.execute("SELECT COUNT(*) FROM blobs b WHERE NOT EXISTS"
+                         " (SELECT 1 FROM files f WHERE f.blob_id = b.id)").fetchone()[0]
+    shared = conn.execute("SELECT COUNT(*) FROM files WHERE path = 'same.txt'").fetchone()[0]
+    same = conn.execute("SELECT COUNT(DISTINCT blob_id) FROM files WHERE path = 'same.txt'"
+                        ).fetchone()[0]
+    conn.close()
+    assert blobs == 0  # nothing unused is left behind
+    assert shared == 2 and same == 1  # two versions, one stored copy
+
+
+def test_a_download_in_flight_survives_rollback_and_collection(tmp_path):
+    """Stream the newer version's large file slowly; meanwhile roll back, deploy twice
+    (the streamed version is pruned from history, once over HTTP and once by the command
+    line beside the running server): the download completes byte-exact, and the unused
+    content is collected once it ends."""
+    db = init_db(tmp_path / "data.db")
+    fazt("config", "set", "keep_versions", "1", "--db", str(db))
+    big = os.urandom(24 * 1024 * 1024 + 123)
+    digest = hashlib.sha256(big).hexdigest()
+
+    def stored() -> bool:
+        conn = sqlite3.connect(db)
+        try:
+            return conn.execute("SELECT 1 FROM blobs WHERE sha256 = ?", (digest,)).fetchone()
+        finally:
+            conn.close()
+
+    with Server.running(db) as srv:
+        admin = Admin(srv)
+        admin.post("/api/deploy?site=dl", data=zip_of({"index.html": "v1"}))
+        fazt("config", "set", "keep_versions", "2", "--db", str(db))
+        assert eventually(lambda: admin.get("/api/config").json()["values"]["keep_versions"]
+                          == 2)
+        admin.post("/api/deploy?site=dl", data=zip_of({"index.html": "v2", "big.bin": big}))
+        download = srv.get("/big.bin", host="dl.localhost", stream=True)
+        assert download.status_code == 200
+        pieces = download.iter_content(64 * 1024)
+        got = [next(pieces) for _ in range(16)]  # one MiB in, then the owner acts
+
+        assert admin.post("/api/sites/dl/rollback", json={}).json()["version"] == 1
+        admin.post("/api/deploy?site=dl", data=zip_of({"index.html": "v3"}))
+        site = tmp_path / "v4"
+        site.mkdir()
+        _deploy(db, site, "v4", site="dl")  # prunes v2: big.bin is used by no version now
+        assert eventually(lambda: srv.get("/", host="dl.localhost").text == "v4")
+        assert stored()  # the stream still holds it
+
+        got.extend(pieces)
+        assert hashlib.sha256(b"".join(got)).hexdigest() == digest
+        download.close()
+        assert eventually(lambda: not stored(), timeout=15)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from conftest import Admin, Server, eventually, fazt, init_db, zip_of
 
+from fazt.store.files import unreferenced_blobs
+
 
 def _deploy(db: Path, root: Path, text: str, site: str = "blog") -> str:
     (root / "index.html").write_text(text)
@@ -76,13 +78,12 @@ def test_keep_versions_bounds_history_and_unused_files_go(db_path, tmp_path):
     listed = json.loads(fazt("site", "versions", "blog", "--json", "--db", str(db_path)).stdout)
     assert [v["version"] for v in listed["versions"]] == [5, 4]
     conn = sqlite3.connect(db_path)
-    blobs = conn.execute("SELECT COUNT(*) FROM blobs b WHERE NOT EXISTS"
-                         " (SELECT 1 FROM files f WHERE f.blob_id = b.id)").fetchone()[0]
+    unused = unreferenced_blobs(conn)
     shared = conn.execute("SELECT COUNT(*) FROM files WHERE path = 'same.txt'").fetchone()[0]
     same = conn.execute("SELECT COUNT(DISTINCT blob_id) FROM files WHERE path = 'same.txt'"
                         ).fetchone()[0]
     conn.close()
-    assert blobs == 0  # nothing unused is left behind
+    assert unused == set()  # nothing unused is left behind
     assert shared == 2 and same == 1  # two versions, one stored copy
 
 

@@ -4,7 +4,8 @@
     bench/run.sh --smoke    # every section in a tiny form (CI; results go to a temp dir)
 
 Sections: 1 static 4 KiB file against peers, 2 large file, 3 JavaScript,
-4 cockpit logins under load, 5 soak in a 200 MB cgroup, 6 the naive control.
+4 cockpit logins under load, 5 soak in a 200 MB cgroup, 6 the naive control,
+7 compression (bench/compression_bench.py).
 See bench/README.md.
 """
 
@@ -26,6 +27,7 @@ import traceback
 from dataclasses import dataclass, field
 
 import common as c
+import compression_bench
 import peers
 import psutil
 import requests
@@ -472,7 +474,7 @@ def machine_line() -> str:
             f"{ram:.1f} GiB RAM, Linux {platform.release()}, Python {platform.python_version()}")
 
 
-ORDER = ("setup", "static", "large", "js", "cockpit", "soak", "control")
+ORDER = ("setup", "static", "large", "js", "cockpit", "soak", "control", "compression")
 
 
 def merge_previous(out_dir: str, sections: dict, partial: bool) -> dict[str, c.Section]:
@@ -564,7 +566,7 @@ def draw_chart(out_dir: str, sections: dict[str, c.Section]) -> str | None:
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description="fazt's benchmark (see bench/README.md)")
     p.add_argument("--smoke", action="store_true", help="every section, tiny and quick")
-    p.add_argument("--only", help="comma-separated: static,large,js,cockpit,soak")
+    p.add_argument("--only", help="comma-separated: static,large,js,cockpit,soak,compression")
     p.add_argument("--soak-seconds", type=float, help="length of the soak and of the control")
     p.add_argument("--soak-db-gb", type=float, help="size of the soak's database (full: 2.2)")
     p.add_argument("--large-mb", type=int, help="size of the large file (full: 1024)")
@@ -577,7 +579,7 @@ def main(argv: list[str]) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: sys.exit(130))
     plan = plan_for(args)
-    wanted = set((args.only or "static,large,js,cockpit,soak").split(","))
+    wanted = set((args.only or "static,large,js,cockpit,soak,compression").split(","))
     began, load_before = time.time(), os.getloadavg()
     command = "bench/run.sh" + "".join(f" {a}" for a in argv)
     tmp = tempfile.mkdtemp(prefix="fazt-bench-")
@@ -625,6 +627,9 @@ def main(argv: list[str]) -> int:
             run("soak", "5. Soak in a 200 MB cgroup", soak.section_soak, tmp, plan, False)
             run("control", "6. Control: the naive configuration", soak.section_soak, tmp, plan,
                 True)
+        if "compression" in wanted:
+            run("compression", "7. Compression", compression_bench.section_compression, tmp,
+                plan)
     finally:
         teardown(s)
         if args.keep:

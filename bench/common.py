@@ -186,10 +186,12 @@ def _seconds(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def wrk(url: str, host: str, threads: int, connections: int, seconds: float) -> dict:
-    """One wrk run: requests/s, latency p50/p99 (s), errors and non-2xx/3xx answers."""
+def wrk(url: str, host: str, threads: int, connections: int, seconds: float,
+        extra: list[str] = ()) -> dict:
+    """One wrk run: requests/s, bytes/s, latency p50/p99 (s), errors and non-2xx/3xx answers.
+    `extra`: more wrk arguments (headers, a script)."""
     cmd = [need("wrk"), "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s",
-           "--latency", "--timeout", "10s", "-H", f"Host: {host}", url]
+           "--latency", "--timeout", "10s", "-H", f"Host: {host}", *extra, url]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if rps is None:
@@ -198,8 +200,11 @@ def wrk(url: str, host: str, threads: int, connections: int, seconds: float) -> 
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     total = re.search(r"(\d+) requests in", out)
+    transfer = re.search(r"Transfer/sec:\s+([\d.]+)(B|KB|MB|GB)", out)
     return {
         "rps": float(rps.group(1)),
+        "transfer": float(transfer.group(1)) * 1024 ** "B KB MB GB".split().index(
+            transfer.group(2)) if transfer else float("nan"),
         "p50": _seconds(pct["50"]),
         "p99": _seconds(pct["99"]),
         "requests": int(total.group(1)) if total else 0,

@@ -81,7 +81,11 @@ def test_not_modified_compares_this_bodys_etag():
     ("assets/index-B3xkT9aQ.js", "text/javascript", "max-age=31536000, immutable"),
     ("main.5f8e7c3b1a2d4e6f.css", "text/css", "max-age=31536000, immutable"),
     ("app.js", "text/javascript", "max-age=300"),
+    ("assets/index-BwOPSdeb.js", "text/javascript", "max-age=31536000, immutable"),
+    ("codeMirrorModule--QdMvsKi.css", "text/css", "max-age=31536000, immutable"),
     ("app-Settings.js", "text/javascript", "max-age=300"),      # a word, not a hash
+    ("app-MyWidget.js", "text/javascript", "max-age=300"),
+    ("bundle-version2.js", "text/javascript", "max-age=300"),
     ("jquery-3.7.1.min.js", "text/javascript", "max-age=300"),
     ("polyfill-20240101.js", "text/javascript", "max-age=300"),  # a date, not a hash
     ("logo.png", "image/png", "max-age=300"),

@@ -40,11 +40,14 @@ _COMPRESSIBLE = frozenset({
 HTML_CACHE = "no-cache"  # a page always revalidates, so a deploy shows at once
 ASSET_CACHE = "max-age=300"
 IMMUTABLE_CACHE = "max-age=31536000, immutable"
-# A content hash in the name ("app.3f9a1c2e.js", Vite's "index-B3xkT9aQ.js"): the name
-# changes whenever the content does, so the file can be kept for a year unasked.
+# A content hash in the name: the name changes whenever the content does, so the file can
+# be kept for a year unasked. Hex of 8+ digits and letters ("app.3f9a1c2e.js": webpack,
+# Parcel, Angular), or Vite's 8 base64url characters ("index-BwOPSdeb.js"), told from a
+# word ("app-MyWidget.js", "bundle-version2.js") by mixed case with a digit or three capitals.
 _FINGERPRINT = re.compile(
     r"[.-](?:(?=[0-9a-f]*[0-9])(?=[0-9a-f]*[a-f])[0-9a-f]{8,}"
-    r"|(?=[\w-]*[0-9])(?=[\w-]*[A-Z])(?=[\w-]*[a-z])[A-Za-z0-9_-]{8})\.[A-Za-z0-9]+$")
+    r"|(?=[\w-]*[a-z])(?=[\w-]*[A-Z])(?=[\w-]*[0-9]|(?:[\w-]*?[A-Z]){3})[A-Za-z0-9_-]{8})"
+    r"\.[A-Za-z0-9]+$")
 
 
 def compressible(mime: str) -> bool:

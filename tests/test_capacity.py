@@ -18,7 +18,7 @@ from fazt.stability.probe import Machine
 LEDGER_ITEMS = ["baseline", "pinned", "vfs_cache", "sqlite", "js", "threads", "buffers"]
 KEYS = [
     "vfs_cache_mb", "large_file_mb", "max_upload_mb", "max_concurrent_js", "js_memory_mb",
-    "js_timeout_ms", "sqlite_cache_mb", "user_threads", "cockpit_threads",
+    "js_warm_mb", "js_timeout_ms", "sqlite_cache_mb", "user_threads", "cockpit_threads",
     "maintenance_ratio", "connection_limit",
 ]  # fmt: skip
 GB_HOST = {"ram_mb": 1024, "cpus": 1, "disk_gb": 25}

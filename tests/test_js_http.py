@@ -112,6 +112,39 @@ def test_flood_gets_429_for_the_excess_while_static_and_cockpit_answer(tmp_path)
         assert admin.status()["js"]["rejected"] == 4
 
 
+def test_two_flooding_sites_leave_a_slot_for_a_third(tmp_path):
+    from conftest import init_db
+
+    db = init_db(tmp_path / "data.db")
+    fazt("config", "set", "max_concurrent_js", "3", "--break-glass", "--db", str(db))
+    fazt("config", "set", "user_threads", "10", "--break-glass", "--db", str(db))
+    for name in ("slowa", "slowb"):
+        deploy(db, make_site(tmp_path, name, SLOW), name)
+    deploy(db, make_site(tmp_path, "quick", "function handler() { return {body: 'quick'}; }"),
+           "quick")
+    with Server.running(db) as srv:
+        admin = Admin(srv)
+        results: dict[str, list] = {"slowa": [], "slowb": []}
+
+        def hit(site):
+            r = srv.get("/api/work", host=f"{site}.localhost", timeout=30)
+            results[site].append(r.status_code)
+
+        threads = [threading.Thread(target=hit, args=(site,)) for site in results
+                   for _ in range(3)]
+        for t in threads:
+            t.start()
+        assert eventually(lambda: admin.status()["js"]["in_use"] == 2
+                          and sum(len(r) for r in results.values()) == 4)
+        r = srv.get("/api/x", host="quick.localhost", timeout=10)
+        assert (r.status_code, r.text) == (200, "quick")  # the third site still runs
+        for t in threads:
+            t.join()
+        assert sorted(results["slowa"]) == sorted(results["slowb"]) == [200, 429, 429]
+        js = admin.status()["js"]
+        assert js["rejected_over_share"] == 4 and js["backends"] == 3
+
+
 def test_kv_is_private_to_each_site_and_logs_are_visible(server, db_path, tmp_path):
     for name in ("one", "two"):
         deploy(db_path, make_site(tmp_path, name, KV), name)

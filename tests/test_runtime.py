@@ -319,7 +319,8 @@ def test_slots_resize_grow_at_once_shrink_lazily():
     slots.resize(3)
     assert slots.try_acquire() and slots.try_acquire()
     slots.resize(1)  # three holders keep running
-    assert slots.stats() == {"slots": 1, "in_use": 3, "rejected": 1}
+    stats = slots.stats()
+    assert (stats["slots"], stats["in_use"], stats["rejected"]) == (1, 3, 1)
     slots.release()
     slots.release()
     assert not slots.try_acquire()  # still one in use: full
@@ -344,6 +345,174 @@ def test_runtime_resize_while_a_script_runs(rt):
     running.join(10)
     assert result["a"].status == 200  # shrinking never kills a running script
     assert rt.stats()["slots"] == 0
+
+
+def test_fair_shares_leave_a_slot_for_a_third_site():
+    slots = Slots(3, backends=3)
+    assert slots.try_acquire("a")
+    assert not slots.try_acquire("a")  # a holds its share while two slots are free
+    assert "its share" in slots.why_refused("a")
+    assert slots.try_acquire("b")
+    assert not slots.try_acquire("b")
+    assert slots.try_acquire("c")  # the third site still finds a slot
+    assert not slots.try_acquire("d")  # full: the total stays the size
+    stats = slots.stats()
+    assert (stats["in_use"], stats["rejected"], stats["rejected_over_share"]) == (3, 3, 2)
+    assert "Every JavaScript slot is busy" in slots.why_refused("d")
+    slots.release("a")
+    assert slots.try_acquire("d")  # what a site gives back goes to whoever asks
+    for site in ("b", "c", "d"):
+        slots.release(site)
+    assert slots.stats()["in_use"] == 0 and slots.stats()["sites_running"] == 0
+    with pytest.raises(RuntimeError):
+        slots.release("a")
+
+
+@pytest.mark.parametrize("size,backends,alone", [(3, 1, 3), (4, 2, 2), (4, 3, 2), (2, 5, 1),
+                                                 (1, 3, 1), (8, 9, 4)])
+def test_one_site_alone_takes_its_share(size, backends, alone):
+    slots = Slots(size, backends=backends)
+    taken = 0
+    while slots.try_acquire("only"):
+        taken += 1
+    assert taken == alone  # every slot when it is the only back end, else half at most
+
+
+def test_two_flooding_sites_and_a_third_that_still_runs(db):
+    rt = Runtime(db, slots=3, memory_mb=32, timeout_ms=2000)
+    rt.set_backends(3)
+    slow = SLOW % 600
+    outcomes: dict[str, list] = {"a": [], "b": []}
+    lock = threading.Lock()
+    barrier = threading.Barrier(6)
+
+    def flood(site):
+        barrier.wait()
+        try:
+            status = rt.handle(site, "sha", slow, request()).status
+        except JsBusy:
+            status = 429
+        with lock:
+            outcomes[site].append(status)
+
+    threads = [threading.Thread(target=flood, args=(site,)) for site in "ab" for _ in range(3)]
+    for t in threads:
+        t.start()
+    assert eventually_true(lambda: rt.stats()["in_use"] == 2 and len(outcomes["a"]) == 2
+                           and len(outcomes["b"]) == 2)
+    answer = rt.handle("c", "sha", "function handler() { return {body: 'c ran'}; }", request())
+    assert (answer.status, answer.body) == (200, b"c ran")
+    for t in threads:
+        t.join(30)
+    assert sorted(outcomes["a"]) == sorted(outcomes["b"]) == [200, 429, 429]
+
+
+def eventually_true(check, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+# -- warm contexts -------------------------------------------------------------
+
+COUNTER = "var n = 0;\nfunction handler() { n += 1; return {body: String(n)}; }"
+
+
+def test_a_site_keeps_its_context_between_requests(rt):
+    assert [call(rt, COUNTER)[1] for _ in range(3)] == ["1", "2", "3"]
+    assert rt.stats()["warm_runs"] == 2
+
+
+def test_contexts_are_never_shared_between_sites(rt):
+    assert call(rt, COUNTER, site="alpha")[1] == "1"
+    assert call(rt, COUNTER, site="beta")[1] == "1"  # same script, other site: fresh
+    assert call(rt, COUNTER, site="alpha")[1] == "1"  # the thread's one context went to beta
+    evil = "Array.prototype.evil = 1; globalThis.secret = 'alpha';\n" \
+           "function handler() { return {body: [typeof [].evil, typeof secret]}; }"
+    assert call(rt, evil, site="alpha")[1] == ["number", "string"]
+    assert call(rt, evil.replace("Array.prototype.evil = 1; globalThis.secret = 'alpha';",
+                                 ""), site="beta")[1] == ["undefined", "undefined"]
+
+
+def test_contexts_of_other_threads_stay_on_their_threads(rt):
+    results = []
+    for _ in range(3):
+        t = threading.Thread(target=lambda: results.append(call(rt, COUNTER)[1]))
+        t.start()
+        t.join()
+    assert results == ["1", "1", "1"]  # each thread has its own context
+    assert [call(rt, COUNTER)[1] for _ in range(2)] == ["1", "2"]
+
+
+@pytest.mark.parametrize("failure,code", [
+    ("throw new Error('boom')", "js_error"),
+    ("while (true) {}", "js_timeout"),
+    ("const a = []; while (true) a.push('x'.repeat(1 << 20));", "js_memory_limit"),
+    ("const f = () => f(); f()", "js_stack_overflow"),
+    ("return 'not an object'", "bad_response"),
+])
+def test_a_failure_discards_the_context(rt, failure, code):
+    source = ("var n = 0;\nfunction handler(r) {\n  n += 1;\n"
+              f"  if (r.query.fail) {{ {failure} }}\n  return {{body: String(n)}};\n}}")
+    assert call(rt, source)[1] == "1"
+    assert call(rt, source)[1] == "2"
+    assert error_code(call(rt, source, query={"fail": "1"})) == (
+        504 if code == "js_timeout" else 500, code)
+    assert call(rt, source)[1] == "1"  # a fresh context after the failure
+
+
+def test_a_redeploy_or_another_version_discards_the_context(rt):
+    assert [call(rt, COUNTER)[1] for _ in range(2)] == ["1", "2"]
+    rt.forget()  # what the instance does on every deploy and removal
+    assert call(rt, COUNTER)[1] == "1"
+    assert rt.handle("alpha", "other-sha", COUNTER, request()).body == b"1"
+
+
+def test_a_context_serves_a_bounded_number_of_requests(rt, monkeypatch):
+    from fazt.runtime import runtime
+
+    monkeypatch.setattr(runtime, "WARM_RUNS", 3)
+    assert [call(rt, COUNTER)[1] for _ in range(7)] == ["1", "2", "3", "1", "2", "3", "1"]
+
+
+def test_a_large_heap_is_not_kept_warm(rt):
+    rt.resize(slots=3, memory_mb=32, timeout_ms=TIMEOUT_MS, warm_mb=0)
+    assert [call(rt, COUNTER)[1] for _ in range(2)] == ["1", "1"]  # 0: warm contexts off
+    rt.resize(slots=3, memory_mb=32, timeout_ms=TIMEOUT_MS, warm_mb=1)
+    big = "var keep = [];\nfunction handler() { keep.push('x'.repeat(2 << 20));" \
+          " return {body: String(keep.length)}; }"
+    assert [call(rt, big)[1] for _ in range(2)] == ["1", "1"]
+
+
+def test_a_memory_limit_change_discards_the_context(rt):
+    assert [call(rt, COUNTER)[1] for _ in range(2)] == ["1", "2"]
+    rt.resize(slots=3, memory_mb=16, timeout_ms=TIMEOUT_MS)
+    assert call(rt, COUNTER)[1] == "1"
+
+
+def test_a_warm_context_keeps_its_time_limit(rt):
+    source = "var n = 0;\nfunction handler(r) { n += 1; if (r.query.spin) while (true) {}" \
+             " return {body: String(n)}; }"
+    for _ in range(5):
+        assert call(rt, source)[0] == 200
+    started = time.monotonic()
+    assert error_code(call(rt, source, query={"spin": "1"})) == (504, "js_timeout")
+    assert time.monotonic() - started < 10 * TIMEOUT_MS / 1000
+
+
+def test_a_warm_context_sees_no_other_requests_promise(rt):
+    source = "var n = 0;\nasync function handler(r) { n += 1; return {body: String(n)}; }"
+    assert [call(rt, source)[1] for _ in range(3)] == ["1", "2", "3"]
+
+
+def test_a_script_that_breaks_the_clock_restart_gets_fresh_contexts(rt):
+    source = ("Object.defineProperty(globalThis, '__fazt_clock', {set(v) { globalThis.k = v; },"
+              " configurable: false});\nvar n = 0;\n"
+              "function handler() { n += 1; return {body: String(n)}; }")
+    assert [call(rt, source)[1] for _ in range(3)] == ["1", "1", "1"]
 
 
 # -- fazt.kv -----------------------------------------------------------------

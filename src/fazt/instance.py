@@ -6,6 +6,7 @@ quiet window before the port opens: config, secrets and the admin assets are
 read once into RAM, and from then on the cockpit never waits on the database.
 """
 
+import contextlib
 import hashlib
 import importlib.resources
 import json
@@ -38,7 +39,7 @@ from fazt.store.config import (
     undo_overrides,
 )
 from fazt.store.database import Limits, create_database
-from fazt.store.sites import NewFile, list_sites, remove_site
+from fazt.store.sites import NewFile, count_backends, list_sites, remove_site
 from fazt.vfs import VFS, Leases
 
 log = logging.getLogger("fazt")
@@ -302,8 +303,10 @@ class Instance:
         self.collect()  # what a command-line deploy left while a server held the database
         self.runtime = Runtime(self.db, slots=int(self.config["max_concurrent_js"]),
                                memory_mb=float(self.config["js_memory_mb"]),
-                               timeout_ms=int(self.config["js_timeout_ms"]))
+                               timeout_ms=int(self.config["js_timeout_ms"]),
+                               warm_mb=float(self.config["js_warm_mb"]))
         self.apply()
+        self.sites_changed()
         return self
 
     def _mb(self, key: str) -> int:
@@ -325,7 +328,8 @@ class Instance:
             self.vfs.resize(self._mb("vfs_cache_mb"), self._mb("large_file_mb"))
             self.runtime.resize(slots=int(c["max_concurrent_js"]),
                                 memory_mb=float(c["js_memory_mb"]),
-                                timeout_ms=int(c["js_timeout_ms"]))
+                                timeout_ms=int(c["js_timeout_ms"]),
+                                warm_mb=float(c["js_warm_mb"]))
             if self.resize_lanes is not None:
                 self.resize_lanes(int(c["user_threads"]), int(c["cockpit_threads"]),
                                   int(c["connection_limit"]))
@@ -355,7 +359,7 @@ class Instance:
                 if changed:
                     self._sites_stamp = sites
                     self.domains = load_domains(conn)
-                    self.vfs.forget_files()
+                    self.sites_changed()
                     if self.runtime is not None:
                         self.runtime.logs_ring.keep_only(
                             {site["name"] for site in list_sites(conn)})
@@ -383,7 +387,7 @@ class Instance:
     def deploy(self, name: str, files: list[NewFile]) -> dict:
         """A user deploy through this server: visible to the very next request."""
         result = deploy_site(self.db, name, files)
-        self.vfs.forget_files()
+        self.sites_changed()
         if self.autocert is not None:
             self.autocert.poke()  # a new site's host wants its certificate now
         self.collect()
@@ -392,13 +396,13 @@ class Instance:
     def rollback(self, name: str, version: int | None = None) -> dict:
         """Serve a kept version again, from the very next request; nothing is uploaded."""
         result = rollback_site(self.db, name, version)
-        self.vfs.forget_files()
+        self.sites_changed()
         return result
 
     def remove_site(self, name: str) -> bool:
         with self.db.write() as conn:
             removed = remove_site(conn, name)
-        self.vfs.forget_files()
+        self.sites_changed()
         if self.runtime is not None:
             self.runtime.logs_ring.forget(name)
         self.collect()
@@ -426,6 +430,16 @@ class Instance:
         except FaztError:
             log.warning("could not record a logout in the database (busy); "
                         "it holds until the server restarts")
+
+    def sites_changed(self) -> None:
+        """A site was deployed or removed (here or by another process): remembered file
+        locations and warm JavaScript contexts may be stale, fair shares may change."""
+        self.vfs.forget_files()
+        if self.runtime is not None:
+            self.runtime.forget()
+            with contextlib.suppress(FaztError):  # busy: the next change tells again
+                with self.db.read() as conn:
+                    self.runtime.set_backends(count_backends(conn))
 
     def check_token(self, token: str | None) -> bool:
         """An API token, checked in RAM only: junk tokens can never make the cockpit wait

@@ -1,19 +1,17 @@
-"""Running one handler in a fresh QuickJS context, under hard limits.
+"""Running a handler in a QuickJS context, under hard limits.
 
-A fresh context for every request, never a pool. QuickJS has no way to reset
-a context: a script can change any global, any builtin prototype, any closure
-kept by the prelude, so a reused context would leak one request's state into
-the next. A fresh context (a whole QuickJS runtime, in fact) shares nothing,
-is created, used and freed on the one thread that serves the request (the
-binding's contexts must not move between threads), and its memory limit
-covers everything the request allocates. The cost, measured here with
-`bench/js_bench.py` (2 vCPUs, quickjs 1.19.4, prelude and a 3-line handler):
-a whole `Runtime.handle` with a fresh context takes about 0.5 ms on a quiet
-machine, 1.1 ms on a loaded one (0.12–0.29 ms of it is creating the bare
-context); calling the handler again in a context kept alive takes about
-0.005–0.009 ms. The ~0.5 ms a pool would save is
-about what the HTTP request around it costs anyway, and it would buy
-cross-request leaks, so fresh it is.
+Every context is a whole QuickJS runtime of its own: it shares nothing with
+another, and its memory limit covers everything its script allocates. QuickJS
+has no way to reset a context (a script can change any global, any builtin
+prototype, any closure kept by the prelude), so a context is only ever reused
+for the same site and script version, never across sites; runtime.py decides
+when (`load` makes one, `invoke` runs the handler in it, again and again). A
+context is created, used and freed on one thread: the binding's contexts must
+not move between threads (QuickJS checks its stack depth against the thread
+that made it; used from another, every call overflows). Measured here
+(`bench/js_bench.py`, 2 vCPUs): a fresh context with the prelude and a small
+script costs 0.3-1.1 ms, calling the handler again in a loaded one about
+0.03 ms, the CPU clock's restart and the heap's size included.
 
 Time limit ("the CPU clock"). The binding exposes only `set_time_limit`,
 whose interrupt handler compares `clock()` (the CPU time of the whole
@@ -94,22 +92,38 @@ class JsResponse:
     error: str | None = field(default=None, compare=False)  # failure code, for the counters
 
 
+@dataclass(eq=False)
+class Loaded:
+    """A site's script evaluated in its own context, kept on the thread that made it."""
+
+    ctx: quickjs.Context
+    step: Any  # the prelude's step function (a quickjs.Object)
+    bridge: Bridge
+    runs: int = 0
+
+    def memory_bytes(self) -> int:
+        """What the context's heap holds now (QuickJS's own count, about 10 µs)."""
+        return int(self.ctx.memory()["malloc_size"])
+
+
 def run(source: str, request: dict, limits: Limits, bridge: Bridge) -> JsResponse:
-    """Run `handler(request)` of `source`; every failure of the script becomes a JsResponse."""
-    answer = _run(source, request, limits, bridge)
-    if answer.error == "js_memory_limit":
-        release_free_memory()  # the context is gone by now; see memory.py
+    """Run `handler(request)` of `source` in a fresh context that is freed at once;
+    every failure of the script becomes a JsResponse."""
+    loaded = load(source, limits, bridge)
+    answer = loaded if isinstance(loaded, JsResponse) else invoke(loaded, request, limits)
+    del loaded  # the context goes here, on this thread
+    if answer is not None and answer.error == "js_memory_limit":
+        release_free_memory()  # see memory.py
     return answer
 
 
-def _run(source: str, request: dict, limits: Limits, bridge: Bridge) -> JsResponse:
+def load(source: str, limits: Limits, bridge: Bridge) -> "Loaded | JsResponse":
+    """A new context with the prelude and `source` evaluated, or the failure as a response."""
     ctx = quickjs.Context()
-    step = None
-    started = time.process_time()
     try:
         ctx.set_memory_limit(limits.memory_bytes)
         ctx.set_max_stack_size(STACK_BYTES)
-        start_cpu_clock(ctx, limits.cpu_seconds)
+        start_cpu_clock(ctx, limits.cpu_seconds)  # top-level code counts against request one
         ctx.add_callable("__fazt_bridge", bridge)
         step = ctx.eval(PRELUDE)
         try:
@@ -120,6 +134,23 @@ def _run(source: str, request: dict, limits: Limits, bridge: Bridge) -> JsRespon
                 if problem:
                     return _syntax_failure(problem, bridge)
             raise
+        return Loaded(ctx, step, bridge)
+    except quickjs.JSException as exc:
+        return _failure(exc, limits, bridge)
+
+
+def invoke(loaded: Loaded, request: dict, limits: Limits) -> JsResponse | None:
+    """Run the handler once more in a loaded context; None when the context cannot be
+    used again (the script got in the way of the CPU clock): load a fresh one."""
+    ctx, step, bridge = loaded.ctx, loaded.step, loaded.bridge
+    if loaded.runs:  # a warm context: its clock starts again for this request
+        try:
+            start_cpu_clock(ctx, limits.cpu_seconds)
+        except (quickjs.JSException, RuntimeError):
+            return None
+    loaded.runs += 1
+    started = time.process_time()
+    try:
         answer = step(json.dumps(request))
         if answer == PENDING:
             while ctx.execute_pending_job():
@@ -133,9 +164,6 @@ def _run(source: str, request: dict, limits: Limits, bridge: Bridge) -> JsRespon
     except Exception as exc:  # e.g. a string QuickJS hands back that is not valid UTF-8
         bridge.log("error", f"fazt could not read the script's answer: {exc!r}")
         return error_response(500, "js_error", "The script's answer could not be read.")
-    finally:
-        del step  # JS objects go before their context, and both on this thread
-        del ctx
 
 
 def start_cpu_clock(ctx: quickjs.Context, seconds: float) -> None:

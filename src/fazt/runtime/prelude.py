@@ -128,6 +128,7 @@ PRELUDE = r"""
       if ("error" in settled) throw settled.error;
       return pack(settled.value);
     }
+    settled = null;  // a warm context serves many requests: none sees another's promise
     const request = parse(requestJson);
     const type = toText(request.headers["content-type"] || "").toLowerCase();
     if (type.indexOf("json") >= 0 || /^\s*[\[{]/.test(request.body)) {

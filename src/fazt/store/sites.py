@@ -206,6 +206,12 @@ def site_exists(conn: sqlite3.Connection, name: str) -> bool:
     return conn.execute("SELECT 1 FROM sites WHERE name = ?", (name,)).fetchone() is not None
 
 
+def count_backends(conn: sqlite3.Connection) -> int:
+    """How many sites serve a back end (`api/main.js`) now: one index lookup a site."""
+    return conn.execute("SELECT COUNT(*) FROM sites s JOIN files f ON f.deploy_id = s.deploy_id"
+                        " AND f.path = 'api/main.js'").fetchone()[0]
+
+
 def list_sites(conn: sqlite3.Connection) -> list[dict]:
     rows = conn.execute(
         "SELECT s.name, s.created_at, s.updated_at, d.file_count, d.total_bytes, d.version"

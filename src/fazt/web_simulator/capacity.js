@@ -63,6 +63,13 @@ var FAZT_SCHEMA = [
       "by the slots, 4 to 64 MB (16 MB or more once the budget allows, with fewer slots)."
   },
   {
+    key: "js_warm_mb", unit: "MB", label: "Warm JavaScript context", integer: false,
+    min: 0, max: 64,
+    description: "Each site thread keeps the last handler's context for that site's next " +
+      "request when its heap is at most this (0: a fresh context every time); 1 MB, " +
+      "or 0 on hosts too small to spare it."
+  },
+  {
     key: "js_timeout_ms", unit: "ms", label: "JavaScript time limit", integer: true,
     min: 10, max: 600000,
     description: "CPU time one handler may use; 3 s is long for a web request yet short " +
@@ -168,7 +175,10 @@ function fazt_compute(machine) {
   var rest = usable - FAZT_BASELINE_MB - FAZT_PINNED_MB -
     FAZT_THREAD_MB * connections - FAZT_BUFFER_MB * connection_limit;
 
-  var js_budget = rest * 0.3;
+  // Warm contexts (one a site thread, see runtime.py) come out of the JavaScript budget,
+  // when it can spare them beside one slot of 4 MB.
+  var js_warm_mb = rest * 0.3 >= 4 + user_threads ? 1 : 0;
+  var js_budget = rest * 0.3 - js_warm_mb * user_threads;
   // Fewer slots rather than starved ones: a handler gets 16 MB when the budget allows.
   var js_memory_mb = fazt_clamp(Math.max(Math.floor(js_budget / js_slots_by_cpu),
     Math.min(16, Math.floor(js_budget))), 4, 64);
@@ -177,7 +187,8 @@ function fazt_compute(machine) {
   var sqlite_cache_mb = fazt_clamp(fazt_quarter(rest * 0.1 / connections), 0.25, 64);
 
   // The cache takes its share, but never more than what the others left.
-  var left = rest - max_concurrent_js * js_memory_mb - sqlite_cache_mb * connections;
+  var left = rest - max_concurrent_js * js_memory_mb - js_warm_mb * user_threads -
+    sqlite_cache_mb * connections;
   var vfs_cache_mb = fazt_clamp(Math.floor(Math.min(rest * 0.15, left)), 1, 4096);
 
   var disk_mb = m.disk_gb * 1024;
@@ -189,6 +200,7 @@ function fazt_compute(machine) {
     max_upload_mb: max_upload_mb,
     max_concurrent_js: max_concurrent_js,
     js_memory_mb: js_memory_mb,
+    js_warm_mb: js_warm_mb,
     js_timeout_ms: 3000,
     sqlite_cache_mb: sqlite_cache_mb,
     user_threads: user_threads,
@@ -222,7 +234,8 @@ function fazt_ledger(thresholds, machine) {
     pinned: FAZT_PINNED_MB,
     vfs_cache: t.vfs_cache_mb,
     sqlite: fazt_round2(t.sqlite_cache_mb * threads),
-    js: t.max_concurrent_js * t.js_memory_mb,
+    // Running handlers, and the context each site thread keeps warm between requests.
+    js: fazt_round2(t.max_concurrent_js * t.js_memory_mb + t.js_warm_mb * t.user_threads),
     threads: fazt_round2(FAZT_THREAD_MB * threads),
     buffers: fazt_round2(FAZT_BUFFER_MB * t.connection_limit)
   };
@@ -261,7 +274,8 @@ function fazt_safe(thresholds, machine) {
     js_memory_mb: [4, t.js_memory_mb + Math.floor(headroom / t.max_concurrent_js)],
     js_timeout_ms: [100, 30000],
     sqlite_cache_mb: [0.25, t.sqlite_cache_mb + fazt_quarter(headroom / connections)],
-    user_threads: [2, Math.min(t.user_threads + Math.floor(headroom / per_thread),
+    js_warm_mb: [0, Math.min(16, t.js_warm_mb + fazt_quarter(headroom / t.user_threads))],
+    user_threads: [2, Math.min(t.user_threads + Math.floor(headroom / (per_thread + t.js_warm_mb)),
       Math.floor(m.cpus * 64))],
     cockpit_threads: [1, Math.min(t.cockpit_threads + Math.floor(headroom / per_thread), 16)],
     maintenance_ratio: [1, 1000],

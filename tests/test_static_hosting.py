@@ -270,6 +270,18 @@ def test_a_bad_rule_line_refuses_the_deploy_and_the_old_version_serves(srv, tmp_
     assert "Traceback" not in result.stderr
 
 
+def test_the_dashboards_own_files_are_compressed_too(srv):
+    original = (Path(__file__).parent.parent / "src/fazt/cockpit/assets/app.js").read_bytes()
+    status, h, body = fetch(srv, "/app.js", host="admin.localhost", Accept_Encoding="br")
+    assert status == 200 and h["content-encoding"] == "br" and h["vary"] == "Accept-Encoding"
+    assert brotli.decompress(body) == original and h["cache-control"] == "no-cache"
+    status, h304, _ = fetch(srv, "/app.js", host="admin.localhost", Accept_Encoding="br",
+                            If_None_Match=h["etag"])
+    assert status == 304 and h304["etag"] == h["etag"]
+    _, h, body = fetch(srv, "/app.js", host="admin.localhost")
+    assert body == original and "content-encoding" not in h and h["etag"] != h304["etag"]
+
+
 def raw_response(srv: Server, path: str, host: str = "shop.localhost", **headers: str) -> bytes:
     conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
     try:

@@ -4,7 +4,11 @@ This is the one place those decisions are made, and it is pure (no I/O, no
 Falcon): the normal path (`fazt.sites.SiteResource`) and the event loop's fast
 path (`fazt.server.fastpath`, which answers cache hits with pre-rendered
 headers) both call `pick` and `static_headers`, so the two can never send a
-different body or different headers for the same request.
+different body or different headers for the same request. What sites.py does
+around them applies to the fast path too: a path a forced (`!`) rule of the
+site's `_redirects` matches is not a plain file hit, and the site's `_headers`
+for the request's path (`vfs.rules(site).headers_for(path)`) go in as
+`site_headers`.
 
 - `choose` reads `Accept-Encoding` as RFC 9110 (section 12.5.3) says: q-values,
   `*`, `identity`, `q=0` refusals, no header or an empty one meaning identity.

@@ -11,6 +11,7 @@ from fazt.deploy import ADMIN_SITE, clean_path
 from fazt.errors import FaztError
 from fazt.http_errors import http_error
 from fazt.instance import Instance
+from fazt.negotiation import not_modified, pick, static_headers
 
 
 class Dashboard:
@@ -34,14 +35,17 @@ class Dashboard:
             if vfs.find(ADMIN_SITE, f"{path}/index.html") is not None:
                 raise falcon.HTTPMovedPermanently(req.path + "/")
             raise http_error(404, "not_found", "There is no such page in the dashboard.")
-        etag = f'"{info.sha256}"'
-        resp.content_type = info.mime
-        resp.set_header("ETag", etag)
-        resp.cache_control = ["no-cache"]  # revalidate: a new fazt may ship new files
-        if (req.get_header("If-None-Match") or "").strip() == etag:
+        body = pick(info, req.get_header("Accept-Encoding"))  # variants pinned beside it
+        # revalidate always: a new fazt may ship new files
+        revalidate = [("Cache-Control", "no-cache")]
+        if not_modified(req.get_header("If-None-Match"), body):
             resp.status = falcon.HTTP_304
+            for name, value in static_headers(info, body, not_modified=True,
+                                              site_headers=revalidate):
+                resp.set_header(name, value)
             return
-        data = vfs.content(ADMIN_SITE, info)
-        resp.content_length = len(data)
+        for name, value in static_headers(info, body, site_headers=revalidate):
+            if name != "Accept-Ranges":  # the dashboard's files are small: no ranges
+                resp.set_header(name, value)
         if req.method == "GET":
-            resp.data = data
+            resp.data = vfs.content(ADMIN_SITE, info, body)

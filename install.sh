@@ -141,6 +141,14 @@ else
 fi
 run install -m 755 "$binary" "$target.new"
 run mv -f "$target.new" "$target"
+# HTTPS needs ports 80 and 443: let the binary bind them without running as root.
+if [ "$(id -u)" = 0 ] && command -v setcap >/dev/null; then
+    run setcap cap_net_bind_service=+ep "$target" ||
+        echo "Note: setcap failed; HTTPS on ports 80/443 then needs root or the --systemd unit."
+else
+    echo "Note: to serve HTTPS on ports 80/443 as a normal user, run as root:" \
+        "setcap cap_net_bind_service=+ep $target (the --systemd unit grants it itself)."
+fi
 case ":$PATH:" in
     *":$prefix:"*) ;;
     *) echo "Note: $prefix is not on your PATH." ;;
@@ -212,8 +220,9 @@ Restart=always
 RestartSec=2
 # The memory budget from the probe (ledger.usable_mb); the thresholds fit inside it.
 MemoryMax=${memory_max:-<the probe budget, in MB>}
-# Cockpit threads may raise their CPU priority (nice -10): sign-in answers under load.
-AmbientCapabilities=CAP_SYS_NICE
+# Cockpit threads may raise their CPU priority (nice -10): sign-in answers under load;
+# the ports below 1024 (80 and 443 for HTTPS) may be bound without root.
+AmbientCapabilities=CAP_SYS_NICE CAP_NET_BIND_SERVICE
 NoNewPrivileges=yes
 ProtectSystem=strict
 ReadWritePaths=$db_dir $tmpdir

@@ -106,7 +106,7 @@ def test_systemd_unit_has_the_budget_and_the_hardening(tmp_path: Path, stand_in:
             str(p["tmpdir"]), "--systemd", "--unit-dir", str(p["units"]), home=p["home"])
     lines = (p["units"] / "fazt.service").read_text().splitlines()
     for line in ("Restart=always", "MemoryMax=138M", "NoNewPrivileges=yes",
-                 "AmbientCapabilities=CAP_SYS_NICE",
+                 "AmbientCapabilities=CAP_SYS_NICE CAP_NET_BIND_SERVICE",
                  "ProtectSystem=strict",
                  f"ReadWritePaths={p['db'].parent} {p['tmpdir']}",
                  f"ExecStart={p['prefix']}/fazt server start --db {p['db']}",

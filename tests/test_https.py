@@ -178,3 +178,38 @@ def test_a_backup_is_readable_by_its_owner_only(db_path, tmp_path):
     out = tmp_path / "backup.db"
     fazt("backup", str(out), "--db", str(db_path))
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
+
+
+def test_the_admin_api_imports_lists_and_manages_domains_without_showing_keys(
+        db_path, tmp_path, site_dir, ca):
+    from conftest import Admin
+
+    fazt("deploy", str(site_dir), "--site", "blog", "--db", str(db_path))
+    cert = ca.issue_cert("www.blog.org")
+    chain = b"".join(blob.bytes() for blob in cert.cert_chain_pems).decode()
+    key = cert.private_key_pem.bytes().decode()
+    with Server.running(db_path) as srv:
+        admin = Admin(srv)
+        r = admin.post("/api/sites/blog/domains", json={"host": "www.blog.org"})
+        assert r.status_code == 201, r.text
+        assert srv.get("/", host="www.blog.org").status_code == 200  # routed at once
+        assert admin.get("/api/domains").json() == {
+            "domains": [{"host": "www.blog.org", "site": "blog"}]}
+        r = admin.post("/api/certificates", json={"host": "www.blog.org", "cert": chain,
+                                                  "key": key})
+        assert r.status_code == 201, r.text
+        wrong = admin.post("/api/certificates", json={"host": "www.blog.org", "cert": chain,
+                                                      "key": ca.issue_cert("x.org")
+                                                      .private_key_pem.bytes().decode()})
+        assert wrong.status_code == 400
+        assert wrong.json()["error"]["message"] == "The key does not match the certificate."
+        listed = admin.get("/api/certificates").json()
+        assert [c["host"] for c in listed["certificates"]] == ["www.blog.org"]
+        assert listed["enabled"] is False
+        for path in ("/api/certificates", "/api/domains", "/api/system/status"):
+            assert "PRIVATE KEY" not in admin.get(path).text
+        r = admin.session.delete(srv.url("/api/sites/blog/domains/www.blog.org"), timeout=10)
+        assert r.status_code == 200, r.text
+        assert srv.get("/", host="www.blog.org").status_code == 404
+        r = admin.post("/api/sites/nosuch/domains", json={"host": "a.org"})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"

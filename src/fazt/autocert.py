@@ -66,6 +66,7 @@ class AutoCert:
         self.challenges: dict[str, str] = {}  # token -> key authorization, for HTTP-01
         self.served: dict[str, tuple[CertInfo, str]] = {}  # host -> (info, source)
         self.ordering: str | None = None
+        self.listing: list[dict] = []  # what `fazt cert list` shows, kept for the status page
         self._stamp = None
         self._acme: Acme | None = None
         self._acme_for: tuple | None = None
@@ -103,6 +104,10 @@ class AutoCert:
         """The key authorization for an HTTP-01 token, while its order runs."""
         return self.challenges.get(token)
 
+    def summary(self) -> dict:
+        """For the status API, from RAM: the cockpit never waits on the database for it."""
+        return {"ordering": self.ordering, "certificates": self.listing}
+
     def poke(self) -> None:
         """Look again now (a deploy or a new domain may want a certificate)."""
         self._wake.set()
@@ -137,6 +142,7 @@ class AutoCert:
         """Load what changed, order at most one certificate; seconds until work is due."""
         with self.db.read() as conn:
             stamp = store.certificates_stamp(conn)
+            self.listing = store.list_certificates(conn)
         if stamp != self._stamp:
             self.load()
         config = self.settings()

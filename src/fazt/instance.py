@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from fazt import __version__, settings
+from fazt import __version__, certs, settings
 from fazt.cockpit.auth import Auth, hash_password, new_session_key
 from fazt.deploy import ADMIN_SITE, deploy, files_from_directory
 from fazt.errors import FaztError, NotFound
@@ -399,6 +399,28 @@ class Instance:
         self.sites_changed()
         return result
 
+    def add_domain(self, site: str, host: str) -> str:
+        """Serve `site` at `host` too; routed at once, its certificate ordered at once."""
+        host = certs.add_domain(self.db, site, host, self.domain)
+        self._domains_changed()
+        return host
+
+    def remove_domain(self, site: str, host: str) -> None:
+        certs.remove_domain(self.db, site, host)
+        self._domains_changed()
+
+    def import_certificate(self, host: str, chain_pem: bytes, key_pem: bytes) -> dict:
+        result = certs.import_certificate(self.db, host, chain_pem, key_pem)
+        if self.autocert is not None:
+            self.autocert.poke()  # serves it from the next handshake
+        return result
+
+    def _domains_changed(self) -> None:
+        with self.db.read() as conn:
+            self.domains = load_domains(conn)
+        if self.autocert is not None:
+            self.autocert.poke()
+
     def remove_site(self, name: str) -> bool:
         with self.db.write() as conn:
             removed = remove_site(conn, name)
@@ -473,6 +495,9 @@ class Instance:
             "db": {"size_bytes": self.db.size_bytes(), "ratio": self.ratio,
                    "maintenance_ratio": c["maintenance_ratio"]},
             "requests": {"per_second": self.rate.per_second(), "total": self.rate.total},
+            "https": {"enabled": self.autocert is not None, "port": self.https_port,
+                      **(self.autocert.summary() if self.autocert else
+                         {"ordering": None, "certificates": []})},
         }
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ of every response.
 import falcon
 
 from fazt.app import new_falcon_app
+from fazt.cockpit import https
 from fazt.cockpit import resources as r
 from fazt.cockpit.backup import Backup
 from fazt.cockpit.csrf import CrossSiteGuard
@@ -43,6 +44,10 @@ def cockpit_app(instance: Instance) -> falcon.App:
         "/api/sites/{name}/logs": r.SiteLogs(instance),
         "/api/sites/{name}/versions": r.SiteVersions(instance),
         "/api/sites/{name}/rollback": r.SiteRollback(instance),
+        "/api/certificates": https.Certificates(instance),
+        "/api/domains": https.Domains(instance),
+        "/api/sites/{name}/domains": https.SiteDomains(instance),
+        "/api/sites/{name}/domains/{host}": https.SiteDomains(instance),
         "/api/deploy": Deploy(instance),
         "/api/backup": Backup(instance),
     }

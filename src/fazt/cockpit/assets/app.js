@@ -1,4 +1,4 @@
-// The fazt cockpit: hash routes (#/status, #/sites, #/tokens, #/settings,
+// The fazt cockpit: hash routes (#/status, #/sites, #/https, #/tokens, #/settings,
 // #/sites/NAME/logs), one status poll every 2 s while signed in.
 import { api, whenSignedOut } from "./api.js";
 import { drawLineChart } from "./chart.js";
@@ -78,7 +78,7 @@ function siteUrl(name) {
 
 // -- routing -------------------------------------------------------------------
 
-const VIEWS = ["login", "status", "sites", "logs", "tokens", "settings"];
+const VIEWS = ["login", "status", "sites", "logs", "https", "tokens", "settings"];
 
 function show(view) {
   for (const name of VIEWS) $(`view-${name}`).hidden = name !== view;
@@ -101,6 +101,7 @@ async function route() {
   show(view);
   if (view === "status") return refresh();
   if (view === "sites") return loadSites();
+  if (view === "https") return loadHttps();
   if (view === "tokens") return loadTokens();
   if (view === "settings") return loadSettings();
 }
@@ -201,6 +202,13 @@ function renderStatus(s) {
   $("status-db-ratio").textContent = `${number(s.db.ratio, 4)}×`;
   $("status-db-limit").textContent = `${number(s.db.maintenance_ratio ?? s.thresholds.maintenance_ratio)}×`;
 
+  const https = s.https || { enabled: false, certificates: [] };
+  const failing = https.certificates.filter((c) => c.last_error);
+  $("card-https").hidden = !https.enabled;
+  $("status-https").textContent = `${https.certificates.length - failing.length} valid · ${failing.length} failing`;
+  $("status-https-errors").replaceChildren(...failing.map((c) => make("li", {},
+    make("code", {}, c.host), ` ${c.last_error}`)));
+
   const overrides = s.overrides || [];
   $("card-overrides").hidden = overrides.length === 0;
   renderOverrides($("status-overrides"), overrides);
@@ -286,6 +294,52 @@ async function loadLogs(name) {
     const stamp = typeof at === "number" ? new Date(at * (at < 1e12 ? 1000 : 1)).toLocaleTimeString() : (at || "");
     return make("div", { className: level }, `${stamp} ${level.padEnd(5)} ${text}`);
   }));
+}
+
+// -- https ---------------------------------------------------------------------
+
+async function loadHttps() {
+  const [certs, domains] = await Promise.all([
+    guarded(() => api("GET", "/api/certificates")),
+    guarded(() => api("GET", "/api/domains")),
+  ]);
+  if (!certs || !domains) return;
+  $("https-state").textContent = certs.enabled
+    ? `on, port ${certs.port ?? "–"}${certs.ordering ? ` · ordering ${certs.ordering}…` : ""}`
+    : "off (Settings → https)";
+  $("certs-empty").hidden = certs.certificates.length > 0;
+  $("certs-table").hidden = certs.certificates.length === 0;
+  $("certs-body").replaceChildren(...certs.certificates.map((c) => make("tr", { dataset: { host: c.host } },
+    make("td", {}, c.host), make("td", {}, c.issuer || "–"),
+    make("td", {}, c.not_after ? when(c.not_after) : "none yet"), make("td", {}, c.source || "–"),
+    make("td", { className: c.last_error ? "error" : "muted" },
+      c.last_error ? `${c.last_error} (next try ${when(c.next_attempt)})` : "–"))));
+  $("domains-table").hidden = domains.domains.length === 0;
+  $("domains-body").replaceChildren(...domains.domains.map((d) => {
+    const remove = make("button", { type: "button", className: "small", textContent: "Remove" });
+    remove.addEventListener("click", async () => {
+      const path = `/api/sites/${encodeURIComponent(d.site)}/domains/${encodeURIComponent(d.host)}`;
+      if (await guarded(() => api("DELETE", path), remove)) { notice(`${d.host} removed.`); loadHttps(); }
+    });
+    return make("tr", { dataset: { host: d.host } }, make("td", {}, d.host), make("td", {}, d.site),
+      make("td", { className: "actions-cell" }, remove));
+  }));
+}
+
+async function addDomain(event) {
+  event.preventDefault();
+  const site = $("domain-site").value.trim();
+  const result = await guarded(() => api("POST", `/api/sites/${encodeURIComponent(site)}/domains`,
+    { host: $("domain-host").value.trim() }), $("domain-add"));
+  if (result) { notice(`${result.host} now serves ${result.site}.`); $("domain-form").reset(); loadHttps(); }
+}
+
+async function importCertificate(event) {
+  event.preventDefault();
+  const [cert, key] = await Promise.all([$("import-cert").files[0].text(), $("import-key").files[0].text()]);
+  const result = await guarded(() => api("POST", "/api/certificates",
+    { host: $("import-host").value.trim(), cert, key }), $("import-submit"));
+  if (result) { notice(`Certificate for ${result.host} installed.`); $("import-form").reset(); loadHttps(); }
 }
 
 // -- tokens --------------------------------------------------------------------
@@ -481,6 +535,8 @@ async function start() {
   $("logout-all").addEventListener("click", () => logout(true));
   $("deploy-form").addEventListener("submit", deploy);
   $("token-form").addEventListener("submit", createToken);
+  $("domain-form").addEventListener("submit", addDomain);
+  $("import-form").addEventListener("submit", importCertificate);
   $("token-copy").addEventListener("click", () =>
     navigator.clipboard.writeText($("token-value").textContent).then(() => notice("Copied."), () => notice("Select and copy it by hand.", true)));
   $("logs-refresh").addEventListener("click", () => loadLogs($("logs-refresh").dataset.site));

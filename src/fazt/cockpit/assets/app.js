@@ -204,8 +204,8 @@ function renderStatus(s) {
 
   const https = s.https || { enabled: false, certificates: [] };
   const failing = https.certificates.filter((c) => c.last_error);
-  $("card-https").hidden = !https.enabled;
-  $("status-https").textContent = `${https.certificates.length - failing.length} valid · ${failing.length} failing`;
+  $("status-https").textContent = https.enabled
+    ? `${https.certificates.length - failing.length} valid · ${failing.length} failing` : "off";
   $("status-https-errors").replaceChildren(...failing.map((c) => make("li", {},
     make("code", {}, c.host), ` ${c.last_error}`)));
 

@@ -10,7 +10,7 @@ from conftest import PASSWORD, USERNAME, Server, zip_of
 from falcon import testing
 
 from fazt.app import Router
-from fazt.cockpit.auth import SESSION_SECONDS, Auth
+from fazt.auth import SESSION_SECONDS, Auth
 from fazt.instance import Instance
 
 ADMIN = {"Host": "admin.localhost"}

@@ -11,6 +11,7 @@ import psutil
 import pytest
 
 from fazt.errors import FaztError, TooLarge
+from fazt.http_errors import status_of
 from fazt.runtime import JsBusy, Runtime, compile_check
 from fazt.runtime.kv import MAX_VALUE_BYTES
 from fazt.runtime.logs import SiteLogs
@@ -309,7 +310,7 @@ def test_flood_gets_exactly_the_excess_rejected_at_once(rt):
 def test_busy_is_a_fazt_error_the_http_layer_can_send():
     exc = JsBusy("busy")
     assert isinstance(exc, FaztError)
-    assert (exc.status, exc.code, exc.retry_after) == (429, "js_busy", 1)
+    assert (status_of(exc), exc.code, exc.retry_after) == (429, "js_busy", 1)
 
 
 def test_slots_resize_grow_at_once_shrink_lazily():

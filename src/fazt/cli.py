@@ -6,17 +6,13 @@ print one sentence on stderr and exit 1; no traceback reaches the user.
 
 import argparse
 import getpass
-import io
 import json
 import os
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-import zipfile
 
 from fazt import __version__
+from fazt.constants import DEFAULT_PORT
 from fazt.errors import FaztError
 
 
@@ -160,46 +156,11 @@ def cmd_deploy(args) -> int:
 
 
 def _deploy_remote(args) -> int:
-    from fazt.deploy import check_site_name, files_from_directory
+    from fazt.deploy_client import deploy_remote
 
-    check_site_name(args.site)
-    if not args.token:
-        raise FaztError("Deploying with --server needs --token (see `fazt token create`).")
-    files = files_from_directory(args.directory)
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
-        for f in files:
-            archive.writestr(f.path, b"".join(f.pieces))
-    url, host = _loopback(args.server.rstrip("/") + f"/api/deploy?site={args.site}")
-    headers = {"Authorization": f"Bearer {args.token}", "Content-Type": "application/zip"}
-    if host:
-        headers["Host"] = host
-    request = urllib.request.Request(url, data=buf.getvalue(), method="POST", headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=300) as response:
-            result = json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        try:
-            message = json.loads(exc.read())["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = exc.reason
-        raise FaztError(f"The server refused the deploy ({exc.code}): {message}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise FaztError(f"Cannot reach {args.server}: {getattr(exc, 'reason', exc)}.") from None
-    print(f"Deployed {result.get('files', len(files))} files as site {args.site!r} "
-          f"on {args.server}.")
+    result = deploy_remote(args.server, args.site, args.token, args.directory)
+    print(f"Deployed {result['files']} files as site {args.site!r} on {args.server}.")
     return 0
-
-
-def _loopback(url: str) -> tuple[str, str | None]:
-    """`*.localhost` is loopback (RFC 6761) though the system resolver may not know it:
-    connect to 127.0.0.1 and name the host in the Host header instead."""
-    parts = urllib.parse.urlsplit(url)
-    name = (parts.hostname or "").lower()
-    if not name.endswith(".localhost"):
-        return url, None
-    netloc = "127.0.0.1" + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc)), parts.netloc
 
 
 def cmd_site_list(args) -> int:
@@ -401,8 +362,8 @@ def cmd_config_set(args) -> int:
 
 
 def cmd_token_create(args) -> int:
-    from fazt.cockpit.tokens import create_token
     from fazt.store import open_database
+    from fazt.tokens import create_token
 
     db = open_database(_db(args))
     token = create_token(db, args.name)
@@ -413,8 +374,8 @@ def cmd_token_create(args) -> int:
 
 
 def cmd_token_list(args) -> int:
-    from fazt.cockpit.tokens import list_tokens
     from fazt.store import open_database
+    from fazt.tokens import list_tokens
 
     db = open_database(_db(args))
     tokens = list_tokens(db)
@@ -429,8 +390,8 @@ def cmd_token_list(args) -> int:
 
 
 def cmd_token_revoke(args) -> int:
-    from fazt.cockpit.tokens import revoke_token
     from fazt.store import open_database
+    from fazt.tokens import revoke_token
 
     db = open_database(_db(args))
     revoked = revoke_token(db, args.id)
@@ -503,13 +464,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--username", required=True)
     s.add_argument("--password",
                    help="the owner's password (else $FAZT_PASSWORD, else asked for)")
-    s.add_argument("--port", type=int, default=4698)
+    s.add_argument("--port", type=int, default=DEFAULT_PORT)
     s.set_defaults(func=cmd_init)
     s = ss.add_parser("start", parents=[common], help="boot and serve")
     s.add_argument("--host", default="0.0.0.0")
     s.add_argument("--port", type=int,
-                   help="the plain HTTP port (default: 80 with https on, else the port "
-                        "given at init, 4698)")
+                   help=f"the plain HTTP port (default: 80 with https on, else the port "
+                        f"given at init, {DEFAULT_PORT})")
     s.add_argument("--https-port", type=int,
                    help="the HTTPS port when the setting https is on (default 443)")
     s.set_defaults(func=cmd_start)

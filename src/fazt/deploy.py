@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 from fazt.compression import precompressed
+from fazt.constants import MB, PIECE
 from fazt.errors import FaztError, TooLarge
 from fazt.store import Database
 from fazt.store.sites import NewFile, replace_site
@@ -22,7 +23,6 @@ from fazt.store.sites import NewFile, replace_site
 SITE_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 RESERVED = frozenset({"admin", "api", "www", "fazt", "localhost"})
 ADMIN_SITE = "admin"  # the cockpit's assets are stored as this reserved site
-PIECE = 64 * 1024
 ZIP_MAX_RATIO = 200  # a member that inflates more than this is treated as a bomb
 
 _TEXT_TYPES = ("application/javascript", "application/json", "image/svg+xml", "application/xml")
@@ -118,8 +118,8 @@ def files_from_zip(fileobj: BinaryIO, max_total_bytes: int) -> list[NewFile]:
     declared = sum(m.file_size for m in members)
     if declared > max_total_bytes:
         raise TooLarge(
-            f"The zip inflates to {declared // 2**20} MB, over the limit of "
-            f"{max_total_bytes // 2**20} MB."
+            f"The zip inflates to {declared // MB} MB, over the limit of "
+            f"{max_total_bytes // MB} MB."
         )
     prefix = _common_folder([m.filename for m in members])
     budget = _Budget(max_total_bytes)
@@ -153,7 +153,7 @@ class _Budget:
     def spend(self, n: int) -> None:
         self.left -= n
         if self.left < 0:
-            raise TooLarge(f"The zip inflates past the limit of {self.limit // 2**20} MB.")
+            raise TooLarge(f"The zip inflates past the limit of {self.limit // MB} MB.")
 
 
 def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, budget: _Budget):

@@ -1,38 +1,46 @@
 """Expected failures: each carries one readable sentence for the user.
 
-The command line prints them without a traceback; the HTTP layer turns them
-into JSON or a small page with the status code they name.
+These are domain errors: they say what went wrong (not found, too large, a
+conflict, busy, unavailable), never how HTTP spells it. The command line prints
+them without a traceback; `http_errors` maps each kind to its status code.
 """
 
 
 class FaztError(Exception):
-    """A failure the user can understand and act on."""
+    """A failure the user can understand and act on: bad input, unless a subclass says."""
 
-    status = 400
     code = "bad_request"
 
-    def __init__(self, message: str, *, code: str | None = None, status: int | None = None):
+    def __init__(self, message: str, *, code: str | None = None):
         super().__init__(message)
         self.message = message
         if code:
             self.code = code
-        if status:
-            self.status = status
 
 
 class NotFound(FaztError):
-    status = 404
     code = "not_found"
 
 
 class TooLarge(FaztError):
-    status = 413
     code = "too_large"
+
+
+class Conflict(FaztError):
+    """The request is valid but clashes with the current state (or needs a confirmation)."""
+
+    code = "conflict"
+
+
+class Busy(FaztError):
+    """Every slot for this kind of work is taken: come back in a moment."""
+
+    code = "busy"
+    retry_after = 1
 
 
 class Unavailable(FaztError):
     """The database could not be reached in time: ask the client to retry."""
 
-    status = 503
     code = "unavailable"
     retry_after = 5

@@ -10,12 +10,20 @@ import traceback
 
 import falcon
 
-from fazt.errors import FaztError
+from fazt.errors import Busy, Conflict, FaztError, NotFound, TooLarge, Unavailable
 
 _TITLES = {400: "Bad request", 401: "Sign-in required", 403: "Forbidden", 404: "Not found",
            405: "Method not allowed", 409: "Confirmation needed", 413: "Too large",
            416: "Range not satisfiable", 429: "Too many requests", 500: "Server error",
            503: "Unavailable", 504: "Timed out"}
+
+
+# The HTTP status of each kind of domain error; any other FaztError is a 400.
+_STATUS = ((NotFound, 404), (TooLarge, 413), (Conflict, 409), (Busy, 429), (Unavailable, 503))
+
+
+def status_of(exc: FaztError) -> int:
+    return next((status for kind, status in _STATUS if isinstance(exc, kind)), 400)
 
 
 def http_error(status: int, code: str, message: str, retry_after: int | None = None
@@ -61,7 +69,7 @@ def _code_for(status: int) -> str:
 
 
 def _fazt_error(req, resp, exc: FaztError, params) -> None:
-    raise http_error(exc.status, exc.code, exc.message, getattr(exc, "retry_after", None))
+    raise http_error(status_of(exc), exc.code, exc.message, getattr(exc, "retry_after", None))
 
 
 def _unexpected(req, resp, exc: Exception, params) -> None:

@@ -18,9 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fazt import __version__, certs, settings
-from fazt.cockpit.auth import Auth, hash_password, new_session_key
+from fazt.auth import Auth, hash_password, new_session_key
+from fazt.constants import DEFAULT_PORT, MB
 from fazt.deploy import ADMIN_SITE, deploy, files_from_directory
-from fazt.errors import FaztError, NotFound
+from fazt.errors import Conflict, FaztError, NotFound
 from fazt.metrics import RequestRate
 from fazt.siterules import check_rules
 from fazt.stability import thresholds as th
@@ -40,11 +41,10 @@ from fazt.store.config import (
 )
 from fazt.store.database import Limits, create_database
 from fazt.store.sites import NewFile, count_backends, list_sites, remove_site
+from fazt.tokens import active_token_hashes
 from fazt.vfs import VFS, Leases
 
 log = logging.getLogger("fazt")
-MB = 1024 * 1024
-DEFAULT_PORT = 4698
 NORMAL = "normal"
 MAINTENANCE = "maintenance"
 # Settings kept in the config table beside the thresholds.
@@ -52,13 +52,6 @@ MAINTENANCE = "maintenance"
 REVOKED_SESSIONS = "revoked_sessions"
 SETTING_KEYS = ("domain", "port", "declared_memory_mb", "declared_cpus", "owner_keys",
                 "admin_assets_sha")
-
-
-class Conflict(FaztError):
-    """A value past its safe limit, sent without break glass: 409."""
-
-    status = 409
-    code = "break_glass_required"
 
 
 def default_db_path() -> str:
@@ -219,7 +212,7 @@ def update_config(db: Database, config: dict, machine: Machine, values: dict,
         else:
             safe_again.append(key)
     if overrides and not break_glass:
-        raise Conflict(" ".join(o[3] for o in overrides))
+        raise Conflict(" ".join(o[3] for o in overrides), code="break_glass_required")
     owner_keys = sorted(set(config.get("owner_keys") or []) | (set(coerced) & keys))
     with db.write() as conn:
         save_config(conn, {**coerced, "owner_keys": owner_keys})
@@ -288,7 +281,7 @@ class Instance:
         with self.db.read() as conn:
             self.config = read_config(conn)
             secrets = load_secrets(conn)
-            tokens = _token_hashes(conn)
+            tokens = active_token_hashes(conn)
             self._config_stamp = _config_stamp(conn)
             self._sites_stamp = _sites_stamp(conn)
             self.domains = load_domains(conn)
@@ -367,7 +360,7 @@ class Instance:
                 if stamp != self._config_stamp:
                     config = read_config(conn)
                     self.overrides = active_overrides(conn)
-                    self.auth.token_hashes = _token_hashes(conn)
+                    self.auth.token_hashes = active_token_hashes(conn)
         except FaztError:
             return False  # the database is busy: try again at the next tick
         if changed or self.vfs.leases.due():
@@ -517,7 +510,3 @@ def _sites_stamp(conn) -> tuple:
     by any process."""
     return tuple(conn.execute("SELECT COUNT(*), MAX(updated_at), SUM(deploy_id) FROM sites"
                               ).fetchone()) + domains_stamp(conn)
-
-
-def _token_hashes(conn) -> set[str]:
-    return {r[0] for r in conn.execute("SELECT token_hash FROM tokens WHERE revoked_at IS NULL")}

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from fazt.constants import DEFAULT_PORT
 from fazt.errors import FaztError
 
 TYPES = ("bool", "choice", "string", "int", "list")
@@ -73,7 +74,7 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
     Setting("domain", "string", "localhost", "Domain",
             "Sites are served at NAME.domain and the dashboard at admin.domain.",
             check=check_domain),
-    Setting("port", "int", 4698, "Port",
+    Setting("port", "int", DEFAULT_PORT, "Port",
             "The plain HTTP port `fazt server start` listens on when --port is not given.",
             min=1, max=65535),
     Setting("trusted_proxies", "list", [], "Trusted proxies",

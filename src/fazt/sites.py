@@ -11,10 +11,11 @@ from urllib.parse import quote
 import falcon
 
 from fazt.compression import ON_THE_FLY_MAX, compress_answer, worth_it
+from fazt.constants import MB, SCRIPT
 from fazt.deploy import clean_path
 from fazt.errors import FaztError, TooLarge
 from fazt.http_errors import http_error
-from fazt.instance import MAINTENANCE, MB, Instance
+from fazt.instance import MAINTENANCE, Instance
 from fazt.negotiation import (
     CODINGS,
     IDENTITY,
@@ -30,7 +31,6 @@ from fazt.store.sites import Body, FileInfo
 from fazt.vfs import Stale
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
-SCRIPT = "api/main.js"
 NOT_FOUND_PAGE = "404.html"
 _REDIRECT = {301: falcon.HTTPMovedPermanently, 302: falcon.HTTPFound, 303: falcon.HTTPSeeOther,
              307: falcon.HTTPTemporaryRedirect, 308: falcon.HTTPPermanentRedirect}

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from fazt.errors import FaztError
+from fazt.errors import FaztError, Unavailable
 from fazt.siterules import EMPTY, HEADERS, REDIRECTS, SiteRules, parse_headers, parse_redirects
 from fazt.store import Database
 from fazt.store.files import (
@@ -44,10 +44,9 @@ FOUND_ENTRIES = 4096  # a FileInfo is ~300 bytes: about 1 MB at most
 RULES_ENTRIES = 256  # sites whose rules are kept parsed (most have none: a shared EMPTY)
 
 
-class Stale(FaztError):
+class Stale(Unavailable):
     """A remembered file is gone (another process redeployed the site): look again."""
 
-    status = 503
     code = "stale"
     retry_after = 1
 

@@ -12,7 +12,6 @@ of every response.
 
 import falcon
 
-from fazt.app import new_falcon_app
 from fazt.cockpit import https
 from fazt.cockpit import resources as r
 from fazt.cockpit.backup import Backup
@@ -22,6 +21,7 @@ from fazt.cockpit.headers import SecurityHeaders
 from fazt.cockpit.session import Authentication
 from fazt.cockpit.upload import Deploy
 from fazt.instance import Instance
+from fazt.webapp import new_falcon_app
 
 
 def cockpit_app(instance: Instance) -> falcon.App:

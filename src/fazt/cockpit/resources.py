@@ -9,9 +9,8 @@ import json
 
 import falcon
 
-from fazt import settings
-from fazt.cockpit import tokens
-from fazt.cockpit.auth import new_session_key, token_hash
+from fazt import settings, tokens
+from fazt.auth import new_session_key, token_hash
 from fazt.cockpit.session import clear_session_cookie, session_cookie, set_session_cookie
 from fazt.deploy import ADMIN_SITE, check_site_name
 from fazt.errors import FaztError, NotFound

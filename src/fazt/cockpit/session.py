@@ -14,7 +14,7 @@ session.
 
 import falcon
 
-from fazt.cockpit.auth import SESSION_SECONDS
+from fazt.auth import SESSION_SECONDS
 from fazt.cockpit.headers import is_api
 from fazt.http_errors import http_error
 from fazt.instance import Instance

@@ -12,12 +12,12 @@ import tempfile
 import falcon
 
 from fazt.cockpit.resources import user_site
+from fazt.constants import MB, PIECE
 from fazt.deploy import files_from_zip
 from fazt.errors import FaztError, TooLarge
-from fazt.instance import MB, Instance
+from fazt.instance import Instance
 
 SPOOL_BYTES = 1 * MB  # above this the upload goes to disk
-PIECE = 64 * 1024
 
 
 def spool(stream, limit: int) -> tempfile.SpooledTemporaryFile:

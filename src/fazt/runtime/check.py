@@ -4,12 +4,12 @@ It runs before the deploy's transaction, so a script with a syntax error
 fails the deploy with its line and message and the old version keeps serving.
 """
 
+from fazt.constants import MB, SCRIPT
 from fazt.errors import FaztError, TooLarge
 from fazt.runtime.engine import syntax_error
 from fazt.store.sites import NewFile
 
-SCRIPT = "api/main.js"
-MAX_SCRIPT_BYTES = 1024 * 1024
+MAX_SCRIPT_BYTES = MB
 
 
 def compile_check(files: list[NewFile]) -> list[NewFile]:

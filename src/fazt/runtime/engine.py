@@ -58,12 +58,13 @@ from typing import Any
 
 import quickjs
 
+from fazt.constants import MB
 from fazt.runtime.bridge import Bridge
 from fazt.runtime.memory import release_free_memory
 from fazt.runtime.prelude import PENDING, PRELUDE
 
 STACK_BYTES = 512 * 1024  # deep recursion becomes a clean error; thread stacks are 8 MB
-CHECK_MEMORY_BYTES = 64 * 1024 * 1024  # for compiling a script at deploy
+CHECK_MEMORY_BYTES = 64 * MB  # for compiling a script at deploy
 CHECK_SECONDS = 2.0
 MAX_HEADERS = 64
 MAX_HEADER_VALUE = 8 * 1024
@@ -293,7 +294,7 @@ def _failure(exc: quickjs.JSException, limits: Limits, bridge: Bridge) -> JsResp
     elif ("out of memory" in first or first in ("null", "") or "string too long" in first
           or first.startswith("(Failed obtaining QuickJS error string")):
         status, code = 500, "js_memory_limit"
-        message = f"The script ran out of memory (limit {limits.memory_bytes // (1024 * 1024)} MB)."
+        message = f"The script ran out of memory (limit {limits.memory_bytes // MB} MB)."
     else:
         status, code = 500, "js_error"
         message = first[:500]

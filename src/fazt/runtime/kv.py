@@ -23,7 +23,6 @@ MAX_SITE_BYTES = 10 * 1024 * 1024  # keys + values of one site
 class KvError(FaztError):
     """A key-value call the script must fix; it becomes a JS exception."""
 
-    status = 400
     code = "kv_error"
 
     def __init__(self, message: str, *, js_type: str = "Error"):

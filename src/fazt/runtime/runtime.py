@@ -29,7 +29,8 @@ bound how many run at once.
 import os
 import threading
 
-from fazt.errors import FaztError
+from fazt.constants import MB
+from fazt.errors import Busy
 from fazt.runtime import engine
 from fazt.runtime.bridge import Bridge
 from fazt.runtime.engine import JsResponse, Limits, Loaded
@@ -39,16 +40,12 @@ from fazt.runtime.memory import release_free_memory
 from fazt.runtime.slots import Slots
 from fazt.store.database import Database
 
-MB = 1024 * 1024
 WARM_RUNS = 1000  # requests one context serves before a fresh one takes over
 
-
-class JsBusy(FaztError):
+class JsBusy(Busy):
     """Every JS slot is taken: come back in a second."""
 
-    status = 429
     code = "js_busy"
-    retry_after = 1
 
 
 def cpu_factor(slots: int, cpus: int) -> int:

@@ -25,9 +25,10 @@ from waitress.channel import HTTPChannel
 from waitress.server import TcpWSGIServer
 
 from fazt.app import Router
+from fazt.constants import DEFAULT_PORT, MB
 from fazt.errors import FaztError
 from fazt.hosts import ADMIN, classify
-from fazt.instance import MB, Instance
+from fazt.instance import Instance
 from fazt.lanes import LaneDispatcher
 from fazt.requestlog import RequestLog
 from fazt.store.claim import claim_for_server
@@ -171,7 +172,7 @@ def run(db_path: str, host: str, port: int | None, https_port: int | None = None
     held = claim_for_server(db_path)  # `fazt restore` refuses a database a server holds
     instance = Instance(db_path).boot()
     https_on = instance.config.get("https") == "on"
-    port = port or (80 if https_on else int(instance.config.get("port") or 4698))
+    port = port or (80 if https_on else int(instance.config.get("port") or DEFAULT_PORT))
     autocert = start_certificates(instance) if https_on else None
     requests_log = RequestLog().start()
     server = make_server(instance, host, port, requests_log)

@@ -21,7 +21,8 @@ from typing import Any
 
 import psutil
 
-MB = 1024 * 1024
+from fazt.constants import MB
+
 GB = 1024 * MB
 
 # cgroup v1 writes "no limit" as a page-rounded LONG_MAX (9223372036854771712);

@@ -19,6 +19,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from fazt.constants import MB
 from fazt.errors import FaztError, Unavailable
 from fazt.store.schema import migrate
 
@@ -65,7 +66,7 @@ class Database:
         conn.execute("PRAGMA mmap_size=0")
         conn.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
         if self.limits.heap_mb:
-            conn.execute(f"PRAGMA soft_heap_limit={int(self.limits.heap_mb * 1024 * 1024)}")
+            conn.execute(f"PRAGMA soft_heap_limit={int(self.limits.heap_mb * MB)}")
 
     def set_limits(self, limits: Limits) -> None:
         """New PRAGMAs; each connection picks them up when next used."""

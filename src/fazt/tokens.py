@@ -2,7 +2,7 @@
 
 import time
 
-from fazt.cockpit.auth import new_token, token_hash
+from fazt.auth import new_token, token_hash
 from fazt.errors import FaztError
 from fazt.store import Database
 
@@ -34,3 +34,7 @@ def revoke_token(db: Database, token_id: int) -> str | None:
             return None
         conn.execute("UPDATE tokens SET revoked_at = ? WHERE id = ?", (time.time(), token_id))
     return row[0]
+
+
+def active_token_hashes(conn) -> set[str]:
+    return {r[0] for r in conn.execute("SELECT token_hash FROM tokens WHERE revoked_at IS NULL")}

@@ -1,0 +1,109 @@
+"""The layers point one way: no import cycle, no core module reaching up into the
+cockpit, a store that knows nothing above it, errors that carry no HTTP status."""
+
+import ast
+import importlib
+import inspect
+import pkgutil
+from pathlib import Path
+
+import fazt
+from fazt.errors import FaztError
+
+SRC = Path(fazt.__file__).parent
+# Top to bottom; a module may import its own layer's modules or those below it.
+LAYERS = [
+    ("fazt.cli", "fazt.__main__", "fazt.server", "fazt.frozen"),
+    ("fazt.app",),
+    ("fazt.cockpit", "fazt.sites", "fazt.webapp", "fazt.requestlog"),
+    ("fazt.instance",),
+    ("fazt.runtime", "fazt.vfs", "fazt.stability", "fazt.deploy", "fazt.deploy_client",
+     "fazt.zipbuild", "fazt.tokens", "fazt.auth", "fazt.settings", "fazt.hosts",
+     "fazt.http_errors", "fazt.negotiation", "fazt.compression", "fazt.siterules",
+     "fazt.lanes", "fazt.metrics", "fazt.restore", "fazt.https", "fazt.certs",
+     "fazt.autocert", "fazt.acme_client", "fazt.pem"),
+    ("fazt.store",),
+    ("fazt.errors", "fazt.constants", "fazt"),
+]
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports() -> dict[str, set[str]]:
+    """Every fazt module and the fazt modules it imports (at the top or inside a function)."""
+    modules = {module_name(p): p for p in SRC.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fazt"):
+                for alias in node.names:
+                    sub = f"{node.module}.{alias.name}"
+                    found.add(sub if sub in modules else node.module)
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names if a.name.startswith("fazt")}
+        graph[name] = found - {name}
+    return graph
+
+
+def layer_of(module: str) -> int | None:
+    """The module's layer; None for one not placed yet (only the cycle test sees it)."""
+    best = None
+    for rank, prefixes in enumerate(LAYERS):
+        for prefix in prefixes:
+            inside = module == prefix or (prefix != "fazt" and module.startswith(prefix + "."))
+            if inside and (best is None or len(prefix) > best[1]):
+                best = (rank, len(prefix))
+    return None if best is None else best[0]
+
+
+def test_no_import_cycle():
+    graph = imports()
+    state: dict[str, int] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(graph.get(module, ())):
+            if state.get(target) == 1:
+                cycle = path[path.index(target):] + [target] if target in path else [module, target]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if target not in state:
+                visit(target, path + [target])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+
+
+def test_imports_point_down_the_layers():
+    wrong = [f"{module} ({layer_of(module)}) imports {target} ({layer_of(target)})"
+             for module, targets in imports().items() for target in targets
+             if None not in (layer_of(target), layer_of(module))
+             and layer_of(target) < layer_of(module)]
+    assert not wrong, "imports pointing up a layer:\n" + "\n".join(sorted(wrong))
+
+
+def test_only_the_router_knows_the_cockpit():
+    users = {module for module, targets in imports().items()
+             if any(t.startswith("fazt.cockpit") for t in targets)
+             and not module.startswith("fazt.cockpit")}
+    assert users == {"fazt.app"}
+
+
+def test_domain_errors_carry_no_http_status():
+    for info in pkgutil.walk_packages(fazt.__path__, "fazt."):
+        if info.name not in ("fazt.__main__",):
+            importlib.import_module(info.name)
+    kinds, pending = [], [FaztError]
+    while pending:
+        kind = pending.pop()
+        kinds.append(kind)
+        pending += kind.__subclasses__()
+    with_status = [f"{k.__module__}.{k.__name__}" for k in kinds if "status" in vars(k)]
+    assert not with_status, (f"{with_status} set an HTTP status; subclass a domain error "
+                             "in fazt.errors (http_errors maps it to a status) instead")
+    assert "status" not in inspect.signature(FaztError).parameters

@@ -286,7 +286,7 @@ def test_flood_gets_exactly_the_excess_rejected_at_once(rt):
             answer = rt.handle("alpha", "sha", SLOW % 300, request())  # under the timeout
             result = ("ok", answer.status, time.monotonic() - started)
         except JsBusy as exc:
-            result = ("busy", exc.status, time.monotonic() - started, exc.retry_after)
+            result = ("busy", status_of(exc), time.monotonic() - started, exc.retry_after)
         with lock:
             outcomes.append(result)
 

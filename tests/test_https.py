@@ -213,3 +213,67 @@ def test_the_admin_api_imports_lists_and_manages_domains_without_showing_keys(
         assert srv.get("/", host="www.blog.org").status_code == 404
         r = admin.post("/api/sites/nosuch/domains", json={"host": "a.org"})
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+# -- the plain port with HTTPS on (in-process: the same Router the server runs) --------
+
+
+class Challenges:
+    def __init__(self, answers: dict[str, str]):
+        self.answers = answers
+
+    def challenge(self, token: str) -> str | None:
+        return self.answers.get(token)
+
+
+def test_the_plain_port_redirects_with_path_and_query_and_keeps_health_and_challenges(
+        instance, client):
+    instance.https_port = 8443
+    instance.autocert = Challenges({"tok": "tok.thumbprint"})
+    r = client.simulate_get("/docs/a b", query_string="x=1&y=%2F",
+                            headers={"Host": "blog.localhost:4698"})
+    assert r.status_code == 308
+    assert r.headers["Location"] == "https://blog.localhost:8443/docs/a%20b?x=1&y=%2F"
+    raw = client.simulate_post("/api/login", headers={"Host": "admin.localhost"},
+                               extras={"REQUEST_URI": "/api/login?next=%2Fsites%3Fa"})
+    assert raw.status_code == 308  # keeps the method and body, unlike 301/302
+    assert raw.headers["Location"] == "https://admin.localhost:8443/api/login?next=%2Fsites%3Fa"
+    instance.https_port = 443
+    r = client.simulate_get("/", headers={"Host": "example.test"})
+    assert r.headers["Location"] == "https://example.test/"
+    health = client.simulate_get("/_fazt/health", headers={"Host": "example.test"})
+    assert health.status_code == 200 and "Strict-Transport-Security" not in health.headers
+    answer = client.simulate_get("/.well-known/acme-challenge/tok",
+                                 headers={"Host": "example.test"})
+    assert answer.status_code == 200 and answer.text == "tok.thumbprint"
+    assert client.simulate_get("/.well-known/acme-challenge/other",
+                               headers={"Host": "example.test"}).status_code == 404
+
+
+def test_https_responses_carry_hsts_and_plain_ones_do_not(instance, client):
+    instance.https_port = 443
+    r = client.simulate_get("/_fazt/health", headers={"Host": "localhost"}, protocol="https")
+    assert r.status_code == 200
+    assert r.headers["Strict-Transport-Security"] == "max-age=31536000"
+    missing = client.simulate_get("/nothing", headers={"Host": "admin.localhost"},
+                                  protocol="https")
+    assert missing.headers["Strict-Transport-Security"] == "max-age=31536000"  # errors too
+    instance.config["hsts_max_age"] = 0
+    r = client.simulate_get("/_fazt/health", headers={"Host": "localhost"}, protocol="https")
+    assert "Strict-Transport-Security" not in r.headers
+    instance.https_port = None  # HTTPS off: no redirect, no HSTS
+    r = client.simulate_get("/_fazt/health", headers={"Host": "localhost"})
+    assert r.status_code == 200
+
+
+def test_the_session_cookie_is_secure_over_https_only(instance, client):
+    from conftest import PASSWORD, USERNAME
+
+    body = {"username": USERNAME, "password": PASSWORD}
+    headers = {"Host": "admin.localhost", "X-Fazt-Request": "1"}
+    plain = client.simulate_post("/api/login", json=body, headers=headers)
+    assert "Secure" not in plain.headers["Set-Cookie"]
+    instance.https_port = 443
+    tls = client.simulate_post("/api/login", json=body, headers=headers, protocol="https")
+    assert tls.status_code == 200, tls.text
+    assert "Secure" in tls.headers["Set-Cookie"]

@@ -210,7 +210,7 @@ def test_tokens_create_list_revoke_and_deploy_with_bearer(client):
     r = call(client, "POST", "/api/deploy?site=mysite", bearer,
              body=zip_of({"index.html": "<h1>by token</h1>", "css/a.css": "p{}"}))
     assert r.status_code == 200, r.text
-    assert r.json == {"site": "mysite", "version": 1, "files": 2, "bytes": 20}
+    assert r.json == {"site": "mysite", "version": 1, "files": 2, "bytes": 20, "skipped": []}
     page = client.simulate_get("/", headers={"Host": "mysite.localhost"})
     assert page.text == "<h1>by token</h1>"
     assert call(client, "GET", "/api/sites", bearer).json["sites"][0]["name"] == "mysite"

@@ -1,8 +1,16 @@
 """Hostile input, round two (issue 18): each case an outside audit found, against a real
 server and the real `fazt` command."""
 
+import io
+import os
+import struct
+import zipfile
+import zlib
+
+import psutil
+import pytest
 import requests
-from conftest import PASSWORD, USERNAME, Server, eventually
+from conftest import PASSWORD, USERNAME, Admin, Server, eventually, fazt, init_db, zip_of
 
 
 def sign_in(server: Server) -> str:
@@ -59,3 +67,168 @@ def test_a_newline_in_the_path_cannot_forge_a_log_line(server):
     assert lines[0].startswith('127.0.0.1 hello.localhost "GET /x\\x0A127.0.0.1 ')
     assert '\\x22POST /api/login\\x22' in lines[0]
     assert "\\x0D\\x0A" in lines[0]
+
+
+# -- archives --------------------------------------------------------------------
+
+
+def raw_zip(entries: list[tuple[bytes, bytes, int, int]]) -> bytes:
+    """A zip built by hand from (name, deflated data, crc32, size) entries, so a test can
+    repeat one compressed entry thousands of times, or say what zipfile would not."""
+    out, directory = bytearray(), bytearray()
+    for name, data, crc, size in entries:
+        offset = len(out)
+        out += struct.pack("<4s5H3I2H", b"PK\x03\x04", 20, 0, 8, 0, 0x21, crc, len(data), size,
+                           len(name), 0) + name + data
+        directory += struct.pack("<4s6H3I5H2I", b"PK\x01\x02", 20, 20, 0, 8, 0, 0x21, crc,
+                                 len(data), size, len(name), 0, 0, 0, 0, 0, offset) + name
+    count, end = len(entries), bytearray()
+    if count > 0xFFFF:  # ZIP64: the count lives in its own record
+        where = len(out) + len(directory)
+        end += struct.pack("<4sQ2H2I4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, count, count,
+                           len(directory), len(out))
+        end += struct.pack("<4sIQI", b"PK\x06\x07", 0, where, 1)
+        count = 0xFFFF
+    end += struct.pack("<4s4H2IH", b"PK\x05\x06", 0, 0, count, count, len(directory), len(out),
+                       0)
+    return bytes(out + directory + end)
+
+
+def deflated(data: bytes) -> bytes:
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return packer.compress(data) + packer.flush()
+
+
+@pytest.fixture
+def shop(tmp_path):
+    """A running server whose upload limit is no obstacle, with site `shop` serving v1."""
+    db = init_db(tmp_path / "data.db")
+    fazt("config", "set", "max_upload_mb", "8000", "--break-glass", "--db", str(db))
+    with Server.running(db) as server:
+        admin = Admin(server)
+        assert admin.post("/api/deploy?site=shop", data=zip_of({"index.html": "v1"})).ok
+        server.admin = admin
+        server.rss = lambda: psutil.Process(server.proc.pid).memory_info().rss
+        yield server
+
+
+def refused(server: Server, upload: bytes, status: int) -> str:
+    r = server.admin.post("/api/deploy?site=shop", data=upload, timeout=120)
+    assert r.status_code == status, r.text
+    assert server.get("/", host="shop.localhost").text == "v1"  # the old version serves
+    return r.json()["error"]["message"]
+
+
+def test_zip_bombs_of_any_shape_are_refused_with_flat_memory(shop):
+    mib = bytes(1 << 20)
+    packed, crc = deflated(mib), zlib.crc32(mib)
+    before = shop.rss()
+    # 3,000 entries of 1 MiB: 3.3 MB on the wire, 3 GiB unpacked.
+    split = raw_zip([(f"part{i:04}.bin".encode(), packed, crc, len(mib)) for i in range(3000)])
+    assert len(split) < 4_000_000
+    assert "zip_max_unpacked_mb" in refused(shop, split, 413)
+    # 300 of them fit the size limit, but unpack to a thousand times the upload.
+    split = raw_zip([(f"part{i:04}.bin".encode(), packed, crc, len(mib)) for i in range(300)])
+    assert "zip_max_ratio" in refused(shop, split, 413)
+    # One bomb hidden among incompressible files.
+    noise = os.urandom(4 << 20)
+    hidden = raw_zip([(b"noise.bin", deflated(noise), zlib.crc32(noise), len(noise)),
+                      (b"bomb.bin", deflated(bytes(20 << 20)), zlib.crc32(bytes(20 << 20)),
+                       20 << 20)])
+    assert "zip_max_entry_ratio" in refused(shop, hidden, 413)
+    # 100,000 empty entries.
+    empty = raw_zip([(f"e{i}".encode(), deflated(b""), 0, 0) for i in range(100_000)])
+    assert "zip_max_entries" in refused(shop, empty, 413)
+    # A zip that lies about its sizes is held to them as it inflates (then fails its CRC).
+    liar = raw_zip([(b"index.html", packed, crc, 1000)])
+    assert "index.html" in refused(shop, liar, 400)
+    # bzip2 would inflate without bound in one call: only stored and deflate are read.
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_BZIP2) as archive:
+        archive.writestr("zeros.bin", bytes(50 << 20))
+    assert "compression method 12" in refused(shop, buf.getvalue(), 400)
+    growth = (shop.rss() - before) / 2**20
+    assert growth < 25, f"RSS grew by {growth:.0f} MB on the archive cases"
+
+
+def test_corrupt_zip_data_is_a_400_naming_the_entry(shop):
+    page = b"<h1>v2</h1>" * 100
+    good = deflated(page)
+    garbage = raw_zip([(b"index.html", b"\xff" * len(good), zlib.crc32(page), len(page))])
+    assert "index.html" in refused(shop, garbage, 400)
+    wrong_crc = raw_zip([(b"index.html", good, zlib.crc32(page) ^ 1, len(page))])
+    assert "index.html" in refused(shop, wrong_crc, 400)
+    short = raw_zip([(b"index.html", good[: len(good) // 2], zlib.crc32(page), len(page))])
+    assert "index.html" in refused(shop, short, 400)
+
+
+@pytest.mark.parametrize("name", [b"page\x00.txt", b"a\nb.txt", b"a\x1bb.txt", b"a//b.txt",
+                                  b"./a.txt", b"a/./b.txt", b"a\\b.txt", b"/abs.txt",
+                                  b"../up.txt", b"C:/x.txt"])
+def test_zip_names_must_be_canonical(shop, name):
+    data = b"x"
+    upload = raw_zip([(b"index.html", deflated(b"v2"), zlib.crc32(b"v2"), 2),
+                      (name, deflated(data), zlib.crc32(data), 1)])
+    assert refused(shop, upload, 400)
+    assert shop.get("/page", host="shop.localhost").status_code == 404
+
+
+def test_zip_path_length_is_a_threshold(shop):
+    fazt("config", "set", "zip_max_path", "40", "--db", str(shop.db))
+    assert eventually(lambda: shop.admin.get("/api/config").json()["values"]["zip_max_path"]
+                      == 40)
+    long_name = "d/" * 20 + "x.txt"
+    message = refused(shop, zip_of({"index.html": "v2", long_name: "x"}), 400)
+    assert "zip_max_path" in message
+
+
+# -- dotfiles ----------------------------------------------------------------------
+
+
+HIDDEN = {".env": "SECRET=1", ".git/config": "[core]", ".DS_Store": "x", "sub/.htaccess": "x",
+          "sub/.cache/a.js": "x"}
+VISIBLE = {"index.html": "<p>site</p>", "sub/page.html": "page",
+           ".well-known/security.txt": "Contact: mailto:owner@example.test"}
+SKIPPED = [".DS_Store", ".env", ".git/", "sub/.cache/", "sub/.htaccess"]
+
+
+def assert_hidden_not_served(server: Server, site: str) -> None:
+    for path in HIDDEN:
+        assert server.get("/" + path, host=f"{site}.localhost").status_code == 404, path
+    for path, body in VISIBLE.items():
+        assert server.get("/" + path, host=f"{site}.localhost").text == body, path
+
+
+def test_dotfiles_in_a_zip_are_skipped_and_listed(server):
+    admin = Admin(server)
+    r = admin.post("/api/deploy?site=dots", data=zip_of({**HIDDEN, **VISIBLE}))
+    assert r.status_code == 200, r.text
+    assert r.json()["skipped"] == SKIPPED
+    assert r.json()["files"] == len(VISIBLE)
+    assert_hidden_not_served(server, "dots")
+    # Zipped as a folder: the folder is unwrapped, its dotfiles are still skipped.
+    r = admin.post("/api/deploy?site=dots", data=zip_of(
+        {f"site/{k}": v for k, v in {**HIDDEN, **VISIBLE}.items()}))
+    assert r.json()["skipped"] == SKIPPED
+    assert_hidden_not_served(server, "dots")
+
+
+def test_dotfiles_in_a_folder_are_skipped_and_listed(server, tmp_path):
+    root = tmp_path / "site"
+    for path, body in {**HIDDEN, **VISIBLE}.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(body)
+    out = fazt("deploy", str(root), "--site", "local", "--db", str(server.db)).stdout
+    assert "Skipped 5 hidden" in out and ", ".join(SKIPPED) in out
+    token = fazt("token", "create", "--name", "ci", "--db", str(server.db)).stdout.strip()
+    remote = ("deploy", str(root), "--site", "remote", "--server",
+              f"http://admin.localhost:{server.port}", "--token", token)
+
+    def deployed():  # once the server has seen the new token (its config watch)
+        result = fazt(*remote, check=False)
+        return result if result.returncode == 0 else None
+
+    result = eventually(deployed, timeout=10)
+    assert result and ", ".join(SKIPPED) in result.stdout
+    for site in ("local", "remote"):
+        assert_hidden_not_served(server, site)

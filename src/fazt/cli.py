@@ -152,7 +152,13 @@ def cmd_deploy(args) -> int:
     db.close()
     print(f"Deployed {result['files']} files ({result['bytes']} bytes) as site {args.site!r}, "
           f"version {result['version']}.")
+    _print_skipped(result["skipped"])
     return 0
+
+
+def _print_skipped(skipped: list[str]) -> None:
+    if skipped:
+        print(f"Skipped {len(skipped)} hidden (neither stored nor served): {', '.join(skipped)}")
 
 
 def _deploy_remote(args) -> int:
@@ -160,6 +166,7 @@ def _deploy_remote(args) -> int:
 
     result = deploy_remote(args.server, args.site, args.token, args.directory)
     print(f"Deployed {result['files']} files as site {args.site!r} on {args.server}.")
+    _print_skipped(result["skipped"])
     return 0
 
 

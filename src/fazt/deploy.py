@@ -1,29 +1,33 @@
-"""Turning a directory or a zip into a new version of a site, safely.
+"""Turning a directory (or, through archive.py, a zip) into a new version of a site, safely.
 
 Everything is checked before the database is touched where it can be (names,
 paths, symlinks), and the write itself is one transaction: a bad file, a full
 disk or a killed process leaves the previous version serving.
+
+Hidden files and folders (any path segment starting with a dot: `.env`,
+`.git/`, `.DS_Store`) are neither stored nor served; `.well-known/` at the
+top of a site is the one exception (RFC 8615). Sources leave them out and
+list them, and the deploy reports that list, so the owner sees what was skipped.
 """
 
 import mimetypes
 import os
 import re
 import sqlite3
-import stat
-import zipfile
 from collections.abc import Callable, Iterator
-from typing import BinaryIO
+from dataclasses import dataclass, field
 
 from fazt.compression import precompressed
-from fazt.constants import MB, PIECE
-from fazt.errors import FaztError, TooLarge
+from fazt.constants import PIECE
+from fazt.errors import FaztError
 from fazt.store import Database
 from fazt.store.sites import NewFile, replace_site
 
 SITE_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 RESERVED = frozenset({"admin", "api", "www", "fazt", "localhost"})
 ADMIN_SITE = "admin"  # the cockpit's assets are stored as this reserved site
-ZIP_MAX_RATIO = 200  # a member that inflates more than this is treated as a bomb
+WELL_KNOWN = ".well-known"  # RFC 8615: the one hidden folder a site may serve
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 _TEXT_TYPES = ("application/javascript", "application/json", "image/svg+xml", "application/xml")
 mimetypes.add_type("text/javascript", ".mjs")
@@ -49,10 +53,27 @@ def mime_type(path: str) -> str:
     return kind
 
 
+@dataclass
+class Source:
+    """The files of a new version, and the hidden paths its source left out."""
+
+    files: list[NewFile]
+    skipped: list[str] = field(default_factory=list)
+
+
+def hidden_part(path: str) -> str | None:
+    """The hidden file or folder in `path` ("a/.git/" for "a/.git/config"), else None."""
+    parts = path.split("/")
+    for i, part in enumerate(parts):
+        if part.startswith(".") and not (i == 0 and part == WELL_KNOWN and len(parts) > 1):
+            return "/".join(parts[:i + 1]) + ("/" if i < len(parts) - 1 else "")
+    return None
+
+
 def clean_path(raw: str) -> str:
     """A relative path inside a site, or FaztError: no '..', no absolute paths,
-    no backslashes, no NUL bytes, no empty segments."""
-    if "\x00" in raw or "\\" in raw:
+    no backslashes, no control characters (NUL included), no empty segments."""
+    if _CONTROL.search(raw) or "\\" in raw:
         raise FaztError(f"The path {raw!r} contains a forbidden character.")
     if raw.startswith("/") or re.match(r"^[A-Za-z]:", raw):
         raise FaztError(f"The path {raw!r} is absolute; paths must stay inside the site.")
@@ -65,28 +86,37 @@ def clean_path(raw: str) -> str:
 # -- sources ---------------------------------------------------------------
 
 
-def files_from_directory(root: str) -> list[NewFile]:
-    """Every file under `root`; symlinks may point only inside it. `.git` is skipped."""
+def files_from_directory(root: str) -> Source:
+    """Every visible file under `root` (hidden ones listed as skipped); symlinks may
+    point only inside it."""
     if not os.path.isdir(root):
         raise FaztError(f"{root} is not a directory.")
     real_root = os.path.realpath(root)
     found: list[NewFile] = []
+    skipped: list[str] = []
     for folder, dirs, names in os.walk(root, followlinks=False):
-        dirs[:] = sorted(d for d in dirs if d != ".git")
+        rel_folder = os.path.relpath(folder, root).replace(os.sep, "/")
+        prefix = "" if rel_folder == "." else rel_folder + "/"
+        hidden = sorted(d for d in dirs if hidden_part(prefix + d + "/") is not None)
+        skipped += [prefix + d + "/" for d in hidden]
+        dirs[:] = sorted(d for d in dirs if d not in hidden)  # never walked, never read
         for d in list(dirs):  # a symlinked directory: check it, then walk it as files
             full = os.path.join(folder, d)
             if os.path.islink(full):
                 _inside(real_root, full)
         for name in sorted(names):
+            if hidden_part(prefix + name) is not None:
+                skipped.append(prefix + name)
+                continue
             full = os.path.join(folder, name)
             real = _inside(real_root, full)
             if not os.path.isfile(real):
                 continue  # sockets, fifos, broken links: nothing to serve
-            rel = clean_path(os.path.relpath(full, root).replace(os.sep, "/"))
+            rel = clean_path(prefix + name)
             found.append(NewFile(rel, mime_type(rel), _read_file(real)))
     if not found:
         raise FaztError(f"{root} holds no files to deploy.")
-    return found
+    return Source(found, sorted(skipped))
 
 
 def _inside(real_root: str, path: str) -> str:
@@ -102,86 +132,19 @@ def _read_file(path: str) -> Iterator[bytes]:
             yield piece
 
 
-def files_from_zip(fileobj: BinaryIO, max_total_bytes: int) -> list[NewFile]:
-    """Members of a zip as files, refusing traversal, links and bombs.
-
-    Sizes are enforced on the bytes actually inflated, not on what the zip
-    claims, so a lying header cannot get past the limit.
-    """
-    try:
-        archive = zipfile.ZipFile(fileobj)
-    except (zipfile.BadZipFile, OSError, ValueError):
-        raise FaztError("The upload is not a valid zip archive.") from None
-    members = [m for m in archive.infolist() if not m.is_dir()]
-    if not members:
-        raise FaztError("The zip archive holds no files.")
-    declared = sum(m.file_size for m in members)
-    if declared > max_total_bytes:
-        raise TooLarge(
-            f"The zip inflates to {declared // MB} MB, over the limit of "
-            f"{max_total_bytes // MB} MB."
-        )
-    prefix = _common_folder([m.filename for m in members])
-    budget = _Budget(max_total_bytes)
-    files = []
-    for m in members:
-        if stat.S_ISLNK(m.external_attr >> 16):
-            raise FaztError(f"The zip member {m.filename!r} is a symlink; links are refused.")
-        ratio = m.file_size / m.compress_size if m.compress_size else 0
-        if ratio > ZIP_MAX_RATIO and m.file_size > 2**20:
-            raise TooLarge(f"The zip member {m.filename!r} inflates suspiciously (a zip bomb?).")
-        rel = clean_path(m.filename[len(prefix):])
-        files.append(NewFile(rel, mime_type(rel), _read_member(archive, m, budget)))
-    return files
-
-
-def _common_folder(names: list[str]) -> str:
-    """'site/' when every member sits under one top folder (as zips made of a folder do)."""
-    first = names[0].split("/", 1)
-    if first[0] in ("", ".", "..") or "\\" in first[0]:
-        return ""  # not a folder to unwrap: clean_path judges these names
-    if len(first) == 2 and all(n.startswith(first[0] + "/") for n in names):
-        return first[0] + "/"
-    return ""
-
-
-class _Budget:
-    def __init__(self, limit: int):
-        self.left = limit
-        self.limit = limit
-
-    def spend(self, n: int) -> None:
-        self.left -= n
-        if self.left < 0:
-            raise TooLarge(f"The zip inflates past the limit of {self.limit // MB} MB.")
-
-
-def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, budget: _Budget):
-    try:
-        with archive.open(member) as f:
-            read = 0
-            while piece := f.read(PIECE):
-                read += len(piece)
-                if read > member.file_size:
-                    raise TooLarge(f"The zip member {member.filename!r} is larger than it claims.")
-                budget.spend(len(piece))
-                yield piece
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError) as exc:
-        raise FaztError(f"The zip member {member.filename!r} cannot be read: {exc}.") from None
-
-
 # -- the deploy ------------------------------------------------------------
 
 Checker = Callable[[list[NewFile]], list[NewFile]]
 
 
-def deploy(db: Database, name: str, files: list[NewFile], *, check: Checker | None = None,
-           allow_reserved: bool = False, keep: int = 1) -> dict:
+def deploy(db: Database, name: str, files: list[NewFile], *, skipped: list[str] | None = None,
+           check: Checker | None = None, allow_reserved: bool = False, keep: int = 1) -> dict:
     """Make `files` the new version of site `name` in one transaction.
 
     `check` may inspect (and must return) the files before the write, e.g. to
     compile the site's JavaScript; it raises FaztError to refuse the deploy.
-    `keep` versions of the site are kept, the new one included.
+    `keep` versions of the site are kept, the new one included. `skipped` (the
+    hidden paths the source left out) is passed on in the result.
     """
     check_site_name(name, allow_reserved=allow_reserved)
     paths = [f.path for f in files]
@@ -191,7 +154,7 @@ def deploy(db: Database, name: str, files: list[NewFile], *, check: Checker | No
         files = check(files)
     try:
         with precompressed(db, files) as files, db.write() as conn:
-            return replace_site(conn, name, files, keep)
+            return {**replace_site(conn, name, files, keep), "skipped": skipped or []}
     except OSError as exc:
         raise FaztError(f"The deploy failed and nothing changed: {exc.strerror or exc}.") from None
     except sqlite3.OperationalError as exc:  # e.g. "database or disk is full"

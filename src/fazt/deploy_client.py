@@ -15,12 +15,13 @@ def deploy_remote(server: str, site: str, token: str | None, directory: str) -> 
     check_site_name(site)
     if not token:
         raise FaztError("Deploying with --server needs --token (see `fazt token create`).")
-    files = files_from_directory(directory)
+    source = files_from_directory(directory)  # hidden files never leave this machine
     url, host = loopback(server.rstrip("/") + f"/api/deploy?site={site}")
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/zip"}
     if host:
         headers["Host"] = host
-    request = urllib.request.Request(url, data=build_zip(files), method="POST", headers=headers)
+    request = urllib.request.Request(url, data=build_zip(source.files), method="POST",
+                                     headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=300) as response:
             result = json.loads(response.read() or b"{}")
@@ -32,7 +33,8 @@ def deploy_remote(server: str, site: str, token: str | None, directory: str) -> 
         raise FaztError(f"The server refused the deploy ({exc.code}): {message}") from None
     except (urllib.error.URLError, OSError) as exc:
         raise FaztError(f"Cannot reach {server}: {getattr(exc, 'reason', exc)}.") from None
-    return {"files": len(files), **result}
+    result = {"files": len(source.files), **result}
+    return {**result, "skipped": sorted({*source.skipped, *result.get("skipped", [])})}
 
 
 def loopback(url: str) -> tuple[str, str | None]:

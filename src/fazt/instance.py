@@ -20,7 +20,7 @@ from pathlib import Path
 from fazt import __version__, certs, settings
 from fazt.auth import Auth, hash_password, new_session_key
 from fazt.constants import DEFAULT_PORT, MB
-from fazt.deploy import ADMIN_SITE, deploy, files_from_directory
+from fazt.deploy import ADMIN_SITE, Source, deploy, files_from_directory
 from fazt.errors import Conflict, FaztError, NotFound
 from fazt.metrics import RequestRate
 from fazt.siterules import check_rules
@@ -64,10 +64,10 @@ def package_dir(*parts: str) -> Path:
 
 def admin_asset_files() -> list[NewFile]:
     """The dashboard and the simulator, as the reserved site `admin` stores them."""
-    files = files_from_directory(str(package_dir("cockpit", "assets")))
+    files = files_from_directory(str(package_dir("cockpit", "assets"))).files
     files += [
         NewFile("simulator/" + f.path, f.mime, f.pieces)
-        for f in files_from_directory(str(package_dir("web_simulator")))
+        for f in files_from_directory(str(package_dir("web_simulator"))).files
     ]
     return files
 
@@ -81,7 +81,7 @@ def admin_assets_sha() -> str:
     return digest.hexdigest()
 
 
-def deploy_site(db: Database, name: str, files: list[NewFile]) -> dict:
+def deploy_site(db: Database, name: str, source: Source) -> dict:
     """A user deploy: the site's JavaScript must compile, and its `_redirects` and
     `_headers` must parse, before anything is written; `keep_versions` versions of
     the site stay for rollback."""
@@ -89,8 +89,8 @@ def deploy_site(db: Database, name: str, files: list[NewFile]) -> dict:
 
     with db.read() as conn:
         keep = int(read_config(conn)["keep_versions"])
-    return deploy(db, name, files, check=lambda fs: check_rules(compile_check(fs)),
-                  keep=keep)
+    return deploy(db, name, source.files, skipped=source.skipped,
+                  check=lambda fs: check_rules(compile_check(fs)), keep=keep)
 
 
 def rollback_site(db: Database, name: str, version: int | None = None) -> dict:
@@ -377,9 +377,9 @@ class Instance:
 
     # -- owner operations -----------------------------------------------------
 
-    def deploy(self, name: str, files: list[NewFile]) -> dict:
+    def deploy(self, name: str, source: Source) -> dict:
         """A user deploy through this server: visible to the very next request."""
-        result = deploy_site(self.db, name, files)
+        result = deploy_site(self.db, name, source)
         self.sites_changed()
         if self.autocert is not None:
             self.autocert.poke()  # a new site's host wants its certificate now

@@ -12,7 +12,7 @@ import falcon
 
 from fazt.compression import ON_THE_FLY_MAX, compress_answer, worth_it
 from fazt.constants import MB, SCRIPT
-from fazt.deploy import clean_path
+from fazt.deploy import clean_path, hidden_part
 from fazt.errors import FaztError, TooLarge
 from fazt.http_errors import http_error
 from fazt.instance import MAINTENANCE, Instance
@@ -129,6 +129,8 @@ class SiteResource:
     def _find(self, site: str, path: str, raw: str) -> FileInfo | None:
         if path in RULE_FILES:
             return None  # read by fazt, never served
+        if hidden_part(path) is not None:
+            return None  # never served, even where an older fazt stored it
         if path.startswith("api/") and self.instance.vfs.find(site, SCRIPT) is not None:
             return None  # a back end's source is never served
         if not path or raw.endswith("/"):

@@ -11,9 +11,9 @@ import tempfile
 
 import falcon
 
+from fazt.archive import ArchiveLimits, files_from_zip
 from fazt.cockpit.resources import user_site
 from fazt.constants import MB, PIECE
-from fazt.deploy import files_from_zip
 from fazt.errors import FaztError, TooLarge
 from fazt.instance import Instance
 
@@ -50,7 +50,8 @@ class Deploy:
         if (req.content_length or 0) > limit:
             raise TooLarge(f"The upload is over the limit of {limit // MB} MB.")
         with spool(req.bounded_stream, limit) as upload:
-            files = files_from_zip(upload, limit)
-            result = self.instance.deploy(name, files)
+            source = files_from_zip(upload, ArchiveLimits.from_config(self.instance.config))
+            result = self.instance.deploy(name, source)
         resp.media = {"site": result["site"], "version": result["version"],
-                      "files": result["files"], "bytes": result["bytes"]}
+                      "files": result["files"], "bytes": result["bytes"],
+                      "skipped": result["skipped"]}

@@ -104,6 +104,35 @@ var FAZT_SCHEMA = [
     min: 4, max: 100000,
     description: "Sockets Waitress keeps open; each holds about 0.5 MB of buffers, so 8% of " +
       "usable RAM, 8 to 1000 (select() cannot watch more than 1024)."
+  },
+  {
+    key: "zip_max_unpacked_mb", unit: "MB", label: "Largest unpacked zip", integer: true,
+    min: 1, max: 16777216,
+    description: "What a zip upload may unpack to in all: four uploads' worth, at most a " +
+      "tenth of free disk, since the deploy writes it into the database and its WAL."
+  },
+  {
+    key: "zip_max_ratio", unit: "x", label: "Zip unpack ratio", integer: false,
+    min: 1, max: 1000000,
+    description: "Unpacked size over uploaded size for a whole zip; sites compress 2-10x, " +
+      "a zip bomb hundreds or thousands of times."
+  },
+  {
+    key: "zip_max_entry_ratio", unit: "x", label: "Zip entry unpack ratio", integer: false,
+    min: 1, max: 1000000,
+    description: "The same ratio for one entry over 64 KB, so one bomb cannot hide among " +
+      "incompressible files."
+  },
+  {
+    key: "zip_max_entries", unit: "entries", label: "Zip entries", integer: true,
+    min: 1, max: 10000000,
+    description: "Entries in one zip; each costs about 1 KB of RAM while it deploys, so " +
+      "32 per MB usable, 1000 to 100000."
+  },
+  {
+    key: "zip_max_path", unit: "characters", label: "Zip path length", integer: true,
+    min: 1, max: 65535,
+    description: "Longest name of a file in a zip; real sites stay under 200 characters."
   }
 ];
 
@@ -206,7 +235,12 @@ function fazt_compute(machine) {
     user_threads: user_threads,
     cockpit_threads: cockpit_threads,
     maintenance_ratio: 100,
-    connection_limit: connection_limit
+    connection_limit: connection_limit,
+    zip_max_unpacked_mb: Math.max(1, Math.floor(Math.min(max_upload_mb * 4, disk_mb / 10))),
+    zip_max_ratio: 100,
+    zip_max_entry_ratio: 200,
+    zip_max_entries: fazt_clamp(Math.floor(usable * 32), 1000, 100000),
+    zip_max_path: 512
   };
 }
 
@@ -280,7 +314,12 @@ function fazt_safe(thresholds, machine) {
     cockpit_threads: [1, Math.min(t.cockpit_threads + Math.floor(headroom / per_thread), 16)],
     maintenance_ratio: [1, 1000],
     connection_limit: [8, Math.min(t.connection_limit + Math.floor(headroom / FAZT_BUFFER_MB),
-      1000)]
+      1000)],
+    zip_max_unpacked_mb: [1, Math.max(1, Math.floor(m.disk_gb * 1024 / 5))],
+    zip_max_ratio: [1, 1000],
+    zip_max_entry_ratio: [1, 2000],
+    zip_max_entries: [1, Math.max(1000, Math.floor(usable * 128))],
+    zip_max_path: [16, 1024]
   };
   var safe = {};
   for (var i = 0; i < FAZT_SCHEMA.length; i++) {

@@ -1,0 +1,226 @@
+"""A zip upload read as site files, within limits whatever its shape.
+
+The limits are thresholds (`zip_max_unpacked_mb`, `zip_max_ratio`,
+`zip_max_entry_ratio`, `zip_max_entries`, `zip_max_path`). They are checked
+in three steps, each before the next one can cost memory or disk:
+
+1. The central directory is counted record by record, in small reads, before
+   `zipfile` parses it: `zipfile` builds an object of about half a kilobyte
+   per entry, so 100,000 empty entries would cost 50 MB before any check.
+2. Every name must be canonical (no NUL or other control character, no
+   backslash, no empty, `.` or `..` segment, not absolute); the sizes the zip
+   declares must fit the total, the overall ratio (declared size over the
+   bytes actually uploaded) and the per-entry ratio. A bomb is refused here,
+   before anything is written.
+3. While the deploy streams each entry into the database, `zipfile` inflates
+   it in bounded pieces and never past the size it declared (the rest is cut
+   and the CRC then fails), so a zip that lies about its sizes is stopped, and
+   corrupt data is a 400 that names the entry. Only stored and deflated
+   entries are accepted: `zipfile` inflates bzip2 and LZMA input without an
+   output bound, and a few kilobytes of bzip2 can unpack to gigabytes in one
+   call. The deploy is one transaction: the previous version serves
+   throughout, and after any refusal.
+"""
+
+import stat
+import struct
+import zipfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from fazt.deploy import PIECE, Source, hidden_part, mime_type
+from fazt.errors import FaztError, TooLarge
+from fazt.store.sites import NewFile
+
+MB = 1024 * 1024
+# The per-entry ratio is judged once an entry passes this size: a small file that
+# compresses very well (a blank page, a run of spaces) is no threat to anyone.
+ENTRY_RATIO_FLOOR = 64 * 1024
+# Extra field and comment of one central directory record: a few dozen bytes in
+# real zips; a larger one would only make `zipfile` hold more in RAM.
+RECORD_EXTRA_MAX = 1024
+_EOCD = struct.Struct("<4sHHHHIIH")  # end of central directory record
+_EOCD64_LOCATOR = struct.Struct("<4sIQI")
+_EOCD64 = struct.Struct("<4sQHHIIQQQQ")
+_RECORD = struct.Struct("<4s6H3I5H2I")  # one central directory file header
+_CONTROL = frozenset(chr(c) for c in (*range(0x20), 0x7F))
+
+
+@dataclass(frozen=True)
+class ArchiveLimits:
+    """The archive thresholds, in bytes and plain numbers."""
+
+    max_bytes: int
+    max_ratio: float
+    max_entry_ratio: float
+    max_entries: int
+    max_path: int
+
+    @classmethod
+    def from_config(cls, config: dict) -> "ArchiveLimits":
+        return cls(max_bytes=int(float(config["zip_max_unpacked_mb"]) * MB),
+                   max_ratio=float(config["zip_max_ratio"]),
+                   max_entry_ratio=float(config["zip_max_entry_ratio"]),
+                   max_entries=int(config["zip_max_entries"]),
+                   max_path=int(config["zip_max_path"]))
+
+
+def files_from_zip(fileobj: BinaryIO, limits: ArchiveLimits) -> Source:
+    """The files of a zip upload (hidden paths left out and listed), or FaztError/TooLarge."""
+    upload_bytes = _count_entries(fileobj, limits)
+    try:
+        archive = zipfile.ZipFile(fileobj)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        raise FaztError("The upload is not a valid zip archive.") from None
+    members = archive.infolist()
+    for m in members:
+        _check_name(m.orig_filename, limits)
+    members = [m for m in members if not m.is_dir()]
+    if not members:
+        raise FaztError("The zip archive holds no files.")
+    for m in members:
+        _check_kind(m)
+    _check_sizes(members, upload_bytes, limits)
+    prefix = _common_folder([m.filename for m in members])
+    files, skipped = [], []
+    for m in members:
+        rel = m.filename[len(prefix):]
+        hidden = hidden_part(rel)
+        if hidden is not None:
+            skipped.append(hidden)
+            continue
+        files.append(NewFile(rel, mime_type(rel), _inflate(archive, m)))
+    return Source(files, sorted(set(skipped)))
+
+
+def _count_entries(fileobj: BinaryIO, limits: ArchiveLimits) -> int:
+    """Walk the central directory's records without keeping them; return the upload's size.
+
+    Refuses more than `max_entries` records, a name longer than `max_path`
+    characters can be, and oversized extra fields, so that what `zipfile`
+    then reads and builds is bounded by the thresholds.
+    """
+    fileobj.seek(0, 2)
+    size = fileobj.tell()
+    start, length = _central_directory(fileobj, size)
+    end = start + length
+    position, count = start, 0
+    while position < end:
+        fileobj.seek(position)
+        raw = fileobj.read(_RECORD.size)
+        if len(raw) < _RECORD.size or raw[:4] != b"PK\x01\x02":
+            raise FaztError("The upload is not a valid zip archive (broken central directory).")
+        fields = _RECORD.unpack(raw)
+        name_length, extra_length, comment_length = fields[10], fields[11], fields[12]
+        count += 1
+        if count > limits.max_entries:
+            raise TooLarge(f"The zip holds more than {limits.max_entries} entries, over "
+                           "zip_max_entries.")
+        if name_length > 4 * limits.max_path:  # 4 bytes is the longest UTF-8 character
+            raise FaztError(f"A name in the zip is {name_length} bytes long, over zip_max_path "
+                            f"({limits.max_path} characters).")
+        if extra_length + comment_length > RECORD_EXTRA_MAX:
+            raise FaztError("A zip entry carries an oversized extra field or comment.")
+        position += _RECORD.size + name_length + extra_length + comment_length
+    fileobj.seek(0)
+    return size
+
+
+def _central_directory(fileobj: BinaryIO, size: int) -> tuple[int, int]:
+    """(start, length) of the central directory, found as zipfile finds it."""
+    tail_length = min(size, _EOCD.size + 0xFFFF)
+    fileobj.seek(size - tail_length)
+    tail = fileobj.read(tail_length)
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) - at < _EOCD.size:
+        raise FaztError("The upload is not a valid zip archive.")
+    eocd = size - tail_length + at
+    fields = _EOCD.unpack_from(tail, at)
+    entries, length, offset = fields[4], fields[5], fields[6]
+    start = eocd - length
+    if 0xFFFF in (entries,) or 0xFFFFFFFF in (length, offset):  # a ZIP64 archive
+        locator_at = eocd - _EOCD64_LOCATOR.size
+        fileobj.seek(max(0, locator_at))
+        locator = fileobj.read(_EOCD64_LOCATOR.size)
+        if locator_at < 0 or len(locator) < _EOCD64_LOCATOR.size or \
+                locator[:4] != b"PK\x06\x07":
+            raise FaztError("The upload is not a valid zip archive (broken ZIP64 record).")
+        record_at = locator_at - _EOCD64.size
+        fileobj.seek(max(0, record_at))
+        record = fileobj.read(_EOCD64.size)
+        if record_at < 0 or len(record) < _EOCD64.size or record[:4] != b"PK\x06\x06":
+            raise FaztError("The upload is not a valid zip archive (broken ZIP64 record).")
+        length = _EOCD64.unpack(record)[8]
+        start = record_at - length
+    if start < 0:
+        raise FaztError("The upload is not a valid zip archive (broken central directory).")
+    return start, length
+
+
+def _check_name(raw: str, limits: ArchiveLimits) -> None:
+    """A canonical relative name, or FaztError naming it."""
+    shown = repr(raw)
+    if any(c in _CONTROL for c in raw):
+        raise FaztError(f"The zip entry name {shown} contains a control character.")
+    if len(raw) > limits.max_path:
+        raise FaztError(f"The zip entry name {shown[:80]}... is {len(raw)} characters long, "
+                        f"over zip_max_path ({limits.max_path}).")
+    if "\\" in raw or raw.startswith("/") or (len(raw) > 1 and raw[1] == ":"):
+        raise FaztError(f"The zip entry name {shown} is not a relative path with '/' "
+                        "separators.")
+    parts = (raw[:-1] if raw.endswith("/") else raw).split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise FaztError(f"The zip entry name {shown} is not canonical (an empty, '.' or '..' "
+                        "segment).")
+
+
+def _check_kind(m: zipfile.ZipInfo) -> None:
+    """A plain file fazt can inflate with bounded memory."""
+    if stat.S_ISLNK(m.external_attr >> 16):
+        raise FaztError(f"The zip member {m.filename!r} is a symlink; links are refused.")
+    if m.flag_bits & 0x1:
+        raise FaztError(f"The zip member {m.filename!r} is encrypted; fazt cannot read it.")
+    if m.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise FaztError(f"The zip member {m.filename!r} uses compression method "
+                        f"{m.compress_type}; fazt accepts stored and deflated entries.")
+
+
+def _check_sizes(members: list[zipfile.ZipInfo], upload_bytes: int,
+                 limits: ArchiveLimits) -> None:
+    """The declared sizes against the limits; `_inflate` then holds the data to them."""
+    total = sum(m.file_size for m in members)
+    if total > limits.max_bytes:
+        raise TooLarge(f"The zip would unpack to {total // MB} MB, over zip_max_unpacked_mb "
+                       f"({limits.max_bytes // MB} MB).")
+    ratio = total / max(1, upload_bytes)
+    if ratio > limits.max_ratio:
+        raise TooLarge(f"The zip would unpack to {ratio:.0f} times its size, over "
+                       f"zip_max_ratio ({limits.max_ratio:g}): a zip bomb?")
+    for m in members:
+        if m.file_size > ENTRY_RATIO_FLOOR and \
+                m.file_size > limits.max_entry_ratio * max(1, m.compress_size):
+            raise TooLarge(f"The zip member {m.filename!r} would unpack to "
+                           f"{m.file_size / max(1, m.compress_size):.0f} times its size, over "
+                           f"zip_max_entry_ratio ({limits.max_entry_ratio:g}): a zip bomb?")
+
+
+def _inflate(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> Iterator[bytes]:
+    """The member's bytes in pieces, never more than it declared; corrupt data is a 400."""
+    try:
+        with archive.open(member) as f:
+            while piece := f.read(PIECE):
+                yield piece
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError,
+            NotImplementedError, RuntimeError, ValueError) as exc:
+        raise FaztError(f"The zip member {member.filename!r} is corrupt: {exc}.") from None
+
+
+def _common_folder(names: list[str]) -> str:
+    """'site/' when every member sits under one visible top folder (a zipped folder)."""
+    first = names[0].split("/", 1)
+    if len(first) == 2 and not first[0].startswith(".") and \
+            all(n.startswith(first[0] + "/") for n in names):
+        return first[0] + "/"
+    return ""

@@ -30,11 +30,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from fazt.deploy import PIECE, Source, hidden_part, mime_type
+from fazt.constants import MB, PIECE
+from fazt.deploy import Source, hidden_part, mime_type
 from fazt.errors import FaztError, TooLarge
 from fazt.store.sites import NewFile
 
-MB = 1024 * 1024
 # The per-entry ratio is judged once an entry passes this size: a small file that
 # compresses very well (a blank page, a run of spaces) is no threat to anyone.
 ENTRY_RATIO_FLOOR = 64 * 1024

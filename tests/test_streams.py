@@ -1,0 +1,148 @@
+"""Large files as chunk streams: byte-exact on the loop's path (read ahead by reader
+threads) and on a worker's, whole or by Range, through a real server too."""
+
+import hashlib
+import os
+import threading
+
+import pytest
+from conftest import Server, fazt, init_db
+
+from fazt.store.database import create_database
+from fazt.store.files import CHUNK_SIZE, put_blob
+from fazt.vfs import READ_AHEAD, ChunkStream, StreamLoop
+
+SIZE = 9 * CHUNK_SIZE + 12345  # ten chunks, the last one short
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory):
+    db = create_database(str(tmp_path_factory.mktemp("streams") / "fazt.db"))
+    data = os.urandom(SIZE)
+    with db.write() as conn:
+        blob = put_blob(conn, [data[i:i + 100_000] for i in range(0, SIZE, 100_000)])
+    yield db, blob.id, data
+    db.close()
+
+
+class Loop:
+    """The event loop's side, played by the test thread: it drains a stream as a
+    socket would and sleeps whenever the stream says its next chunk is not here."""
+
+    def __init__(self):
+        self.rang = threading.Event()
+        self.stream_loop = StreamLoop(self.rang.set)
+        self.sleeps = 0
+
+    def drain(self, stream: ChunkStream, piece: int, rewind: bool = False) -> bytes:
+        out = bytearray()
+        while True:
+            if rewind:  # Waitress reads, then seeks back and skips what the socket took
+                at = stream.tell()
+                stream.read(piece)
+                stream.seek(at)
+            data = stream.read(piece)
+            if data:
+                out += data
+                continue
+            if not stream.waiting:
+                return bytes(out)
+            self.sleeps += 1
+            assert self.rang.wait(10), "the reader never rang the loop"
+            self.rang.clear()
+
+
+@pytest.mark.parametrize("start,end", [
+    (0, SIZE), (0, 1), (CHUNK_SIZE - 1, CHUNK_SIZE + 1), (5, 3 * CHUNK_SIZE),
+    (4 * CHUNK_SIZE, SIZE), (SIZE - 7, SIZE), (CHUNK_SIZE * 2 + 17, CHUNK_SIZE * 7 - 3),
+])
+@pytest.mark.parametrize("piece", [1000, CHUNK_SIZE, 3 * CHUNK_SIZE])
+def test_the_loop_gets_exactly_the_range(stored, start, end, piece):
+    db, blob_id, data = stored
+    loop = Loop()
+    stream = ChunkStream(db, blob_id, start, end, loop.stream_loop)
+    try:
+        assert loop.drain(stream, piece, rewind=piece == 1000) == data[start:end]
+    finally:
+        stream.close()
+        loop.stream_loop.shutdown()
+
+
+def test_a_worker_thread_reads_directly(stored):
+    db, blob_id, data = stored
+    stream = ChunkStream(db, blob_id, 100, SIZE - 100)  # no loop: read where asked
+    got = b"".join(iter(lambda: bytes(stream.read(70_000)), b""))
+    assert got == data[100:SIZE - 100] and not stream.waiting
+    stream.seek(CHUNK_SIZE)
+    assert stream.read(10) == data[100 + CHUNK_SIZE:110 + CHUNK_SIZE]
+
+
+def test_chunks_are_read_ahead_and_memory_stays_bounded(stored):
+    db, blob_id, data = stored
+    loop = Loop()
+    stream = ChunkStream(db, blob_id, 0, SIZE, loop.stream_loop)
+    try:
+        held = []
+        out = bytearray()
+        while len(out) < SIZE:
+            piece = stream.read(CHUNK_SIZE)
+            if not piece:
+                assert loop.rang.wait(10)
+                loop.rang.clear()
+                continue
+            out += piece
+            held.append(len(stream._ready))
+            # a slow client: the readers fill what lies ahead, then stop
+            assert len(stream._ready) <= READ_AHEAD + 1
+        assert bytes(out) == data
+        assert max(held) >= 1  # something was waiting when the loop came back
+    finally:
+        stream.close()
+        loop.stream_loop.shutdown()
+
+
+def test_a_missing_chunk_ends_the_stream_with_an_error(stored):
+    db, _, _ = stored
+    loop = Loop()
+    stream = ChunkStream(db, 987654, 0, SIZE, loop.stream_loop)  # no such blob
+    try:
+        with pytest.raises(LookupError):
+            loop.drain(stream, CHUNK_SIZE)
+    finally:
+        stream.close()
+        loop.stream_loop.shutdown()
+
+
+def test_closing_while_a_reader_is_busy_is_quiet(stored):
+    db, blob_id, _ = stored
+    loop = Loop()
+    for _ in range(20):
+        stream = ChunkStream(db, blob_id, 0, SIZE, loop.stream_loop)
+        assert stream.read(10) == b"" and stream.waiting
+        stream.close()
+    loop.stream_loop.shutdown()
+
+
+def test_ranges_of_a_large_file_through_a_real_server(tmp_path):
+    db = init_db(tmp_path / "data.db")
+    fazt("config", "set", "large_file_mb", "1", "--db", str(db))
+    root = tmp_path / "big"
+    root.mkdir()
+    data = os.urandom(3 * (1 << 20) + 4321)
+    (root / "file.bin").write_bytes(data)
+    fazt("deploy", str(root), "--site", "big", "--db", str(db))
+    with Server.running(db) as srv:
+        whole = srv.get("/file.bin", host="big.localhost")
+        assert whole.status_code == 200
+        assert hashlib.sha256(whole.content).digest() == hashlib.sha256(data).digest()
+        size = len(data)
+        for header, (start, end) in [("bytes=0-0", (0, 1)),
+                                     ("bytes=262143-262144", (262143, 262145)),
+                                     ("bytes=1000000-", (1000000, size)),
+                                     ("bytes=-5000", (size - 5000, size))]:
+            r = srv.get("/file.bin", host="big.localhost", headers={"Range": header})
+            assert r.status_code == 206, header
+            assert r.headers["Content-Range"] == f"bytes {start}-{end - 1}/{size}"
+            assert r.content == data[start:end], header
+        r = srv.get("/file.bin", host="big.localhost", headers={"Range": f"bytes={size}-"})
+        assert r.status_code == 416

@@ -38,6 +38,15 @@ def test_variants_decode_to_the_content_and_only_when_worth_it(instance):
     assert gzip.decompress(instance.vfs.content("shop", info, info.variants[1])) == JS
 
 
+def test_a_text_file_past_the_cap_is_stored_as_it_is(instance, monkeypatch):
+    monkeypatch.setattr(compression, "COMPRESS_MAX", 4096)
+    pieces = [JS[i:i + 1000] for i in range(0, len(JS), 1000)]
+    deploy(instance.db, "shop", [NewFile("big.js", "text/javascript", iter(pieces))])
+    with instance.db.read() as conn:
+        info = find_file(conn, "shop", "big.js")
+    assert not info.variants and instance.vfs.content("shop", info) == JS
+
+
 def test_redeploying_the_same_content_does_not_compress_again(instance, monkeypatch):
     deploy(instance.db, "shop", [js()])
 

@@ -10,13 +10,14 @@ site with few changes costs little more than without compression.
 The work happens before the deploy's transaction (`precompressed`): Brotli at
 its best level runs at about 0.5 MB/s here, and the single writer should not
 be held that long. The deploy's compressible files pass through one temporary
-file on disk (never RAM, whatever their size), whose pieces the transaction
-then stores.
+file on disk (never RAM), whose pieces the transaction then stores; one over
+COMPRESS_MAX stops there and is stored as it is.
 """
 
 import contextlib
 import gzip
 import hashlib
+import itertools
 import os
 import tempfile
 import zlib
@@ -32,6 +33,7 @@ from fazt.store.sites import NewFile
 MIN_SAVING_RATIO = 0.10
 MIN_SAVING_BYTES = 1024
 BEST_UNTIL = 512 * 1024  # best levels up to here; above it, levels that run at ~20-40 MB/s
+COMPRESS_MAX = 32 * 2**20  # bigger text files (rare on a site) would add seconds: sent as they are
 ON_THE_FLY_MAX = 64 * 1024  # handler answers above this go out as they are
 PIECE = 64 * 1024
 
@@ -91,9 +93,13 @@ def precompressed(db: Database, files: list[NewFile]) -> Iterator[list[NewFile]]
 
 def _with_variants(db: Database, spool: _Spool, f: NewFile) -> NewFile:
     offset, digest = spool.end, hashlib.sha256()
-    for piece in f.pieces:
+    pieces = iter(f.pieces)
+    for piece in pieces:
         digest.update(piece)
         spool.append(piece)
+        if spool.end - offset > COMPRESS_MAX:  # too big to hold the deploy for: as it is
+            return NewFile(f.path, f.mime, itertools.chain(
+                _Replay(spool, offset, spool.end - offset), pieces))
     size = spool.end - offset
     identity = _Replay(spool, offset, size)
     if size < MIN_SAVING_BYTES:

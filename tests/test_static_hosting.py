@@ -213,6 +213,7 @@ def test_fazts_page_when_the_site_has_none(srv):
     ("/blog/2024/hello", 307, "/posts/2024-hello.html"),
     ("/docs/guide/start.html", 308, "https://docs.example.com/guide/start.html"),
     ("/see", 303, "/new.html"),
+    ("/blog/2024/caf%C3%A9%3F", 307, "/posts/2024-caf%C3%A9%3F.html"),  # encoded again
     ("/hidden.html", 301, "/new.html"),  # forced with '!': wins over the file there
 ])
 def test_redirects(srv, path, status, location):

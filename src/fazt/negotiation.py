@@ -24,6 +24,7 @@ for the request's path (`vfs.rules(site).headers_for(path)`) go in as
   `Vary: Accept-Encoding`, whichever body it sent.
 """
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 
@@ -88,6 +89,11 @@ def choose(header: str | None, offered: Iterable[str]) -> str:
     """The coding to send: one of `offered` (a subset of CODINGS) or 'identity'."""
     if not header or not header.strip():
         return IDENTITY  # no header, or an empty one: the client wants no coding
+    return _choose(header, tuple(offered))
+
+
+@functools.lru_cache(maxsize=256)  # clients send a handful of distinct headers
+def _choose(header: str, offered: tuple[str, ...]) -> str:
     weights = accepted(header)
     star = weights.get("*")
 
@@ -99,7 +105,6 @@ def choose(header: str | None, offered: Iterable[str]) -> str:
         # identity stays acceptable unless refused, but any coding the client names wins
         return UNNAMED_IDENTITY if coding == IDENTITY else 0.0
 
-    offered = set(offered)
     best, best_q = IDENTITY, 0.0
     for coding in (*CODINGS, IDENTITY):
         if (coding == IDENTITY or coding in offered) and weight(coding) > best_q:
@@ -112,7 +117,7 @@ def pick(info: FileInfo, accept_encoding: str | None, ranged: bool = False) -> B
     `ranged`: the request has a Range header, which always gets identity."""
     if ranged or not info.variants:
         return info.identity
-    coding = choose(accept_encoding, (v.encoding for v in info.variants))
+    coding = choose(accept_encoding, tuple(v.encoding for v in info.variants))
     for variant in info.variants:
         if variant.encoding == coding:
             return variant
@@ -123,6 +128,7 @@ def etag(body: Body) -> str:
     return f'"{body.sha256}"'
 
 
+@functools.lru_cache(maxsize=1024)
 def cache_control(path: str, mime: str) -> str:
     if mime.startswith("text/html"):
         return HTML_CACHE

@@ -105,7 +105,9 @@ class SiteResource:
                url: str, rule: Rule, params: dict[str, str]) -> None:
         """A `_redirects` rule: a redirect, or (200, 404) another file of the site."""
         if not rule.rewrite:
-            location = rule.destination({k: quote(v) for k, v in params.items()})
+            # placeholders arrive decoded: encode them, then whatever the rule itself holds
+            location = quote(rule.destination({k: quote(v) for k, v in params.items()}),
+                             safe=":/?#[]@!$&'()*+,;=%~")
             if req.query_string and "?" not in location:
                 location += "?" + req.query_string
             raise _REDIRECT[rule.status](location)

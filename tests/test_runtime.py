@@ -182,7 +182,8 @@ def test_thrown_error_message_in_response_stack_in_log(rt):
              "function handler() { return inner(); }"
     status, body, _ = call(rt, source)
     assert status == 500
-    assert body == {"error": {"code": "js_error", "message": "Error: boom"}}
+    assert body == {"error": {"code": "js_error", "message": "Error: boom",
+                              "file": "api/main.js", "line": 1}}  # inner's line, not handler's
     logged = [line["message"] for line in rt.logs("alpha") if line["level"] == "error"]
     assert any("Error: boom" in m and "at inner" in m for m in logged)
     assert rt.stats()["errors"] == 1

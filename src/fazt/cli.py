@@ -327,6 +327,107 @@ def cmd_site_rollback(args) -> int:
     return 0
 
 
+def _existing_site(db, name: str) -> None:
+    from fazt.store.sites import site_exists
+
+    with db.read() as conn:
+        if not site_exists(conn, name):
+            raise FaztError(f"There is no site named {name!r}.")
+
+
+def cmd_env_set(args) -> int:
+    from fazt.deploy import check_site_name
+    from fazt.store import open_database
+    from fazt.store.env import check_key, set_var
+
+    check_site_name(args.name)
+    check_key(args.key)
+    value = args.value
+    if value is None:  # kept out of the shell's history and of `ps`
+        if sys.stdin.isatty():
+            value = getpass.getpass(f"Value of {args.key} (not shown): ")
+        else:
+            value = sys.stdin.read().removesuffix("\n")
+    db = open_database(_db(args))
+    _existing_site(db, args.name)
+    with db.write() as conn:
+        set_var(conn, args.name, args.key, value)
+    db.close()
+    print(f"Set {args.key} for site {args.name!r}; its handler reads fazt.env.{args.key} "
+          "(a running server within seconds). The value is never shown again.")
+    return 0
+
+
+def cmd_env_unset(args) -> int:
+    from fazt.deploy import check_site_name
+    from fazt.store import open_database
+    from fazt.store.env import unset_var
+
+    check_site_name(args.name)
+    db = open_database(_db(args))
+    with db.write() as conn:
+        removed = unset_var(conn, args.name, args.key)
+    db.close()
+    if not removed:
+        raise FaztError(f"Site {args.name!r} has no secret named {args.key!r}.")
+    print(f"Removed {args.key} from site {args.name!r}.")
+    return 0
+
+
+def cmd_env_list(args) -> int:
+    from fazt.deploy import check_site_name
+    from fazt.store import open_database
+    from fazt.store.env import list_vars
+
+    check_site_name(args.name)
+    db = open_database(_db(args))
+    _existing_site(db, args.name)
+    with db.read() as conn:
+        names = list_vars(conn, args.name)
+    db.close()
+    if args.json:
+        return _print_json({"site": args.name, "env": names})
+    if not names:
+        print(f"Site {args.name!r} has no secrets; add one with "
+              f"`fazt site env set {args.name} KEY`.")
+    for entry in names:
+        print(f"{entry['key']:<32} set {_when(entry['updated_at'])}")
+    return 0
+
+
+def cmd_site_logs(args) -> int:
+    import time
+
+    from fazt.deploy import check_site_name
+    from fazt.store import open_database
+    from fazt.store.logs import read_lines
+
+    check_site_name(args.name)
+    db = open_database(_db(args))
+    _existing_site(db, args.name)
+    with db.read() as conn:
+        lines = read_lines(conn, args.name, last=args.lines)
+    if args.json and not args.follow:
+        db.close()
+        return _print_json({"site": args.name, "lines": lines})
+    last = 0
+    while True:
+        for line in lines:
+            if args.json:
+                print(json.dumps(line))
+            else:
+                print(f"{_when(line['time'])} {line['level']:<5} {line['message']}")
+            last = line["id"]
+        if not args.follow:
+            break
+        sys.stdout.flush()
+        time.sleep(0.5)  # a running server writes its lines every half second
+        with db.read() as conn:
+            lines = read_lines(conn, args.name, after=last)
+    db.close()
+    return 0
+
+
 # -- config, tokens, backup -------------------------------------------------
 
 
@@ -514,6 +615,28 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("version", nargs="?", type=int,
                    help="the version to serve (default: the one before the live one)")
     s.set_defaults(func=cmd_site_rollback)
+    s = st.add_parser("logs", parents=[common, as_json],
+                      help="the site's log lines (console output, handler errors)")
+    s.add_argument("name")
+    s.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
+    s.add_argument("--lines", "-n", type=int, default=100, help="how many past lines (100)")
+    s.set_defaults(func=cmd_site_logs)
+    env = st.add_parser("env", help="secrets for the site's handler (fazt.env.KEY)")
+    et = env.add_subparsers(dest="env_command", required=True, metavar="ACTION")
+    s = et.add_parser("set", parents=[common],
+                      help="set a secret (without VALUE: read from stdin, or asked for)")
+    s.add_argument("name")
+    s.add_argument("key")
+    s.add_argument("value", nargs="?")
+    s.set_defaults(func=cmd_env_set)
+    s = et.add_parser("unset", parents=[common], help="remove a secret")
+    s.add_argument("name")
+    s.add_argument("key")
+    s.set_defaults(func=cmd_env_unset)
+    s = et.add_parser("list", parents=[common, as_json],
+                      help="the secrets' names and when each was set (never values)")
+    s.add_argument("name")
+    s.set_defaults(func=cmd_env_list)
 
     domain = st.add_parser("domain", help="serve a site at custom hosts (with certificates)")
     dt = domain.add_subparsers(dest="domain_command", required=True, metavar="ACTION")

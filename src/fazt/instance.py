@@ -40,6 +40,7 @@ from fazt.store.config import (
     undo_overrides,
 )
 from fazt.store.database import Limits, create_database
+from fazt.store.env import env_stamp, set_var, unset_var
 from fazt.store.sites import NewFile, count_backends, list_sites, remove_site
 from fazt.tokens import active_token_hashes
 from fazt.vfs import VFS, Leases
@@ -269,6 +270,7 @@ class Instance:
         self._apply_lock = threading.RLock()
         self._config_stamp = None
         self._sites_stamp = None
+        self._env_stamp = None
 
     # -- boot --------------------------------------------------------------
 
@@ -284,6 +286,7 @@ class Instance:
             tokens = active_token_hashes(conn)
             self._config_stamp = _config_stamp(conn)
             self._sites_stamp = _sites_stamp(conn)
+            self._env_stamp = env_stamp(conn)
             self.domains = load_domains(conn)
             self.overrides = active_overrides(conn)
         if not {"username", "password_hash", "session_key"} <= secrets.keys():
@@ -298,6 +301,10 @@ class Instance:
                                memory_mb=float(self.config["js_memory_mb"]),
                                timeout_ms=int(self.config["js_timeout_ms"]),
                                warm_mb=float(self.config["js_warm_mb"]))
+        with self.db.read() as conn:
+            names = [site["name"] for site in list_sites(conn)]
+        self.runtime.logs_ring.load(self.db, names)
+        self.runtime.logs_ring.persist_to(self.db)
         self.apply()
         self.sites_changed()
         return self
@@ -348,6 +355,10 @@ class Instance:
         try:
             with self.db.read() as conn:
                 sites = _sites_stamp(conn)
+                env = env_stamp(conn)
+                if env != self._env_stamp:  # a secret set by `fazt site env`
+                    self._env_stamp = env
+                    self.runtime.env.forget()
                 changed = sites != self._sites_stamp  # a deploy by another process
                 if changed:
                     self._sites_stamp = sites
@@ -413,6 +424,19 @@ class Instance:
             self.domains = load_domains(conn)
         if self.autocert is not None:
             self.autocert.poke()
+
+    def set_env(self, site: str, key: str, value: str) -> float:
+        """Set a secret of a site's handler; its next request reads it."""
+        with self.db.write() as conn:
+            at = set_var(conn, site, key, value)
+        self.runtime.env.forget()
+        return at
+
+    def unset_env(self, site: str, key: str) -> bool:
+        with self.db.write() as conn:
+            removed = unset_var(conn, site, key)
+        self.runtime.env.forget()
+        return removed
 
     def remove_site(self, name: str) -> bool:
         with self.db.write() as conn:
@@ -494,6 +518,8 @@ class Instance:
         }
 
     def close(self) -> None:
+        if self.runtime is not None:
+            self.runtime.logs_ring.stop()  # its last lines go to the database first
         if self.db is not None:
             self.db.close()
 

@@ -48,6 +48,8 @@ def cockpit_app(instance: Instance) -> falcon.App:
         "/api/domains": https.Domains(instance),
         "/api/sites/{name}/domains": https.SiteDomains(instance),
         "/api/sites/{name}/domains/{host}": https.SiteDomains(instance),
+        "/api/sites/{name}/env": r.SiteEnv(instance),
+        "/api/sites/{name}/env/{key}": r.SiteEnvVar(instance),
         "/api/deploy": Deploy(instance),
         "/api/backup": Backup(instance),
     }

@@ -18,6 +18,7 @@ from fazt.http_errors import http_error
 from fazt.instance import REVOKED_SESSIONS, Instance
 from fazt.stability import thresholds as th
 from fazt.store.config import save_secret
+from fazt.store.env import check_key, list_vars
 from fazt.store.sites import list_sites, list_versions
 
 JSON_LIMIT = 64 * 1024  # a settings form or a login is a few hundred bytes
@@ -238,6 +239,49 @@ class SiteRollback:
         if version is not None and (type(version) is not int or version < 1):
             raise http_error(400, "bad_request", "version must be a positive whole number.")
         resp.media = self.instance.rollback(name, version)
+
+
+def existing_site(instance: Instance, name: str) -> str:
+    user_site(name)
+    if not instance.vfs.site_exists(name):
+        raise NotFound(f"There is no site named {name!r}.")
+    return name
+
+
+class SiteEnv:
+    """The names of a site's secrets and when each was set; never a value."""
+
+    def __init__(self, instance: Instance):
+        self.instance = instance
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        existing_site(self.instance, name)
+        with self.instance.db.read() as conn:
+            names = list_vars(conn, name)
+        resp.media = {"site": name, "env": names}
+
+
+class SiteEnvVar:
+    """`PUT {"value": "..."}` sets one secret (write-only: no call ever returns it);
+    `DELETE` removes it. The handler's next request reads `fazt.env.KEY`."""
+
+    def __init__(self, instance: Instance):
+        self.instance = instance
+
+    def on_put(self, req: falcon.Request, resp: falcon.Response, name: str, key: str) -> None:
+        existing_site(self.instance, name)
+        value = read_json(req).get("value")
+        if not isinstance(value, str):
+            raise http_error(400, "bad_request", 'Send the secret as {"value": "..."}.')
+        at = self.instance.set_env(name, check_key(key), value)
+        resp.media = {"site": name, "key": key, "updated_at": at}
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, name: str, key: str
+                  ) -> None:
+        existing_site(self.instance, name)
+        if not self.instance.unset_env(name, check_key(key)):
+            raise NotFound(f"Site {name!r} has no secret named {key!r}.")
+        resp.media = {"site": name, "removed": key}
 
 
 class SiteLogs:

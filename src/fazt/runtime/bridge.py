@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from fazt.errors import FaztError
+from fazt.runtime.env import SiteEnv
 from fazt.runtime.kv import KvError, KvStore
 from fazt.runtime.logs import SiteLogs
 
@@ -20,14 +21,19 @@ from fazt.runtime.logs import SiteLogs
 class Bridge:
     """Called as `bridge(op, args_json) -> answer_json` from inside one request."""
 
-    def __init__(self, site: str, kv: KvStore, logs: SiteLogs):
+    def __init__(self, site: str, kv: KvStore, logs: SiteLogs, env: SiteEnv | None = None):
         self.site = site
         self.kv = kv
         self.logs = logs
+        self.env = env
+
+    def redact(self, text: str) -> str:
+        """`text` without the site's secret values: for its log and for visitors."""
+        return self.env.redact(self.site, text) if self.env is not None else text
 
     def log(self, level: str, message: str) -> None:
         """A line in the site's log (console output, and failures the runtime saw)."""
-        self.logs.add(self.site, level, message)
+        self.logs.add(self.site, level, self.redact(message))
 
     def __call__(self, op: str, args_json: str) -> str:
         try:
@@ -46,6 +52,8 @@ class Bridge:
             level, message = args
             self.log(str(level), str(message))
             return {}
+        if op == "env":
+            return {"value": self.env.get(self.site) if self.env is not None else {}}
         if op == "kv.get":
             found, value = self.kv.get(self.site, args[0])
             return {"value": value} if found else {}

@@ -71,7 +71,9 @@ MAX_HEADER_VALUE = 8 * 1024
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _SERVER_HEADERS = {"content-length", "transfer-encoding", "connection"}  # the server's to set
 _LINE = re.compile(r"at <input>:(\d+)")
-_PRELUDE_FRAME = re.compile(r"\n\s+at step \(<input>:\d+\)")  # the prelude's caller of handler
+_PRELUDE_FRAME = re.compile(r"\n\s+at __fazt_\w+ \([^)\n]*\)")  # prelude.py names them so
+_FRAME = re.compile(r"^\s+at (\S+) \((?:<input>|api/main\.js):(\d+)", re.M)
+SCRIPT = "api/main.js"
 
 
 @dataclass(frozen=True)
@@ -249,10 +251,24 @@ def _syntax_problem(exc: quickjs.JSException) -> tuple[int | None, str]:
     return (int(match.group(1)) if match else None), _first_line(exc).removeprefix("SyntaxError: ")
 
 
-def error_response(status: int, code: str, message: str) -> JsResponse:
-    """The JSON error body of SPEC's "Errors over HTTP"."""
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+def error_response(status: int, code: str, message: str, line: int | None = None
+                   ) -> JsResponse:
+    """The JSON error body of SPEC's "Errors over HTTP"; with the script's file and line
+    when the failure has one (a line number, never a line of the source)."""
+    error = {"code": code, "message": message}
+    if line is not None:
+        error.update(file=SCRIPT, line=line)
+    body = json.dumps({"error": error}).encode()
     return JsResponse(status, {"Content-Type": "application/json"}, body, error=code)
+
+
+def script_line(trace: str) -> int | None:
+    """The line of the script's innermost frame in a QuickJS stack trace (the prelude's
+    own frames, named __fazt_*, skipped), or None when the script has no frame."""
+    for name, line in _FRAME.findall(trace):
+        if not name.startswith("__fazt_"):
+            return int(line)
+    return None
 
 
 def _check_context() -> quickjs.Context:
@@ -270,9 +286,9 @@ def _first_line(exc: BaseException) -> str:
 def _syntax_failure(problem: tuple[int | None, str], bridge: Bridge) -> JsResponse:
     line, message = problem
     where = f"line {line}: " if line else ""
-    text = f"api/main.js does not compile: {where}{message}"
+    text = f"{SCRIPT} does not compile: {where}{message}"
     bridge.log("error", text)
-    return error_response(500, "js_syntax", text)
+    return error_response(500, "js_syntax", text, line)
 
 
 def _failure(exc: quickjs.JSException, limits: Limits, bridge: Bridge) -> JsResponse:
@@ -283,7 +299,7 @@ def _failure(exc: quickjs.JSException, limits: Limits, bridge: Bridge) -> JsResp
     "Failed obtaining QuickJS error string"), so those count as memory too;
     a script that literally throws null is reported as out of memory.
     """
-    text = _PRELUDE_FRAME.sub("", str(exc)).strip()
+    text = _PRELUDE_FRAME.sub("", str(exc)).strip().replace("(<input>:", f"({SCRIPT}:")
     first = _first_line(exc)
     if isinstance(exc, quickjs.StackOverflow) or first == "InternalError: stack overflow":
         status, code = 500, "js_stack_overflow"
@@ -297,9 +313,11 @@ def _failure(exc: quickjs.JSException, limits: Limits, bridge: Bridge) -> JsResp
         message = f"The script ran out of memory (limit {limits.memory_bytes // MB} MB)."
     else:
         status, code = 500, "js_error"
-        message = first[:500]
-    bridge.log("error", f"{code}: {text}" if code != "js_error" else text)
-    return error_response(status, code, message)
+        message = bridge.redact(first[:500])  # a script may throw a secret: never to visitors
+    line = script_line(text)
+    where = f"{SCRIPT}:{line}: " if line is not None else ""
+    bridge.log("error", f"{where}{code}: {text}" if code != "js_error" else f"{where}{text}")
+    return error_response(status, code, message, line)
 
 
 def _response(answer: Any, bridge: Bridge) -> JsResponse:

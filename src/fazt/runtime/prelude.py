@@ -1,12 +1,17 @@
 """The JavaScript every request's context runs before the site's script.
 
 It takes the bridge (a Python callable) out of the global object, so the
-script only sees `fazt.kv` and `console`, and it returns the `step` function
+script only sees `fazt.kv`, `fazt.env` and `console`, and it returns the `step` function
 that the engine calls: `step(requestJson)` runs the handler and answers a
 JSON description of the response, or PENDING when the handler returned a
 promise; `step()` then answers once the engine has run the pending jobs.
 The builtins it relies on (JSON, String) are captured before the script
 runs, so a script that overwrites them only breaks itself.
+
+Its functions are named `__fazt_*`, so a stack trace tells the prelude's frames
+from the script's and an error is reported at the script's own line.
+`fazt.env` is read from the bridge at its first use in each request, so a
+context kept warm between requests sees a secret changed meanwhile.
 """
 
 PENDING = "pending"  # never valid JSON, so never a packed response
@@ -19,7 +24,7 @@ PRELUDE = r"""
   const parse = JSON.parse, stringify = JSON.stringify, toText = String;
   const errorTypes = { TypeError: TypeError, RangeError: RangeError, Error: Error };
 
-  function call(op, args) {
+  function __fazt_call(op, args) {
     const answer = parse(host(op, stringify(args)));
     if (answer.error !== undefined) {
       throw new (errorTypes[answer.type] || Error)(answer.error);
@@ -27,14 +32,14 @@ PRELUDE = r"""
     return answer.value;
   }
 
-  function keyOf(key) {
+  function __fazt_key(key) {
     if (typeof key !== "string") throw new TypeError("fazt.kv: a key must be a string.");
     return key;
   }
 
   const kv = Object.freeze({
-    get: function (key) { return call("kv.get", [keyOf(key)]); },
-    set: function (key, value) {
+    get: function __fazt_kv_get(key) { return __fazt_call("kv.get", [__fazt_key(key)]); },
+    set: function __fazt_kv_set(key, value) {
       if (value === undefined) {
         throw new TypeError("fazt.kv.set: the value is undefined; use fazt.kv.delete.");
       }
@@ -42,19 +47,19 @@ PRELUDE = r"""
       if (json === undefined) {
         throw new TypeError("fazt.kv.set: the value cannot be stored as JSON.");
       }
-      call("kv.set", [keyOf(key), json]);
+      __fazt_call("kv.set", [__fazt_key(key), json]);
     },
-    delete: function (key) { return call("kv.delete", [keyOf(key)]); },
-    list: function (prefix) {
+    delete: function __fazt_kv_delete(key) { return __fazt_call("kv.delete", [__fazt_key(key)]); },
+    list: function __fazt_kv_list(prefix) {
       if (prefix === undefined) prefix = "";
       if (typeof prefix !== "string") {
         throw new TypeError("fazt.kv.list: the prefix must be a string.");
       }
-      return call("kv.list", [prefix]);
+      return __fazt_call("kv.list", [prefix]);
     },
   });
 
-  function show(value) {
+  function __fazt_show(value) {
     if (typeof value === "string") return value;
     if (value instanceof Error) {
       return value.stack ? toText(value) + "\n" + value.stack : toText(value);
@@ -68,14 +73,21 @@ PRELUDE = r"""
   }
 
   function logger(level) {
-    return function () {
+    return function __fazt_console() {
       const parts = [];
-      for (let i = 0; i < arguments.length; i++) parts.push(show(arguments[i]));
-      call("log", [level, parts.join(" ").slice(0, 4000)]);
+      for (let i = 0; i < arguments.length; i++) parts.push(__fazt_show(arguments[i]));
+      __fazt_call("log", [level, parts.join(" ").slice(0, 4000)]);
     };
   }
 
-  globalThis.fazt = Object.freeze({ kv: kv });
+  let env = null;  // this request's secrets, fetched at first use
+
+  function __fazt_env() {
+    if (env === null) env = Object.freeze(__fazt_call("env", []));
+    return env;
+  }
+
+  globalThis.fazt = Object.freeze({ kv: kv, get env() { return __fazt_env(); } });
   globalThis.console = Object.freeze({
     log: logger("log"), info: logger("info"), debug: logger("debug"),
     warn: logger("warn"), error: logger("error"),
@@ -88,7 +100,7 @@ PRELUDE = r"""
     return typeof value === "object" ? "an object" : "a " + typeof value;
   }
 
-  function pack(result) {
+  function __fazt_pack(result) {
     if (result === null || typeof result !== "object" || Array.isArray(result)) {
       return stringify({ problem: "handler returned " + describe(result) +
                                   "; it must return {status, headers, body}." });
@@ -120,15 +132,16 @@ PRELUDE = r"""
 
   let settled = null;
 
-  return function step(requestJson) {
+  return function __fazt_step(requestJson) {
     if (requestJson === undefined) {
       if (settled === null) {
         return stringify({ problem: "handler returned a promise that never settled." });
       }
       if ("error" in settled) throw settled.error;
-      return pack(settled.value);
+      return __fazt_pack(settled.value);
     }
     settled = null;  // a warm context serves many requests: none sees another's promise
+    env = null;  // and reads the secrets as they are now
     const request = parse(requestJson);
     const type = toText(request.headers["content-type"] || "").toLowerCase();
     if (type.indexOf("json") >= 0 || /^\s*[\[{]/.test(request.body)) {
@@ -143,7 +156,7 @@ PRELUDE = r"""
                   function (error) { settled = { error: error }; });
       return "pending";
     }
-    return pack(result);
+    return __fazt_pack(result);
   };
 })()
 """

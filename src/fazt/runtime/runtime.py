@@ -34,6 +34,7 @@ from fazt.errors import Busy
 from fazt.runtime import engine
 from fazt.runtime.bridge import Bridge
 from fazt.runtime.engine import JsResponse, Limits, Loaded
+from fazt.runtime.env import SiteEnv
 from fazt.runtime.kv import KvStore
 from fazt.runtime.logs import SiteLogs
 from fazt.runtime.memory import release_free_memory
@@ -72,6 +73,7 @@ class Runtime:
                  warm_mb: float = 1, cpus: int | None = None):
         engine.self_test()
         self.kv = KvStore(db)
+        self.env = SiteEnv(db)
         self.logs_ring = SiteLogs()
         self._slots = Slots(slots)
         self._cpus = cpus or usable_cpus()
@@ -127,7 +129,8 @@ class Runtime:
                 loaded = None
                 warm = False
         if answer is None:
-            made = engine.load(source, limits, Bridge(site, self.kv, self.logs_ring))
+            made = engine.load(source, limits, Bridge(site, self.kv, self.logs_ring,
+                                                           self.env))
             if isinstance(made, JsResponse):
                 answer, loaded = made, None
             else:

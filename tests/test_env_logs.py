@@ -1,0 +1,115 @@
+"""Secrets for handlers (fazt.env), handler errors with their line, and `fazt site logs`."""
+
+import json
+import subprocess
+import sys
+
+from conftest import Admin, Server, eventually, fazt, fazt_env, zip_of
+
+SECRET = "sk_live_4f9a8b7c6d5e"
+SCRIPT = """const atLoad = fazt.env.API_KEY;
+function handler(request) {
+  if (request.path === "/api/fail") {
+    const parts = undefined;
+    return { body: parts.length };
+  }
+  if (request.path === "/api/throw") throw new Error("upstream refused " + fazt.env.API_KEY);
+  console.log("calling upstream with " + fazt.env.API_KEY);
+  return { body: { key: fazt.env.API_KEY || null, same: atLoad === fazt.env.API_KEY,
+                   names: Object.keys(fazt.env) } };
+}
+"""
+
+
+SITE = zip_of({"api/main.js": SCRIPT, "index.html": "a site with a back end"})
+
+
+def _call(srv: Server, site: str, path: str):
+    return srv.request("GET", path, host=f"{site}.localhost")
+
+
+def test_a_secret_reaches_its_handler_only_and_is_never_shown(tmp_path, db_path):
+    with Server.running(db_path) as srv:
+        admin = Admin(srv)
+        for site in ("one", "two"):
+            r = admin.post(f"/api/deploy?site={site}", data=SITE)
+            assert r.status_code == 200, r.text
+        assert _call(srv, "one", "/api/x").json() == {"key": None, "same": True, "names": []}
+
+        set_cli = fazt("site", "env", "set", "one", "API_KEY", "--db", str(db_path),
+                       input=SECRET + "\n")  # from stdin: never on a command line
+        assert SECRET not in set_cli.stdout + set_cli.stderr
+        assert eventually(lambda: _call(srv, "one", "/api/x").json()["key"] == SECRET)
+        assert _call(srv, "two", "/api/x").json()["key"] is None  # never another site's
+        r = admin.put("/api/sites/two/env/OTHER", json={"value": "two-only-value"})
+        assert r.status_code == 200 and "two-only-value" not in r.text
+        assert _call(srv, "two", "/api/x").json()["names"] == ["OTHER"]  # at once
+        assert _call(srv, "one", "/api/x").json()["names"] == ["API_KEY"]
+
+        thrown = _call(srv, "one", "/api/throw")
+        assert thrown.status_code == 500 and SECRET not in thrown.text
+        assert thrown.json()["error"]["line"] == 7
+
+        # Every read the owner has: the API, the command line, the logs, the server's own.
+        reads = [admin.get(p).text for p in (
+            "/api/sites/one/env", "/api/sites", "/api/sites/one/logs", "/api/config",
+            "/api/system/status", "/api/sites/one/versions")]
+        listed = admin.get("/api/sites/one/env").json()["env"]
+        assert [e["key"] for e in listed] == ["API_KEY"]
+        assert eventually(lambda: "[secret]" in fazt(
+            "site", "logs", "one", "--db", str(db_path)).stdout)
+        for args in (["site", "env", "list", "one"], ["site", "env", "list", "one", "--json"],
+                     ["site", "logs", "one"], ["site", "logs", "one", "--json"],
+                     ["config", "get"], ["site", "list", "--json"],
+                     ["server", "status", "--json"]):
+            out = fazt(*args, "--db", str(db_path))
+            reads.append(out.stdout + out.stderr)
+        assert "API_KEY" in reads[0] and "[secret]" in reads[2]
+        for text in reads:
+            assert SECRET not in text and "two-only-value" not in text
+        gone = admin.session.delete(srv.url("/api/sites/one/env/API_KEY"))
+        assert gone.status_code == 200
+        assert _call(srv, "one", "/api/x").json()["key"] is None
+        assert admin.session.delete(srv.url("/api/sites/one/env/API_KEY")).status_code == 404
+        assert admin.put("/api/sites/one/env/bad-name", json={"value": "x"}).status_code == 400
+        assert admin.put("/api/sites/nope/env/K", json={"value": "x"}).status_code == 404
+    assert SECRET not in srv.log()
+
+
+def test_handler_errors_name_the_line_but_show_no_source(server):
+    admin = Admin(server)
+    admin.post("/api/deploy?site=err", data=SITE)
+    r = _call(server, "err", "/api/fail")
+    error = r.json()["error"]
+    assert r.status_code == 500 and error["code"] == "js_error"
+    assert error["file"] == "api/main.js" and error["line"] == 5
+    assert "parts.length" not in r.text and "function handler" not in r.text
+    lines = admin.get("/api/sites/err/logs").json()["lines"]
+    assert any(line["message"].startswith("api/main.js:5: TypeError") and
+               "api/main.js:5:" in line["message"] for line in lines), lines
+
+
+def test_site_logs_follow_and_outlive_a_restart(tmp_path, db_path):
+    with Server.running(db_path) as srv:
+        admin = Admin(srv)
+        admin.post("/api/deploy?site=chatty", data=SITE)
+        follow = subprocess.Popen(
+            [sys.executable, "-m", "fazt", "site", "logs", "chatty", "--follow", "--json",
+             "--db", str(db_path)], stdout=subprocess.PIPE, text=True, env=fazt_env())
+        try:
+            for _ in range(3):
+                _call(srv, "chatty", "/api/x")
+            seen = [json.loads(follow.stdout.readline()) for _ in range(3)]
+            assert [line["message"] for line in seen] == ["calling upstream with undefined"] * 3
+            assert seen[0]["id"] < seen[1]["id"] < seen[2]["id"]
+        finally:
+            follow.terminate()
+            follow.wait(timeout=10)
+        listed = json.loads(fazt("site", "logs", "chatty", "--json", "-n", "2", "--db",
+                                 str(db_path)).stdout)["lines"]
+        assert len(listed) == 2
+    with Server.running(db_path) as srv:  # the dashboard's view survives the restart
+        lines = Admin(srv).get("/api/sites/chatty/logs").json()["lines"]
+        assert [line["message"] for line in lines][-3:] == ["calling upstream with undefined"] * 3
+    missing = fazt("site", "logs", "nosuch", "--db", str(db_path), check=False)
+    assert missing.returncode == 1 and "no site named" in missing.stderr

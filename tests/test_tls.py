@@ -141,6 +141,8 @@ def test_no_sni_is_refused_unless_a_default_host_is_set(ca, certs, server):
         assert tls.getpeercert()  # verified against the CA
         tls.sendall(b"x")
         assert tls.recv(10) == b"echo:x"
+    with connect(server, ctx, "127.0.0.1") as tls:  # by address, as wrk connects
+        assert peer_names(tls) == ["example.test"]
 
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated")

@@ -13,6 +13,7 @@ from then on use it, connections already open keep theirs.
 """
 
 import contextlib
+import ipaddress
 import os
 import ssl
 import threading
@@ -96,6 +97,8 @@ class Certificates:
 
     def _choose(self, sslobj: ssl.SSLObject, server_name: str | None,
                 base: ssl.SSLContext) -> int | None:
+        if server_name and _is_address(server_name):
+            server_name = None  # RFC 6066 forbids addresses in SNI; some clients send them
         ctx = self.context_for(server_name)
         if ctx is None:
             return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
@@ -105,6 +108,14 @@ class Certificates:
 
     def transport(self) -> "TLSTransport":
         return TLSTransport(self)
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 class TLSTransport:

@@ -199,15 +199,20 @@ def rss_per_thousand(proc, port: int, count: int, tls: bool) -> float:
     return grown / count * 1000
 
 
-def download(url: str, resolve: str | None) -> float:
-    """MB/s of one download to /dev/null."""
-    cmd = [c.need("curl"), "-sk", "-o", "/dev/null", "-w", "%{speed_download} %{http_code}",
-           url] + (["--resolve", resolve] if resolve else [])
-    speed, code = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                                 check=True).stdout.split()
+def download(scheme: str, port: int, proc) -> tuple[float, float]:
+    """One download of the large file to /dev/null (curl names HOST by SNI too):
+    MB/s, and MB per second of the server's own CPU time."""
+    cmd = [c.need("curl"), "-sk", "-o", "/dev/null", "-w",
+           "%{speed_download} %{size_download} %{http_code}",
+           "--resolve", f"{HOST}:{port}:127.0.0.1", f"{scheme}://{HOST}:{port}/large.bin"]
+    procs = serving(proc)
+    before = cpu_seconds(procs)
+    speed, size, code = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                                       check=True).stdout.split()
+    used = cpu_seconds(procs) - before
     if code != "200":
-        raise RuntimeError(f"{url} answered {code}")
-    return float(speed) / c.MB
+        raise RuntimeError(f"{scheme}://{HOST}:{port}/large.bin answered {code}")
+    return float(speed) / c.MB, float(size) / c.MB / used if used else float("nan")
 
 
 # -- the section ------------------------------------------------------------------
@@ -245,9 +250,12 @@ def section_https(tmp: str, plan) -> c.Section:
                                            f"https://127.0.0.1:{ports['nginx_tls']}/4k.bin")
         wrks: dict[tuple, list[dict]] = {}
         for _ in range(plan.rounds):
-            for label, (_, url) in targets.items():
-                wrks.setdefault(label, []).append(
-                    c.wrk(url, HOST, plan.wrk_threads, plan.connections, plan.seconds))
+            for label, (key, url) in targets.items():
+                procs_now = serving(procs[key])
+                before = cpu_seconds(procs_now)
+                run = c.wrk(url, HOST, plan.wrk_threads, plan.connections, plan.seconds)
+                run["cpu_us"] = (cpu_seconds(procs_now) - before) / max(run["requests"], 1) * 1e6
+                wrks.setdefault(label, []).append(run)
         rows = []
         for server in ("fazt", "nginx"):
             if (server, "HTTP") not in targets:
@@ -257,10 +265,12 @@ def section_https(tmp: str, plan) -> c.Section:
                 runs = wrks[(server, scheme)]
                 rps = c.median([r["rps"] for r in runs])
                 rows.append([server, scheme, f"{rps:,.0f}", f"{rps / plain:.2f}",
+                             f"{c.median([r['cpu_us'] for r in runs]):,.0f}",
                              c.ms(c.median([r["p99"] for r in runs])),
                              sum(r["errors"] + r["non2xx"] for r in runs)])
         sec.tables.append(c.table(["server", "scheme", "4 KiB req/s (median)", "× its HTTP",
-                                   "p99 ms", "errors + non-2xx"], rows))
+                                   "server CPU µs per request", "p99 ms", "errors + non-2xx"],
+                                  rows))
 
         tls_ports = {"fazt": ports["tls"], "nginx": ports["nginx_tls"]}
         plain_ports = {"fazt": ports["plain"], "nginx": ports["nginx"]}
@@ -268,20 +278,22 @@ def section_https(tmp: str, plan) -> c.Section:
         rows = []
         for name, proc in servers.items():
             shakes = handshakes_per_cpu_second(proc, tls_ports[name], plan.seconds)
-            url = f"https://{HOST}:{tls_ports[name]}/large.bin"
-            secure = c.median([download(url, f"{HOST}:{tls_ports[name]}:127.0.0.1")
-                               for _ in range(plan.rounds)])
             plain_proc = procs["plain"] if name == "fazt" else proc
-            plain_url = f"http://127.0.0.1:{plain_ports[name]}/large.bin"
-            clear = c.median([download(plain_url, None) for _ in range(plan.rounds)])
+            secure = [download("https", tls_ports[name], proc) for _ in range(plan.rounds)]
+            clear = [download("http", plain_ports[name], plain_proc) for _ in range(plan.rounds)]
             tls_rss = rss_per_thousand(proc, tls_ports[name], idle, True)
             plain_rss = rss_per_thousand(plain_proc, plain_ports[name], idle, False)
-            rows.append([name, f"{shakes:,.0f}", f"{secure:,.0f}", f"{clear:,.0f}",
+            rows.append([name, f"{shakes:,.0f}",
+                         f"{c.median([d[0] for d in secure]):,.0f}",
+                         f"{c.median([d[1] for d in secure]):,.0f}",
+                         f"{c.median([d[0] for d in clear]):,.0f}",
+                         f"{c.median([d[1] for d in clear]):,.0f}",
                          f"{tls_rss / c.MB:.1f}", f"{plain_rss / c.MB:.1f}"])
         sec.tables.append(c.table(
             ["server", "full handshakes per server CPU-second", "large file MB/s, HTTPS",
-             "large file MB/s, HTTP", "RSS MB per 1,000 idle TLS connections",
-             "RSS MB per 1,000 idle plain connections"], rows))
+             "… per server CPU-second", "large file MB/s, HTTP", "… per server CPU-second",
+             "RSS MB per 1,000 idle TLS connections", "RSS MB per 1,000 idle plain connections"],
+            rows))
     finally:
         for proc in procs.values():
             c.stop(proc)

@@ -174,7 +174,9 @@ class TLSTransport:
             if not chunk:
                 break
             parts.append(chunk)
-        return b"".join(parts)
+            if not self._in.pending and not self._ssl.pending():
+                break  # all taken: spare the call that would only raise SSLWantReadError
+        return b"".join(parts) if len(parts) != 1 else parts[0]
 
     def wrap(self, plaintext: bytes) -> bytes:
         """Plaintext to send -> the TLS records that carry it (plus anything pending)."""

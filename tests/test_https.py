@@ -7,6 +7,7 @@ port and its DNS questions to a dnslib server that answers 127.0.0.1.
 import json
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,21 @@ def test_an_unreachable_ca_is_a_visible_error_and_plain_http_keeps_serving(tmp_p
         assert "failing" in status and "Cannot reach the ACME server" in status
         as_json = json.loads(fazt("server", "status", "--json", "--db", str(db)).stdout)
         assert as_json["https"]["certificates"][0]["last_error"] == error
+
+
+def test_a_host_that_fails_validation_is_retried_later_and_says_why(tmp_path):
+    db = init_db(tmp_path / "data.db")
+    pebble = Pebble(tmp_path / "pebble", free_port())  # its checks go to a closed port
+    try:
+        https_on(db, pebble)
+        with start(db, free_port()) as srv:
+            assert eventually(lambda: DOMAIN in certs(db), timeout=60), srv.log()
+            failed = certs(db)[DOMAIN]
+            assert failed["last_error"].startswith(f"The CA could not validate {DOMAIN}:")
+            assert failed["not_after"] is None  # nothing was installed
+            assert failed["next_attempt"] > time.time() + 30  # backoff, not a busy retry
+    finally:
+        pebble.close()
 
 
 def test_the_plain_port_answers_only_known_challenges(setup):

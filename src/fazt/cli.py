@@ -54,7 +54,7 @@ def cmd_init(args) -> int:
 def cmd_start(args) -> int:
     from fazt.server import run
 
-    run(_db(args), args.host, args.port, args.https_port)
+    run(_db(args), args.host, args.port, args.https_port, follow=args.follow)
     return 0
 
 
@@ -98,6 +98,8 @@ def cmd_recalibrate(args) -> int:
 def cmd_status(args) -> int:
     from fazt.certs import certificate_list
     from fazt.instance import machine_for, mode_for, read_config
+    from fazt.replica.primary import replication_status
+    from fazt.replica.target import URL_KEY
     from fazt.stability import thresholds as th
     from fazt.store import open_database
     from fazt.store.config import active_overrides
@@ -112,17 +114,20 @@ def cmd_status(args) -> int:
     certificates = certificate_list(db)
     db.close()
     thresholds = {k: config[k] for k in th.keys()}
+    replica = replication_status(db.path, config.get(URL_KEY) or None)
     if args.json:
         print(json.dumps({"mode": mode, "thresholds": thresholds, "overrides": overrides,
                           "owner_keys": config.get("owner_keys") or [],
                           "machine": machine.as_dict(),
                           "db": {"path": db.path, "size_bytes": size, "ratio": ratio},
                           "https": {"enabled": config.get("https") == "on",
-                                    "certificates": certificates}}, indent=2))
+                                    "certificates": certificates},
+                          "replica": replica}, indent=2))
         return 0
     print(f"Mode: {mode}")
     print(f"Database: {db.path}, {size / 2**20:.1f} MB, {ratio:.3f}× RAM "
           f"(maintenance above {config['maintenance_ratio']}×)")
+    _print_replica(replica)
     if config.get("https") == "on" or certificates:
         failed = [c for c in certificates if c["last_error"]]
         print(f"HTTPS: {config.get('https')}, {len(certificates) - len(failed)} "
@@ -134,6 +139,25 @@ def cmd_status(args) -> int:
     if marked:
         print("(!) = past its safe range, set with break glass")
     return 0
+
+
+def _print_replica(replica: dict) -> None:
+    if not replica.get("url"):
+        print("Replication: off (`fazt replica set URL` turns it on)")
+        return
+    print(f"Replication: to {replica['url']}")
+    if not replica["running"]:
+        print("  Litestream: not running (it runs while `fazt server start` does)")
+    else:
+        rss = replica.get("rss_bytes")
+        memory = f", {rss / 2**20:.0f} MB RSS" if rss else ""
+        print(f"  Litestream: running, pid {replica['pid']}{memory}")
+        if replica.get("lag_s") is not None:
+            print(f"  Last confirmed sync: {replica['lag_s']:.1f} s ago")
+    if replica.get("last_error"):
+        print(f"  Last error: {replica['last_error']}")
+    if replica.get("warning"):
+        print(f"  (!) {replica['warning']}")
 
 
 # -- sites -------------------------------------------------------------------
@@ -523,8 +547,20 @@ def cmd_backup(args) -> int:
 def cmd_restore(args) -> int:
     from fazt.restore import restore_file
 
-    result = restore_file(args.backup, _db(args))
-    print(f"Restored {args.backup} ({result['sites']} sites, {result['bytes']:,} bytes, "
+    if (args.backup is None) == (args.source is None):
+        raise FaztError("Give one of the two: a backup file, or --from URL (a replica).")
+    if args.source is not None:
+        from fazt.replica.fetch import restore_from
+        from fazt.stability import thresholds as th
+        from fazt.stability.probe import probe
+
+        path = _db(args)
+        result = restore_from(args.source, path, th.replica_gomemlimit_mb(probe(path)))
+        source = f"the replica at {args.source}"
+    else:
+        result = restore_file(args.backup, _db(args))
+        source = args.backup
+    print(f"Restored {source} ({result['sites']} sites, {result['bytes']:,} bytes, "
           f"integrity ok) into {result['db']}"
           + ("; the database it replaced is gone." if result["replaced"] else "."))
     return 0
@@ -539,6 +575,77 @@ def _when(epoch: float | None) -> str:
     import time
 
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch)) if epoch else "-"
+
+
+# -- replication -------------------------------------------------------------
+
+
+def cmd_replica_set(args) -> int:
+    from fazt.instance import machine_for, read_config, update_config
+    from fazt.replica import target
+    from fazt.store import open_database
+
+    missing = [n for n in target.SECRET_NAMES if not os.environ.get(n)]
+    if args.store_credentials and missing:
+        raise FaztError(f"--store-credentials takes them from this environment, and "
+                        f"{missing[0]} is not set.")
+    db = open_database(_db(args))
+    with db.read() as conn:
+        config = read_config(conn)
+    with db.write() as conn:  # before the URL, so the server starts with the right ones
+        target.forget_credentials(conn)
+        if args.store_credentials:
+            target.store_credentials(conn, os.environ)
+    config = update_config(db, config, machine_for(config, db.path),
+                           {target.URL_KEY: args.url.strip()})
+    db.close()
+    where = ("stored in the database" if args.store_credentials
+             else "taken from the environment of `fazt server start`")
+    print(f"Replication to {config[target.URL_KEY]} is on; credentials are {where}.")
+    print("A running server starts Litestream within seconds, otherwise `fazt server start` "
+          "does; the thresholds now leave it its memory.")
+    return 0
+
+
+def cmd_replica_off(args) -> int:
+    from fazt.instance import machine_for, read_config, update_config
+    from fazt.replica import litestream, target
+    from fazt.store import open_database
+
+    db = open_database(_db(args))
+    with db.read() as conn:
+        config = read_config(conn)
+    was = bool(config.get(target.URL_KEY))
+    update_config(db, config, machine_for(config, db.path), {target.URL_KEY: ""})
+    with db.write() as conn:
+        target.forget_credentials(conn)
+    db.close()
+    if litestream.control(db.path, "/info") is None:  # else the server removes them
+        litestream.remove_working_files(db.path)
+    print("Replication is off; Litestream's folder beside the database is removed."
+          if was else "Replication was already off.")
+    return 0
+
+
+def cmd_replica_status(args) -> int:
+    from fazt.instance import read_config
+    from fazt.replica import target
+    from fazt.replica.primary import replication_status
+    from fazt.store import open_database
+
+    db = open_database(_db(args))
+    with db.read() as conn:
+        url = read_config(conn).get(target.URL_KEY) or None
+        source = target.credentials_source(conn)
+    db.close()
+    status = {**replication_status(db.path, url), "credentials": source}
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    _print_replica(status)
+    if url:
+        print(f"  Credentials: {source}")
+    return 0
 
 
 def _print_thresholds(values: dict, marked: set | None = None) -> None:
@@ -581,6 +688,9 @@ def parser() -> argparse.ArgumentParser:
                         f"given at init, {DEFAULT_PORT})")
     s.add_argument("--https-port", type=int,
                    help="the HTTPS port when the setting https is on (default 443)")
+    s.add_argument("--follow", metavar="URL",
+                   help="serve read-only from this replica, kept current by Litestream "
+                        "(--db is where the follower keeps its copy)")
     s.set_defaults(func=cmd_start)
     s = ss.add_parser("probe", parents=[common, hw], help="show what the probe sees")
     s.add_argument("--json", action="store_true")
@@ -686,13 +796,30 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("id", type=int, help="the token's id, from `fazt token list`")
     s.set_defaults(func=cmd_token_revoke)
 
+    replica = sub.add_parser("replica", help="continuous replication with Litestream")
+    rt = replica.add_subparsers(dest="replica_command", required=True, metavar="ACTION")
+    s = rt.add_parser("set", parents=[common], help="replicate to an S3-compatible URL")
+    s.add_argument("url", help="s3://BUCKET/PATH[?endpoint=https://HOST&region=R]")
+    s.add_argument("--store-credentials", action="store_true",
+                   help="store AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY from this "
+                        "environment in the database (else the server's environment is used)")
+    s.set_defaults(func=cmd_replica_set)
+    s = rt.add_parser("status", parents=[common, as_json],
+                      help="where to, lag, last sync, errors")
+    s.set_defaults(func=cmd_replica_status)
+    rt.add_parser("off", parents=[common], help="stop replicating").set_defaults(
+        func=cmd_replica_off)
+
     s = sub.add_parser("backup", parents=[common], help="write a consistent copy of the database")
     s.add_argument("out")
     s.set_defaults(func=cmd_backup)
 
     s = sub.add_parser("restore", parents=[common],
-                       help="put a backup in place of the database (the server must be stopped)")
-    s.add_argument("backup", help="a file written by `fazt backup` or the dashboard")
+                       help="put a backup, or the latest state of a replica, in place of the "
+                            "database (the server must be stopped)")
+    s.add_argument("backup", nargs="?", help="a file written by `fazt backup` or the dashboard")
+    s.add_argument("--from", dest="source", metavar="URL",
+                   help="fetch from this replica (see `fazt replica set`) instead")
     s.set_defaults(func=cmd_restore)
     return p
 

@@ -44,3 +44,13 @@ class Unavailable(FaztError):
 
     code = "unavailable"
     retry_after = 5
+
+
+class ReadOnly(FaztError):
+    """A write sent to a read-only follower: only the primary takes writes."""
+
+    status = 503
+    code = "read_only_follower"
+
+    def __init__(self, message: str = "This server is a read-only follower, write to the primary."):
+        super().__init__(message)

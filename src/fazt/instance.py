@@ -23,6 +23,7 @@ from fazt.constants import DEFAULT_PORT, MB
 from fazt.deploy import ADMIN_SITE, Source, deploy, files_from_directory
 from fazt.errors import Conflict, FaztError, NotFound
 from fazt.metrics import RequestRate
+from fazt.replica import target as replica_target
 from fazt.siterules import check_rules
 from fazt.stability import thresholds as th
 from fazt.stability.probe import Machine, probe
@@ -120,12 +121,15 @@ def collect_unserved(db: Database) -> int:
 
 def machine_for(config: dict, db_path: str, memory_mb: float | None = None,
                 cpus: float | None = None) -> Machine:
-    """Probe, with what the owner declared at init (or now) winning over what is seen."""
-    return probe(
+    """Probe, with what the owner declared at init (or now) winning over what is seen.
+    With replication on, Litestream runs beside fazt and shares its budget."""
+    machine = probe(
         db_path,
         memory_mb=memory_mb or config.get("declared_memory_mb"),
         cpus=cpus or config.get("declared_cpus"),
     )
+    machine.replica = bool(config.get(replica_target.URL_KEY))
+    return machine
 
 
 def mode_for(db_size: int, machine: Machine, ratio_limit: float) -> tuple[str, float]:
@@ -203,6 +207,10 @@ def update_config(db: Database, config: dict, machine: Machine, values: dict,
     for key, value in values.items():
         if key in settings.SETTINGS:
             coerced[key] = settings.parse(key, value)
+            if key == replica_target.URL_KEY and coerced[key]:
+                from fazt.replica.litestream import binary
+
+                binary()  # refuse now, not when the server next starts Litestream
             continue
         verdict = th.check(key, value, {k: merged[k] for k in keys}, machine)
         if verdict.invalid:
@@ -222,6 +230,10 @@ def update_config(db: Database, config: dict, machine: Machine, values: dict,
         for key, old, new, message in overrides:
             undo_overrides(conn, key)
             record_override(conn, key, old, new, message)
+    url = replica_target.URL_KEY
+    if url in coerced and bool(coerced[url]) != bool(config.get(url)):
+        # Litestream starts or stops: its memory comes out of the budget, or back.
+        return recalibrate_database(db)[1]
     return {**merged, **coerced, "owner_keys": owner_keys}
 
 
@@ -245,10 +257,15 @@ def recalibrate_database(db: Database, memory_mb: float | None = None,
 
 
 class Instance:
-    """A booted fazt, ready to serve."""
+    """A booted fazt, ready to serve.
 
-    def __init__(self, db_path: str):
+    `read_only` is a follower's: its database is a copy Litestream keeps current,
+    so boot writes nothing and every write answers 503 (store's ReadOnly).
+    """
+
+    def __init__(self, db_path: str, read_only: bool = False):
         self.db_path = db_path
+        self.read_only = read_only
         self.db: Database | None = None
         self.config: dict = {}
         self.machine: Machine | None = None
@@ -264,6 +281,7 @@ class Instance:
         # Set by the server when HTTPS is on: the certificate keeper and the TLS port.
         self.autocert = None
         self.https_port: int | None = None
+        self.replication = None  # a primary's Replication or a follower's Follower
         self.rate = RequestRate()
         self.started = time.time()
         self._process = None  # psutil's view of this process, made once
@@ -278,8 +296,9 @@ class Instance:
         """The quiet window: everything the cockpit needs goes into RAM."""
         from fazt.runtime import Runtime  # the runtime imports QuickJS: only when serving
 
-        self.db = open_database(self.db_path)
-        refresh_admin_assets(self.db)
+        self.db = open_database(self.db_path, read_only=self.read_only)
+        if not self.read_only:  # a follower serves the primary's cockpit as it is
+            refresh_admin_assets(self.db)
         with self.db.read() as conn:
             self.config = read_config(conn)
             secrets = load_secrets(conn)
@@ -294,6 +313,7 @@ class Instance:
         self.auth = Auth(secrets["username"], secrets["password_hash"], secrets["session_key"],
                          tokens, json.loads(secrets.get(REVOKED_SESSIONS) or "{}"))
         self.machine = machine_for(self.config, self.db_path)
+        self.machine.replica = self.machine.replica or self.read_only
         self.vfs = VFS(self.db, self._mb("vfs_cache_mb"), self._mb("large_file_mb"))
         self.vfs.pin_site(ADMIN_SITE)
         self.collect()  # what a command-line deploy left while a server held the database
@@ -337,7 +357,11 @@ class Instance:
                                              float(c["maintenance_ratio"]))
 
     def set_config(self, values: dict, break_glass: bool = False) -> dict:
+        before = self.config.get(replica_target.URL_KEY)
         self.config = update_config(self.db, self.config, self.machine, values, break_glass)
+        if self.config.get(replica_target.URL_KEY) != before:
+            self.machine = machine_for(self.config, self.db_path)
+            self.keep_replicating()
         with self.db.read() as conn:
             self.overrides = active_overrides(conn)
         self.apply()
@@ -379,9 +403,10 @@ class Instance:
         if stamp == self._config_stamp:
             return False
         self._config_stamp = stamp
-        if config.get("declared_memory_mb") != self.config.get("declared_memory_mb") or \
-                config.get("declared_cpus") != self.config.get("declared_cpus"):
+        if any(config.get(k) != self.config.get(k)
+               for k in ("declared_memory_mb", "declared_cpus", replica_target.URL_KEY)):
             self.machine = machine_for(config, self.db_path)
+            self.machine.replica = self.machine.replica or self.read_only
         self.config = config
         self.apply()
         return True
@@ -515,9 +540,43 @@ class Instance:
             "https": {"enabled": self.autocert is not None, "port": self.https_port,
                       **(self.autocert.summary() if self.autocert else
                          {"ordering": None, "certificates": []})},
+            "replica": self.replica_status(),
         }
 
+    def replica_status(self) -> dict:
+        from fazt.replica.primary import replication_status
+
+        if self.replication is not None:
+            return self.replication.status()
+        return replication_status(self.db_path, None)
+
+    def keep_replicating(self) -> None:
+        """Start, stop or re-point Litestream to match the `replica_url` setting
+        (at boot, and when `fazt replica set/off` changes it from another process)."""
+        from fazt.replica.litestream import remove_working_files
+        from fazt.replica.primary import Replication
+
+        if self.read_only:
+            return
+        url = self.config.get(replica_target.URL_KEY)
+        url = url and replica_target.litestream_url(url)
+        with self.db.read() as conn:
+            credentials = replica_target.credentials(conn)
+        current = self.replication
+        if current is not None and url and current.same(url, credentials):
+            return
+        if current is not None:
+            current.stop()
+            self.replication = None
+            if not url:
+                remove_working_files(self.db_path)
+        if url:
+            gomemlimit = th.replica_gomemlimit_mb(self.machine)
+            self.replication = Replication(self.db_path, url, credentials, gomemlimit).start()
+
     def close(self) -> None:
+        if self.replication is not None:
+            self.replication.stop()
         if self.runtime is not None:
             self.runtime.logs_ring.stop()  # its last lines go to the database first
         if self.db is not None:

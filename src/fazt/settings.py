@@ -17,6 +17,7 @@ from typing import Any
 
 from fazt.constants import DEFAULT_PORT
 from fazt.errors import FaztError
+from fazt.replica.target import check_url as check_replica_url
 
 TYPES = ("bool", "choice", "string", "int", "list")
 LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
@@ -95,6 +96,10 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
     Setting("acme_ca_bundle", "string", "", "ACME CA bundle",
             "A PEM file trusted, besides the system store, for the ACME server's own HTTPS "
             "(empty: the system store only)."),
+    Setting("replica_url", "string", "", "Replica",
+            "Where Litestream streams the database continuously (an s3:// URL; empty: off). "
+            "Set it with `fazt replica set`, which also takes the credentials.",
+            check=check_replica_url),
     Setting("hsts_max_age", "int", 31536000, "HSTS max-age",
             "Seconds browsers remember to use HTTPS only (Strict-Transport-Security).",
             min=0, max=63072000),

@@ -20,14 +20,30 @@ from fazt.cockpit.dashboard import Dashboard
 from fazt.cockpit.headers import SecurityHeaders
 from fazt.cockpit.session import Authentication
 from fazt.cockpit.upload import Deploy
+from fazt.errors import ReadOnly
 from fazt.instance import Instance
 from fazt.webapp import new_falcon_app
+
+
+class FollowerGuard:
+    """On a read-only follower, every cockpit call that would change something is
+    refused before its body is read (a deploy would otherwise upload first).
+    Signing in and out stay: sessions live in RAM."""
+
+    ALLOWED = ("/api/login", "/api/logout")
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        if req.method not in ("GET", "HEAD", "OPTIONS") and req.path not in self.ALLOWED:
+            raise ReadOnly()
 
 
 def cockpit_app(instance: Instance) -> falcon.App:
     """The cockpit's Falcon app; the Router sends it every request for admin.D."""
     app = new_falcon_app(instance)
-    for middleware in (Authentication(instance), CrossSiteGuard(), SecurityHeaders()):
+    middlewares = [Authentication(instance), CrossSiteGuard(), SecurityHeaders()]
+    if instance.read_only:
+        middlewares.insert(2, FollowerGuard())
+    for middleware in middlewares:
         app.add_middleware(middleware)
     routes = {
         "/api/login": r.Login(instance),

@@ -10,12 +10,23 @@ named by the script.
 """
 
 import json
+import threading
 from typing import Any
 
-from fazt.errors import FaztError
+from fazt.errors import FaztError, ReadOnly
 from fazt.runtime.env import SiteEnv
 from fazt.runtime.kv import KvError, KvStore
 from fazt.runtime.logs import SiteLogs
+
+_refusals = threading.local()  # a write a read-only follower refused, on this thread
+
+
+def take_refusal() -> ReadOnly | None:
+    """The write refused during the request running on this thread (a handler runs on
+    its caller's thread, warm context or not), and forget it."""
+    refused = getattr(_refusals, "exc", None)
+    _refusals.exc = None
+    return refused
 
 
 class Bridge:
@@ -41,6 +52,9 @@ class Bridge:
             return json.dumps(self._dispatch(op, args))
         except KvError as exc:
             return json.dumps({"error": exc.message, "type": exc.js_type})
+        except ReadOnly as exc:  # the request answers 503, whatever the script does next
+            _refusals.exc = exc
+            return json.dumps({"error": f"{op}: {exc.message}", "type": "Error"})
         except FaztError as exc:  # e.g. the database is busy
             return json.dumps({"error": f"{op}: {exc.message}", "type": "Error"})
         except Exception as exc:  # must never raise into QuickJS

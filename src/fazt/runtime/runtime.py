@@ -32,7 +32,7 @@ import threading
 from fazt.constants import MB
 from fazt.errors import Busy
 from fazt.runtime import engine
-from fazt.runtime.bridge import Bridge
+from fazt.runtime.bridge import Bridge, take_refusal
 from fazt.runtime.engine import JsResponse, Limits, Loaded
 from fazt.runtime.env import SiteEnv
 from fazt.runtime.kv import KvStore
@@ -97,6 +97,7 @@ class Runtime:
         """
         if not self._slots.try_acquire(site):
             raise JsBusy(self._slots.why_refused(site))
+        take_refusal()
         try:
             answer, warm = self._run(site, script_sha, source, request)
         finally:
@@ -108,6 +109,9 @@ class Runtime:
                 self._counts["timeouts"] += 1
             elif answer.error:
                 self._counts["errors"] += 1
+        refused = take_refusal()
+        if refused is not None:  # a follower: the script tried to write
+            raise refused
         return answer
 
     def _run(self, site: str, script_sha: str, source: str, request: dict

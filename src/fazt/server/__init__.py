@@ -161,8 +161,10 @@ def make_server(instance: Instance, host: str, port: int,
     return server
 
 
-def run(db_path: str, host: str, port: int | None, https_port: int | None = None) -> None:
-    """Boot, serve until SIGINT/SIGTERM, stop cleanly."""
+def run(db_path: str, host: str, port: int | None, https_port: int | None = None,
+        follow: str | None = None) -> None:
+    """Boot, serve until SIGINT/SIGTERM, stop cleanly. With `follow` (a replica URL),
+    serve read-only from a copy of that replica that Litestream keeps current."""
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
                         format="%(name)s: %(message)s")
     # Waitress warns on every request queued behind busy threads: under a flood that is a
@@ -170,8 +172,9 @@ def run(db_path: str, host: str, port: int | None, https_port: int | None = None
     # under a flood took 100 ms at p50 with it, 72 without). A queue is expected under load.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     held = claim_for_server(db_path)  # `fazt restore` refuses a database a server holds
-    instance = Instance(db_path).boot()
-    https_on = instance.config.get("https") == "on"
+    instance = _follower(db_path, follow) if follow else _primary(db_path)
+    # A follower cannot order or renew certificates (that writes): TLS goes in front of it.
+    https_on = instance.config.get("https") == "on" and not follow
     port = port or (80 if https_on else int(instance.config.get("port") or DEFAULT_PORT))
     autocert = start_certificates(instance) if https_on else None
     requests_log = RequestLog().start()
@@ -191,8 +194,9 @@ def run(db_path: str, host: str, port: int | None, https_port: int | None = None
     signal.signal(signal.SIGHUP, hup)
     threading.Thread(target=_watch_config, args=(instance,), daemon=True).start()
     d = instance.domain
+    role = f"read-only follower of {follow}, " if follow else ""
     sys.stderr.write(
-        f"fazt serving on http://{host}:{port} in {instance.mode} mode "
+        f"fazt serving on http://{host}:{port} in {role}{instance.mode} mode "
         f"(sites: http://NAME.{d}:{port}, cockpit: http://admin.{d}:{port})\n")
     sys.stderr.flush()
     if autocert is not None:
@@ -224,14 +228,54 @@ def start_certificates(instance: Instance):
     return autocert
 
 
+def _primary(db_path: str) -> Instance:
+    instance = Instance(db_path).boot()
+    try:
+        instance.keep_replicating()
+    except BaseException:
+        instance.close()
+        raise
+    return instance
+
+
+def _follower(db_path: str, url: str) -> Instance:
+    """Restore the replica into `db_path` and keep it current; boot on it read-only."""
+    from fazt.replica import target
+    from fazt.replica.follower import Follower
+    from fazt.stability import thresholds as th
+    from fazt.stability.probe import probe
+
+    problem = target.check_url(url)
+    if problem:
+        raise FaztError(f"--follow: {problem}")
+    url = target.litestream_url(url)
+    gomemlimit = th.replica_gomemlimit_mb(probe(db_path))
+    follower = Follower(db_path, url, target.credentials_from_env(), gomemlimit).start()
+    try:
+        instance = Instance(db_path, read_only=True).boot()
+    except BaseException:
+        follower.stop()
+        raise
+    instance.replication = follower
+
+    def restored() -> None:  # Litestream died and restored afresh: read the new file
+        instance.db.reopen()
+        instance.vfs.forget_files()
+
+    follower.on_restored = restored
+    return instance
+
+
 def _watch_config(instance: Instance) -> None:
     while True:
         time.sleep(CONFIG_POLL)
-        _safely(instance.reload_if_changed)
+        if _safely(instance.reload_if_changed):
+            _safely(instance.keep_replicating)
 
 
-def _safely(action) -> None:
+def _safely(action):
     try:
-        action()
+        return action()
     except Exception:  # a background duty must never kill the server
         log.exception("background task failed")
+        return None

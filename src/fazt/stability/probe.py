@@ -43,6 +43,7 @@ class Machine:
     source: dict[str, str] = field(default_factory=dict)
     host_ram_mb: float | None = None
     host_cpus: float | None = None
+    replica: bool = False  # Litestream runs beside fazt (replication or a follower)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -57,11 +57,19 @@ def _call(name: str, *args: Any) -> Any:
     return json.loads(answer)
 
 
-def _machine(machine: Machine | Mapping[str, Any]) -> dict[str, float]:
-    """The three numbers the formula needs, from a Machine or a plain mapping."""
+def _machine(machine: Machine | Mapping[str, Any]) -> dict[str, Any]:
+    """What the formula needs, from a Machine or a plain mapping: three numbers and
+    whether Litestream runs beside fazt (its memory is charged to the same budget)."""
     if isinstance(machine, Machine):
-        return {"ram_mb": machine.ram_mb, "cpus": machine.cpus, "disk_gb": machine.disk_gb}
-    return {key: machine[key] for key in ("ram_mb", "cpus", "disk_gb")}
+        return {"ram_mb": machine.ram_mb, "cpus": machine.cpus, "disk_gb": machine.disk_gb,
+                "replica": machine.replica}
+    m = {key: machine[key] for key in ("ram_mb", "cpus", "disk_gb")}
+    return {**m, "replica": bool(machine.get("replica", False))}
+
+
+def replica_gomemlimit_mb(machine: Machine | Mapping[str, Any]) -> int:
+    """Litestream's Go heap goal on this machine (its GOMEMLIMIT), from capacity.js."""
+    return int(_call("fazt_replica_gomemlimit_mb", _machine(machine)["ram_mb"]))
 
 
 @functools.cache

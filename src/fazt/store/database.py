@@ -16,12 +16,13 @@ import contextlib
 import os
 import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from fazt.constants import MB
-from fazt.errors import FaztError, Unavailable
-from fazt.store.schema import migrate
+from fazt.errors import FaztError, ReadOnly, Unavailable
+from fazt.store.schema import MIGRATIONS, migrate
 
 PAGE_SIZE = 8192  # 4096-byte pages cap a database near 17.6 TB; the target is 20 TB.
 
@@ -38,10 +39,14 @@ class Limits:
 class Database:
     """The fazt database file and its connections."""
 
-    def __init__(self, path: str, limits: Limits | None = None):
+    def __init__(self, path: str, limits: Limits | None = None, read_only: bool = False):
         self.path = path
         self.limits = limits or Limits()
+        # A follower's copy, which Litestream rewrites underneath: opened read-only, in
+        # whatever journal mode the file says, and every write refused.
+        self.read_only = read_only
         self._generation = 0
+        self._reopened = 0  # readers of an older generation than this reconnect
         self._local = threading.local()
         self._write_lock = threading.Lock()
         self._writer: sqlite3.Connection | None = None
@@ -50,11 +55,15 @@ class Database:
     # -- connections -------------------------------------------------------
 
     def _connect(self, busy_ms: int, cache_mb: float | None = None) -> sqlite3.Connection:
-        conn = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=busy_ms / 1000
-        )
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
+        if self.read_only:
+            conn = _connect_read_only(self.path, busy_ms / 1000)
+        else:
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False,
+                timeout=busy_ms / 1000
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
         self._apply(conn, busy_ms, cache_mb)
         return conn
@@ -68,6 +77,12 @@ class Database:
         if self.limits.heap_mb:
             conn.execute(f"PRAGMA soft_heap_limit={int(self.limits.heap_mb * MB)}")
 
+    def reopen(self) -> None:
+        """The file was replaced (a follower restored afresh): each thread's readers
+        reconnect when next used, instead of reading the old, unlinked file."""
+        self._generation += 1
+        self._reopened = self._generation
+
     def set_limits(self, limits: Limits) -> None:
         """New PRAGMAs; each connection picks them up when next used."""
         self.limits = limits
@@ -80,6 +95,9 @@ class Database:
         conns = self._local.__dict__.setdefault("conns", {})
         entry = conns.get(cache_mb)
         busy = self.limits.busy_ms
+        if entry is not None and entry[1] < self._reopened:
+            entry[0].close()
+            entry = None
         if entry is None:
             entry = conns[cache_mb] = [self._connect(busy, cache_mb), self._generation]
         elif entry[1] != self._generation:
@@ -106,6 +124,8 @@ class Database:
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction through the single writer; rolls back on any error."""
+        if self.read_only:
+            raise ReadOnly()
         with self._write_lock:
             with _translate_busy():
                 if self._writer is None:
@@ -208,10 +228,32 @@ def create_database(path: str) -> Database:
     return Database(path)
 
 
-def open_database(path: str, limits: Limits | None = None) -> Database:
-    """Open an existing database and bring its schema forward."""
+def _connect_read_only(path: str, timeout: float) -> sqlite3.Connection:
+    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+    return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False,
+                           timeout=timeout)
+
+
+def open_database(path: str, limits: Limits | None = None, read_only: bool = False
+                  ) -> Database:
+    """Open an existing database and bring its schema forward (read-only: check it is
+    already this fazt's schema, since nothing may be written)."""
     if not os.path.isfile(path):
         raise FaztError(f"No database at {path}; create one with `fazt server init`.")
+    if read_only:
+        try:
+            conn = _connect_read_only(path, 5)
+            try:
+                version = conn.execute("SELECT MAX(version) FROM schema_migrations"
+                                       ).fetchone()[0]
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError as exc:
+            raise FaztError(f"{path} is not a usable fazt database ({exc}).") from None
+        if version != len(MIGRATIONS):
+            raise FaztError(f"The replica holds schema version {version}, this fazt needs "
+                            f"{len(MIGRATIONS)}: run the same fazt version as the primary.")
+        return Database(path, limits, read_only=True)
     try:
         conn = sqlite3.connect(path, isolation_level=None, timeout=5)
         try:

@@ -15,6 +15,13 @@ var FAZT_PINNED_MB = 2;      // admin assets + config, never evicted
 var FAZT_THREAD_MB = 0.25;   // one worker thread's stack and frame
 var FAZT_BUFFER_MB = 0.5;    // per open socket: Waitress in/out buffers + one 256 KiB chunk
 var FAZT_SAFETY_FACTOR = 0.7; // the seed: usable = (total - OS overhead) * 0.7
+/*
+ * Litestream, fazt's child while replication is on (or while it follows a replica).
+ * Measured (0.5.17): 36-38 MiB at rest, about 80 MiB while it compacts, 59-68 MiB
+ * with GOMEMLIMIT=32MiB. Its Go heap goal grows with the budget (5% of it, 32 to
+ * 256 MB) and the ledger charges that goal plus the resident floor.
+ */
+var FAZT_REPLICA_FLOOR_MB = 40;
 
 /* The machine the schema defaults are computed for (a small VPS). */
 var FAZT_REFERENCE_MACHINE = { ram_mb: 1024, cpus: 1, disk_gb: 25 };
@@ -27,7 +34,8 @@ var FAZT_LEDGER_ITEMS = [
   { key: "sqlite", label: "SQLite page caches" },
   { key: "js", label: "JavaScript slots" },
   { key: "threads", label: "Worker threads" },
-  { key: "buffers", label: "Connection buffers" }
+  { key: "buffers", label: "Connection buffers" },
+  { key: "replica", label: "Litestream (replication)" }
 ];
 
 /*
@@ -156,7 +164,18 @@ function fazt_machine(machine) {
   if (!isFinite(ram) || ram <= 0) { throw new TypeError("ram_mb must be a positive number"); }
   if (!isFinite(cpus) || cpus <= 0) { throw new TypeError("cpus must be a positive number"); }
   if (!isFinite(disk) || disk < 0) { throw new TypeError("disk_gb must be zero or more"); }
-  return { ram_mb: ram, cpus: cpus, disk_gb: disk };
+  return { ram_mb: ram, cpus: cpus, disk_gb: disk, replica: m.replica === true };
+}
+
+/* Litestream's Go heap goal (GOMEMLIMIT) on this machine, in MB. */
+function fazt_replica_gomemlimit_mb(ram_mb) {
+  return fazt_clamp(Math.floor(fazt_usable_mb(ram_mb) * 0.05), 32, 256);
+}
+
+/* What Litestream costs the budget: nothing unless replication is on. */
+function fazt_replica_mb(machine) {
+  var m = fazt_machine(machine);
+  return m.replica ? FAZT_REPLICA_FLOOR_MB + fazt_replica_gomemlimit_mb(m.ram_mb) : 0;
 }
 
 /*
@@ -201,7 +220,7 @@ function fazt_compute(machine) {
   var connection_limit = fazt_clamp(Math.floor(usable * 0.08 / FAZT_BUFFER_MB), 8, 1000);
 
   // What is left once the fixed costs, the threads and the buffers are paid.
-  var rest = usable - FAZT_BASELINE_MB - FAZT_PINNED_MB -
+  var rest = usable - FAZT_BASELINE_MB - FAZT_PINNED_MB - fazt_replica_mb(m) -
     FAZT_THREAD_MB * connections - FAZT_BUFFER_MB * connection_limit;
 
   // Warm contexts (one a site thread, see runtime.py) come out of the JavaScript budget,
@@ -271,7 +290,8 @@ function fazt_ledger(thresholds, machine) {
     // Running handlers, and the context each site thread keeps warm between requests.
     js: fazt_round2(t.max_concurrent_js * t.js_memory_mb + t.js_warm_mb * t.user_threads),
     threads: fazt_round2(FAZT_THREAD_MB * threads),
-    buffers: fazt_round2(FAZT_BUFFER_MB * t.connection_limit)
+    buffers: fazt_round2(FAZT_BUFFER_MB * t.connection_limit),
+    replica: fazt_replica_mb(m)
   };
   var total = 0;
   for (var i = 0; i < FAZT_LEDGER_ITEMS.length; i++) { total += ledger[FAZT_LEDGER_ITEMS[i].key]; }

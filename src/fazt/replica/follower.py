@@ -1,0 +1,130 @@
+"""A follower: a read-only copy of a replica, kept current by Litestream's follow mode.
+
+`litestream restore -f` restores the replica into the follower's database path,
+then applies each new transaction by writing pages into that file under
+SQLite's own exclusive lock, and marks the file as a rollback-journal database
+so that readers notice each change (SQLite checks the file change counter at
+every read). fazt opens it read-only and writes nothing to it.
+
+Two details measured with Litestream 0.5.17:
+- The first restore leaves the header in WAL mode, and a WAL-mode reader holds
+  a shared lock for as long as it is open, which would stall every update. So
+  the follower marks the file as a rollback-journal database itself (the same
+  two header bytes Litestream sets on its first update) before anyone opens it.
+- Restarted on an existing copy, `restore -f` refuses to resume when no
+  snapshot is newer than the copy. So a restarted follower restores afresh, and
+  the database reopens its connections on the new file once it is complete.
+"""
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable
+
+from fazt.errors import FaztError
+from fazt.replica import litestream
+from fazt.replica.supervisor import Child
+
+_SIDE_FILES = ("-txid", "-wal", "-shm", "-journal")
+_HEADER_JOURNAL_MODE = 18  # two bytes: 1 1 rollback journal, 2 2 WAL
+
+
+def is_follower_copy(path: str) -> bool:
+    """Whether `path` is a follower's copy (Litestream keeps `PATH-txid` beside it)."""
+    return os.path.exists(path + "-txid")
+
+
+def mark_rollback_mode(path: str) -> None:
+    with open(path, "r+b") as f:
+        f.seek(_HEADER_JOURNAL_MODE)
+        if f.read(2) == b"\x02\x02":
+            f.seek(_HEADER_JOURNAL_MODE)
+            f.write(b"\x01\x01")
+
+
+class Follower:
+    """Litestream following `url` into `db_path`, restarted (and re-restored) if it dies."""
+
+    def __init__(self, db_path: str, url: str, credentials: dict[str, str],
+                 gomemlimit_mb: int):
+        if os.path.exists(db_path) and not is_follower_copy(db_path):
+            raise FaztError(f"{db_path} is a database of its own, not a follower's copy; "
+                            "give a follower its own --db path.")
+        self.db_path = os.path.abspath(db_path)
+        self.url = url
+        self.gomemlimit_mb = gomemlimit_mb
+        self.on_restored: Callable[[], None] | None = None  # the copy was replaced
+        self.restored_at: float | None = None
+        self.applied_at: float | None = None
+        self.txid: str | None = None
+        self._ready = threading.Event()
+        self.child = Child("follow", litestream.follow_argv(litestream.binary(), url,
+                                                            self.db_path),
+                           litestream.child_env(credentials, gomemlimit_mb),
+                           cwd=os.path.dirname(self.db_path), on_line=self._line,
+                           prepare=self._clear)
+
+    def _clear(self) -> None:
+        """Before each start: no old copy, so Litestream restores afresh."""
+        self._ready.clear()
+        for suffix in ("", *_SIDE_FILES):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.db_path + suffix)
+
+    def _line(self, fields: dict[str, str]) -> None:
+        message = fields.get("msg")
+        if message == "entering follow mode":
+            mark_rollback_mode(self.db_path)
+            self.txid = fields.get("txid")
+            self.restored_at = self.applied_at = time.time()
+            self._ready.set()
+            if self.on_restored is not None:
+                self.on_restored()
+        elif message == "follow: applied updates":
+            self.txid = fields.get("to_txid")
+            self.applied_at = time.time()
+
+    def start(self, timeout: float = 600.0) -> "Follower":
+        """Start following; return once the first restore is complete."""
+        self.child.start()
+        deadline = time.monotonic() + timeout
+        while not self._ready.wait(0.1):
+            if self.child.exits:
+                self.child.stop()
+                raise FaztError(f"Litestream could not restore {self.url}: "
+                                f"{self.child.last_error or 'it exited'}.")
+            if time.monotonic() > deadline:
+                self.child.stop()
+                raise FaztError(f"The first restore from {self.url} took over "
+                                f"{timeout:.0f} s; giving up.")
+        return self
+
+    def stop(self) -> None:
+        self.child.stop()
+
+    def status(self) -> dict:
+        from fazt.replica.primary import rss
+
+        pid = self.child.pid
+        warning = None
+        if pid is None:
+            warning = "Litestream is not running: this follower is not being updated."
+        elif (self.child.last_error_at or 0) > (self.applied_at or 0) + 10:
+            warning = f"Litestream cannot update this follower: {self.child.last_error}"
+        return {
+            "role": "follower",
+            "url": self.url,
+            "running": pid is not None,
+            "pid": pid,
+            "txid": self.txid,
+            "restored_at": self.restored_at,
+            "last_applied_at": self.applied_at,
+            "behind": warning is not None,
+            "warning": warning,
+            "rss_bytes": rss(pid),
+            "gomemlimit_mb": self.gomemlimit_mb,
+            "restarts": self.child.restarts,
+            "last_error": self.child.last_error,
+            "last_error_at": self.child.last_error_at,
+        }

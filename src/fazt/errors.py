@@ -46,11 +46,12 @@ class Unavailable(FaztError):
     retry_after = 5
 
 
-class ReadOnly(FaztError):
-    """A write sent to a read-only follower: only the primary takes writes."""
+class ReadOnly(Unavailable):
+    """A write sent to a read-only follower: only the primary takes writes (503, and
+    no Retry-After: waiting will not help)."""
 
-    status = 503
     code = "read_only_follower"
+    retry_after = None
 
     def __init__(self, message: str = "This server is a read-only follower, write to the primary."):
         super().__init__(message)

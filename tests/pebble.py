@@ -72,12 +72,20 @@ class Pebble:
         (folder / "pebble.json").write_text(json.dumps(config))
         self.log_path = folder / "pebble.log"
         self._log = open(self.log_path, "wb")
+        self._start()
+
+    def _start(self) -> None:
         env = dict(os.environ, PEBBLE_VA_NOSLEEP="1")
         self.proc = subprocess.Popen(
-            ["pebble", "-config", str(folder / "pebble.json"),
+            ["pebble", "-config", str(self.folder / "pebble.json"),
              "-dnsserver", f"127.0.0.1:{self.dns.server.server_address[1]}"],
             stdout=self._log, stderr=subprocess.STDOUT, env=env)
         self._wait_ready()
+
+    def restart(self) -> None:
+        """The same ports, a new CA that remembers no account."""
+        self._stop()
+        self._start()
 
     @property
     def directory(self) -> str:
@@ -110,12 +118,15 @@ class Pebble:
         """How many certificates pebble has issued (its log names each)."""
         return self.log().count("Issued certificate serial")
 
-    def close(self) -> None:
+    def _stop(self) -> None:
         self.proc.terminate()
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+    def close(self) -> None:
+        self._stop()
         self._log.close()
         self.dns.stop()

@@ -76,6 +76,16 @@ def test_certificates_for_the_domain_the_cockpit_and_each_site_survive_a_restart
     assert all(after[h]["not_after"] == t for h, t in before.items())
 
 
+def test_an_account_the_ca_forgot_is_registered_again(setup, site_dir):
+    db, port, pebble = setup
+    with start(db, port) as srv:
+        assert eventually(lambda: issued(db, DOMAIN), timeout=60), srv.log()
+        pebble.restart()  # a new pebble knows no account
+        fazt("deploy", str(site_dir), "--site", "later", "--db", str(db))
+        assert eventually(lambda: issued(db, f"later.{DOMAIN}"), timeout=60), srv.log()
+    assert certs(db)[f"later.{DOMAIN}"]["last_error"] is None
+
+
 def test_an_unreachable_ca_is_a_visible_error_and_plain_http_keeps_serving(tmp_path, site_dir):
     db = init_db(tmp_path / "data.db")
     fazt("config", "set", "https", "on", "--db", str(db))

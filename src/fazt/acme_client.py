@@ -31,6 +31,10 @@ class AcmeError(FaztError):
     """The CA could not be reached, refused, or could not validate the host."""
 
 
+class AccountGone(AcmeError):
+    """The CA no longer knows the stored account (a test CA restarted): register again."""
+
+
 class _Network(client.ClientNetwork):
     def post(self, *args, **kwargs) -> requests.Response:
         for _ in range(BAD_NONCE_RETRIES):
@@ -152,7 +156,8 @@ class _explained:
         if isinstance(exc, errors.TimeoutError):
             raise AcmeError(f"The order for {self.host} took too long.") from None
         if isinstance(exc, messages.Error):
-            raise AcmeError(f"{self.what} refused: {exc.detail or exc.code}.") from None
+            kind = AccountGone if exc.code == "accountDoesNotExist" else AcmeError
+            raise kind(f"{self.what} refused: {exc.detail or exc.code}.") from None
         if isinstance(exc, (errors.Error, ValueError, KeyError, jose.DeserializationError)):
             raise AcmeError(f"{self.what} answered something unexpected: {_short(exc)}.") from None
         return False

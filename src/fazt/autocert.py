@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from fazt.acme_client import Acme
+from fazt.acme_client import AccountGone, Acme
 from fazt.errors import FaztError
 from fazt.pem import CertInfo, csr_for, new_key, read_chain
 from fazt.store import Database
@@ -182,8 +182,7 @@ class AutoCert:
         self.ordering = host
         try:
             key_pem = new_key()
-            chain = self._client(config).issue(host, csr_for(key_pem, host),
-                                               self.challenges.__setitem__, self._withdraw)
+            chain = self._issue(host, key_pem, config)
             info = read_chain(chain)
             self.sink.install(host, chain, key_pem)  # refuses a chain that does not fit
             with self.db.write() as conn:
@@ -202,6 +201,18 @@ class AutoCert:
             log.warning("certificate for %s failed (%d in a row): %s", host, failures, message)
         finally:
             self.ordering = None
+
+    def _issue(self, host: str, key_pem: bytes, config: dict) -> bytes:
+        csr = csr_for(key_pem, host)
+        try:
+            return self._client(config).issue(host, csr, self.challenges.__setitem__,
+                                              self._withdraw)
+        except AccountGone:  # the CA forgot the stored account: register anew, once
+            with self.db.write() as conn:
+                store.forget_account(conn, config["acme_directory"])
+            self._acme = None
+            return self._client(config).issue(host, csr, self.challenges.__setitem__,
+                                              self._withdraw)
 
     def _withdraw(self, token: str) -> None:
         self.challenges.pop(token, None)

@@ -105,6 +105,10 @@ def save_account(conn: sqlite3.Connection, directory: str, key_pem: bytes, uri: 
         (directory, key_pem.decode(), uri, time.time()))
 
 
+def forget_account(conn: sqlite3.Connection, directory: str) -> None:
+    conn.execute("DELETE FROM acme_accounts WHERE directory = ?", (directory,))
+
+
 # -- custom domains ----------------------------------------------------------------
 
 

@@ -1,0 +1,49 @@
+"""Headless Chromium on the dashboard's HTTPS page: import a certificate, add a domain."""
+
+import os
+from pathlib import Path
+
+import pytest
+import trustme
+from conftest import Server, fazt
+from test_cockpit_browser import ARGS, CHROMIUM, sign_in
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="no Chromium at /usr/bin/chromium"),
+]
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+def test_the_https_page_imports_a_certificate_and_manages_domains(db_path, site_dir,
+                                                                  tmp_path: Path):
+    fazt("deploy", str(site_dir), "--site", "blog", "--db", str(db_path))
+    leaf = trustme.CA().issue_cert("www.blog.org")
+    chain, key = tmp_path / "chain.pem", tmp_path / "key.pem"
+    chain.write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems))
+    key.write_bytes(leaf.private_key_pem.bytes())
+    problems = []
+    with Server.running(db_path) as server, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page()
+        page.on("pageerror", lambda exc: problems.append(str(exc)))
+        sign_in(page, f"http://admin.localhost:{server.port}")
+        assert page.text_content("#status-https").strip() == "off"
+        page.click("[data-nav=https]")
+        page.wait_for_selector("#certs-empty:not([hidden])")
+        page.fill("#domain-site", "blog")
+        page.fill("#domain-host", "www.blog.org")
+        page.click("#domain-add")
+        page.wait_for_selector("#domains-body tr[data-host='www.blog.org']")
+        page.fill("#import-host", "www.blog.org")
+        page.set_input_files("#import-cert", str(chain))
+        page.set_input_files("#import-key", str(key))
+        page.click("#import-submit")
+        row = page.wait_for_selector("#certs-body tr[data-host='www.blog.org']")
+        assert "import" in row.text_content()
+        assert "PRIVATE KEY" not in page.content()
+        page.click("#domains-body tr[data-host='www.blog.org'] button")
+        page.wait_for_selector("#domains-body tr[data-host='www.blog.org']", state="detached")
+        browser.close()
+    assert problems == []
+    assert fazt("site", "domain", "list", "blog", "--db", str(db_path)).stdout == ""

@@ -31,6 +31,7 @@ import compression_bench
 import peers
 import psutil
 import requests
+import scale
 import soak
 
 
@@ -105,6 +106,8 @@ def setup(tmp: str, plan: Plan) -> Setup:
         ("WhiteNoise", lambda p: peers.start_python_peer(
             "whitenoise", site, p, threads, os.path.join(tmp, "whitenoise.log"))),
         ("nginx", lambda p: peers.start_nginx(site, p, os.path.join(tmp, "nginx"))),
+        ("asyncio canned", lambda p: peers.start_python_peer(
+            "asyncio", os.path.join(site, "file.bin"), p, 1, os.path.join(tmp, "asyncio.log"))),
     ):
         port = c.free_port()
         try:
@@ -150,20 +153,26 @@ def section_static(s: Setup, plan: Plan) -> c.Section:
             runs[name].append(c.wrk(f"http://127.0.0.1:{port}/file.bin", host, plan.wrk_threads,
                                     plan.connections, plan.seconds))
     ceiling = c.median([r["rps"] for r in runs.get("bare WSGI", [])])
+    python = c.median([r["rps"] for r in runs.get("asyncio canned", [])])
     rows = []
     for name, results in runs.items():
         rps = c.median([r["rps"] for r in results])
         ratio = f"{rps / ceiling:.2f}" if ceiling == ceiling else "–"
-        rows.append([name, f"{rps:,.0f}", ratio, c.ms(c.median([r["p50"] for r in results])),
+        to_python = f"{rps / python:.2f}" if python == python else "–"
+        rows.append([name, f"{rps:,.0f}", ratio, to_python,
+                     c.ms(c.median([r["p50"] for r in results])),
                      c.ms(c.median([r["p99"] for r in results])),
                      sum(r["non2xx"] + r["errors"] for r in results)])
         sec.chart[name] = rps
-    sec.tables.append(c.table(["server", "req/s (median)", "× bare ceiling", "p50 ms", "p99 ms",
+    sec.tables.append(c.table(["server", "req/s (median)", "× bare ceiling",
+                               "× asyncio canned", "p50 ms", "p99 ms",
                                "non-2xx + socket errors"], rows))
     sec.notes.append(f"wrk -t{plan.wrk_threads} -c{plan.connections} -d{plan.seconds:g}s on "
                      f"loopback, {plan.rounds} round(s) alternated; wrk shares the 2 cores with "
                      "the server. Python peers run on Waitress with fazt's `user_threads`; "
-                     "nginx with one worker. fazt logs one line a request (to a file), "
+                     "nginx with one worker; 'asyncio canned' is Python's ceiling here, an "
+                     "asyncio protocol that answers every request with the same bytes "
+                     "without parsing it. fazt logs one line a request (to a file), "
                      "as it does in production; the peers log nothing.")
     for name, why in s.peer_notes.items():
         sec.notes.append(f"{name} skipped: {why}.")
@@ -221,7 +230,8 @@ def section_large(s: Setup, plan: Plan) -> c.Section:
     sec = c.Section(f"2. Large file ({plan.large_mb} MB)")
     size = plan.large_mb * c.MB
     rounds = 1 if plan.smoke else 2
-    procs = {"fazt": s.proc, **{n: p for n, (_, p) in s.peers.items() if n != "bare WSGI"}}
+    procs = {"fazt": s.proc, **{n: p for n, (_, p) in s.peers.items()
+                                if n not in ("bare WSGI", "asyncio canned")}}
     results: dict[str, list] = {n: [] for n in procs}
     baseline = {n: RssSampler(p.pid).rss() for n, p in procs.items()}
     for _ in range(rounds):
@@ -239,7 +249,7 @@ def section_large(s: Setup, plan: Plan) -> c.Section:
         peak = max(r[1] for r in res) / c.MB
         rows.append([name, f"{speed:,.0f}", f"{baseline[name] / c.MB:.0f}", f"{peak:.0f}",
                      f"{peak - baseline[name] / c.MB:+.0f}"])
-        sec.chart[name] = (speed, peak)
+        sec.chart[name] = (speed, peak, peak - baseline[name] / c.MB)
     sec.tables.append(c.table(["server", "MB/s (median)", "RSS before MB", "peak RSS MB",
                                "growth MB"], rows))
     sec.notes.append(f"curl to /dev/null on loopback, {rounds} round(s) alternated; RSS of the "
@@ -454,6 +464,7 @@ def section_cockpit(s: Setup, plan: Plan) -> c.Section:
                      {k: v for k, v in codes.items() if k != "200"} or "–",
                      c.ms(c.percentile(reads, 50)), c.ms(c.percentile(reads, 99))])
         sec.chart[name] = p99
+        sec.chart.setdefault("status read p99", {})[name] = c.percentile(reads, 99)
     sec.tables.append(c.table(["phase", "200 / logins", "login p50 ms", "login p99 ms",
                                "p99 / idle p99", "goal < 2×", "other answers",
                                "status read p50 ms", "status read p99 ms"], rows))
@@ -465,6 +476,90 @@ def section_cockpit(s: Setup, plan: Plan) -> c.Section:
     return sec
 
 
+# -- the goals, side by side -------------------------------------------------------------------
+
+# Issue 16's held-out run (wrk -t1, one interleaved run), before this round's work.
+HELD_OUT = {"static": 6532 / 137429, "large": 0.57, "js": 0.32, "status": 38.6 / 5.1}
+
+
+def goal_ratios(sections: dict) -> dict:
+    """The ratios the goals are about, from the sections' chart data (NaN where missing)."""
+    nan = float("nan")
+
+    def chart(key):
+        sec = sections.get(key)
+        return sec.chart if sec else {}
+
+    static, large, js, cockpit, scale_ = (chart(k) for k in
+                                          ("static", "large", "js", "cockpit", "scale"))
+    out = {}
+    out["static"] = static.get("fazt", nan) / static.get("asyncio canned", nan)
+    fazt_large, wn = large.get("fazt"), large.get("WhiteNoise")
+    out["large"] = fazt_large[0] / wn[0] if fazt_large and wn else nan
+    out["large_growth"] = fazt_large[2] if fazt_large and len(fazt_large) > 2 else nan
+    out["js"] = js.get("trivial handler (4 KiB)", nan) / js.get("static file (4 KiB)", nan)
+    reads = list((cockpit.get("status read p99") or {}).values())
+    out["status"] = reads[-1] / reads[0] if len(reads) > 1 and reads[0] else nan
+    logins = [v for k, v in cockpit.items() if not isinstance(v, dict)]
+    out["login"] = logins[-1] / logins[0] if len(logins) > 1 and logins[0] else nan
+    sites = scale_.get("sites") or {}
+    if len(sites) > 1:
+        first, last = list(sites.values())[0], list(sites.values())[-1]
+        out["sites_rps"], out["sites_p99"] = last[0] / first[0], last[1] / first[1]
+    deploys = scale_.get("deploys") or {}
+    if len(deploys) > 1:
+        (n0, t0), (n1, t1) = list(deploys.items())[1], list(deploys.items())[-1]
+        out["deploy"] = (t1 / float(n1)) / (t0 / float(n0))
+    dbs = scale_.get("db") or {}
+    if len(dbs) > 1:
+        first, last = list(dbs.values())[0], list(dbs.values())[-1]
+        out["boot"], out["rss_db"] = last[0] / first[0], last[2] - first[2]
+    return out
+
+
+GOALS = [  # key, what, goal, met when
+    ("static", "4 KiB hot file: fazt req/s ÷ asyncio canned (sec. 1)", "≥ 0.15",
+     lambda v: v >= 0.15),
+    ("large", "1 GB file: fazt MB/s ÷ WhiteNoise MB/s (sec. 2)", "≥ 0.8", lambda v: v >= 0.8),
+    ("large_growth", "1 GB file: fazt RSS growth MB (sec. 2)", "< 20", lambda v: v < 20),
+    ("js", "trivial JS handler req/s ÷ 4 KiB static, same connections (sec. 3)", "≥ 0.8",
+     lambda v: v >= 0.8),
+    ("status", "cockpit status read p99, full load ÷ idle (sec. 4)", "≤ 2", lambda v: v <= 2),
+    ("login", "cockpit sign-in p99, full load ÷ idle (sec. 4)", "< 2", lambda v: v < 2),
+    ("sites_rps", "static req/s, most sites ÷ one site (sec. 8)", "flat (≥ 0.8)",
+     lambda v: v >= 0.8),
+    ("sites_p99", "static p99, most sites ÷ one site (sec. 8)", "flat (≤ 1.5)",
+     lambda v: v <= 1.5),
+    ("deploy", "deploy ms a file, most files ÷ 100 files (sec. 8)", "flat (≤ 1.5)",
+     lambda v: v <= 1.5),
+    ("boot", "boot time, largest database ÷ empty (sec. 8)", "flat (≤ 2)", lambda v: v <= 2),
+    ("rss_db", "RSS MB, largest database − empty (sec. 8)", "flat (< 20)", lambda v: v < 20),
+]
+
+
+def section_summary(sections: dict, previous: dict) -> c.Section:
+    now, before = goal_ratios(sections), goal_ratios(previous)
+    rows = []
+    for key, what, goal, met in GOALS:
+        value = now.get(key, float("nan"))
+        old = before.get(key, float("nan"))
+        held = HELD_OUT.get(key, float("nan"))
+        rows.append([what, goal, _num(value), "–" if value != value else
+                     ("met" if met(value) else "missed"), _num(old), _num(held)])
+    sec = c.Section("Goals side by side", tables=[c.table(
+        ["measure", "goal", "this run", "verdict", "previous RESULTS.md", "issue 16 held-out"],
+        rows)])
+    sec.notes.append("Every ratio is of two numbers measured in the same run, alternated, on "
+                     "this shared 2-core machine; the sections below hold the numbers behind "
+                     "them. 'previous RESULTS.md' is the same ratio from the results this run "
+                     "replaced (– where that run did not measure it).")
+    return sec
+
+
+def _num(value: float) -> str:
+    return "–" if value != value else f"{value:.2f}"
+
+
 # -- report -----------------------------------------------------------------------------------
 
 
@@ -474,7 +569,17 @@ def machine_line() -> str:
             f"{ram:.1f} GiB RAM, Linux {platform.release()}, Python {platform.python_version()}")
 
 
-ORDER = ("setup", "static", "large", "js", "cockpit", "soak", "control", "compression")
+ORDER = ("summary", "setup", "static", "large", "js", "cockpit", "soak", "control",
+         "compression", "scale")
+
+
+def load_previous(path: str) -> dict[str, c.Section]:
+    """The sections of the last full results (for the summary's 'previous' column)."""
+    try:
+        with open(path) as f:
+            return {k: c.Section(**v) for k, v in json.load(f).items()}
+    except (OSError, ValueError, TypeError):
+        return {}
 
 
 def merge_previous(out_dir: str, sections: dict, partial: bool) -> dict[str, c.Section]:
@@ -524,7 +629,7 @@ def draw_chart(out_dir: str, sections: dict[str, c.Section]) -> str | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return "matplotlib is not installed (pip install matplotlib): no chart"
-    fig, axes = plt.subplots(2, 3, figsize=(16, 9))
+    fig, axes = plt.subplots(3, 3, figsize=(16, 13))
     ax = axes[0][0]
     data = sections.get("static", c.Section("")).chart
     ax.bar(list(data), list(data.values()), color="tab:blue")
@@ -541,7 +646,8 @@ def draw_chart(out_dir: str, sections: dict[str, c.Section]) -> str | None:
     share = sections.get("js", c.Section("")).chart.get("429 share")
     ax.set_title("3. JS vs static: req/s" + (f" (429 share {share:.0%})" if share else ""))
     ax = axes[1][0]
-    data = sections.get("cockpit", c.Section("")).chart
+    data = {k: v for k, v in sections.get("cockpit", c.Section("")).chart.items()
+            if not isinstance(v, dict)}
     if data:
         labels = [k.split(" (")[0].replace(" + ", "+\n") for k in data]
         ax.bar(labels, [v * 1000 for v in data.values()], color="tab:purple")
@@ -554,6 +660,8 @@ def draw_chart(out_dir: str, sections: dict[str, c.Section]) -> str | None:
         ax = axes[1][col]
         sec = sections.get(key)
         soak.draw(ax, sec.chart if sec else {}, sec.title if sec else key)
+    sec = sections.get("scale")
+    scale.draw(axes[2], sec.chart if sec else {})
     fig.tight_layout()
     fig.savefig(chart_path(out_dir), dpi=90)
     plt.close(fig)
@@ -566,7 +674,8 @@ def draw_chart(out_dir: str, sections: dict[str, c.Section]) -> str | None:
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description="fazt's benchmark (see bench/README.md)")
     p.add_argument("--smoke", action="store_true", help="every section, tiny and quick")
-    p.add_argument("--only", help="comma-separated: static,large,js,cockpit,soak,compression")
+    p.add_argument("--only", help="comma-separated: "
+                                  "static,large,js,cockpit,soak,compression,scale")
     p.add_argument("--soak-seconds", type=float, help="length of the soak and of the control")
     p.add_argument("--soak-db-gb", type=float, help="size of the soak's database (full: 2.2)")
     p.add_argument("--large-mb", type=int, help="size of the large file (full: 1024)")
@@ -579,11 +688,12 @@ def main(argv: list[str]) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: sys.exit(130))
     plan = plan_for(args)
-    wanted = set((args.only or "static,large,js,cockpit,soak,compression").split(","))
+    wanted = set((args.only or "static,large,js,cockpit,soak,compression,scale").split(","))
     began, load_before = time.time(), os.getloadavg()
     command = "bench/run.sh" + "".join(f" {a}" for a in argv)
     tmp = tempfile.mkdtemp(prefix="fazt-bench-")
     out_dir = args.out or (tempfile.mkdtemp(prefix="fazt-bench-out-") if plan.smoke else c.HERE)
+    previous = load_previous(os.path.join(c.HERE, "results.json"))
     sections: dict[str, c.Section] = {}
     s = None
 
@@ -627,6 +737,8 @@ def main(argv: list[str]) -> int:
             run("soak", "5. Soak in a 200 MB cgroup", soak.section_soak, tmp, plan, False)
             run("control", "6. Control: the naive configuration", soak.section_soak, tmp, plan,
                 True)
+        if "scale" in wanted:
+            run("scale", "8. How cost grows with work", scale.section_scale, tmp, plan)
         if "compression" in wanted:
             run("compression", "7. Compression", compression_bench.section_compression, tmp,
                 plan)
@@ -637,6 +749,7 @@ def main(argv: list[str]) -> int:
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     failed = [sec.title for sec in sections.values() if sec.failed]
+    sections["summary"] = section_summary({**previous, **sections}, previous)
     sections = merge_previous(out_dir, sections, bool(args.only))
     note = draw_chart(out_dir, sections)
     if note:

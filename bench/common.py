@@ -193,9 +193,14 @@ def wrk(url: str, host: str, threads: int, connections: int, seconds: float,
     cmd = [need("wrk"), "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s",
            "--latency", "--timeout", "10s", "-H", f"Host: {host}", *extra, url]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
+    return parse_wrk(out, url)
+
+
+def parse_wrk(out: str, what: str) -> dict:
+    """wrk's --latency output as numbers (see `wrk`)."""
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if rps is None:
-        raise RuntimeError(f"wrk printed no result for {url}:\n{out}")
+        raise RuntimeError(f"wrk printed no result for {what}:\n{out}")
     pct = dict(re.findall(r"^\s+(\d+)%\s+(\S+)", out, re.M))
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)

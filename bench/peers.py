@@ -1,8 +1,10 @@
-"""The peers fazt is compared with: a bare WSGI callable, WhiteNoise, and nginx.
+"""The peers fazt is compared with: a bare WSGI callable, WhiteNoise, nginx, and a
+canned-response asyncio loop (what Python itself can do here: no parsing at all).
 
-Run as a script to serve one of the Python peers on Waitress:
+Run as a script to serve one of the Python peers:
     python bench/peers.py bare FILE PORT THREADS        # FILE's bytes from memory, any path
     python bench/peers.py whitenoise ROOT PORT THREADS  # ROOT's files from disk
+    python bench/peers.py asyncio FILE PORT 1           # FILE's bytes to every request
 """
 
 import os
@@ -31,6 +33,36 @@ def whitenoise_app(root: str):
         return [b"not found"]
 
     return WhiteNoise(not_found, root=root, prefix="/")
+
+
+def serve_canned(data: bytes, port: int) -> None:
+    """Python's ceiling: an asyncio protocol that answers every request it sees with the
+    same pre-rendered response. It only counts blank lines (the end of a request's
+    headers), so pipelining and keep-alive work and nothing is parsed."""
+    import asyncio
+
+    response = (b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(data)) + data
+
+    class Canned(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+            self.tail = b""
+
+        def data_received(self, chunk):
+            text = self.tail + chunk
+            count = text.count(b"\r\n\r\n")
+            self.tail = text[text.rfind(b"\r\n\r\n") + 4:] if count else text[-3:]
+            if count:
+                self.transport.write(response * count)
+
+    async def main() -> None:
+        server = await asyncio.get_running_loop().create_server(Canned, "127.0.0.1", port,
+                                                                backlog=1024)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
 
 
 def start_python_peer(kind: str, path: str, port: int, threads: int, log_path: str):
@@ -103,6 +135,9 @@ def main() -> None:
     from waitress import serve
 
     kind, path, port, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    if kind == "asyncio":
+        with open(path, "rb") as f:
+            return serve_canned(f.read(), port)
     if kind == "bare":
         with open(path, "rb") as f:
             app = bare_app(f.read())

@@ -1,4 +1,4 @@
-"""Section 8: how cost grows with work.
+"""Section 9: how cost grows with work.
 
 - Sites: one database with 10,000 sites of 10 small files (100,000 files); wrk with a Lua
   script spreads requests over 1, 1,000 or 10,000 of them (a random file each time):
@@ -160,7 +160,7 @@ def wrk_sites(port: int, sites: int, seconds: float, script: str) -> dict:
 
 
 def section_scale(tmp: str, plan) -> c.Section:
-    sec = c.Section("8. How cost grows with work")
+    sec = c.Section("9. How cost grows with work")
     c.need("wrk")
     sizes = plan_sizes(plan.smoke)
     script = os.path.join(tmp, "sites.lua")
@@ -268,7 +268,7 @@ def draw(axes, chart: dict) -> None:
         ax2.set_ylim(bottom=0)
         ax.legend(loc="lower left", fontsize=8)
         ax2.legend(loc="lower right", fontsize=8)
-    ax.set_title("8a. Static req/s over N sites")
+    ax.set_title("9a. Static req/s over N sites")
     ax = axes[1]
     deploys = chart.get("deploys") or {}
     if deploys:
@@ -276,7 +276,7 @@ def draw(axes, chart: dict) -> None:
         ax.plot(xs, list(deploys.values()), "o-", color="tab:green")
         ax.set_xscale("log")
         ax.set_yscale("log")
-    ax.set_title("8b. `fazt deploy` seconds over files")
+    ax.set_title("9b. `fazt deploy` seconds over files")
     ax = axes[2]
     dbs = chart.get("db") or {}
     if dbs:
@@ -286,7 +286,7 @@ def draw(axes, chart: dict) -> None:
         ax.plot(xs, [v[2] for v in dbs.values()], "^-", label="RSS busy MB")
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=8)
-    ax.set_title("8c. Boot and RSS over database GiB")
+    ax.set_title("9c. Boot and RSS over database GiB")
 
 
 if __name__ == "__main__":

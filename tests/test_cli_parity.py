@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from conftest import eventually, fazt, fazt_env, zip_of
+from conftest import Admin, eventually, fazt, fazt_env, zip_of
 
 
 def test_token_list_and_revoke_reach_a_running_server(server, db_path):
@@ -51,3 +51,44 @@ def test_output_into_a_closed_pipe_ends_quietly(db_path):
     piped = subprocess.run(f"{sys.executable} -m fazt config get --db {db_path} | head -1",
                            shell=True, capture_output=True, text=True, env=fazt_env())
     assert piped.stderr == "" and piped.stdout.count("\n") == 1
+
+
+def test_config_reset_returns_to_what_the_probe_computes(server, db_path):
+    probe = json.loads(fazt("server", "probe", "--json", "--memory-mb", "1024", "--cpus",
+                            "2").stdout)["thresholds"]
+    recommended = probe["vfs_cache_mb"]
+    fazt("config", "set", "vfs_cache_mb", str(recommended * 50), "--break-glass", "--db",
+         str(db_path))
+    fazt("config", "set", "js_timeout_ms", str(probe["js_timeout_ms"] + 1), "--db", str(db_path))
+    fazt("config", "set", "keep_versions", "3", "--db", str(db_path))
+    status = json.loads(fazt("server", "status", "--json", "--db", str(db_path)).stdout)
+    assert [o["key"] for o in status["overrides"]] == ["vfs_cache_mb"]
+
+    out = fazt("config", "reset", "vfs_cache_mb", "--db", str(db_path)).stdout
+    assert f"vfs_cache_mb = {json.dumps(recommended)}" in out
+    status = json.loads(fazt("server", "status", "--json", "--db", str(db_path)).stdout)
+    assert status["overrides"] == [] and "vfs_cache_mb" not in status["owner_keys"]
+    assert "js_timeout_ms" in status["owner_keys"]
+    admin = Admin(server)
+    assert eventually(lambda: admin.get("/api/config").json()["values"]["vfs_cache_mb"]
+                      == recommended)
+
+    fazt("config", "reset", "keep_versions", "--db", str(db_path))  # a setting: its default
+    assert fazt("config", "get", "keep_versions", "--db", str(db_path)).stdout.strip() == "10"
+    fazt("config", "reset", "--all", "--db", str(db_path))
+    config = json.loads(fazt("config", "get", "--json", "--db", str(db_path)).stdout)
+    assert all(config[k] == v for k, v in probe.items())
+    for bad in (["domain"], ["nosuch"], []):
+        failed = fazt("config", "reset", *bad, "--db", str(db_path), check=False)
+        assert failed.returncode == 1 and failed.stderr.count("\n") == 1, failed.stderr
+
+    # the dashboard's "Reset to recommended", through the API
+    r = admin.put("/api/config", json={"js_timeout_ms": probe["js_timeout_ms"] + 5})
+    assert r.json()["owner_keys"] == ["js_timeout_ms"]
+    r = admin.post("/api/config/reset", json={"keys": ["js_timeout_ms"]})
+    assert r.status_code == 200, r.text
+    assert r.json()["values"]["js_timeout_ms"] == probe["js_timeout_ms"]
+    assert r.json()["owner_keys"] == []
+    assert admin.post("/api/config/reset", json={"all": True}).status_code == 200
+    assert admin.post("/api/config/reset", json={}).status_code == 400
+    assert admin.post("/api/config/reset", json={"keys": ["domain"]}).status_code == 400

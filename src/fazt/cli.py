@@ -493,6 +493,27 @@ def cmd_config_set(args) -> int:
     return 0
 
 
+def cmd_config_reset(args) -> int:
+    from fazt.instance import machine_for, read_config, reset_config
+    from fazt.stability import thresholds as th
+    from fazt.store import open_database
+
+    if bool(args.key) == bool(args.all):
+        raise FaztError("Name one KEY to reset, or give --all for every threshold.")
+    db = open_database(_db(args))
+    with db.read() as conn:
+        config = read_config(conn)
+    machine = machine_for(config, db.path)
+    keys = None if args.all else [args.key]
+    config = reset_config(db, config, machine, keys)
+    db.close()
+    for key in keys or th.keys():
+        print(f"{key} = {json.dumps(config[key])}")
+    print("Back to what fazt recommends for this machine; a running server uses it "
+          "within seconds.")
+    return 0
+
+
 def cmd_token_create(args) -> int:
     from fazt.store import open_database
     from fazt.tokens import create_token
@@ -783,6 +804,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--break-glass", action="store_true",
                    help="apply a value past its safe range (recorded)")
     s.set_defaults(func=cmd_config_set)
+    s = ct.add_parser("reset", parents=[common],
+                      help="back to what the probe computes (a setting: its default)")
+    s.add_argument("key", nargs="?")
+    s.add_argument("--all", action="store_true", help="every threshold")
+    s.set_defaults(func=cmd_config_reset)
 
     token = sub.add_parser("token", help="API tokens for deploys over HTTP")
     tt = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")

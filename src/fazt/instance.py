@@ -237,6 +237,36 @@ def update_config(db: Database, config: dict, machine: Machine, values: dict,
     return {**merged, **coerced, "owner_keys": owner_keys}
 
 
+IDENTITY_SETTINGS = ("domain", "port")  # chosen at init: no recommended value to go back to
+
+
+def reset_config(db: Database, config: dict, machine: Machine, keys: list[str] | None
+                 ) -> dict:
+    """Back to what the probe computes for this machine (a threshold) or to the schema's
+    default (a setting); `None` means every threshold. The keys stop being the owner's
+    (a recalibration recomputes them again) and their break-glass overrides end."""
+    if keys is None:
+        keys = th.keys()
+    fresh = th.thresholds_for(machine)
+    values = {}
+    for key in keys:
+        if key in IDENTITY_SETTINGS:
+            raise FaztError(f"{key} has no recommended value; change it with "
+                            f"`fazt config set {key} VALUE`.")
+        if key in fresh:
+            values[key] = fresh[key]
+        elif key in settings.SETTINGS:
+            values[key] = settings.defaults()[key]
+        else:
+            raise FaztError(f"Unknown setting {key!r}; see `fazt config get`.")
+    owner_keys = sorted(set(config.get("owner_keys") or []) - set(values))
+    with db.write() as conn:
+        save_config(conn, {**values, "owner_keys": owner_keys})
+        for key in values:
+            undo_overrides(conn, key)
+    return {**config, **values, "owner_keys": owner_keys}
+
+
 def recalibrate_database(db: Database, memory_mb: float | None = None,
                          cpus: float | None = None) -> tuple[Machine, dict]:
     """Re-probe and rewrite the thresholds; values the owner set stay as set."""
@@ -362,6 +392,14 @@ class Instance:
         if self.config.get(replica_target.URL_KEY) != before:
             self.machine = machine_for(self.config, self.db_path)
             self.keep_replicating()
+        with self.db.read() as conn:
+            self.overrides = active_overrides(conn)
+        self.apply()
+        return self.config
+
+    def reset_config(self, keys: list[str] | None) -> dict:
+        """`config reset` / "Reset to recommended": see the function of that name."""
+        self.config = reset_config(self.db, self.config, self.machine, keys)
         with self.db.read() as conn:
             self.overrides = active_overrides(conn)
         self.apply()

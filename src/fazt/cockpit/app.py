@@ -53,6 +53,7 @@ def cockpit_app(instance: Instance) -> falcon.App:
         "/api/system/status": r.Status(instance),
         "/api/system/recalibrate": r.Recalibrate(instance),
         "/api/config": r.Config(instance),
+        "/api/config/reset": r.ConfigReset(instance),
         "/api/tokens": r.Tokens(instance),
         "/api/tokens/{token_id:int}": r.Token(instance),
         "/api/sites": r.Sites(instance),

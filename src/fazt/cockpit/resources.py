@@ -154,6 +154,25 @@ class Config:
         resp.media = self.view()
 
 
+class ConfigReset:
+    """`{"keys": [...]}` or `{"all": true}`: back to what the probe computes ("Reset to
+    recommended"), the owner's mark and any break-glass override gone."""
+
+    def __init__(self, instance: Instance):
+        self.instance = instance
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = read_json(req)
+        keys = body.get("keys")
+        if body.get("all") is True and keys is None:
+            keys = None
+        elif not (isinstance(keys, list) and keys and all(isinstance(k, str) for k in keys)):
+            raise http_error(400, "bad_request",
+                             'Send {"keys": ["name", ...]} or {"all": true}.')
+        self.instance.reset_config(keys)
+        resp.media = Config(self.instance).view()
+
+
 class Tokens:
     def __init__(self, instance: Instance):
         self.instance = instance

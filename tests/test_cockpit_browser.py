@@ -83,6 +83,8 @@ def test_dashboard_signs_in_shows_live_status_deploys_and_breaks_glass(
                    "#status-js", "#status-db-size", "#status-rps", "#status-pinned"):
         assert page.text_content(figure).strip() not in ("", "–"), figure
     assert page.text_content("#status-mode") == "normal"
+    assert page.text_content("#status-replica") == "off"  # replication is off by default
+    assert page.is_hidden("#status-replica-warning")
     assert page.locator("#status-ledger tr[data-item]").count() >= 5
     assert page.is_hidden("#maintenance-banner")
     shot = tmp_path / "cockpit-status.png"

@@ -208,3 +208,15 @@ def test_page_runs_under_a_strict_content_security_policy(browser):
         context.close()
         server.shutdown()
         server.server_close()
+
+
+def test_replication_charges_litestream_to_the_budget(page):
+    page.click("button[data-preset='256mb']")
+    assert float(page.get_attribute("#legend-replica", "data-value")) == 0
+    before = shown(page, "vfs_cache_mb")
+    page.check("#replica-input")
+    expected = thresholds.compute({**machine_on(page), "replica": True})
+    assert float(page.get_attribute("#legend-replica", "data-value")) == \
+        expected["ledger"]["replica"] > 0
+    assert shown(page, "vfs_cache_mb") == expected["vfs_cache_mb"] < before
+    assert page.errors == []

@@ -133,6 +133,7 @@
       }
       machine[key] = value;
     });
+    machine.replica = byId("replica-input").checked;
     var error = byId("input-error");
     error.hidden = problems.length === 0;
     error.textContent = problems.join(" ");
@@ -281,6 +282,7 @@
       wire(key);
       setField(key, Number(byId(FIELDS[key].name + "-input").value));
     });
+    byId("replica-input").addEventListener("change", update);
     var buttons = document.querySelectorAll("button[data-preset]");
     Array.prototype.forEach.call(buttons, function (button) {
       button.addEventListener("click", function () {

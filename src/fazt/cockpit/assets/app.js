@@ -8,7 +8,7 @@ const CHART_POINTS = 60;
 const LEDGER_LABELS = {
   baseline: "Python baseline", pinned: "Pinned admin assets", vfs_cache: "File cache (VFS)",
   sqlite: "SQLite page caches", js: "JavaScript slots", threads: "Worker threads",
-  buffers: "Connection buffers",
+  buffers: "Connection buffers", replica: "Litestream (replication)",
 };
 
 const $ = (id) => document.getElementById(id);
@@ -202,6 +202,8 @@ function renderStatus(s) {
   $("status-db-ratio").textContent = `${number(s.db.ratio, 4)}×`;
   $("status-db-limit").textContent = `${number(s.db.maintenance_ratio ?? s.thresholds.maintenance_ratio)}×`;
 
+  renderReplica(s.replica || { url: null });
+
   const https = s.https || { enabled: false, certificates: [] };
   const failing = https.certificates.filter((c) => c.last_error);
   $("status-https").textContent = https.enabled
@@ -212,6 +214,23 @@ function renderStatus(s) {
   const overrides = s.overrides || [];
   $("card-overrides").hidden = overrides.length === 0;
   renderOverrides($("status-overrides"), overrides);
+}
+
+// Replication (Litestream): where to, how far behind, its process; a warning when behind.
+function renderReplica(r) {
+  const card = $("card-replica");
+  card.classList.toggle("warning", Boolean(r.warning));
+  $("status-replica").textContent = !r.url ? "off"
+    : r.role === "follower" ? "read-only follower" : "on";
+  $("status-replica").title = r.url || "fazt replica set URL turns it on";
+  const synced = r.role === "follower" ? r.last_applied_at : r.last_sync_at;
+  $("status-replica-sync").textContent = !r.url ? "–"
+    : r.lag_s != null ? `${number(r.lag_s, 1)} s ago` : synced ? when(synced) : "not yet";
+  $("status-replica-process").textContent = !r.url ? "not running"
+    : r.running ? `pid ${r.pid} · ${bytes(r.rss_bytes)}${r.restarts ? ` · ${r.restarts} restarts` : ""}`
+      : "not running";
+  $("status-replica-warning").hidden = !r.warning;
+  $("status-replica-warning").textContent = r.warning || "";
 }
 
 function renderLedger(ledger) {

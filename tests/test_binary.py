@@ -5,6 +5,7 @@ TMPDIR (where the bootloader unpacks the binary) inside the test's folder, so
 that we can see what it leaves behind.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import PASSWORD, ROOT, USERNAME, free_port
+from conftest import PASSWORD, ROOT, USERNAME, eventually, free_port
 
 from fazt import frozen
 
@@ -109,6 +110,41 @@ def test_binary_serves_and_leaves_nothing_behind(tmp_path: Path, frozen_env):
     assert list(unpack.iterdir()) == [], "the extraction folder is removed on exit"
     beside = {p.name for p in db.parent.iterdir()}
     assert beside <= {"data.db", "data.db-wal", "data.db-shm"}, beside
+
+
+@pytest.mark.slow
+def test_binary_carries_https(tmp_path: Path, frozen_env):
+    """cryptography (import), acme and requests (an order, here to a CA that is not there)."""
+    import trustme
+
+    binary = built_binary()
+    env, _ = frozen_env
+    db = tmp_path / "data.db"
+    run(binary, "server", "init", "--db", str(db), "--domain", "example.test", "--username",
+        USERNAME, "--password", PASSWORD, "--memory-mb", "256", "--cpus", "1", env=env)
+    leaf = trustme.CA().issue_cert("www.example.org")
+    chain, key = tmp_path / "chain.pem", tmp_path / "key.pem"
+    chain.write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems))
+    key.write_bytes(leaf.private_key_pem.bytes())
+    run(binary, "cert", "import", "www.example.org", "--cert", str(chain), "--key", str(key),
+        "--db", str(db), env=env)
+    for key_, value in (("https", "on"), ("acme_directory", f"https://127.0.0.1:{free_port()}/d")):
+        run(binary, "config", "set", key_, value, "--db", str(db), env=env)
+    proc = subprocess.Popen([str(binary), "server", "start", "--db", str(db), "--host",
+                             "127.0.0.1", "--port", str(free_port()), "--https-port",
+                             str(free_port())], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
+    def errors() -> list[str]:
+        listed = json.loads(run(binary, "cert", "list", "--json", "--db", str(db),
+                                env=env).stdout)
+        return [c["last_error"] for c in listed if c["last_error"]]
+
+    try:
+        found = eventually(errors, timeout=60, every=0.5)
+        assert found and "Cannot reach the ACME server" in found[0], found
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
 
 
 @pytest.mark.slow

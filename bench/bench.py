@@ -30,6 +30,7 @@ import common as c
 import compression_bench
 import peers
 import psutil
+import replica_bench
 import requests
 import scale
 import soak
@@ -675,7 +676,7 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description="fazt's benchmark (see bench/README.md)")
     p.add_argument("--smoke", action="store_true", help="every section, tiny and quick")
     p.add_argument("--only", help="comma-separated: "
-                                  "static,large,js,cockpit,soak,compression,scale")
+                                  "static,large,js,cockpit,soak,compression,scale,replica")
     p.add_argument("--soak-seconds", type=float, help="length of the soak and of the control")
     p.add_argument("--soak-db-gb", type=float, help="size of the soak's database (full: 2.2)")
     p.add_argument("--large-mb", type=int, help="size of the large file (full: 1024)")
@@ -688,7 +689,8 @@ def main(argv: list[str]) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: sys.exit(130))
     plan = plan_for(args)
-    wanted = set((args.only or "static,large,js,cockpit,soak,compression,scale").split(","))
+    wanted = set((args.only or
+                  "static,large,js,cockpit,soak,compression,scale,replica").split(","))
     began, load_before = time.time(), os.getloadavg()
     command = "bench/run.sh" + "".join(f" {a}" for a in argv)
     tmp = tempfile.mkdtemp(prefix="fazt-bench-")
@@ -739,6 +741,8 @@ def main(argv: list[str]) -> int:
                 True)
         if "scale" in wanted:
             run("scale", "9. How cost grows with work", scale.section_scale, tmp, plan)
+        if "replica" in wanted:
+            run("replica", "10. Replication", replica_bench.section_replica, tmp, plan)
         if "compression" in wanted:
             run("compression", "7. Compression", compression_bench.section_compression, tmp,
                 plan)

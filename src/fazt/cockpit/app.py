@@ -64,7 +64,7 @@ def cockpit_app(instance: Instance) -> falcon.App:
         "/api/certificates": https.Certificates(instance),
         "/api/domains": https.Domains(instance),
         "/api/sites/{name}/domains": https.SiteDomains(instance),
-        "/api/sites/{name}/domains/{host}": https.SiteDomains(instance),
+        "/api/sites/{name}/domains/{host}": https.SiteDomain(instance),
         "/api/sites/{name}/env": r.SiteEnv(instance),
         "/api/sites/{name}/env/{key}": r.SiteEnvVar(instance),
         "/api/deploy": Deploy(instance),

@@ -50,7 +50,7 @@ class Domains:
 
 
 class SiteDomains:
-    """`POST /api/sites/NAME/domains` `{"host"}` · `DELETE /api/sites/NAME/domains/HOST`."""
+    """`POST /api/sites/NAME/domains` `{"host"}`."""
 
     def __init__(self, instance: Instance):
         self.instance = instance
@@ -61,6 +61,14 @@ class SiteDomains:
             raise FaztError("Send the host, such as {\"host\": \"www.example.org\"}.")
         resp.media = {"site": name, "host": self.instance.add_domain(name, host)}
         resp.status = falcon.HTTP_201
+
+
+class SiteDomain:
+    """`DELETE /api/sites/NAME/domains/HOST` (its own resource: one route, one set of
+    parameters, so no method answers a route it cannot take)."""
+
+    def __init__(self, instance: Instance):
+        self.instance = instance
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, name: str,
                   host: str) -> None:

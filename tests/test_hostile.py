@@ -10,7 +10,17 @@ import zlib
 import psutil
 import pytest
 import requests
-from conftest import PASSWORD, USERNAME, Admin, Server, eventually, fazt, init_db, zip_of
+from conftest import (
+    PASSWORD,
+    USERNAME,
+    Admin,
+    Server,
+    deploy_dir,
+    eventually,
+    fazt,
+    init_db,
+    zip_of,
+)
 
 
 def sign_in(server: Server) -> str:
@@ -232,3 +242,90 @@ def test_dotfiles_in_a_folder_are_skipped_and_listed(server, tmp_path):
     assert result and ", ".join(SKIPPED) in result.stdout
     for site in ("local", "remote"):
         assert_hidden_not_served(server, site)
+
+
+# -- handler responses -----------------------------------------------------------
+
+HANDLER = r"""
+function handler(request) {
+  const cases = {
+    cookie: { headers: { "Set-Cookie": "theme=dark; Path=/; HttpOnly" } },
+    cookies: { headers: { "Set-Cookie": ["a=1", "b=2; Domain=shop.localhost; Secure"] } },
+    admin: { headers: { "Set-Cookie": "fazt_session=forged; Path=/" } },
+    parent: { headers: { "Set-Cookie": "a=1; Domain=localhost" } },
+    other: { headers: { "Set-Cookie": "a=1; Domain=admin.localhost" } },
+    latin: { headers: { "X-Name": "caf\u00e9 \u2713" } },
+    control: { headers: { "X-Name": "a\u0001b" } },
+    split: { headers: { "X-Name": "a\r\nSet-Cookie: fazt_session=x" } },
+    status: { status: 1000 },
+    hop: { headers: { "Upgrade": "h2c", "Keep-Alive": "timeout=5" } },
+  };
+  const answer = cases[request.query.case];
+  return { status: answer.status || 200, headers: answer.headers || {}, body: "ok" };
+}
+"""
+
+
+@pytest.fixture
+def shop_api(server, tmp_path):
+    root = tmp_path / "shop"
+    (root / "api").mkdir(parents=True)
+    (root / "index.html").write_text("<p>shop</p>")
+    (root / "api" / "main.js").write_text(HANDLER)
+    fazt("deploy", str(root), "--site", "shop", "--db", str(server.db))
+    assert eventually(lambda: server.get("/", host="shop.localhost").ok)
+    return server
+
+
+def answer(server: Server, case: str, **headers) -> requests.Response:
+    return server.get(f"/api/x?case={case}", host="shop.localhost", headers=headers)
+
+
+def test_handlers_set_cookies_for_their_own_host(shop_api):
+    r = answer(shop_api, "cookie")
+    assert r.status_code == 200 and r.text == "ok"
+    assert r.headers["Set-Cookie"] == "theme=dark; Path=/; HttpOnly"
+    r = answer(shop_api, "cookies")
+    assert r.raw.headers.getlist("Set-Cookie") == ["a=1", "b=2; Domain=shop.localhost; Secure"]
+
+
+def test_cookies_are_secure_over_https(instance, client, tmp_path):
+    # In process: the TLS port is the event loop's (issue 14); this is the same app.
+    root = tmp_path / "shop"
+    (root / "api").mkdir(parents=True)
+    (root / "api" / "main.js").write_text(HANDLER)
+    deploy_dir(instance, "shop", root)
+    r = client.simulate_get("/api/x", query_string="case=cookie", protocol="https",
+                            headers={"Host": "shop.localhost"})
+    assert r.headers["Set-Cookie"] == "theme=dark; Path=/; HttpOnly; Secure"
+    r = client.simulate_get("/api/x", query_string="case=cookies", protocol="https",
+                            headers={"Host": "shop.localhost"})
+    assert r.cookies["a"].secure and r.cookies["b"].secure
+    assert r.cookies["b"].domain == "shop.localhost"
+
+
+@pytest.mark.parametrize("case, reason", [
+    ("admin", "the cookie name 'fazt_session' is the cockpit's"),
+    ("parent", "Domain=localhost"),
+    ("other", "Domain=admin.localhost"),
+    ("latin", "U+2713"),
+    ("control", "U+0001"),
+    ("split", "U+000D"),
+    ("status", "status 1000"),
+])
+def test_malformed_handler_answers_are_fazt_errors_with_the_reason_logged(shop_api, case,
+                                                                          reason):
+    r = answer(shop_api, case)
+    assert r.status_code == 500
+    assert r.json()["error"]["code"] == "bad_response"
+    assert reason in r.json()["error"]["message"]
+    assert "Set-Cookie" not in r.headers
+    admin = Admin(shop_api)
+    lines = admin.get("/api/sites/shop/logs").json()["lines"]
+    assert any(reason in line["message"] for line in lines), lines
+
+
+def test_hop_by_hop_headers_from_a_handler_are_dropped(shop_api):
+    r = answer(shop_api, "hop")
+    assert r.status_code == 200 and r.text == "ok"
+    assert "Upgrade" not in r.headers and "Keep-Alive" not in r.headers

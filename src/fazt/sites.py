@@ -14,7 +14,9 @@ from fazt.compression import ON_THE_FLY_MAX, compress_answer, worth_it
 from fazt.constants import MB, SCRIPT
 from fazt.deploy import clean_path, hidden_part
 from fazt.errors import FaztError, TooLarge
+from fazt.hosts import ADMIN
 from fazt.http_errors import http_error
+from fazt.https import came_over_https
 from fazt.instance import MAINTENANCE, Instance
 from fazt.negotiation import (
     CODINGS,
@@ -26,6 +28,7 @@ from fazt.negotiation import (
     pick,
     static_headers,
 )
+from fazt.runtime.response import JsResponse, error_response, site_cookie
 from fazt.siterules import RULE_FILES, Rule, SiteRules
 from fazt.store.sites import Body, FileInfo
 from fazt.vfs import Stale
@@ -213,7 +216,9 @@ class SiteResource:
             "body": body.decode("utf-8", errors="replace"),
         }
         source = self.instance.vfs.content(site, script).decode("utf-8", errors="replace")
-        answer = self.instance.runtime.handle(site, script.sha256, source, request)
+        answer = self._site_cookies(req, site,
+                                    self.instance.runtime.handle(site, script.sha256, source,
+                                                                 request))
         resp.status = falcon.code_to_http_status(answer.status)
         headers = {name.lower(): (name, value) for name, value in answer.headers.items()}
         if "cache-control" not in headers:
@@ -233,7 +238,23 @@ class SiteResource:
                     body = packed
         for name, value in headers.values():
             resp.set_header(name, value)
+        for cookie in answer.cookies:
+            resp.append_header("Set-Cookie", cookie)
         resp.data = body
+
+    def _site_cookies(self, req: falcon.Request, site: str, answer: JsResponse) -> JsResponse:
+        """The handler's cookies as the site may set them (see runtime/response.py), or
+        fazt's error with the reason in the site's log."""
+        host = req.host.lower().rstrip(".")
+        admin_hosts = (f"{ADMIN}.{self.instance.domain}", f"{ADMIN}.localhost")
+        try:
+            answer.cookies = [site_cookie(raw, host, admin_hosts, came_over_https(req))
+                              for raw in answer.cookies]
+        except ValueError as exc:
+            message = f"handler set a cookie it may not: {exc}."
+            self.instance.runtime.logs_ring.add(site, "error", f"bad_response: {message}")
+            return error_response(500, "bad_response", message)
+        return answer
 
 
 def _join(path: str, name: str) -> str:

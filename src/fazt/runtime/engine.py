@@ -53,7 +53,7 @@ import json
 import re
 import time
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import quickjs
@@ -62,14 +62,11 @@ from fazt.constants import MB
 from fazt.runtime.bridge import Bridge
 from fazt.runtime.memory import release_free_memory
 from fazt.runtime.prelude import PENDING, PRELUDE
+from fazt.runtime.response import JsResponse, error_response, read_answer
 
 STACK_BYTES = 512 * 1024  # deep recursion becomes a clean error; thread stacks are 8 MB
 CHECK_MEMORY_BYTES = 64 * MB  # for compiling a script at deploy
 CHECK_SECONDS = 2.0
-MAX_HEADERS = 64
-MAX_HEADER_VALUE = 8 * 1024
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-_SERVER_HEADERS = {"content-length", "transfer-encoding", "connection"}  # the server's to set
 _LINE = re.compile(r"at <input>:(\d+)")
 _PRELUDE_FRAME = re.compile(r"\n\s+at __fazt_\w+ \([^)\n]*\)")  # prelude.py names them so
 _FRAME = re.compile(r"^\s+at (\S+) \((?:<input>|api/main\.js):(\d+)", re.M)
@@ -83,16 +80,6 @@ class Limits:
     memory_bytes: int
     timeout_ms: int
     cpu_seconds: float  # the CPU-time budget: timeout × cpu_factor
-
-
-@dataclass
-class JsResponse:
-    """The HTTP answer for one invocation."""
-
-    status: int
-    headers: dict[str, str]
-    body: bytes
-    error: str | None = field(default=None, compare=False)  # failure code, for the counters
 
 
 @dataclass(eq=False)
@@ -161,7 +148,7 @@ def invoke(loaded: Loaded, request: dict, limits: Limits) -> JsResponse | None:
                     timeout = quickjs.JSException("InternalError: interrupted")
                     return _failure(timeout, limits, bridge)
             answer = step()
-        return _response(answer, bridge)
+        return read_answer(answer, bridge)
     except quickjs.JSException as exc:
         return _failure(exc, limits, bridge)
     except Exception as exc:  # e.g. a string QuickJS hands back that is not valid UTF-8
@@ -251,17 +238,6 @@ def _syntax_problem(exc: quickjs.JSException) -> tuple[int | None, str]:
     return (int(match.group(1)) if match else None), _first_line(exc).removeprefix("SyntaxError: ")
 
 
-def error_response(status: int, code: str, message: str, line: int | None = None
-                   ) -> JsResponse:
-    """The JSON error body of SPEC's "Errors over HTTP"; with the script's file and line
-    when the failure has one (a line number, never a line of the source)."""
-    error = {"code": code, "message": message}
-    if line is not None:
-        error.update(file=SCRIPT, line=line)
-    body = json.dumps({"error": error}).encode()
-    return JsResponse(status, {"Content-Type": "application/json"}, body, error=code)
-
-
 def script_line(trace: str) -> int | None:
     """The line of the script's innermost frame in a QuickJS stack trace (the prelude's
     own frames, named __fazt_*, skipped), or None when the script has no frame."""
@@ -318,35 +294,3 @@ def _failure(exc: quickjs.JSException, limits: Limits, bridge: Bridge) -> JsResp
     where = f"{SCRIPT}:{line}: " if line is not None else ""
     bridge.log("error", f"{where}{code}: {text}" if code != "js_error" else f"{where}{text}")
     return error_response(status, code, message, line)
-
-
-def _response(answer: Any, bridge: Bridge) -> JsResponse:
-    """Check what the handler returned and turn it into status, headers and bytes."""
-    if not isinstance(answer, str):
-        return _bad(bridge, "handler's answer could not be read.")
-    data = json.loads(answer)
-    if "problem" in data:
-        return _bad(bridge, data["problem"])
-    status = data["status"]
-    if type(status) is not int or not 200 <= status <= 599:
-        return _bad(bridge, f"handler returned status {json.dumps(status)}; "
-                            "it must be an integer from 200 to 599.")
-    headers: dict[str, str] = {}
-    for name, value in data["headers"].items():
-        if not _TOKEN.match(name):
-            return _bad(bridge, f"handler returned an invalid header name {name!r}.")
-        if len(value) > MAX_HEADER_VALUE or any(c in value for c in "\r\n\0"):
-            return _bad(bridge, f"handler returned an invalid value for header {name!r}.")
-        if name.lower() not in _SERVER_HEADERS:
-            headers[name] = value
-    if len(headers) > MAX_HEADERS:
-        return _bad(bridge, f"handler returned more than {MAX_HEADERS} headers.")
-    if not any(name.lower() == "content-type" for name in headers):
-        headers["Content-Type"] = ("application/json" if data.get("json")
-                                   else "text/plain; charset=utf-8")
-    return JsResponse(status, headers, data["body"].encode("utf-8", "replace"))
-
-
-def _bad(bridge: Bridge, message: str) -> JsResponse:
-    bridge.log("error", f"bad_response: {message}")
-    return error_response(500, "bad_response", message)

@@ -111,7 +111,11 @@ PRELUDE = r"""
       if (typeof headers !== "object" || Array.isArray(headers)) {
         return stringify({ problem: "handler returned headers that are not an object." });
       }
-      for (const name of Object.keys(headers)) out.headers[name] = toText(headers[name]);
+      for (const name of Object.keys(headers)) {
+        const value = headers[name];  // several cookies: an array, one Set-Cookie line each
+        out.headers[name] = Array.isArray(value) && toText(name).toLowerCase() === "set-cookie"
+          ? value.map(toText) : toText(value);
+      }
     }
     const body = result.body;
     if (typeof body === "string") {

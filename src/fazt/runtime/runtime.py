@@ -33,11 +33,12 @@ from fazt.constants import MB
 from fazt.errors import Busy
 from fazt.runtime import engine
 from fazt.runtime.bridge import Bridge, take_refusal
-from fazt.runtime.engine import JsResponse, Limits, Loaded
+from fazt.runtime.engine import Limits, Loaded
 from fazt.runtime.env import SiteEnv
 from fazt.runtime.kv import KvStore
 from fazt.runtime.logs import SiteLogs
 from fazt.runtime.memory import release_free_memory
+from fazt.runtime.response import JsResponse
 from fazt.runtime.slots import Slots
 from fazt.store.database import Database
 

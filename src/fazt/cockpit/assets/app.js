@@ -78,13 +78,14 @@ function siteUrl(name) {
 
 // -- routing -------------------------------------------------------------------
 
-const VIEWS = ["login", "status", "sites", "logs", "https", "tokens", "settings"];
+const VIEWS = ["login", "status", "sites", "logs", "versions", "env", "https", "tokens", "settings"];
+const SITE_PAGES = { logs: loadLogs, versions: loadVersions, env: loadEnv };
 
 function show(view) {
   for (const name of VIEWS) $(`view-${name}`).hidden = name !== view;
   $("topbar").hidden = view === "login";
   for (const link of document.querySelectorAll("[data-nav]")) {
-    link.classList.toggle("active", link.dataset.nav === view || (view === "logs" && link.dataset.nav === "sites"));
+    link.classList.toggle("active", link.dataset.nav === view || (Object.hasOwn(SITE_PAGES, view) && link.dataset.nav === "sites"));
   }
   document.body.dataset.view = view;
 }
@@ -93,9 +94,9 @@ async function route() {
   if (!state.signedIn) { show("login"); $("login-username").focus(); return; }
   const parts = location.hash.replace(/^#\/?/, "").split("/").filter(Boolean);
   const page = parts[0] || "status";
-  if (page === "sites" && parts[2] === "logs") {
-    show("logs");
-    return loadLogs(decodeURIComponent(parts[1]));
+  if (page === "sites" && Object.hasOwn(SITE_PAGES, parts[2] || "")) {
+    show(parts[2]);
+    return SITE_PAGES[parts[2]](decodeURIComponent(parts[1]));
   }
   const view = VIEWS.includes(page) && page !== "login" ? page : "status";
   show(view);
@@ -273,7 +274,9 @@ async function loadSites() {
       make("td", { className: "num" }, bytes(site.bytes)),
       make("td", {}, when(site.updated_at)),
       make("td", { className: "actions-cell" },
-        make("a", { href: `#/sites/${encodeURIComponent(site.name)}/logs`, dataset: { action: "logs", site: site.name } }, "Logs"),
+        ...["logs", "versions", "env"].map((page) => make("a", {
+          href: `#/sites/${encodeURIComponent(site.name)}/${page}`, dataset: { action: page, site: site.name },
+        }, { logs: "Logs", versions: `Versions (v${site.version})`, env: "Secrets" }[page])),
         remove));
   }));
 }
@@ -313,6 +316,61 @@ async function loadLogs(name) {
     const stamp = typeof at === "number" ? new Date(at * (at < 1e12 ? 1000 : 1)).toLocaleTimeString() : (at || "");
     return make("div", { className: level }, `${stamp} ${level.padEnd(5)} ${text}`);
   }));
+}
+
+// -- versions and secrets of a site ------------------------------------------------
+
+async function loadVersions(name) {
+  $("versions-site").textContent = name;
+  const data = await guarded(() => api("GET", `/api/sites/${encodeURIComponent(name)}/versions`));
+  if (!data) return;
+  $("versions-body").replaceChildren(...data.versions.map((v) => {
+    const cell = make("td", { className: "actions-cell" });
+    if (v.live) {
+      cell.append(make("span", { className: "badge" }, "live"));
+    } else {
+      const back = make("button", { type: "button", className: "small", textContent: "Roll back to this", dataset: { action: "rollback", version: v.version } });
+      back.addEventListener("click", () => rollback(name, v.version, back));
+      cell.append(back);
+    }
+    return make("tr", { dataset: { version: v.version, live: String(v.live) } },
+      make("td", {}, `v${v.version}`), make("td", {}, when(v.created_at)),
+      make("td", { className: "num" }, number(v.files)), make("td", { className: "num" }, bytes(v.bytes)), cell);
+  }));
+}
+
+async function rollback(name, version, button) {
+  if (!window.confirm(`Serve version ${version} of "${name}" again, from the next request?`)) return;
+  const done = await guarded(() => api("POST", `/api/sites/${encodeURIComponent(name)}/rollback`, { version }), button);
+  if (done) { notice(`${name} serves version ${done.version} again (was ${done.from}).`); loadVersions(name); }
+}
+
+async function loadEnv(name) {
+  $("env-site").textContent = name;
+  $("env-form").dataset.site = name;
+  const data = await guarded(() => api("GET", `/api/sites/${encodeURIComponent(name)}/env`));
+  if (!data) return;
+  $("env-empty").hidden = data.env.length > 0;
+  $("env-table").hidden = data.env.length === 0;
+  $("env-body").replaceChildren(...data.env.map((entry) => {
+    const remove = make("button", { type: "button", className: "small danger", textContent: "Remove", dataset: { action: "unset", key: entry.key } });
+    remove.addEventListener("click", async () => {
+      if (!window.confirm(`Remove ${entry.key}? The handler reads undefined from its next request.`)) return;
+      const path = `/api/sites/${encodeURIComponent(name)}/env/${encodeURIComponent(entry.key)}`;
+      if (await guarded(() => api("DELETE", path), remove)) { notice(`${entry.key} removed.`); loadEnv(name); }
+    });
+    return make("tr", { dataset: { key: entry.key } }, make("td", {}, make("code", {}, entry.key)),
+      make("td", {}, when(entry.updated_at)), make("td", { className: "actions-cell" }, remove));
+  }));
+}
+
+async function setEnv(event) {
+  event.preventDefault();
+  const name = $("env-form").dataset.site;
+  const key = $("env-key").value.trim();
+  const path = `/api/sites/${encodeURIComponent(name)}/env/${encodeURIComponent(key)}`;
+  const done = await guarded(() => api("PUT", path, { value: $("env-value").value }), $("env-save"));
+  if (done) { notice(`${key} saved; the handler reads it from its next request.`); $("env-form").reset(); loadEnv(name); }
 }
 
 // -- https ---------------------------------------------------------------------
@@ -419,6 +477,11 @@ function renderSettings(config) {
     const badges = [];
     if (overridden.has(entry.key)) badges.push(make("span", { className: "badge glass" }, "break glass"));
     else if (owned.has(entry.key)) badges.push(make("span", { className: "badge" }, "set by you"));
+    if (owned.has(entry.key) || overridden.has(entry.key)) {
+      const reset = make("button", { type: "button", className: "small", textContent: "Reset to recommended", dataset: { action: "reset", key: entry.key } });
+      reset.addEventListener("click", () => resetSettings([entry.key], reset));
+      badges.push(reset);
+    }
     card.append(
       make("div", { className: "head" }, make("label", { htmlFor: input.id, className: "name" }, entry.label), ...badges),
       make("span", { className: "key" }, entry.key),
@@ -510,6 +573,12 @@ async function saveSettings(breakGlass) {
   }
 }
 
+async function resetSettings(keys, button) {
+  if (!keys && !window.confirm("Put every limit back to what fazt computes for this machine? Your own values and break-glass overrides go.")) return;
+  const config = await guarded(() => api("POST", "/api/config/reset", keys ? { keys } : { all: true }), button);
+  if (config) { renderSettings(config); notice(keys ? `${keys[0]} is back to the recommended value.` : "Every limit is back to the recommended value."); }
+}
+
 async function recalibrate(button) {
   if (!window.confirm("Re-probe this machine and recompute every limit you have not set yourself? Open connections carry on.")) return;
   const status = await guarded(() => api("POST", "/api/system/recalibrate"), button);
@@ -559,6 +628,8 @@ async function start() {
   $("token-copy").addEventListener("click", () =>
     navigator.clipboard.writeText($("token-value").textContent).then(() => notice("Copied."), () => notice("Select and copy it by hand.", true)));
   $("logs-refresh").addEventListener("click", () => loadLogs($("logs-refresh").dataset.site));
+  $("env-form").addEventListener("submit", setEnv);
+  $("settings-reset-all").addEventListener("click", (event) => resetSettings(null, event.currentTarget));
   $("settings-form").addEventListener("submit", (event) => { event.preventDefault(); saveSettings(false); });
   $("break-glass-confirm").addEventListener("click", () => saveSettings(true));
   $("break-glass-cancel").addEventListener("click", () => { state.pending = null; loadSettings(); });

@@ -19,8 +19,9 @@ LEDGER_ITEMS = ["baseline", "pinned", "vfs_cache", "sqlite", "js", "threads", "b
 KEYS = [
     "vfs_cache_mb", "large_file_mb", "max_upload_mb", "max_concurrent_js", "js_memory_mb",
     "js_warm_mb", "js_timeout_ms", "sqlite_cache_mb", "user_threads", "cockpit_threads",
-    "maintenance_ratio", "connection_limit", "zip_max_unpacked_mb", "zip_max_ratio",
-    "zip_max_entry_ratio", "zip_max_entries", "zip_max_path",
+    "maintenance_ratio", "connection_limit", "address_connections", "address_requests_per_s",
+    "zip_max_unpacked_mb", "zip_max_ratio", "zip_max_entry_ratio", "zip_max_entries",
+    "zip_max_path",
 ]  # fmt: skip
 GB_HOST = {"ram_mb": 1024, "cpus": 1, "disk_gb": 25}
 

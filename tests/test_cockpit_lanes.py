@@ -163,9 +163,8 @@ def test_a_backup_stuck_on_the_database_does_not_hold_up_a_sign_in(live: Server,
     assert answers and answers[0] in (200, 503)
 
 
-class _Channel:
-    def __init__(self, host: str, fail: bool = False):
-        self.requests = [type("R", (), {"headers": {"HOST": host}})()]
+class _Task:
+    def __init__(self, fail: bool = False):
         self.fail = fail
         self.done = threading.Event()
 
@@ -180,20 +179,20 @@ class _Channel:
 
 def test_the_cockpit_count_returns_to_zero_whatever_happens():
     """The event loop pauses while `contended()`: a count that leaked would slow it for good."""
-    from fazt.lanes import LaneDispatcher
+    from fazt.server.lanes import LaneDispatcher
 
-    lanes = LaneDispatcher(lambda host: host == "admin.localhost", 2, 2)
+    lanes = LaneDispatcher(2, 2)
     try:
         assert eventually(lambda: not lanes.contended()) is True  # threads start "active"
-        channels = [_Channel("admin.localhost"), _Channel("admin.localhost", fail=True)]
-        for channel in channels:
-            lanes.add_task(channel)
-        for channel in channels:
-            assert channel.done.wait(5)
+        tasks = [_Task(), _Task(fail=True)]
+        for task in tasks:
+            lanes.add_task(task, cockpit=True)
+        for task in tasks:
+            assert task.done.wait(5)
         assert eventually(lambda: lanes.cockpit_tasks == 0) is True
         lanes.cockpit.set_thread_count(0)  # no thread: the next one waits, then is cancelled
         assert eventually(lambda: not lanes.cockpit.threads)
-        lanes.add_task(_Channel("admin.localhost"))
+        lanes.add_task(_Task(), cockpit=True)
         assert lanes.contended() and lanes.cockpit_tasks == 1
     finally:
         lanes.shutdown(timeout=5)
@@ -202,7 +201,7 @@ def test_the_cockpit_count_returns_to_zero_whatever_happens():
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="raising a priority needs root or CAP_SYS_NICE")
 def test_cockpit_threads_run_at_a_higher_priority(live: Server, db_path):
-    from fazt.lanes import COCKPIT_NICE
+    from fazt.server.lanes import COCKPIT_NICE
 
     assert live.get("/", host="mysite.localhost").status_code == 200
     tasks = Path(f"/proc/{live.proc.pid}/task")

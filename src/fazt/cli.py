@@ -52,7 +52,7 @@ def cmd_init(args) -> int:
 
 
 def cmd_start(args) -> int:
-    from fazt.server import run
+    from fazt.server.boot import run
 
     run(_db(args), args.host, args.port, args.https_port, follow=args.follow)
     return 0

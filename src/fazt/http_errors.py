@@ -33,16 +33,22 @@ def http_error(status: int, code: str, message: str, retry_after: int | None = N
                             description=message, headers=headers)
 
 
-def wants_json(req: falcon.Request) -> bool:
-    if "/api/" in req.path or req.path.startswith("/_fazt/"):
+def wants_json(path: str, accept: str | None) -> bool:
+    if "/api/" in path or path.startswith("/_fazt/"):
         return True
-    accept = req.get_header("Accept") or ""
-    return "text/html" not in accept
+    return "text/html" not in (accept or "")
 
 
 def error_body(req: falcon.Request, status: int, code: str, message: str) -> tuple[str, str]:
     """(content type, body) for an error, shaped for who asked."""
-    if wants_json(req):
+    return error_for(req.path, req.get_header("Accept"), status, code, message)
+
+
+def error_for(path: str, accept: str | None, status: int, code: str, message: str
+              ) -> tuple[str, str]:
+    """(content type, body) for an error, from the request's path and Accept header alone
+    (the event loop answers some requests itself, with no framework)."""
+    if wants_json(path, accept):
         return "application/json", json.dumps({"error": {"code": code, "message": message}})
     title = _TITLES.get(status, "Error")
     page = (

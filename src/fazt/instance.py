@@ -306,6 +306,7 @@ class Instance:
         self.runtime = None
         # Set by the server: resize(user_threads, cockpit_threads, connection_limit).
         self.resize_lanes: Callable[[int, int, int], None] | None = None
+        self.connection_stats: Callable[[], dict] | None = None  # set by the server
         self.overrides: list[dict] = []  # active break-glass changes, kept in RAM
         self.domains: dict[str, str] = {}  # custom host -> site, kept in RAM for routing
         # Set by the server when HTTPS is on: the certificate keeper and the TLS port.
@@ -579,6 +580,7 @@ class Instance:
                       **(self.autocert.summary() if self.autocert else
                          {"ordering": None, "certificates": []})},
             "replica": self.replica_status(),
+            "connections": self.connection_stats() if self.connection_stats else None,
         }
 
     def replica_status(self) -> dict:

@@ -72,6 +72,16 @@ class ByteLRU:
             self.hits += 1
             return data
 
+    def peek(self, key: str) -> bytes | None:
+        """`get` for the event loop's fast path: a hit counts, a miss is left to the thread
+        that will load the file (and count it)."""
+        with self._lock:
+            data = self._items.get(key)
+            if data is not None:
+                self._items.move_to_end(key)
+                self.hits += 1
+            return data
+
     def put(self, key: str, data: bytes) -> None:
         if len(data) > self.limit_bytes:
             return
@@ -204,6 +214,31 @@ class VFS:
                     if len(self._found) > FOUND_ENTRIES:
                         self._found.popitem(last=False)
         return info
+
+    def known(self, site: str, path: str) -> FileInfo | None:
+        """`find` from RAM alone (the event loop never waits on the database): None when
+        the file is not pinned or remembered, whether or not it exists."""
+        pinned = self._pinned.get(site)
+        if pinned is not None:
+            entry = pinned.get(path)
+            return entry.info if entry else None
+        return self._found.get((site, path))  # a plain dict read: atomic, no lock needed
+
+    def known_rules(self, site: str) -> SiteRules | None:
+        """`rules` from RAM alone: None until a thread has parsed them."""
+        return self._rules.get(site)
+
+    def held(self, site: str, info: FileInfo, body: Body) -> bytes | None:
+        """`content` from RAM alone: None unless the body is pinned or in the cache."""
+        pinned = self._pinned.get(site)
+        if pinned is not None and info.path in pinned:
+            return pinned[info.path].bodies[body.encoding]
+        return self.cache.peek(body.sha256)
+
+    @property
+    def generation(self) -> int:
+        """Changes whenever a site changes (every remembered location is forgotten)."""
+        return self._found_generation
 
     def forget_files(self) -> None:
         """A site changed: every remembered location (and rule) may be wrong now."""

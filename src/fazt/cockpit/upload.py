@@ -7,6 +7,7 @@ must not eat the memory budget. The zip is then checked member by member as
 it inflates, and written in one transaction.
 """
 
+import contextlib
 import tempfile
 
 import falcon
@@ -37,6 +38,20 @@ def spool(stream, limit: int) -> tempfile.SpooledTemporaryFile:
     return out
 
 
+def _body(req: falcon.Request, limit: int):
+    """The upload as a seekable file. The event loop has already read it, within the limit,
+    into RAM or an unnamed file beside the database: used as it is, never copied to $TMPDIR
+    (RAM on many small hosts). Any other stream is spooled here."""
+    stream = req.env["wsgi.input"]
+    if getattr(stream, "seekable", lambda: False)():
+        size = stream.seek(0, 2)
+        stream.seek(0)
+        if size > limit:
+            raise TooLarge(f"The upload is over the limit of {limit // MB} MB.")
+        return contextlib.nullcontext(stream)
+    return spool(req.bounded_stream, limit)
+
+
 class Deploy:
     def __init__(self, instance: Instance):
         self.instance = instance
@@ -49,7 +64,7 @@ class Deploy:
         limit = int(float(self.instance.config["max_upload_mb"]) * MB)
         if (req.content_length or 0) > limit:
             raise TooLarge(f"The upload is over the limit of {limit // MB} MB.")
-        with spool(req.bounded_stream, limit) as upload:
+        with _body(req, limit) as upload:
             source = files_from_zip(upload, ArchiveLimits.from_config(self.instance.config))
             result = self.instance.deploy(name, source)
         resp.media = {"site": result["site"], "version": result["version"],

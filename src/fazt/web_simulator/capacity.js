@@ -13,7 +13,8 @@
 var FAZT_BASELINE_MB = 30;   // the interpreter with falcon, waitress, psutil, quickjs
 var FAZT_PINNED_MB = 2;      // admin assets + config, never evicted
 var FAZT_THREAD_MB = 0.25;   // one worker thread's stack and frame
-var FAZT_BUFFER_MB = 0.5;    // per open socket: Waitress in/out buffers + one 256 KiB chunk
+var FAZT_CONNECTION_KB = 8;  // an open idle connection: 2.6 KB RSS + the kernel's socket (README)
+var FAZT_ANSWER_MB = 0.5;    // an answer in flight from a thread: queued output + one piece
 var FAZT_SAFETY_FACTOR = 0.7; // the seed: usable = (total - OS overhead) * 0.7
 /*
  * Litestream, fazt's child while replication is on (or while it follows a replica).
@@ -34,7 +35,7 @@ var FAZT_LEDGER_ITEMS = [
   { key: "sqlite", label: "SQLite page caches" },
   { key: "js", label: "JavaScript slots" },
   { key: "threads", label: "Worker threads" },
-  { key: "buffers", label: "Connection buffers" },
+  { key: "buffers", label: "Connections and answers in flight" },
   { key: "replica", label: "Litestream (replication)" }
 ];
 
@@ -109,9 +110,22 @@ var FAZT_SCHEMA = [
   },
   {
     key: "connection_limit", unit: "connections", label: "Open connections", integer: true,
-    min: 4, max: 100000,
-    description: "Sockets Waitress keeps open; each holds about 0.5 MB of buffers, so 8% of " +
-      "usable RAM, 8 to 1000 (select() cannot watch more than 1024)."
+    min: 16, max: 1000000,
+    description: "Connections held open; an idle one costs about " + FAZT_CONNECTION_KB +
+      " KB: with the answers in flight, 8% of usable RAM, 64 to 100,000. Past it " +
+      "the quietest idle one is closed; the cockpit keeps a reserve beyond it."
+  },
+  {
+    key: "address_connections", unit: "connections", label: "Connections per address",
+    integer: true, min: 1, max: 1000000,
+    description: "Connections one client address may hold: a quarter of the limit, at least " +
+      "16, so one client cannot take everyone's share; past it its requests get 429."
+  },
+  {
+    key: "address_requests_per_s", unit: "requests/s", label: "Requests per address",
+    integer: true, min: 1, max: 1000000,
+    description: "Requests a second one client address may send (with two seconds of " +
+      "burst) before it gets 429; the cockpit is exempt."
   },
   {
     key: "zip_max_unpacked_mb", unit: "MB", label: "Largest unpacked zip", integer: true,
@@ -217,11 +231,16 @@ function fazt_compute(machine) {
   // Two at least: a deploy or a backup on one cockpit thread must not hold up a sign-in.
   var cockpit_threads = fazt_clamp(Math.floor(user_threads / 4), 2, 4);
   var connections = user_threads + cockpit_threads + 2;
-  var connection_limit = fazt_clamp(Math.floor(usable * 0.08 / FAZT_BUFFER_MB), 8, 1000);
+  // 8% of the budget holds the connections and the answers in flight on the threads.
+  var connection_limit = fazt_clamp(Math.floor(
+    (usable * 0.08 - (user_threads + cockpit_threads) * FAZT_ANSWER_MB) * 1024 /
+    FAZT_CONNECTION_KB), 64, 100000);
+  var address_connections = Math.max(16, Math.floor(connection_limit / 4));
 
-  // What is left once the fixed costs, the threads and the buffers are paid.
+  // What is left once the fixed costs, the threads and the connections are paid.
   var rest = usable - FAZT_BASELINE_MB - FAZT_PINNED_MB - fazt_replica_mb(m) -
-    FAZT_THREAD_MB * connections - FAZT_BUFFER_MB * connection_limit;
+    FAZT_THREAD_MB * connections -
+    fazt_connections_mb(connection_limit, user_threads + cockpit_threads);
 
   // Warm contexts (one a site thread, see runtime.py) come out of the JavaScript budget,
   // when it can spare them beside one slot of 4 MB.
@@ -255,12 +274,20 @@ function fazt_compute(machine) {
     cockpit_threads: cockpit_threads,
     maintenance_ratio: 100,
     connection_limit: connection_limit,
+    address_connections: address_connections,
+    address_requests_per_s: 1000,
     zip_max_unpacked_mb: Math.max(1, Math.floor(Math.min(max_upload_mb * 4, disk_mb / 10))),
     zip_max_ratio: 100,
     zip_max_entry_ratio: 200,
     zip_max_entries: fazt_clamp(Math.floor(usable * 32), 1000, 100000),
     zip_max_path: 512
   };
+}
+
+/* Open connections, plus an answer in flight on every thread (streams are pulled by the
+   event loop one piece at a time and counted with the connections). */
+function fazt_connections_mb(connection_limit, threads) {
+  return fazt_round2(connection_limit * FAZT_CONNECTION_KB / 1024 + threads * FAZT_ANSWER_MB);
 }
 
 /* The thresholds given, with any missing key taken from the formula. */
@@ -290,7 +317,7 @@ function fazt_ledger(thresholds, machine) {
     // Running handlers, and the context each site thread keeps warm between requests.
     js: fazt_round2(t.max_concurrent_js * t.js_memory_mb + t.js_warm_mb * t.user_threads),
     threads: fazt_round2(FAZT_THREAD_MB * threads),
-    buffers: fazt_round2(FAZT_BUFFER_MB * t.connection_limit),
+    buffers: fazt_connections_mb(t.connection_limit, t.user_threads + t.cockpit_threads),
     replica: fazt_replica_mb(m)
   };
   var total = 0;
@@ -333,8 +360,9 @@ function fazt_safe(thresholds, machine) {
       Math.floor(m.cpus * 64))],
     cockpit_threads: [1, Math.min(t.cockpit_threads + Math.floor(headroom / per_thread), 16)],
     maintenance_ratio: [1, 1000],
-    connection_limit: [8, Math.min(t.connection_limit + Math.floor(headroom / FAZT_BUFFER_MB),
-      1000)],
+    connection_limit: [64, t.connection_limit + Math.floor(headroom * 1024 / FAZT_CONNECTION_KB)],
+    address_connections: [1, t.connection_limit],
+    address_requests_per_s: [10, 100000],
     zip_max_unpacked_mb: [1, Math.max(1, Math.floor(m.disk_gb * 1024 / 5))],
     zip_max_ratio: [1, 1000],
     zip_max_entry_ratio: [1, 2000],

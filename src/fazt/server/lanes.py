@@ -1,9 +1,9 @@
 """Two lanes of worker threads, so user traffic can never take the cockpit's.
 
-Waitress hands every ready channel to one task dispatcher. This one looks at
-the Host of the channel's first request and passes it to one of two
-ThreadedTaskDispatchers: `cockpit_threads` threads for `admin.D`, and
-`user_threads` for everything else. When every user thread is stuck on heavy
+The event loop hands every request that needs a thread to this dispatcher,
+saying whether it is for the cockpit (`admin.D`), and it passes it to one of
+two Waitress ThreadedTaskDispatchers: `cockpit_threads` threads for the
+cockpit, and `user_threads` for everything else. When every user thread is stuck on heavy
 JavaScript or a slow request, admin requests still find an idle thread.
 Each lane resizes at run time (recalibration).
 
@@ -19,14 +19,13 @@ user lane's priority instead was measured and rejected: a user thread holding
 Python's lock and starved of CPU stalls everyone waiting for that lock
 (static throughput fell tenfold).
 
-The event loop must also let go (see `Server.run`): `contended()` tells it when
+The event loop must also let go (see `boot.py`'s LOOP_YIELD): `contended()` tells it when
 a cockpit request is in flight or several site requests want Python's lock.
 """
 
 import contextlib
 import os
 import threading
-from collections.abc import Callable
 
 from waitress.task import ThreadedTaskDispatcher
 
@@ -43,37 +42,35 @@ class _PriorityDispatcher(ThreadedTaskDispatcher):
 
 
 class _CockpitTask:
-    """A cockpit channel in the queue, counted from queueing until it is done."""
+    """A cockpit task in the queue, counted from queueing until it is done."""
 
-    __slots__ = ("channel", "lanes")
+    __slots__ = ("task", "lanes")
 
-    def __init__(self, channel, lanes: "LaneDispatcher"):
-        self.channel = channel
+    def __init__(self, task, lanes: "LaneDispatcher"):
+        self.task = task
         self.lanes = lanes
         lanes._cockpit_in_flight(+1)
 
     def service(self) -> None:
         try:
-            self.channel.service()
+            self.task.service()
         finally:
             self.lanes._cockpit_in_flight(-1)
 
     def cancel(self) -> None:
         try:
-            self.channel.cancel()
+            self.task.cancel()
         finally:
             self.lanes._cockpit_in_flight(-1)
 
     def __repr__(self) -> str:
-        return repr(self.channel)
+        return repr(self.task)
 
 
 class LaneDispatcher:
-    """A Waitress task dispatcher made of two."""
+    """Two Waitress task dispatchers: tasks are objects with `service()` and `cancel()`."""
 
-    def __init__(self, is_cockpit: Callable[[str | None], bool], user_threads: int,
-                 cockpit_threads: int):
-        self.is_cockpit = is_cockpit
+    def __init__(self, user_threads: int, cockpit_threads: int):
         self.user = ThreadedTaskDispatcher()
         self.cockpit = _PriorityDispatcher()
         self.user.set_thread_count(user_threads)
@@ -81,12 +78,15 @@ class LaneDispatcher:
         self.cockpit_tasks = 0  # queued or running
         self._count_lock = threading.Lock()
 
-    def add_task(self, channel) -> None:
-        host = channel.requests[0].headers.get("HOST") if channel.requests else None
-        if self.is_cockpit(host):
-            self.cockpit.add_task(_CockpitTask(channel, self))
+    def add_task(self, task, cockpit: bool) -> None:
+        if cockpit:
+            self.cockpit.add_task(_CockpitTask(task, self))
         else:
-            self.user.add_task(channel)
+            self.user.add_task(task)
+
+    def user_queue_depth(self) -> int:
+        """Site requests waiting for a thread (read without the lock: a heuristic)."""
+        return len(self.user.queue)
 
     def _cockpit_in_flight(self, change: int) -> None:
         with self._count_lock:
@@ -96,10 +96,6 @@ class LaneDispatcher:
         """A cockpit request is in flight, or more than one site request wants to run.
         Read without locks: a heuristic, called on every turn of the event loop."""
         return bool(self.cockpit_tasks) or self.user.active_count + len(self.user.queue) > 1
-
-    def set_thread_count(self, count: int) -> None:
-        """What Waitress calls with its `threads` setting: the user lane's size."""
-        self.user.set_thread_count(count)
 
     def resize(self, user_threads: int, cockpit_threads: int) -> None:
         self.user.set_thread_count(user_threads)

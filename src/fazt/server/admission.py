@@ -1,0 +1,275 @@
+"""Who gets in: connection limits, each address's share, the cockpit's reserve, bodies.
+
+The rules, in the order a connection meets them:
+
+1. Accepting. Past `connection_limit` open connections, room is made by
+   closing the connection that has been quiet longest *between requests*
+   (an idle keep-alive, or one still sending its headers): never one whose
+   request has arrived, and never one that has spoken to the cockpit. When
+   nothing can be closed, up to COCKPIT_RESERVE more are still accepted, but
+   they are only served if they turn out to be for the cockpit; the rest get
+   503 with Retry-After. Past that the newcomer is closed at once (it has sent
+   nothing, so nothing is lost).
+2. Each address's share. One address may hold `address_connections` open; its
+   own quietest connection makes room for its next one, and when it has none
+   to give, the newcomer's request (unless it is for the cockpit) gets 429.
+   Requests per second per address (`address_requests_per_s`, a token bucket
+   with two seconds of burst) past the rate get 429 with Retry-After.
+3. Bodies. A body is read only where the route takes one and only up to the
+   route's limit (BodyRule); anything else is answered 405/411/413 before a
+   byte of it is read, and the connection is then closed rather than drained.
+   Bodies being read count against the address's share and a global count, and
+   must arrive at BODY_MIN_RATE (else 408; see the connection).
+4. The user lane's queue: past USER_QUEUE_LIMIT waiting requests, 503.
+
+The cockpit (`admin.D`) is exempt from 2 and 4 and served from the reserve in
+1: the owner always gets in.
+"""
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fazt.constants import MB
+from fazt.hosts import ADMIN, SITE, Target
+
+COCKPIT_RESERVE = 64  # connections accepted past the limit, served only for the cockpit
+USER_QUEUE_LIMIT = 256  # site requests waiting for a thread before new ones get 503
+BODY_MIN_RATE = 1024  # bytes a second a body must average, after BODY_GRACE seconds
+BODY_GRACE = 10.0
+LOGIN_BODY = 8 * 1024  # a sign-in is a few hundred bytes
+JSON_BODY = 64 * 1024  # the admin API's JSON bodies (cockpit/resources.py's JSON_LIMIT)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An answer given from the loop instead of the request's own."""
+
+    status: int
+    code: str
+    message: str
+    retry_after: int | None = None
+
+
+@dataclass(frozen=True)
+class BodyRule:
+    """What a route does with a body: its limit in bytes, whether it needs a length."""
+
+    limit: int
+    needs_length: bool = False
+    refusal: Refusal | None = None  # answered before the body, whatever it is
+
+
+NO_BODY = BodyRule(0)
+STATIC_METHODS = ("GET", "HEAD")
+
+
+class Address:
+    """What one client address holds: connections, bodies in flight, its request bucket."""
+
+    __slots__ = ("open", "connections", "bodies", "tokens", "stamp", "quiet")
+
+    def __init__(self, burst: float):
+        self.open = 0  # all its connections, the cockpit's included
+        self.connections = 0  # those counted against its share
+        self.bodies = 0
+        self.tokens = burst
+        self.stamp = time.monotonic()
+        self.quiet: OrderedDict = OrderedDict()  # its connections that may be closed
+
+
+class Admission:
+    def __init__(self, classify: Callable[[str | None], Target], connection_limit: int,
+                 address_connections: int, address_rps: float, max_upload_bytes: int,
+                 js_body_bytes: int):
+        self.classify = classify  # Host -> cockpit, site or unknown (custom domains too)
+        self.open = 0
+        self.bodies = 0
+        self.refused = 0  # closed on arrival: over the limit with nothing to make room
+        self.evicted = 0
+        self.addresses: dict[str, Address] = {}
+        self.quiet: OrderedDict = OrderedDict()  # closable connections, least recently active first
+        self.resize(connection_limit, address_connections, address_rps, max_upload_bytes,
+                    js_body_bytes)
+
+    def resize(self, connection_limit: int, address_connections: int, address_rps: float,
+               max_upload_bytes: int, js_body_bytes: int) -> None:
+        """Recalibration: new limits apply to the next connection and the next request."""
+        self.connection_limit = connection_limit
+        self.address_connections = address_connections
+        self.address_rps = address_rps
+        self.max_upload_bytes = max_upload_bytes
+        self.js_body_bytes = js_body_bytes
+
+    @property
+    def bodies_limit(self) -> int:
+        return max(32, self.connection_limit // 8)
+
+    @property
+    def address_bodies_limit(self) -> int:
+        return max(4, self.address_connections // 8)
+
+    # -- connections ------------------------------------------------------------
+
+    def arrived(self, conn) -> bool:
+        """A new connection: make room for it, or say it must be closed (False)."""
+        address = self.addresses.get(conn.ip)
+        if address is None:
+            address = self.addresses[conn.ip] = Address(self.address_rps * 2)
+        address.open += 1
+        address.connections += 1
+        self.open += 1
+        if address.connections > self.address_connections and not self._close_quietest(
+                address.quiet):
+            conn.over_share = True
+        if self.open > self.connection_limit and not self._close_quietest(self.quiet):
+            if self.open > self.connection_limit + COCKPIT_RESERVE:
+                self.refused += 1
+                return False
+            conn.reserve = True
+        self.quiet_again(conn)
+        return True
+
+    def _close_quietest(self, quiet: OrderedDict) -> bool:
+        for victim in quiet:
+            self.evicted += 1
+            victim.evict()  # calls left(), which takes it out of both orders
+            return True
+        return False
+
+    def quiet_again(self, conn) -> None:
+        """The connection is between requests (or still sending headers): it may be closed."""
+        if conn.admin:
+            return
+        self.quiet[conn] = None
+        self.quiet.move_to_end(conn)
+        quiet = self.addresses[conn.ip].quiet
+        quiet[conn] = None
+        quiet.move_to_end(conn)
+
+    def busy(self, conn) -> None:
+        """Its request has arrived: from now until the answer is sent it is never closed."""
+        self.quiet.pop(conn, None)
+        address = self.addresses.get(conn.ip)
+        if address is not None:
+            address.quiet.pop(conn, None)
+
+    def left(self, conn) -> None:
+        self.busy(conn)
+        self.open -= 1
+        address = self.addresses.get(conn.ip)
+        if address is not None:
+            address.open -= 1
+            if not conn.admin:
+                address.connections -= 1
+            if conn.in_body:
+                self.body_ended(conn)
+
+    def forget_idle_addresses(self) -> None:
+        """Drop the records of addresses with nothing open and a full bucket (bounded RAM)."""
+        now = time.monotonic()
+        full = self.address_rps * 2
+        for ip in [ip for ip, a in self.addresses.items()
+                   if a.open <= 0 and a.tokens + (now - a.stamp) * self.address_rps >= full]:
+            del self.addresses[ip]
+
+    # -- requests -----------------------------------------------------------------
+
+    def admit(self, conn, method: str, path: str, host: str | None, queue_depth: int
+              ) -> Refusal | BodyRule:
+        """A request's headers are in: refuse it, or say how much body it may send."""
+        target = self.classify(host)
+        if target.kind == ADMIN:
+            if not conn.admin:  # from now on outside the address's share, never closable
+                conn.admin = True
+                self.addresses[conn.ip].connections -= 1
+            return self._body_rule(target.kind, method, path)
+        if conn.reserve:
+            return Refusal(503, "over_capacity",
+                           "The server is at its connection limit; try again shortly.", 2)
+        if conn.over_share:
+            return Refusal(429, "too_many_connections",
+                           "This address has too many connections open; close some and "
+                           "try again.", 2)
+        address = self.addresses[conn.ip]
+        now = time.monotonic()
+        rate = self.address_rps
+        address.tokens = min(rate * 2, address.tokens + (now - address.stamp) * rate)
+        address.stamp = now
+        if address.tokens < 1:
+            wait = max(1, math.ceil((1 - address.tokens) / rate))
+            return Refusal(429, "too_many_requests",
+                           "This address sends requests faster than its share; slow down.", wait)
+        address.tokens -= 1
+        if queue_depth >= USER_QUEUE_LIMIT:
+            return Refusal(503, "overloaded",
+                           "The server is busy with other requests; try again shortly.", 1)
+        return self._body_rule(target.kind, method, path)
+
+    def _body_rule(self, kind: str, method: str, path: str) -> BodyRule:
+        if kind == ADMIN:
+            if path == "/api/deploy":
+                return BodyRule(self.max_upload_bytes, needs_length=method == "POST")
+            if path == "/api/login":
+                return BodyRule(LOGIN_BODY)
+            if path.startswith("/api/"):
+                return BodyRule(JSON_BODY)
+            return NO_BODY
+        if kind == SITE:
+            if path == "/api" or path.startswith("/api/"):
+                return BodyRule(self.js_body_bytes)
+            if method not in STATIC_METHODS:
+                return BodyRule(0, refusal=Refusal(
+                    405, "method_not_allowed", "Static files answer GET and HEAD only."))
+        return NO_BODY
+
+    def check_body(self, conn, rule: BodyRule, content_length: int, chunked: bool
+                   ) -> Refusal | None:
+        """Before the first byte of a body: may it be read?"""
+        if rule.refusal is not None:
+            return rule.refusal
+        if content_length > rule.limit:
+            return Refusal(413, "too_large",
+                           f"The request body is over this address's limit of "
+                           f"{_size(rule.limit)}.")
+        if rule.needs_length and not content_length and not chunked:
+            return Refusal(411, "length_required", "Send the body with a Content-Length.")
+        if not content_length and not chunked:
+            return None
+        if chunked and not rule.limit:
+            return Refusal(413, "too_large", "This address takes no request body.")
+        if not conn.admin:
+            address = self.addresses[conn.ip]
+            if address.bodies >= self.address_bodies_limit:
+                return Refusal(429, "too_many_uploads",
+                               "This address is already sending as many bodies as it may; "
+                               "try again when one is done.", 5)
+            if self.bodies >= self.bodies_limit:
+                return Refusal(503, "too_many_uploads",
+                               "The server is receiving as many bodies as it can; "
+                               "try again shortly.", 5)
+        self.bodies += 1
+        self.addresses[conn.ip].bodies += 1
+        conn.in_body = True
+        return None
+
+    def body_ended(self, conn) -> None:
+        if conn.in_body:
+            conn.in_body = False
+            self.bodies -= 1
+            address = self.addresses.get(conn.ip)
+            if address is not None:
+                address.bodies -= 1
+
+    def stats(self) -> dict:
+        return {"open": self.open, "limit": self.connection_limit,
+                "reserve": COCKPIT_RESERVE, "bodies": self.bodies,
+                "addresses": len(self.addresses), "evicted": self.evicted,
+                "refused": self.refused}
+
+
+def _size(limit: int) -> str:
+    return f"{limit // MB} MB" if limit >= MB else f"{max(1, limit // 1024)} KB" if limit else \
+        "0 bytes (it takes no body)"

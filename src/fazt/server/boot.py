@@ -1,0 +1,238 @@
+"""`fazt server start`: the quiet window, then the loop.
+
+Boot order: open the database (maintenance check), hydrate the pinned map and
+RAM auth, and only then bind the port, so the first request already finds the
+cockpit in RAM.
+"""
+
+import errno
+import logging
+import os
+import resource
+import signal
+import socket
+import sys
+import threading
+import time
+
+from fazt.app import Router
+from fazt.constants import DEFAULT_PORT, MB
+from fazt.errors import FaztError
+from fazt.hosts import classify
+from fazt.instance import Instance
+from fazt.requestlog import RequestLog
+from fazt.server.admission import Admission
+from fazt.server.fastpath import FastPath
+from fazt.server.http import HTTPServer
+from fazt.server.lanes import LaneDispatcher
+from fazt.store.claim import claim_for_server
+from fazt.vfs import StreamLoop
+
+LOOP_YIELD = 0.0002  # seconds the event loop pauses per turn while the lanes are busy
+CONFIG_POLL = 2.0  # seconds between looks for config written by another process
+DRAIN_SECONDS = 3.0  # at SIGTERM, answers in flight get this long to finish
+BACKLOG = 4096  # the kernel queues this many connections the loop has not accepted yet
+log = logging.getLogger("fazt")
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise FaztError(f"Port {port} is already in use on {host}; "
+                            "stop the other program or pick another --port.") from None
+        raise FaztError(f"Cannot listen on {host}:{port}: {exc.strerror}.") from None
+    sock.listen(BACKLOG)
+    return sock
+
+
+def admission_for(instance: Instance) -> Admission:
+    return Admission(lambda host: classify(host, instance.domain, instance.domains),
+                     **_admission_limits(instance.config))
+
+
+def _admission_limits(c: dict) -> dict:
+    return {
+        "connection_limit": int(c["connection_limit"]),
+        "address_connections": int(c["address_connections"]),
+        "address_rps": float(c["address_requests_per_s"]),
+        "max_upload_bytes": int(float(c["max_upload_mb"]) * MB),
+        "js_body_bytes": int(min(float(c["max_upload_mb"]), float(c["js_memory_mb"])) * MB),
+    }
+
+
+def make_server(instance: Instance, log: RequestLog | None = None) -> HTTPServer:
+    """A server with no socket yet (see `HTTPServer.listen`), not yet running."""
+    c = instance.config
+    lanes = LaneDispatcher(int(c["user_threads"]), int(c["cockpit_threads"]))
+    admission = admission_for(instance)
+
+    def pause() -> None:
+        """The loop gives Python's lock away while the lanes are busy.
+
+        The loop makes a system call every few microseconds (epoll, recv, send), and each
+        one lets go of Python's lock and takes it straight back. A worker thread waiting
+        for the lock only forces a hand-over when five milliseconds pass *without* the
+        lock changing hands, which never happens: the loop starves every worker (CPython's
+        "convoy effect"). Measured with 64 wrk connections on a 4 KiB file (Waitress's
+        poll loop): 335-616 req/s with a p99 of 0.4-0.6 s, bimodal from run to run; with
+        this pause 3,800-4,200 req/s and a p99 of 25 ms, and a sign-in under that flood
+        1.6x its idle p99 instead of 2-2.4x. With one client (nothing contended) there is
+        no pause.
+        """
+        if lanes.contended():
+            time.sleep(LOOP_YIELD)
+
+    server = HTTPServer(Router(instance, log=log), lanes, admission,
+                        spool_folder=os.path.dirname(os.path.abspath(instance.db_path)),
+                        log=log, after_turn=pause)
+
+    def resize(user_threads: int, cockpit_threads: int, connection_limit: int) -> None:
+        lanes.resize(user_threads, cockpit_threads)
+        admission.resize(**_admission_limits(instance.config))
+
+    instance.resize_lanes = resize
+    return server
+
+
+def _raise_descriptor_limit() -> None:
+    """Every connection is a file descriptor: allow as many as the system lets us."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY
+                                                        else 1 << 20, hard))
+        except (ValueError, OSError):
+            pass
+
+
+def run(db_path: str, host: str, port: int | None, https_port: int | None = None,
+        follow: str | None = None) -> None:
+    """Boot, serve until SIGINT/SIGTERM, stop cleanly. With `follow` (a replica URL),
+    serve read-only from a copy of that replica that Litestream keeps current."""
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
+                        format="%(name)s: %(message)s")
+    # Waitress warns on every request queued behind busy threads: under a flood that is a
+    # log line per request. A queue is expected under load.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+    _raise_descriptor_limit()
+    held = claim_for_server(db_path)  # `fazt restore` refuses a database a server holds
+    instance = _follower(db_path, follow) if follow else _primary(db_path)
+    # A follower cannot order or renew certificates (that writes): TLS goes in front of it.
+    https_on = instance.config.get("https") == "on" and not follow
+    port = port or (80 if https_on else int(instance.config.get("port") or DEFAULT_PORT))
+    autocert = start_certificates(instance) if https_on else None
+    requests_log = RequestLog().start()
+    server = make_server(instance, requests_log)
+    if os.environ.get("FAZT_FASTPATH", "on") != "off":  # off: every request takes a thread
+        server.fastpath = FastPath(instance, requests_log)
+    server.listen(bind(host, port))
+    if autocert is not None:
+        server.listen(bind(host, https_port or 443), autocert.sink.transport, "https")
+    instance.connection_stats = server.stats
+    instance.vfs.loop = StreamLoop(server.loop.wake)  # this thread runs the event loop
+    instance.db.release_reader()  # and never reads the database again: drop boot's cache
+
+    def stop(signum, frame):
+        server.loop.stop()
+
+    def hup(signum, frame):
+        # Recalibration writes to the database: never on the event loop's thread.
+        threading.Thread(target=_safely, args=(instance.recalibrate,), daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, hup)
+    threading.Thread(target=_watch_config, args=(instance,), daemon=True).start()
+    d = instance.domain
+    role = f"read-only follower of {follow}, " if follow else ""
+    sys.stderr.write(
+        f"fazt serving on http://{host}:{port} in {role}{instance.mode} mode "
+        f"(sites: http://NAME.{d}:{port}, cockpit: http://admin.{d}:{port})\n")
+    sys.stderr.flush()
+    if autocert is not None:
+        autocert.start()  # the plain port is open: HTTP-01 checks can reach it
+    try:
+        server.run()
+        server.drain(DRAIN_SECONDS)
+    finally:
+        if autocert is not None:
+            autocert.stop()
+        server.lanes.shutdown(timeout=5)
+        instance.vfs.loop.shutdown()
+        server.close()
+        instance.close()
+        requests_log.close()
+        held.release()
+        sys.stderr.write("fazt stopped\n")
+
+
+def start_certificates(instance: Instance):
+    """The certificates the TLS port will show, loaded from the database before any port
+    opens, and the keeper that orders and renews them once the plain port is open."""
+    from fazt.autocert import AutoCert
+    from fazt.server.tls import Certificates
+
+    certificates = Certificates(default_host=instance.domain)
+    autocert = AutoCert(instance.db, certificates, lambda: instance.config)
+    autocert.load()
+    instance.autocert = autocert
+    return autocert
+
+
+def _primary(db_path: str) -> Instance:
+    instance = Instance(db_path).boot()
+    try:
+        instance.keep_replicating()
+    except BaseException:
+        instance.close()
+        raise
+    return instance
+
+
+def _follower(db_path: str, url: str) -> Instance:
+    """Restore the replica into `db_path` and keep it current; boot on it read-only."""
+    from fazt.replica import target
+    from fazt.replica.follower import Follower
+    from fazt.stability import thresholds as th
+    from fazt.stability.probe import probe
+
+    problem = target.check_url(url)
+    if problem:
+        raise FaztError(f"--follow: {problem}")
+    url = target.litestream_url(url)
+    gomemlimit = th.replica_gomemlimit_mb(probe(db_path))
+    follower = Follower(db_path, url, target.credentials_from_env(), gomemlimit).start()
+    try:
+        instance = Instance(db_path, read_only=True).boot()
+    except BaseException:
+        follower.stop()
+        raise
+    instance.replication = follower
+
+    def restored() -> None:  # Litestream died and restored afresh: read the new file
+        instance.db.reopen()
+        instance.vfs.forget_files()
+
+    follower.on_restored = restored
+    return instance
+
+
+def _watch_config(instance: Instance) -> None:
+    while True:
+        time.sleep(CONFIG_POLL)
+        if _safely(instance.reload_if_changed):
+            _safely(instance.keep_replicating)
+
+
+def _safely(action):
+    try:
+        return action()
+    except Exception:  # a background duty must never kill the server
+        log.exception("background task failed")
+        return None

@@ -1,0 +1,514 @@
+"""One client connection, on the loop's thread, through its states:
+
+    handshake -> idle -> headers -> (admitted) -> body -> task -> writing -> idle ...
+
+- handshake: the transport (TLS) is not ready for plaintext yet.
+- idle: between requests; may be closed to make room (admission) or after a
+  quiet while. Nothing is lost: no request is in flight.
+- headers: bytes of a request are arriving; Waitress's parser reads them.
+  Past HEADER_TIMEOUT the client gets 408 and the connection closes.
+- admitted: the headers are in. From here on the request gets an answer,
+  whatever happens: its own, or a refusal with a status code and a reason.
+- body: read only if admission allowed it, into a Spool (RAM up to
+  SPOOL_MEMORY, then an unnamed file beside the database, never $TMPDIR),
+  at BODY_MIN_RATE or 408.
+- task: a lane thread runs the application (bridge.py); the socket is not
+  read meanwhile, so a pipelining client waits in the kernel's buffer.
+- writing: what the task queued goes out as the client takes it; a stream
+  (a large file) is pulled piece by piece, and a stream waiting for its next
+  chunk leaves the connection asleep until the reader rings the loop.
+
+A refused request whose body was not read closes the connection after its
+answer; the close lingers (reads and drops what the client still sends for
+a moment) so the answer is not destroyed by a reset.
+"""
+
+import io
+import selectors
+import socket
+import tempfile
+import threading
+import time
+from collections import deque
+
+from waitress.parser import HTTPRequestParser
+
+from fazt.server import responses
+from fazt.server.admission import BODY_GRACE, BODY_MIN_RATE, Refusal
+from fazt.server.transport import TransportFailure
+
+HANDSHAKE, IDLE, HEADERS, BODY, TASK, CLOSING = "handshake", "idle", "headers", "body", \
+    "task", "closing"
+READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+RECV_SIZE = 256 * 1024
+SEND_PIECE = 256 * 1024  # how much of a stream is taken per send
+OUT_HIGH = 256 * 1024  # a task that queued this much waits for the client
+WAKE_BYTES = 64 * 1024  # a task rings the loop when this much waits, not for every write
+HEADER_TIMEOUT = 10.0  # seconds from a request's first byte to its last header
+FIRST_REQUEST_TIMEOUT = 10.0  # a new connection that says nothing is closed after this
+KEEPALIVE_TIMEOUT = 30.0  # an idle keep-alive connection is closed after this
+WRITE_TIMEOUT = 60.0  # a client that takes no byte of its answer for this long is gone
+LINGER = 2.0  # seconds a closing connection reads and drops what still arrives
+SPOOL_MEMORY = 16 * 1024  # a body above this goes to a file
+
+
+class Spool:
+    """A request body as Waitress's body receivers fill it (`append`, `getfile`, len):
+    in RAM while small, then in an unnamed file in the database's folder (the database's
+    disk, not a RAM-backed /tmp; the file has no name, so nothing is left behind)."""
+
+    __slots__ = ("folder", "file", "size", "on_disk")
+
+    def __init__(self, folder: str):
+        self.folder = folder
+        self.file = io.BytesIO()
+        self.size = 0
+        self.on_disk = False
+
+    def append(self, data: bytes) -> None:
+        if not self.on_disk and self.size + len(data) > SPOOL_MEMORY:
+            spilled = tempfile.TemporaryFile(dir=self.folder)
+            spilled.write(self.file.getvalue())
+            self.file = spilled
+            self.on_disk = True
+        self.file.write(data)
+        self.size += len(data)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def getfile(self):
+        self.file.seek(0)
+        return self.file
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class Connection:
+    __slots__ = ("server", "loop", "sock", "addr", "ip", "transport", "listener", "state",
+                 "since", "parser", "inbuf", "wire", "out", "queued", "cond", "events",
+                 "admin", "reserve", "over_share", "in_body", "body_limit", "body_bytes",
+                 "served", "closed", "close_after", "task_running", "last_write", "began",
+                 "stalled", "eof")
+
+    def __init__(self, server, sock: socket.socket, addr, transport, listener):
+        self.server = server
+        self.loop = server.loop
+        self.sock = sock
+        self.addr = addr
+        self.ip = addr[0]
+        self.transport = transport
+        self.listener = listener
+        self.state = IDLE if transport.handshake_done else HANDSHAKE
+        self.since = time.monotonic()
+        self.parser = None
+        self.inbuf = b""
+        self.wire = b""  # bytes for the socket, already through the transport
+        self.out: deque = deque()  # plaintext and stream buffers waiting for the transport
+        self.queued = 0  # bytes a task queued that are not sent yet (its flow control)
+        self.cond = threading.Condition(threading.Lock())
+        self.events = 0
+        self.admin = False  # it has spoken to the cockpit: never closed to make room
+        self.reserve = False  # accepted past the limit: only the cockpit is served on it
+        self.over_share = False  # its address holds all it may
+        self.in_body = False
+        self.body_limit = 0
+        self.body_bytes = 0
+        self.served = 0
+        self.closed = False
+        self.close_after = False
+        self.task_running = False
+        self.last_write = 0.0
+        self.began = 0.0
+        self.stalled = False
+        self.eof = False  # the client will send nothing more
+
+    # -- events -----------------------------------------------------------------
+
+    def start(self) -> None:
+        self._want(READ)
+        out = self.transport.outgoing()
+        if out:
+            self._send_wire(out)
+
+    def handle_event(self, mask: int) -> None:
+        if mask & WRITE:
+            self.flush()
+        if mask & READ and not self.closed:
+            self.read()
+
+    def _want(self, events: int) -> None:
+        if events == self.events or self.closed:
+            return
+        selector = self.loop.selector
+        if not events:
+            selector.unregister(self.sock)
+        elif not self.events:
+            selector.register(self.sock, events, self)
+        else:
+            selector.modify(self.sock, events, self)
+        self.events = events
+
+    def _reading(self) -> int:
+        return 0 if self.state == TASK or self.eof else READ
+
+    def _writing(self) -> int:
+        return WRITE if (self.wire or self.out) and not self.stalled else 0
+
+    def _update_events(self) -> None:
+        self._want(self._reading() | self._writing())
+
+    # -- reading ------------------------------------------------------------------
+
+    def read(self) -> None:
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            return self.abort()
+        if self.state == CLOSING:
+            if not data:
+                self.abort()
+            return  # lingering: what arrives now is dropped
+        try:
+            plain = self.transport.feed(data)
+        except TransportFailure:
+            self.close_after = True
+            self.eof = True
+            self.wire += self.transport.outgoing()
+            return self.flush()
+        out = self.transport.outgoing()
+        if out:
+            self._send_wire(out)
+        if not data or self.transport.peer_closed:
+            # The client sends no more. An answer on its way still goes out (a client may
+            # half-close after its request); otherwise there is no one left to answer.
+            self.eof = True
+            if self.state == IDLE and (self.wire or self.out):
+                self.close_after = True
+                self._update_events()
+            else:
+                self.abort()
+            return
+        if self.state == HANDSHAKE:
+            if not self.transport.handshake_done:
+                return
+            self.state, self.since = IDLE, time.monotonic()
+        if plain:
+            self.inbuf += plain
+            self.parse()
+
+    def parse(self) -> None:
+        while self.inbuf and not self.closed and self.state in (IDLE, HEADERS, BODY):
+            if self.parser is None:
+                self.parser = HTTPRequestParser(self.listener_info.adj)
+                self.state = HEADERS
+                self.since = self.began = time.monotonic()
+                self.server.admission.quiet_again(self)  # most recently active
+            parser = self.parser
+            consumed = parser.received(self.inbuf)
+            self.inbuf = self.inbuf[consumed:]
+            if self.state == HEADERS:
+                if parser.completed or parser.headers_finished:
+                    self.headers_done()
+            else:
+                self.body_bytes += consumed
+                if parser.completed:
+                    self.body_done()
+                elif self.body_bytes > self.body_limit:
+                    self.refuse(Refusal(413, "too_large", "The request body is over this "
+                                        "address's limit."))
+            if not consumed:
+                break
+
+    @property
+    def listener_info(self):
+        return self.server.listener_info[self.listener]
+
+    def headers_done(self) -> None:
+        parser = self.parser
+        if parser.empty:  # blank lines between requests
+            self.parser = None
+            self.state = IDLE
+            return
+        self.server.admission.busy(self)
+        if parser.error is not None:
+            error = parser.error
+            code = {400: "bad_request", 413: "too_large", 431: "headers_too_large",
+                    501: "not_implemented"}.get(error.code, "bad_request")
+            return self.refuse(Refusal(error.code, code, f"{error.reason}: {error.body}."))
+        headers = parser.headers
+        verdict = self.server.admission.admit(
+            self, parser.command, parser.path, headers.get("HOST"),
+            self.server.lanes.user_queue_depth())
+        if isinstance(verdict, Refusal):
+            return self.refuse(verdict)
+        refusal = self.server.admission.check_body(self, verdict, parser.content_length,
+                                                   parser.chunked)
+        if refusal is not None:
+            return self.refuse(refusal)
+        if parser.completed:
+            return self.dispatch()
+        self.body_limit = verdict.limit
+        self.body_bytes = 0
+        parser.body_rcv.buf = Spool(self.server.spool_folder)
+        self.state, self.since = BODY, time.monotonic()
+        if parser.expect_continue:
+            self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def body_done(self) -> None:
+        self.server.admission.body_ended(self)
+        parser = self.parser
+        if parser.error is not None:
+            return self.refuse(Refusal(parser.error.code, "bad_request",
+                                       f"{parser.error.reason}: {parser.error.body}."))
+        self.dispatch()
+
+    def body_too_slow(self, now: float) -> bool:
+        return self.body_bytes < BODY_MIN_RATE * (now - self.since - BODY_GRACE)
+
+    # -- answering ----------------------------------------------------------------
+
+    def dispatch(self) -> None:
+        """The whole request is in: the fast path answers it here, or a thread does."""
+        parser = self.parser
+        answer = self.server.fastpath(self, parser) if self.server.fastpath else None
+        if answer is not None:
+            keep = responses.keeps_alive(parser.version, parser.headers.get("CONNECTION", ""))
+            self.send(answer)
+            return self.finished(not keep)
+        self.state, self.since = TASK, time.monotonic()
+        self.task_running = True
+        self._update_events()
+        self.server.lanes.add_task(self.server.job(self, parser), self.admin)
+
+    def refuse(self, refusal: Refusal) -> None:
+        """Answer from the loop; close unless the request is whole (no unread body)."""
+        parser = self.parser
+        self.server.admission.body_ended(self)
+        whole = parser is not None and parser.completed and parser.error is None
+        version = parser.version if hasattr(parser, "command") else "1.1"
+        keep = whole and responses.keeps_alive(version, parser.headers.get("CONNECTION", ""))
+        path = getattr(parser, "path", "/") or "/"
+        method = getattr(parser, "command", "GET") or "GET"
+        self.send(responses.error(
+            refusal.status, refusal.code, refusal.message, path=path,
+            accept=parser.headers.get("ACCEPT") if parser is not None else None,
+            version=version, keep_alive=keep, retry_after=refusal.retry_after, method=method))
+        self.server.log_request(self, refusal.status)
+        self.finished(not keep)
+
+    def finished(self, close: bool) -> None:
+        """The answer is queued: next request, or close once it is sent."""
+        if self.parser is not None:
+            self.parser.close()
+            self.parser = None
+        self.served += 1
+        if close:
+            self.close_after = True
+            if not (self.wire or self.out):
+                self._begin_close()
+            else:
+                self.state = IDLE  # stays busy for admission until closed
+                self._update_events()
+            return
+        self.state, self.since = IDLE, time.monotonic()
+        self._update_events()
+        if not (self.wire or self.out):
+            self.server.admission.quiet_again(self)
+        if self.inbuf:
+            self.parse()
+
+    def task_done(self, close: bool) -> None:
+        """On the loop: the thread has queued the whole answer."""
+        self.task_running = False
+        if self.closed:
+            return
+        self.flush()
+        if self.closed:
+            return
+        if self.parser is not None and self.parser.connection_close:
+            close = True
+        self.state = IDLE  # reading may resume while the rest is sent
+        self.finished(close)
+
+    # -- writing --------------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        """On the loop: plaintext to the client, sent now as far as the socket takes it."""
+        self.out.append(data)
+        self.flush()
+
+    def queue_from_thread(self, data) -> None:
+        """On a task's thread: queue, ring the loop when worth it, wait if too much waits."""
+        self.out.append(data)
+        if type(data) is not bytes:  # a stream: the loop pulls it
+            self.loop.call_soon_threadsafe(self.flush)
+            return
+        with self.cond:
+            self.queued += len(data)
+            queued = self.queued
+        if queued >= WAKE_BYTES:
+            self.loop.call_soon_threadsafe(self.flush)
+        if queued > OUT_HIGH:
+            with self.cond:
+                while self.queued > OUT_HIGH and not self.closed:
+                    self.cond.wait(1.0)
+
+    def _send_wire(self, data: bytes) -> None:
+        if data:
+            self.wire = self.wire + data if self.wire else data
+            self.flush()
+
+    def flush(self) -> None:
+        if self.closed:
+            return
+        sock = self.sock
+        out = self.out
+        taken = 0
+        while True:
+            wire = self.wire
+            if wire:
+                try:
+                    sent = sock.send(wire)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError:
+                    self._taken(taken)
+                    return self.abort()
+                if sent:
+                    self.last_write = time.monotonic()
+                if sent < len(wire):
+                    self.wire = wire[sent:]
+                    break
+                self.wire = b""
+            if not out:
+                break
+            item = out[0]
+            if type(item) is bytes:
+                pieces = []
+                size = 0
+                while out and type(out[0]) is bytes and size < SEND_PIECE:
+                    piece = out.popleft()
+                    pieces.append(piece)
+                    size += len(piece)
+                taken += size
+                self.wire = self.transport.wrap(b"".join(pieces) if len(pieces) > 1
+                                                else pieces[0])
+                continue
+            try:  # a wsgi.file_wrapper buffer over a stream
+                piece = item.get(SEND_PIECE, skip=True)
+            except Exception:  # noqa: BLE001 - the stream failed (database gone): end it
+                self._taken(taken)
+                return self.abort()
+            if piece:
+                self.wire = self.transport.wrap(piece)
+                continue
+            if item.remain <= 0:
+                item.close()
+                out.popleft()
+                continue
+            self.stalled = True  # its next chunk is being read: wait for the ring
+            self.server.stalled.add(self)
+            break
+        self._taken(taken)
+        self._update_events()
+        if not (self.wire or out) and self.state == IDLE and not self.task_running:
+            if self.close_after:
+                self._begin_close()
+            elif self.parser is None and self not in self.server.admission.quiet:
+                self.since = time.monotonic()  # answered: idle from now, and closable
+                self.server.admission.quiet_again(self)
+
+    def _taken(self, size: int) -> None:
+        if size:
+            with self.cond:
+                self.queued = max(0, self.queued - size)
+                if self.queued <= OUT_HIGH:
+                    self.cond.notify_all()
+
+    def resume(self) -> None:
+        """A stream's chunk has arrived (the loop's doorbell rang)."""
+        self.stalled = False
+        self.flush()
+
+    # -- closing ----------------------------------------------------------------------
+
+    def _begin_close(self) -> None:
+        """Half-close and linger: the client reads its answer instead of a reset."""
+        if self.closed or self.state == CLOSING:
+            return
+        bye = self.transport.close()
+        if bye:
+            try:
+                self.sock.send(bye)
+            except OSError:
+                pass
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return self.abort()
+        self.server.admission.busy(self)
+        self.state, self.since = CLOSING, time.monotonic()
+        self._want(READ)
+
+    def evict(self) -> None:
+        """Closed to make room: only ever between requests (admission's quiet order)."""
+        self.abort()
+
+    def abort(self) -> None:
+        if self.closed:
+            return
+        self.closed = True  # a running task notices it at its next write
+        if self.events:
+            try:
+                self.loop.selector.unregister(self.sock)
+            except (KeyError, ValueError):
+                pass
+            self.events = 0
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        if self.parser is not None and not self.task_running:
+            self.parser.close()
+        for item in self.out:
+            if type(item) is not bytes:
+                item.close()
+        self.out.clear()
+        self.wire = b""
+        with self.cond:
+            self.cond.notify_all()
+        self.server.stalled.discard(self)
+        self.server.forget(self)
+
+    # -- timeouts ----------------------------------------------------------------------
+
+    def check_time(self, now: float) -> None:
+        """Called about once a second by the server's sweep."""
+        state = self.state
+        if state == IDLE:
+            if self.wire or self.out:
+                if now - self.last_write > WRITE_TIMEOUT:
+                    self.abort()
+            elif now - self.since > (KEEPALIVE_TIMEOUT if self.served else FIRST_REQUEST_TIMEOUT):
+                self.abort()
+        elif state == HEADERS:
+            if now - self.since > HEADER_TIMEOUT:
+                self.refuse(Refusal(408, "request_timeout",
+                                    "The request's headers took too long to arrive."))
+        elif state == BODY:
+            if self.body_too_slow(now):
+                self.refuse(Refusal(408, "request_timeout",
+                                    "The request body arrives too slowly."))
+        elif state == TASK:
+            if (self.wire or self.out) and self.last_write and \
+                    now - max(self.last_write, self.since) > WRITE_TIMEOUT:
+                self.abort()
+        elif state == HANDSHAKE:
+            if self.transport.handshake_expired(now):
+                self.abort()
+        elif state == CLOSING and now - self.since > LINGER:
+            self.abort()

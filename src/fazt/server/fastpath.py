@@ -1,0 +1,162 @@
+"""Hot static files answered from the event loop: no thread, no framework, one write.
+
+A GET or HEAD for a site's file whose location, rules and body are already in
+RAM (the VFS's remembered locations, parsed `_redirects`/`_headers`, and the
+byte cache) is answered right here, with headers rendered once per file and
+encoding and then reused until the next deploy. Measured here: a thread
+handoff, the WSGI environ and Falcon cost about twenty times what answering
+costs (issue 16).
+
+The answer is the one the thread would give, because it is made by the same
+pure functions: `fazt.negotiation` picks the body and renders its headers,
+`SiteResource._relative` cleans the path, the site's rules come from the same
+parse, and the log line from `requestlog.line`. Header names are spelled as
+Waitress spells them (each dash-separated part capitalised). Anything
+unusual goes to a thread: another method, HTTP/1.0, a Range or If-Range, a
+path under /api/, a file or rule not yet in RAM, a forced redirect, a large
+file, maintenance mode, a non-ASCII path.
+"""
+
+import time
+
+from fazt.hosts import SITE, classify
+from fazt.instance import NORMAL, Instance
+from fazt.negotiation import not_modified, pick, static_headers
+from fazt.requestlog import RequestLog, line
+from fazt.server.responses import http_date
+from fazt.siterules import RULE_FILES
+from fazt.sites import SiteResource
+
+MEMO_ENTRIES = 4096  # rendered answers kept (a few hundred bytes each)
+HOSTS = 1024  # Host headers whose classification is remembered
+
+
+def _spell(name: str) -> str:
+    return "-".join(part.capitalize() for part in name.split("-"))
+
+
+def _render(status: str, headers: list[tuple[str, str]]) -> bytes:
+    """Status line and headers (Date, Server and Connection are added per answer)."""
+    lines = [f"HTTP/1.1 {status}"]
+    lines += [f"{_spell(n)}: {v}" for n, v in sorted(headers, key=lambda h: _spell(h[0]))]
+    return ("\r\n".join(lines) + "\r\nServer: fazt\r\n").encode("latin-1")
+
+
+class Prepared:
+    """One file's answers for one Accept-Encoding, rendered once."""
+
+    __slots__ = ("info", "body", "ok", "not_modified")
+
+    def __init__(self, info, body, ok: bytes, not_modified: bytes):
+        self.info = info
+        self.body = body
+        self.ok = ok
+        self.not_modified = not_modified
+
+
+class FastPath:
+    def __init__(self, instance: Instance, log: RequestLog | None = None):
+        self.instance = instance
+        self.vfs = instance.vfs
+        self.log = log
+        self.memo: dict[tuple, Prepared] = {}
+        self.hosts: dict[str | None, tuple] = {}
+        self.generation = -1
+        self.answered = 0
+        self._date = (0, b"")
+
+    def __call__(self, conn, parser) -> bytes | None:
+        """The whole response for this request, or None: a thread answers it."""
+        method = parser.command
+        if (method != "GET" and method != "HEAD") or parser.version != "1.1":
+            return None
+        headers = parser.headers
+        if "RANGE" in headers or "IF_RANGE" in headers:
+            return None
+        instance = self.instance
+        if instance.mode != NORMAL:
+            return None
+        host = headers.get("HOST")
+        known = self.hosts.get(host)
+        if known is None or known[1] is not instance.domains or known[2] != instance.domain:
+            if len(self.hosts) >= HOSTS:
+                self.hosts.clear()
+            known = self.hosts[host] = (classify(host, instance.domain, instance.domains),
+                                        instance.domains, instance.domain)
+        if known[0].kind != SITE:
+            return None
+        site = known[0].site
+        path = parser.path
+        if path.startswith("/"):
+            path = "/" + path.lstrip("/")  # what Waitress puts in PATH_INFO
+        if self.generation != self.vfs.generation:
+            self.memo.clear()
+            self.generation = self.vfs.generation
+        encoding = headers.get("ACCEPT_ENCODING")
+        key = (site, path, encoding)
+        prepared = self.memo.get(key)
+        if prepared is None:
+            prepared = self._prepare(site, path, encoding)
+            if prepared is None:
+                return None
+            if len(self.memo) >= MEMO_ENTRIES:
+                self.memo.clear()
+            self.memo[key] = prepared
+        data = self.vfs.held(site, prepared.info, prepared.body)
+        if data is None:
+            return None  # evicted: a thread reads it back into the cache
+        inm = headers.get("IF_NONE_MATCH")
+        if inm and not_modified(inm, prepared.body):
+            status, answer = "304", prepared.not_modified
+        else:
+            status, answer = "200", prepared.ok
+        answer += self._date_line()
+        if headers.get("CONNECTION", "").lower() == "close":
+            answer += b"Connection: close\r\n"
+        answer += b"\r\n"
+        if status == "200" and method == "GET":
+            answer += data
+        self.answered += 1
+        instance.rate.hit()
+        if self.log is not None:
+            self.log.write(line(conn.ip, host, method, path, status,
+                                (time.monotonic() - conn.began) * 1000))
+        return answer
+
+    def _date_line(self) -> bytes:
+        now = int(time.time())
+        if self._date[0] != now:
+            self._date = (now, f"Date: {http_date()}\r\n".encode("latin-1"))
+        return self._date[1]
+
+    def _prepare(self, site: str, raw: str, encoding: str | None) -> Prepared | None:
+        """Render a file's answers, from RAM only; None when anything is not there yet."""
+        if not raw.isascii():
+            return None
+        try:
+            path = SiteResource._relative(raw)
+        except Exception:  # noqa: BLE001 - a bad path: the thread explains it
+            return None
+        if path == "api" or path.startswith("api/") or path in RULE_FILES:
+            return None
+        vfs = self.vfs
+        rules = vfs.known_rules(site)
+        if rules is None:
+            return None
+        url = "/" + path + ("/" if path and raw.endswith("/") else "")
+        if rules.forced(url) is not None:
+            return None
+        name = (f"{path}/index.html" if path else "index.html") \
+            if not path or raw.endswith("/") else path
+        info = vfs.known(site, name)
+        if info is None:
+            return None
+        body = pick(info, encoding)
+        if vfs.is_large(body):
+            return None
+        site_headers = rules.headers_for(url)
+        return Prepared(
+            info, body,
+            _render("200 OK", static_headers(info, body, site_headers=site_headers)),
+            _render("304 Not Modified", static_headers(info, body, not_modified=True,
+                                                       site_headers=site_headers)))

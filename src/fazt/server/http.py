@@ -1,0 +1,133 @@
+"""The HTTP server: listening sockets, the open connections, their clocks.
+
+It ties the pieces together on the loop's thread: a Listener accepts, the
+Admission says who stays, each Connection runs its states, the fast path
+answers cache hits, and the lanes' threads run everything else. Once a second
+a sweep checks every connection's timeouts.
+"""
+
+import logging
+import socket
+import time
+from collections.abc import Callable
+
+from waitress.adjustments import Adjustments
+
+from fazt.requestlog import RequestLog, line
+from fazt.server.admission import Admission
+from fazt.server.bridge import Job, ServerInfo
+from fazt.server.connection import Connection
+from fazt.server.lanes import LaneDispatcher
+from fazt.server.loop import Listener, Loop
+from fazt.server.transport import TransportFactory, plain
+
+SWEEP_SECONDS = 1.0
+log = logging.getLogger("fazt")
+MAX_HEADER_BYTES = 32 * 1024
+
+
+class HTTPServer:
+    def __init__(self, application, lanes: LaneDispatcher, admission: Admission,
+                 spool_folder: str, log: RequestLog | None = None,
+                 after_turn: Callable[[], None] | None = None):
+        self.application = application
+        self.lanes = lanes
+        self.admission = admission
+        self.spool_folder = spool_folder
+        self.log = log
+        self.loop = Loop(after_turn=after_turn, on_wake=self.resume_stalled)
+        self.connections: set[Connection] = set()
+        self.stalled: set[Connection] = set()
+        self.listeners: list[Listener] = []
+        self.listener_info: dict[Listener, ServerInfo] = {}
+        self.fastpath: Callable | None = None  # (connection, parser) -> response bytes or None
+        self.loop.call_later(SWEEP_SECONDS, self.sweep)
+
+    def listen(self, sock: socket.socket, transport: TransportFactory = plain,
+               scheme: str = "http") -> Listener:
+        """Serve a bound, listening socket; its connections get `transport()` each."""
+        listener = Listener(self.loop, sock, transport, self.accept, scheme)
+        adj = Adjustments(
+            url_scheme=scheme,
+            ident="fazt",
+            max_request_header_size=MAX_HEADER_BYTES,
+            max_request_body_size=1 << 62,  # admission sets each route's limit
+            log_socket_errors=False,
+        )
+        host = sock.getsockname()[0]
+        self.listener_info[listener] = ServerInfo(self.application, adj, listener.port,
+                                                  host if host not in ("0.0.0.0", "::")
+                                                  else "localhost")
+        self.listeners.append(listener)
+        return listener
+
+    def accept(self, sock: socket.socket, addr, transport, listener: Listener) -> None:
+        conn = Connection(self, sock, addr, transport, listener)
+        self.connections.add(conn)
+        if not self.admission.arrived(conn):
+            self.connections.discard(conn)
+            self.admission.left(conn)
+            sock.close()
+            return
+        conn.start()
+
+    def job(self, conn: Connection, request) -> Job:
+        return Job(conn, request, self.listener_info[conn.listener])
+
+    def forget(self, conn: Connection) -> None:
+        """A connection closed."""
+        if conn in self.connections:
+            self.connections.discard(conn)
+            self.admission.left(conn)
+
+    def resume_stalled(self) -> None:
+        for conn in list(self.stalled):
+            self.stalled.discard(conn)
+            conn.resume()
+
+    def sweep(self) -> None:
+        self.loop.call_later(SWEEP_SECONDS, self.sweep)
+        now = time.monotonic()
+        for conn in list(self.connections):
+            try:
+                conn.check_time(now)
+            except Exception:  # one connection's bug must not stop every clock
+                log.exception("timeout check failed")
+                conn.abort()
+        self.admission.forget_idle_addresses()
+
+    def log_request(self, conn: Connection, status: int) -> None:
+        """The request log line of an answer the loop gave itself."""
+        if self.log is None:
+            return
+        parser = conn.parser
+        has_line = parser is not None and hasattr(parser, "command")
+        self.log.write(line(conn.ip, parser.headers.get("HOST") if parser else None,
+                            parser.command if has_line else "-",
+                            parser.path if has_line else "-", str(status),
+                            (time.monotonic() - conn.began) * 1000 if conn.began else 0.0))
+
+    def run(self) -> None:
+        self.loop.run()
+
+    def drain(self, seconds: float) -> None:
+        """Stop accepting; give answers in flight up to `seconds` to finish."""
+        for listener in self.listeners:
+            listener.close()
+        deadline = time.monotonic() + seconds
+        self.loop.stopping = False
+        self.loop.run(until=lambda: time.monotonic() > deadline or not any(
+            c.task_running or c.wire or c.out for c in self.connections))
+
+    def close(self) -> None:
+        for conn in list(self.connections):
+            conn.abort()
+        for listener in self.listeners:
+            if listener.sock.fileno() >= 0:
+                listener.close()
+        self.loop.close()
+
+    def stats(self) -> dict:
+        """For the status page (read from another thread: plain counters, no locks)."""
+        return {**self.admission.stats(),
+                "fast_path_answers": self.fastpath.answered if self.fastpath else 0}

@@ -1,0 +1,273 @@
+"""Explicit admission on fazt's own event loop: every request that arrived gets an answer,
+the owner always gets in, bodies are read only where a route takes them (issue 14)."""
+
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+from conftest import PASSWORD, USERNAME, Admin, Server, eventually, fazt
+
+CSRF = {"X-Fazt-Request": "1"}
+CREDENTIALS = {"username": USERNAME, "password": PASSWORD}
+
+
+def status_of(port: int, request: bytes, timeout: float = 10) -> int | str:
+    """The status code of one request on a fresh connection, "reset" or "closed"."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.sendall(request)
+            head = b""
+            while b"\r\n" not in head:
+                piece = s.recv(4096)
+                if not piece:
+                    return "closed"
+                head += piece
+            return int(head.split(b" ", 2)[1])
+    except ConnectionResetError:
+        return "reset"
+    except TimeoutError:
+        return "timeout"
+
+
+def sign_in(srv: Server) -> tuple[int, float]:
+    began = time.monotonic()
+    r = requests.post(srv.url("/api/login"), json=CREDENTIALS, timeout=10,
+                      headers={"Host": "admin.localhost", **CSRF})
+    return r.status_code, time.monotonic() - began
+
+
+@pytest.fixture
+def live(db_path: Path, site_dir: Path):
+    fazt("deploy", str(site_dir), "--site", "mysite", "--db", str(db_path))
+    big = site_dir.parent / "big"
+    big.mkdir()
+    (big / "movie.bin").write_bytes(os.urandom(1 << 20) * 8)
+    (big / "index.html").write_text("big site")
+    fazt("deploy", str(big), "--site", "big", "--db", str(db_path))
+    srv = Server(db_path)
+    yield srv
+    srv.stop()
+
+
+def _config(srv: Server, db_path: Path, **values) -> None:
+    for key, value in values.items():
+        fazt("config", "set", key, str(value), "--break-glass", "--db", str(db_path))
+    admin = Admin(srv)
+    assert eventually(lambda: all(admin.status()["thresholds"][k] == v
+                                  for k, v in values.items()))
+
+
+def test_a_crowd_over_the_limit_gets_answers_and_the_owner_gets_in(live: Server, db_path):
+    """Idle keep-alives, half-sent headers and slow readers past the connection limit,
+    plus active requests: every complete request gets a status line, none a reset; the
+    owner signs in; the owner's idle connection is never the one closed."""
+    _config(live, db_path, connection_limit=64, address_connections=100000)
+    owner = requests.Session()
+    owner.headers.update({"Host": "admin.localhost", **CSRF})
+    assert owner.post(live.url("/api/login"), json=CREDENTIALS, timeout=10).status_code == 200
+    crowd = []
+    try:
+        for _ in range(120):  # idle keep-alives: one request, then silence
+            s = socket.create_connection(("127.0.0.1", live.port))
+            s.sendall(b"GET / HTTP/1.1\r\nHost: mysite.localhost\r\n\r\n")
+            s.recv(65536)
+            crowd.append(s)
+        for _ in range(40):  # half-sent headers
+            s = socket.create_connection(("127.0.0.1", live.port))
+            s.sendall(b"GET / HTTP/1.1\r\nHost: mysite.loc")
+            crowd.append(s)
+        for _ in range(10):  # slow readers of a large file
+            s = socket.create_connection(("127.0.0.1", live.port))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.sendall(b"GET /movie.bin HTTP/1.1\r\nHost: big.localhost\r\n\r\n")
+            crowd.append(s)
+        results: list = []
+
+        def active():
+            for _ in range(15):
+                results.append(status_of(live.port, b"GET /style.css HTTP/1.1\r\n"
+                                                    b"Host: mysite.localhost\r\n\r\n"))
+
+        workers = [threading.Thread(target=active) for _ in range(6)]
+        for w in workers:
+            w.start()
+        signed, took = sign_in(live)
+        for w in workers:
+            w.join()
+        assert signed == 200 and took < 1.0, (signed, took)
+        print(f"\n{len(results)} active requests: "
+              f"{ {r: results.count(r) for r in set(results)} }; sign-in {took * 1000:.0f} ms")
+        assert all(isinstance(r, int) for r in results), results  # no reset, no silence
+        assert set(results) <= {200, 503}
+        assert results.count(200) > len(results) // 2
+        # the owner's connection, idle all along, still works: never evicted
+        assert owner.get(live.url("/api/session"), timeout=5).status_code == 200
+        stats = Admin(live).status()["connections"]
+        assert stats["evicted"] > 0 and stats["limit"] == 64
+    finally:
+        for s in crowd:
+            s.close()
+    assert live.get("/", host="mysite.localhost").status_code == 200
+
+
+def test_two_thousand_idle_connections_and_a_sign_in_within_a_second(live: Server, db_path):
+    _config(live, db_path, address_connections=100000)  # all from one address, all kept
+    crowd = []
+    try:
+        for _ in range(2000):
+            crowd.append(socket.create_connection(("127.0.0.1", live.port)))
+        for s in crowd[-200:]:  # some have spoken: idle keep-alives
+            s.sendall(b"GET /_fazt/health HTTP/1.1\r\nHost: mysite.localhost\r\n\r\n")
+        for s in crowd[-200:]:
+            assert s.recv(4096).startswith(b"HTTP/1.1 200")
+        for _ in range(3):
+            signed, took = sign_in(live)
+            assert signed == 200 and took < 1.0, (signed, took)
+        assert Admin(live).status()["connections"]["open"] >= 2000
+    finally:
+        for s in crowd:
+            s.close()
+
+
+def test_slow_bodies_do_not_hold_the_owner_or_the_sites(live: Server, db_path):
+    """Connections that announce a body and trickle it: the owner signs in and sites
+    answer meanwhile; past the address's share they are refused before the body; a body
+    slower than the minimum rate gets 408."""
+    _config(live, db_path, address_connections=400)  # a share of 400 / 8 = 50 bodies at once
+    trickles = []
+    try:
+        for _ in range(120):
+            s = socket.create_connection(("127.0.0.1", live.port))
+            s.sendall(b"POST /api/echo HTTP/1.1\r\nHost: mysite.localhost\r\n"
+                      b"Content-Type: text/plain\r\nContent-Length: 100000\r\n\r\nx")
+            trickles.append(s)
+        for _ in range(3):
+            signed, took = sign_in(live)
+            assert signed == 200 and took < 1.0
+            r = live.get("/", host="mysite.localhost", timeout=5)
+            assert r.status_code == 200
+        refused, reading = [], []
+        for s in trickles:
+            s.setblocking(False)
+            try:
+                refused.append(s.recv(4096).split(b" ")[1])
+            except BlockingIOError:
+                reading.append(s)
+        assert refused and set(refused) <= {b"429", b"503"}, refused  # past the share
+        assert reading
+        reading = reading[:5]
+        # the ones still being read get 408 once they fall below the minimum rate
+        for s in reading:
+            s.setblocking(True)
+            s.settimeout(30)
+        answers = []
+        for s in reading:
+            try:
+                data = s.recv(4096)
+            except (ConnectionResetError, TimeoutError):
+                data = b"?"
+            answers.append(data.split(b" ")[1] if data.startswith(b"HTTP/") else data)
+        assert answers == [b"408"] * len(answers), answers
+    finally:
+        for s in trickles:
+            s.close()
+
+
+def _spool_files(pid: int) -> list[str]:
+    names = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if "(deleted)" in target:  # an unnamed temporary file
+            names.append(target)
+    return names
+
+
+def test_unwanted_bodies_are_refused_before_they_are_read(live: Server, db_path, tmp_path):
+    """A 500 MB POST to a static page is answered 405 at once and nothing reaches a disk;
+    a JS handler's limit gives 413 before its body; a deploy with no length gives 411."""
+    before = sorted(os.listdir(db_path.parent))
+    s = socket.create_connection(("127.0.0.1", live.port))
+    s.settimeout(5)
+    s.sendall(b"POST /index.html HTTP/1.1\r\nHost: mysite.localhost\r\n"
+              b"Content-Length: 524288000\r\n\r\n" + b"\0" * 65536)
+    answer = s.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 405"), answer[:80]
+    assert b"Connection: close" in answer and b'"method_not_allowed"' in answer
+    assert _spool_files(live.proc.pid) == []
+    s.close()
+    assert sorted(os.listdir(db_path.parent)) == before
+
+    assert status_of(live.port, b"PUT /api/x HTTP/1.1\r\nHost: mysite.localhost\r\n"
+                                b"Content-Length: 900000000\r\n\r\n") == 413
+    admin = Admin(live)
+    cookie = "; ".join(f"{c.name}={c.value}" for c in admin.session.cookies)
+    assert status_of(live.port, b"POST /api/deploy?site=x HTTP/1.1\r\nHost: admin.localhost\r\n"
+                                b"X-Fazt-Request: 1\r\nCookie: " + cookie.encode() +
+                     b"\r\n\r\n") == 411
+    assert status_of(live.port, b"POST /api/login HTTP/1.1\r\nHost: admin.localhost\r\n"
+                                b"Content-Length: 100000\r\n\r\n") == 413
+    # a chunked body where the route takes none
+    assert status_of(live.port, b"GET / HTTP/1.1\r\nHost: mysite.localhost\r\n"
+                                b"Transfer-Encoding: chunked\r\n\r\n") == 413
+    assert live.get("/", host="mysite.localhost").status_code == 200
+
+
+def test_per_address_limits_answer_429_with_retry_after(live: Server, db_path):
+    _config(live, db_path, address_requests_per_s=10)
+    session = requests.Session()
+    answers = [session.get(live.url("/style.css"), headers={"Host": "mysite.localhost"},
+                           timeout=5) for _ in range(40)]
+    codes = [a.status_code for a in answers]
+    assert 200 in codes and 429 in codes, codes
+    limited = next(a for a in answers if a.status_code == 429)
+    assert int(limited.headers["Retry-After"]) >= 1
+    assert limited.json()["error"]["code"] == "too_many_requests"
+    signed, _ = sign_in(live)  # the cockpit is exempt
+    assert signed == 200
+
+    _config(live, db_path, address_requests_per_s=1000, address_connections=4)
+    stalled = []
+    try:
+        for _ in range(4):  # four downloads the client does not read: never closable
+            s = socket.create_connection(("127.0.0.1", live.port))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.sendall(b"GET /movie.bin HTTP/1.1\r\nHost: big.localhost\r\n\r\n")
+            assert s.recv(64).startswith(b"HTTP/1.1 200")
+            stalled.append(s)
+        r = requests.get(live.url("/"), headers={"Host": "mysite.localhost"}, timeout=5)
+        assert r.status_code == 429 and r.headers["Retry-After"]
+        assert r.json()["error"]["code"] == "too_many_connections"
+        assert sign_in(live)[0] == 200
+    finally:
+        for s in stalled:
+            s.close()
+    assert eventually(lambda: requests.get(live.url("/"), headers={"Host": "mysite.localhost"},
+                                           timeout=5).status_code == 200)
+
+
+def test_memory_per_idle_connection_is_small(live: Server, db_path):
+    """The ledger charges an idle connection kilobytes, not Waitress's half a megabyte."""
+    _config(live, db_path, address_connections=100000)
+    proc = psutil.Process(live.proc.pid)
+    live.get("/", host="mysite.localhost")
+    before = proc.memory_info().rss
+    crowd = [socket.create_connection(("127.0.0.1", live.port)) for _ in range(1000)]
+    try:
+        for s in crowd:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: mysite.localhost\r\n\r\n")
+        for s in crowd:
+            s.recv(4096)
+        growth = (proc.memory_info().rss - before) / 1000
+        print(f"\nRSS per idle keep-alive connection: {growth / 1024:.1f} KiB")
+        assert growth < 12 * 1024
+    finally:
+        for s in crowd:
+            s.close()

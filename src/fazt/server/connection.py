@@ -359,7 +359,7 @@ class Connection:
 
     def _send_wire(self, data: bytes) -> None:
         if data:
-            self.wire = self.wire + data if self.wire else data
+            self.wire = bytes(self.wire) + data if self.wire else data
             self.flush()
 
     def flush(self) -> None:

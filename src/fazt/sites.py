@@ -220,27 +220,10 @@ class SiteResource:
                                     self.instance.runtime.handle(site, script.sha256, source,
                                                                  request))
         resp.status = falcon.code_to_http_status(answer.status)
-        headers = {name.lower(): (name, value) for name, value in answer.headers.items()}
-        if "cache-control" not in headers:
-            # an answer is personal until the handler says otherwise: no shared cache keeps it
-            headers["cache-control"] = ("Cache-Control", "no-store")
-        body = answer.body
-        if (1024 <= len(body) <= ON_THE_FLY_MAX and answer.status not in (204, 206, 304)
-                and compressible(headers["content-type"][1])
-                and not {"content-encoding", "etag", "content-range"} & headers.keys()):
-            vary = headers.get("vary", ("Vary", ""))[1]
-            headers["vary"] = ("Vary", f"{vary}, Accept-Encoding" if vary else "Accept-Encoding")
-            coding = choose(req.get_header("Accept-Encoding"), CODINGS)
-            if coding != IDENTITY:
-                packed = compress_answer(body, coding)
-                if worth_it(len(body), len(packed)):
-                    headers["content-encoding"] = ("Content-Encoding", coding)
-                    body = packed
-        for name, value in headers.values():
-            resp.set_header(name, value)
+        headers, resp.data = _as_sent(answer, req.get_header("Accept-Encoding"))
+        _set_headers(resp, headers)
         for cookie in answer.cookies:
             resp.append_header("Set-Cookie", cookie)
-        resp.data = body
 
     def _site_cookies(self, req: falcon.Request, site: str, answer: JsResponse) -> JsResponse:
         """The handler's cookies as the site may set them (see runtime/response.py), or
@@ -259,6 +242,29 @@ class SiteResource:
 
 def _join(path: str, name: str) -> str:
     return f"{path}/{name}" if path else name
+
+
+def _as_sent(answer: JsResponse, accept_encoding: str | None
+             ) -> tuple[list[tuple[str, str]], bytes]:
+    """A handler's headers and body as they go out: `no-store` unless the handler says
+    otherwise (an answer may be personal: no shared cache should keep it), and an answer
+    of 1 KiB to ON_THE_FLY_MAX in a compressible type compressed for a client that takes
+    it, unless the handler encoded it or gave it an ETag of its own."""
+    headers = {name.lower(): (name, value) for name, value in answer.headers.items()}
+    headers.setdefault("cache-control", ("Cache-Control", "no-store"))
+    body = answer.body
+    if (1024 <= len(body) <= ON_THE_FLY_MAX and answer.status not in (204, 206, 304)
+            and compressible(headers["content-type"][1])
+            and not {"content-encoding", "etag", "content-range"} & headers.keys()):
+        vary = headers.get("vary", ("Vary", ""))[1]
+        headers["vary"] = ("Vary", f"{vary}, Accept-Encoding" if vary else "Accept-Encoding")
+        coding = choose(accept_encoding, CODINGS)
+        if coding != IDENTITY:
+            packed = compress_answer(body, coding)
+            if worth_it(len(body), len(packed)):
+                headers["content-encoding"] = ("Content-Encoding", coding)
+                body = packed
+    return list(headers.values()), body
 
 
 def _set_headers(resp: falcon.Response, headers: list[tuple[str, str]]) -> None:

@@ -1,10 +1,11 @@
 """7. Compression: a typical site served with and without it, beside WhiteNoise; deploy time.
 
 The site is fazt's own dashboard and simulator (HTML, CSS, JavaScript: real
-files, always in the repository). fazt compresses them at deploy; WhiteNoise
-serves the same files with the `.gz` and `.br` copies its `compress` command
-makes (the way it is meant to run). Both are asked three ways: no
-Accept-Encoding, gzip only, and a browser's `gzip, deflate, br`.
+files, always in the repository) with a 300 KiB bundle of source text. fazt
+compresses them at deploy; WhiteNoise serves the same files with the `.gz` and
+`.br` copies its `compress` command makes (the way it is meant to run). Both
+are asked three ways: no Accept-Encoding, gzip only, and a browser's `gzip,
+deflate, br`.
 
 Bytes: what one visit to every file costs on the wire (the bodies). req/s:
 wrk cycling through every file of the site, with that Accept-Encoding.
@@ -60,16 +61,28 @@ sys.exit(main(sys.argv[1:]))
 MARK = {".html": "<!-- {} -->\n", ".css": "/* {} */\n", ".js": "// {}\n"}
 
 
-def make_site(root: str) -> int:
-    """The files, each with a line of its own at the end: fazt stores its own dashboard
-    at init, and the very same bytes would be found there, already compressed."""
+VENDOR = "vendor.js"  # stands in for a library bundle: source text of about that size
+VENDOR_BYTES = 300 * 1024
+
+
+def make_site(root: str) -> list[str]:
+    """The files, each with a line of its own at the end (fazt stores its own dashboard
+    at init, and the very same bytes would be found there, already compressed), and a
+    vendor bundle made of fazt's Python sources."""
     for path, source in SITE_FILES.items():
         target = os.path.join(root, path)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         shutil.copyfile(os.path.join(c.REPO, source), target)
         with open(target, "a") as f:
             f.write(MARK[os.path.splitext(path)[1]].format("a copy for the benchmark"))
-    return sum(os.path.getsize(os.path.join(root, p)) for p in SITE_FILES)
+    text = b""
+    for folder, _, names in sorted(os.walk(os.path.join(c.REPO, "src", "fazt"))):
+        for name in sorted(n for n in names if n.endswith(".py")):
+            with open(os.path.join(folder, name), "rb") as f:
+                text += f.read()
+    with open(os.path.join(root, VENDOR), "wb") as f:
+        f.write(text[:VENDOR_BYTES])
+    return [*SITE_FILES, VENDOR]
 
 
 COMPRESS_ONLY = """\
@@ -77,7 +90,7 @@ import sys, time
 from fazt.compression import precompressed
 from fazt.deploy import files_from_directory
 from fazt.store import open_database
-db, files = open_database(sys.argv[1]), files_from_directory(sys.argv[2])
+db, files = open_database(sys.argv[1]), files_from_directory(sys.argv[2]).files
 began = time.perf_counter()
 with precompressed(db, files) as out:
     for f in out:
@@ -137,10 +150,10 @@ def deploy_times(tmp: str, site: str, rounds: int) -> list[list]:
             for name, t in runs.items()]
 
 
-def body_bytes(port: int, host: str, accept: str | None) -> int:
+def body_bytes(port: int, host: str, paths: list[str], accept: str | None) -> int:
     """The bytes of every file's body as sent (read raw: nothing decodes them)."""
     total = 0
-    for path in SITE_FILES:
+    for path in paths:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         try:
             conn.request("GET", f"/{path}", headers={"Host": host, **(
@@ -159,8 +172,9 @@ def section_compression(tmp: str, plan) -> c.Section:
     c.need("wrk")
     work = os.path.join(tmp, "compression")
     site = os.path.join(work, "site")
-    size = make_site(site)
-    rounds = 1 if plan.smoke else 3
+    paths = make_site(site)
+    size = sum(os.path.getsize(os.path.join(site, p)) for p in paths)
+    rounds = 1 if plan.smoke else 5
     deploys = deploy_times(work, site, rounds)
 
     db = new_db(os.path.join(work, "serve.db"))
@@ -179,7 +193,7 @@ def section_compression(tmp: str, plan) -> c.Section:
             sec.notes.append(f"WhiteNoise skipped: {exc}.")
         script = os.path.join(work, "site.lua")
         with open(script, "w") as f:
-            f.write(WRK_SCRIPT % ", ".join(f'"/{p}"' for p in SITE_FILES))
+            f.write(WRK_SCRIPT % ", ".join(f'"/{p}"' for p in paths))
         results: dict[tuple[str, str], list[dict]] = {}
         for _ in range(plan.rounds):
             for name, (p, host, _) in servers.items():
@@ -191,9 +205,9 @@ def section_compression(tmp: str, plan) -> c.Section:
         rows = []
         rps = {key: c.median([r["rps"] for r in runs]) for key, runs in results.items()}
         for name, (p, host, _) in servers.items():
-            identity = body_bytes(p, host, None)
+            identity = body_bytes(p, host, paths, None)
             for label, accept in ACCEPTS:
-                sent = body_bytes(p, host, accept)
+                sent = body_bytes(p, host, paths, accept)
                 runs = results[(name, label)]
                 peer = rps.get(("WhiteNoise", label))
                 rows.append([name, label, f"{sent:,}", f"{sent / identity:.2f}",
@@ -211,9 +225,10 @@ def section_compression(tmp: str, plan) -> c.Section:
                                "non-2xx + socket errors"], rows))
     sec.tables.append(c.table(["deploy of the site", "seconds (median)", "× without"],
                               deploys))
-    sec.notes.append(f"The site: {len(SITE_FILES)} files, {size:,} bytes (fazt's dashboard "
-                     "and simulator). 'browser' asks `gzip, deflate, br`; both servers then "
-                     "send Brotli.")
+    sec.notes.append(f"The site: {len(paths)} files, {size:,} bytes: fazt's dashboard and "
+                     f"simulator (HTML, CSS, JS), and `{VENDOR}` ({VENDOR_BYTES // 1024} KiB "
+                     "of fazt's Python sources standing in for a library bundle). 'browser' "
+                     "asks `gzip, deflate, br`; both servers then send Brotli.")
     sec.notes.append(f"wrk -t{plan.wrk_threads} -c{plan.connections} -d{plan.seconds:g}s "
                      f"cycling through every file, {plan.rounds} round(s) alternated; "
                      "WhiteNoise on Waitress with fazt's `user_threads`.")

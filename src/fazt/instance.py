@@ -355,7 +355,8 @@ class Instance:
         with self.db.read() as conn:
             names = [site["name"] for site in list_sites(conn)]
         self.runtime.logs_ring.load(self.db, names)
-        self.runtime.logs_ring.persist_to(self.db)
+        if not self.read_only:  # a follower's lines stay in its RAM
+            self.runtime.logs_ring.persist_to(self.db)
         self.apply()
         self.sites_changed()
         return self
@@ -513,7 +514,10 @@ class Instance:
 
     def collect(self) -> int:
         """Delete file contents no kept version uses, sparing what downloads still stream.
-        Best effort: a busy database leaves them for the next collection."""
+        Best effort: a busy database leaves them for the next collection. A follower
+        collects nothing: its primary does, and the change arrives by replication."""
+        if self.read_only:
+            return 0
         try:
             return self.vfs.leases.collect(self.db)
         except FaztError:

@@ -47,6 +47,7 @@ from fazt.tokens import active_token_hashes
 from fazt.vfs import VFS, Leases
 
 log = logging.getLogger("fazt")
+SAMPLE_SECONDS = 1.0  # how old the status's RSS, database size and replica state may be
 NORMAL = "normal"
 MAINTENANCE = "maintenance"
 # Settings kept in the config table beside the thresholds.
@@ -316,6 +317,8 @@ class Instance:
         self.rate = RequestRate()
         self.started = time.time()
         self._process = None  # psutil's view of this process, made once
+        self._sampler: threading.Event | None = None  # set while a sampler thread runs
+        self._sample: dict = {}
         self._apply_lock = threading.RLock()
         self._config_stamp = None
         self._sites_stamp = None
@@ -387,6 +390,8 @@ class Instance:
                                   int(c["connection_limit"]))
             self.mode, self.ratio = mode_for(self.db.size_bytes(), self.machine,
                                              float(c["maintenance_ratio"]))
+            if self._sampler is not None:
+                self.sample()  # the status shows new thresholds and their ledger at once
 
     def set_config(self, values: dict, break_glass: bool = False) -> dict:
         before = self.config.get(replica_target.URL_KEY)
@@ -554,38 +559,78 @@ class Instance:
         return self.auth.check_token(token)
 
     def status(self) -> dict:
-        """What `GET /api/system/status` and `fazt server status` show."""
-        import psutil
+        """What `GET /api/system/status` and `fazt server status` show.
 
-        if self._process is None:
-            self._process = psutil.Process()
+        Counters are read live; what costs more (the RSS and the database size from the
+        OS, the ledger, Litestream's control socket) comes from the last sample when the
+        sampler runs (see `start_sampler`), so a status read does no I/O on the cockpit
+        lane. Without a sampler (the CLI) everything is computed now.
+        """
         c = self.config
-        thresholds = {k: c[k] for k in th.keys()}
-        ledger = th.ledger(thresholds, self.machine)
+        slow = self._sample if self._sampler is not None else self._slow_status()
         return {
             "version": __version__,
             "mode": self.mode,
             "uptime_s": round(time.time() - self.started, 1),
-            "machine": self.machine.as_dict(),
-            "thresholds": thresholds,
+            "machine": slow["machine"],
+            "thresholds": slow["thresholds"],
             "owner_keys": c.get("owner_keys") or [],
             "overrides": self.overrides,
-            "memory": {
-                "rss_bytes": self._process.memory_info().rss,
-                "budget_bytes": int(ledger["usable_mb"] * MB),
-                "ledger": ledger,
-            },
+            "memory": slow["memory"],
             "cache": self.vfs.stats(),
             "js": self.runtime.stats(),
-            "db": {"size_bytes": self.db.size_bytes(), "ratio": self.ratio,
+            "db": {"size_bytes": slow["db_size"], "ratio": self.ratio,
                    "maintenance_ratio": c["maintenance_ratio"]},
             "requests": {"per_second": self.rate.per_second(), "total": self.rate.total},
             "https": {"enabled": self.autocert is not None, "port": self.https_port,
                       **(self.autocert.summary() if self.autocert else
                          {"ordering": None, "certificates": []})},
+            "replica": slow["replica"],
+            "sampled_s_ago": round(time.monotonic() - slow["at"], 2),
+        }
+
+    def _slow_status(self) -> dict:
+        import psutil
+
+        if self._process is None:
+            self._process = psutil.Process()
+        thresholds = {k: self.config[k] for k in th.keys()}
+        ledger = th.ledger(thresholds, self.machine)
+        return {
+            "at": time.monotonic(),
+            "machine": self.machine.as_dict(),
+            "thresholds": thresholds,
+            "memory": {"rss_bytes": self._process.memory_info().rss,
+                       "budget_bytes": int(ledger["usable_mb"] * MB), "ledger": ledger},
+            "db_size": self.db.size_bytes(),
             "replica": self.replica_status(),
             "connections": self.connection_stats() if self.connection_stats else None,
         }
+
+    def sample(self) -> None:
+        """Take the slow part of the status now (the sampler's tick, and every apply)."""
+        self._sample = self._slow_status()
+
+    def start_sampler(self, every: float = SAMPLE_SECONDS) -> None:
+        """Refresh the status's slow part every `every` seconds in a thread of its own.
+
+        Measured with a flood of small files and JavaScript on both cores, a status
+        read's p99 was 7.5x its idle p99 while a sign-in's was under 2x: the read did
+        its own I/O (/proc, stat, Litestream's socket: 0.8 ms of a quiet CPU) on the
+        cockpit lane, where every step waits its turn for Python's lock under load.
+        """
+        self.sample()
+        stop = threading.Event()
+        self._sampler = stop
+
+        def tick() -> None:
+            while not stop.wait(every):
+                try:
+                    self.sample()
+                except Exception:  # a sample missed; the last one stays
+                    log.exception("status sample failed")
+
+        threading.Thread(target=tick, name="fazt-status-sampler", daemon=True).start()
 
     def replica_status(self) -> dict:
         from fazt.replica.primary import replication_status
@@ -619,6 +664,8 @@ class Instance:
             self.replication = Replication(self.db_path, url, credentials, gomemlimit).start()
 
     def close(self) -> None:
+        if self._sampler is not None:
+            self._sampler.set()
         if self.replication is not None:
             self.replication.stop()
         if self.runtime is not None:

@@ -149,6 +149,7 @@ def run(db_path: str, host: str, port: int | None, https_port: int | None = None
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGHUP, hup)
     threading.Thread(target=_watch_config, args=(instance,), daemon=True).start()
+    instance.start_sampler()  # status reads take a snapshot: no I/O on the cockpit lane
     d = instance.domain
     role = f"read-only follower of {follow}, " if follow else ""
     sys.stderr.write(

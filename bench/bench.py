@@ -5,7 +5,8 @@
 
 Sections: 1 static 4 KiB file against peers, 2 large file, 3 JavaScript,
 4 cockpit logins under load, 5 soak in a 200 MB cgroup, 6 the naive control,
-7 compression (bench/compression_bench.py).
+7 compression (bench/compression_bench.py), 8 HTTPS (bench/https_bench.py),
+9 how cost grows (bench/scale.py).
 See bench/README.md.
 """
 
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 
 import common as c
 import compression_bench
+import https_bench
 import peers
 import psutil
 import replica_bench
@@ -494,6 +496,8 @@ def goal_ratios(sections: dict) -> dict:
     static, large, js, cockpit, scale_ = (chart(k) for k in
                                           ("static", "large", "js", "cockpit", "scale"))
     out = {}
+    https = chart("https")
+    out["https"] = https.get("fazt HTTPS", nan) / https.get("fazt HTTP", nan)
     out["static"] = static.get("fazt", nan) / static.get("asyncio canned", nan)
     fazt_large, wn = large.get("fazt"), large.get("WhiteNoise")
     out["large"] = fazt_large[0] / wn[0] if fazt_large and wn else nan
@@ -527,6 +531,8 @@ GOALS = [  # key, what, goal, met when
      lambda v: v >= 0.8),
     ("status", "cockpit status read p99, full load ÷ idle (sec. 4)", "≤ 2", lambda v: v <= 2),
     ("login", "cockpit sign-in p99, full load ÷ idle (sec. 4)", "< 2", lambda v: v < 2),
+    ("https", "4 KiB keep-alive req/s, fazt HTTPS ÷ fazt HTTP (sec. 8)", "≥ 0.7",
+     lambda v: v >= 0.7),
     ("sites_rps", "static req/s, most sites ÷ one site (sec. 9)", "flat (≥ 0.8)",
      lambda v: v >= 0.8),
     ("sites_p99", "static p99, most sites ÷ one site (sec. 9)", "flat (≤ 1.5)",
@@ -571,7 +577,7 @@ def machine_line() -> str:
 
 
 ORDER = ("summary", "setup", "static", "large", "js", "cockpit", "soak", "control",
-         "compression", "scale")
+         "compression", "https", "scale")
 
 
 def load_previous(path: str) -> dict[str, c.Section]:
@@ -676,7 +682,7 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description="fazt's benchmark (see bench/README.md)")
     p.add_argument("--smoke", action="store_true", help="every section, tiny and quick")
     p.add_argument("--only", help="comma-separated: "
-                                  "static,large,js,cockpit,soak,compression,scale,replica")
+                                  "static,large,js,cockpit,soak,compression,https,scale,replica")
     p.add_argument("--soak-seconds", type=float, help="length of the soak and of the control")
     p.add_argument("--soak-db-gb", type=float, help="size of the soak's database (full: 2.2)")
     p.add_argument("--large-mb", type=int, help="size of the large file (full: 1024)")
@@ -690,7 +696,7 @@ def main(argv: list[str]) -> int:
         signal.signal(signum, lambda *_: sys.exit(130))
     plan = plan_for(args)
     wanted = set((args.only or
-                  "static,large,js,cockpit,soak,compression,scale,replica").split(","))
+                  "static,large,js,cockpit,soak,compression,https,scale,replica").split(","))
     began, load_before = time.time(), os.getloadavg()
     command = "bench/run.sh" + "".join(f" {a}" for a in argv)
     tmp = tempfile.mkdtemp(prefix="fazt-bench-")
@@ -746,6 +752,8 @@ def main(argv: list[str]) -> int:
         if "compression" in wanted:
             run("compression", "7. Compression", compression_bench.section_compression, tmp,
                 plan)
+        if "https" in wanted:
+            run("https", "8. HTTPS", https_bench.section_https, tmp, plan)
     finally:
         teardown(s)
         if args.keep:

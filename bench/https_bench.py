@@ -264,6 +264,7 @@ def section_https(tmp: str, plan) -> c.Section:
             for scheme in ("HTTP", "HTTPS"):
                 runs = wrks[(server, scheme)]
                 rps = c.median([r["rps"] for r in runs])
+                sec.chart[f"{server} {scheme}"] = rps
                 rows.append([server, scheme, f"{rps:,.0f}", f"{rps / plain:.2f}",
                              f"{c.median([r['cpu_us'] for r in runs]):,.0f}",
                              c.ms(c.median([r["p99"] for r in runs])),

@@ -577,7 +577,7 @@ def machine_line() -> str:
 
 
 ORDER = ("summary", "setup", "static", "large", "js", "cockpit", "soak", "control",
-         "compression", "https", "scale")
+         "compression", "https", "scale", "replica")
 
 
 def load_previous(path: str) -> dict[str, c.Section]:

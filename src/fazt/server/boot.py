@@ -35,7 +35,7 @@ BACKLOG = 4096  # the kernel queues this many connections the loop has not accep
 log = logging.getLogger("fazt")
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, option: str = "--port") -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -45,7 +45,10 @@ def bind(host: str, port: int) -> socket.socket:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
             raise FaztError(f"Port {port} is already in use on {host}; "
-                            "stop the other program or pick another --port.") from None
+                            f"stop the other program or pick another {option}.") from None
+        if exc.errno == errno.EACCES and port < 1024:
+            raise FaztError(f"Cannot listen on {host}:{port}: ports below 1024 need root or "
+                            "CAP_NET_BIND_SERVICE (install.sh grants it).") from None
         raise FaztError(f"Cannot listen on {host}:{port}: {exc.strerror}.") from None
     sock.listen(BACKLOG)
     return sock
@@ -133,7 +136,9 @@ def run(db_path: str, host: str, port: int | None, https_port: int | None = None
         server.fastpath = FastPath(instance, requests_log)
     server.listen(bind(host, port))
     if autocert is not None:
-        server.listen(bind(host, https_port or 443), autocert.sink.transport, "https")
+        instance.https_port = https_port or 443  # the plain port now redirects there
+        server.listen(bind(host, instance.https_port, "--https-port"), autocert.sink.transport,
+                      "https")
     instance.connection_stats = server.stats
     instance.vfs.loop = StreamLoop(server.loop.wake)  # this thread runs the event loop
     instance.db.release_reader()  # and never reads the database again: drop boot's cache
@@ -155,6 +160,11 @@ def run(db_path: str, host: str, port: int | None, https_port: int | None = None
     sys.stderr.write(
         f"fazt serving on http://{host}:{port} in {role}{instance.mode} mode "
         f"(sites: http://NAME.{d}:{port}, cockpit: http://admin.{d}:{port})\n")
+    if autocert is not None:
+        sys.stderr.write(f"HTTPS on {host}:{instance.https_port}; the plain port answers ACME "
+                         "checks and health, and redirects the rest (`fazt cert list`)\n")
+    elif https_port:
+        sys.stderr.write("--https-port is ignored: the setting https is off\n")
     sys.stderr.flush()
     if autocert is not None:
         autocert.start()  # the plain port is open: HTTP-01 checks can reach it

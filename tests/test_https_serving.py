@@ -1,0 +1,258 @@
+"""The HTTPS port of a real server: certificates by SNI, redirects, renewal, a crowd.
+
+Certificates come from pebble (Let's Encrypt's test CA on loopback) or are
+imported from a trustme CA; every client verifies the chain it is shown.
+"""
+
+import http.client
+import json
+import socket
+import ssl
+import threading
+from pathlib import Path
+
+import pytest
+import requests
+import trustme
+from conftest import PASSWORD, USERNAME, Server, eventually, fazt, free_port, init_db
+from pebble import Pebble, available
+
+DOMAIN = "example.test"
+
+
+class Https:
+    """One verified TLS connection to 127.0.0.1 that names `host` by SNI; keep-alive GETs."""
+
+    def __init__(self, port: int, host: str, ca_pem: bytes):
+        ctx = ssl.create_default_context(cadata=ca_pem.decode())
+        raw = socket.create_connection(("127.0.0.1", port), timeout=15)
+        self.sock = ctx.wrap_socket(raw, server_hostname=host)
+        self.host = host
+
+    @property
+    def serial(self) -> str:
+        return self.sock.getpeercert()["serialNumber"]
+
+    def request(self, method: str, path: str, body: bytes = b"",
+                headers: dict | None = None) -> tuple[http.client.HTTPResponse, bytes]:
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}",
+                 f"Content-Length: {len(body)}"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        response = http.client.HTTPResponse(self.sock, method=method)
+        response.begin()
+        return response, response.read()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def certs(db: Path) -> dict[str, dict]:
+    return {c["host"]: c for c in json.loads(
+        fazt("cert", "list", "--json", "--db", str(db)).stdout)}
+
+
+def issued(db: Path, *hosts: str) -> bool:
+    listed = certs(db)
+    return all(h in listed and listed[h]["not_after"] for h in hosts)
+
+
+class Running:
+    """A fazt with https on: its plain port (where pebble sends HTTP-01) and its TLS port."""
+
+    def __init__(self, db: Path, port: int):
+        self.https_port = free_port()
+        self.server = Server(db, port=port, args=("--https-port", str(self.https_port)))
+
+    def connect(self, host: str, ca_pem: bytes) -> Https:
+        return Https(self.https_port, host, ca_pem)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+@pytest.fixture
+def acme(tmp_path: Path, site_dir: Path, request):
+    """https on, a site `blog`, pebble aimed at the plain port (validity from the marker)."""
+    if not available():
+        pytest.skip("pebble is not installed")
+    marker = request.node.get_closest_marker("validity")
+    db = init_db(tmp_path / "data.db")
+    fazt("deploy", str(site_dir), "--site", "blog", "--db", str(db))
+    port = free_port()
+    pebble = Pebble(tmp_path / "pebble", port, validity_s=marker.args[0] if marker else None)
+    for key, value in (("https", "on"), ("acme_directory", pebble.directory),
+                       ("acme_ca_bundle", str(pebble.ca_bundle))):
+        fazt("config", "set", key, value, "--db", str(db))
+    yield db, port, pebble
+    pebble.close()
+
+
+def test_issued_certificates_are_served_by_sni_and_the_plain_port_redirects(acme):
+    db, port, pebble = acme
+    srv = Running(db, port)
+    try:
+        hosts = (DOMAIN, f"admin.{DOMAIN}", f"blog.{DOMAIN}")
+        assert eventually(lambda: issued(db, *hosts), timeout=60), srv.server.log()
+        root = pebble.root_pem()
+        serials = {}
+        for host in hosts:
+            conn = eventually(lambda h=host: _try(srv, h, root), timeout=10)
+            assert conn, f"no verified handshake for {host}"
+            r, body = conn.request("GET", "/_fazt/health")
+            assert r.status == 200 and json.loads(body)["status"] == "ok"
+            assert r.getheader("Strict-Transport-Security") == "max-age=31536000"
+            serials[host] = conn.serial
+            conn.close()
+        blog = srv.connect(f"blog.{DOMAIN}", root)
+        r, body = blog.request("GET", "/")
+        assert r.status == 200 and b"hello from fazt" in body
+        # the plain port: 308 to the same host, path and query on the HTTPS port
+        plain = requests.get(srv.server.url("/docs/?q=1&r=%2F"),
+                             headers={"Host": f"blog.{DOMAIN}"}, allow_redirects=False)
+        assert plain.status_code == 308
+        assert plain.headers["Location"] == \
+            f"https://blog.{DOMAIN}:{srv.https_port}/docs/?q=1&r=%2F"
+        assert srv.server.get("/_fazt/health", host=DOMAIN).status_code == 200
+        # an unknown name gets no certificate at all, and orders nothing
+        with pytest.raises(ssl.SSLError, match="UNRECOGNIZED_NAME"):
+            srv.connect("unknown.org", root)
+        with pytest.raises(ssl.SSLError, match="UNRECOGNIZED_NAME"):
+            srv.connect(f"nosuchsite.{DOMAIN}", root)
+        # the owner signs in over HTTPS: the cookie is Secure
+        admin = srv.connect(f"admin.{DOMAIN}", root)
+        r, _ = admin.request("POST", "/api/login", json.dumps(
+            {"username": USERNAME, "password": PASSWORD}).encode(),
+            {"Content-Type": "application/json", "X-Fazt-Request": "1"})
+        assert r.status == 200 and "Secure" in r.getheader("Set-Cookie")
+    finally:
+        srv.stop()
+    issued_before = pebble.issued()
+    srv = Running(db, port)  # a restart serves the same certificates and orders nothing
+    try:
+        for host in hosts:
+            conn = eventually(lambda h=host: _try(srv, h, root), timeout=10)
+            assert conn.serial == serials[host]
+            conn.close()
+        assert set(certs(db)) == set(hosts)
+        assert pebble.issued() == issued_before
+    finally:
+        srv.stop()
+
+
+def _try(srv: Running, host: str, root: bytes) -> Https | None:
+    try:
+        return srv.connect(host, root)
+    except (ssl.SSLError, OSError):
+        return None
+
+
+@pytest.mark.validity(12)
+def test_renewal_swaps_the_certificate_while_a_keep_alive_connection_stays_open(acme):
+    db, port, pebble = acme
+    srv = Running(db, port)
+    try:
+        host = f"blog.{DOMAIN}"
+        assert eventually(lambda: issued(db, host), timeout=60), srv.server.log()
+        root = pebble.root_pem()
+        kept = srv.connect(host, root)
+        first = kept.serial
+        r, _ = kept.request("GET", "/")
+        assert r.status == 200
+        # renewal at a third of 12 s left: a new certificate within seconds
+        assert eventually(lambda: _serial(srv, host, root) not in (None, first), timeout=30), \
+            srv.server.log()
+        r, body = kept.request("GET", "/")  # the connection made before the swap carries on
+        assert r.status == 200 and b"hello from fazt" in body
+        assert kept.serial == first
+        kept.close()
+    finally:
+        srv.stop()
+
+
+def _serial(srv: Running, host: str, root: bytes) -> str | None:
+    conn = _try(srv, host, root)
+    if conn is None:
+        return None
+    serial = conn.serial
+    conn.close()
+    return serial
+
+
+# -- imported certificates, custom domains, a handshake flood (no CA needed) ---------------
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def imported(tmp_path: Path, site_dir: Path, ca: trustme.CA) -> Path:
+    """https on, every name covered by imported certificates, so nothing is ordered."""
+    db = init_db(tmp_path / "data.db")
+    fazt("deploy", str(site_dir), "--site", "blog", "--db", str(db))
+    fazt("config", "set", "acme_directory", f"https://127.0.0.1:{free_port()}/dir",
+         "--db", str(db))
+    for host, names in ((DOMAIN, (DOMAIN,)), (f"*.{DOMAIN}", (f"*.{DOMAIN}",)),
+                        ("www.blog.org", ("www.blog.org",))):
+        leaf = ca.issue_cert(*names)
+        chain, key = tmp_path / f"{host}.chain", tmp_path / f"{host}.key"
+        chain.write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems))
+        key.write_bytes(leaf.private_key_pem.bytes())
+        fazt("cert", "import", host, "--cert", str(chain), "--key", str(key), "--db", str(db))
+    fazt("config", "set", "https", "on", "--db", str(db))
+    return db
+
+
+def test_an_imported_wildcard_and_a_custom_domain_are_served(tmp_path, site_dir, ca):
+    db = imported(tmp_path, site_dir, ca)
+    fazt("site", "domain", "add", "blog", "www.blog.org", "--db", str(db))
+    srv = Running(db, free_port())
+    root = ca.cert_pem.bytes()
+    try:
+        for host in (f"blog.{DOMAIN}", "www.blog.org"):
+            conn = srv.connect(host, root)
+            r, body = conn.request("GET", "/")
+            assert r.status == 200 and b"hello from fazt" in body, host
+            conn.close()
+        assert all(c["source"] == "import" for c in certs(db).values())
+    finally:
+        srv.stop()
+
+
+def test_the_owner_signs_in_over_https_while_a_crowd_is_handshaking(tmp_path, site_dir, ca):
+    db = imported(tmp_path, site_dir, ca)
+    srv = Running(db, free_port())
+    root = ca.cert_pem.bytes()
+    stop = threading.Event()
+    handshakes = []
+
+    def crowd() -> None:
+        ctx = ssl.create_default_context(cadata=root.decode())
+        ctx.options |= ssl.OP_NO_TICKET
+        while not stop.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", srv.https_port), timeout=10) as raw:
+                    with ctx.wrap_socket(raw, server_hostname=f"blog.{DOMAIN}"):
+                        handshakes.append(1)
+            except OSError:
+                pass  # turned away by admission: the crowd keeps trying
+
+    threads = [threading.Thread(target=crowd, daemon=True) for _ in range(8)]
+    try:
+        for t in threads:
+            t.start()
+        assert eventually(lambda: len(handshakes) > 50, timeout=30)
+        for _ in range(3):
+            admin = srv.connect(f"admin.{DOMAIN}", root)
+            r, body = admin.request("POST", "/api/login", json.dumps(
+                {"username": USERNAME, "password": PASSWORD}).encode(),
+                {"Content-Type": "application/json", "X-Fazt-Request": "1"})
+            assert r.status == 200, body
+            admin.close()
+        assert not stop.is_set()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=15)
+        srv.stop()

@@ -148,6 +148,33 @@ def test_binary_carries_https(tmp_path: Path, frozen_env):
 
 
 @pytest.mark.slow
+def test_binary_carries_litestream(tmp_path: Path, frozen_env):
+    """Replication works from the single file alone: Litestream is inside it, found with
+    no Python and nothing on PATH, and runs as the server's child from the unpack folder."""
+    env, unpack = frozen_env
+    binary = built_binary()
+    db = tmp_path / "data.db"
+    run(binary, "server", "init", "--db", str(db), "--domain", "example.test", "--username",
+        USERNAME, "--password", PASSWORD, env=env)
+    run(binary, "replica", "set", "s3://bucket/fazt?endpoint=http://127.0.0.1:9", "--db",
+        str(db), env=env)
+    proc = start(binary, db, free_port(), env, tmp_path / "server.log")
+    try:
+        def child() -> dict | None:
+            status = json.loads(run(binary, "replica", "status", "--json", "--db", str(db),
+                                    env=env).stdout)
+            return status if status["running"] else None
+
+        status = eventually(child, timeout=20)
+        assert status, (tmp_path / "server.log").read_text()
+        exe = os.readlink(f"/proc/{status['pid']}/exe")
+        assert exe.startswith(str(unpack)) and exe.endswith("/litestream")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+@pytest.mark.slow
 def test_next_start_removes_what_a_killed_bootloader_left(tmp_path: Path, frozen_env):
     binary = built_binary()
     env, unpack = frozen_env

@@ -21,7 +21,7 @@ from fazt import __version__, certs, settings
 from fazt.auth import Auth, hash_password, new_session_key
 from fazt.constants import DEFAULT_PORT, MB
 from fazt.deploy import ADMIN_SITE, Source, deploy, files_from_directory
-from fazt.errors import Conflict, FaztError, NotFound
+from fazt.errors import Conflict, FaztError, NotFound, ReadOnly
 from fazt.metrics import RequestRate
 from fazt.replica import target as replica_target
 from fazt.siterules import check_rules
@@ -414,6 +414,8 @@ class Instance:
 
     def recalibrate(self) -> None:
         """Re-probe, rewrite the thresholds, soft-restart (the button, the API, SIGHUP)."""
+        if self.read_only:
+            raise ReadOnly()  # a follower runs with the primary's thresholds
         self.machine, config = recalibrate_database(self.db)
         self.config = config
         self.apply()

@@ -98,6 +98,8 @@ class Child:
             except OSError as exc:
                 self._error(f"cannot start {self.argv[0]}: {exc.strerror}")
             else:
+                if self._stopping.is_set():  # stop() came while it was starting
+                    self._proc.terminate()
                 self.started_at = time.time()
                 for raw in self._proc.stdout:
                     self._read(raw.rstrip("\n"))

@@ -147,6 +147,9 @@ def run(db_path: str, host: str, port: int | None, https_port: int | None = None
         server.loop.stop()
 
     def hup(signum, frame):
+        if instance.read_only:
+            log.warning("SIGHUP ignored: a follower runs with the primary's thresholds")
+            return
         # Recalibration writes to the database: never on the event loop's thread.
         threading.Thread(target=_safely, args=(instance.recalibrate,), daemon=True).start()
 
@@ -156,9 +159,9 @@ def run(db_path: str, host: str, port: int | None, https_port: int | None = None
     threading.Thread(target=_watch_config, args=(instance,), daemon=True).start()
     instance.start_sampler()  # status reads take a snapshot: no I/O on the cockpit lane
     d = instance.domain
-    role = f"read-only follower of {follow}, " if follow else ""
+    role = f"as a read-only follower of {follow}, " if follow else ""
     sys.stderr.write(
-        f"fazt serving on http://{host}:{port} in {role}{instance.mode} mode "
+        f"fazt serving on http://{host}:{port} {role}in {instance.mode} mode "
         f"(sites: http://NAME.{d}:{port}, cockpit: http://admin.{d}:{port})\n")
     if autocert is not None:
         sys.stderr.write(f"HTTPS on {host}:{instance.https_port}; the plain port answers ACME "

@@ -555,6 +555,23 @@ def cmd_token_revoke(args) -> int:
     return 0
 
 
+def cmd_db_compact(args) -> int:
+    from fazt.instance import collect_unserved, replicating
+    from fazt.store import open_database, space
+
+    db = open_database(_db(args))
+    try:
+        collect_unserved(db)
+        result = space.compact(db, full=args.full, checkpoint=not replicating(db))
+    finally:
+        db.close()
+    print(f"Compacted {db.path}: {result['before_bytes'] / 2**20:.1f} MB before, "
+          f"{result['after_bytes'] / 2**20:.1f} MB now (database and WAL).")
+    if not result["checkpointed"]:
+        print("Litestream replicates this database: the WAL shrinks after its next checkpoint.")
+    return 0
+
+
 def cmd_backup(args) -> int:
     from fazt.store import open_database
 
@@ -835,6 +852,16 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_replica_status)
     rt.add_parser("off", parents=[common], help="stop replicating").set_defaults(
         func=cmd_replica_off)
+
+    db = sub.add_parser("db", help="database maintenance")
+    dt = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    s = dt.add_parser("compact", parents=[common],
+                      help="give free space back to the disk, in small steps (the server may "
+                           "be running); the WAL is cut back too")
+    s.add_argument("--full", action="store_true",
+                   help="once, for a database made by an older fazt: a full VACUUM (needs "
+                        "free disk about twice its size, holds writes until it ends)")
+    s.set_defaults(func=cmd_db_compact)
 
     s = sub.add_parser("backup", parents=[common], help="write a consistent copy of the database")
     s.add_argument("out")

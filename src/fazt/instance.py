@@ -27,7 +27,7 @@ from fazt.replica import target as replica_target
 from fazt.siterules import check_rules
 from fazt.stability import thresholds as th
 from fazt.stability.probe import Machine, probe
-from fazt.store import Database, open_database
+from fazt.store import Database, open_database, space
 from fazt.store import sites as sites_store
 from fazt.store.certs import domains_stamp, load_domains
 from fazt.store.claim import try_claim
@@ -113,11 +113,20 @@ def collect_unserved(db: Database) -> int:
     if held is None:
         return 0
     try:
-        return Leases().collect(db)  # this process streams nothing
+        dropped = Leases().collect(db)  # this process streams nothing
+        if space.worth_compacting(db):
+            space.compact(db, checkpoint=not replicating(db))
+        return dropped
     except FaztError:
         return 0
     finally:
         held.release()
+
+
+def replicating(db: Database) -> bool:
+    """Whether Litestream replicates this database (it owns the WAL's checkpoints then)."""
+    with db.read() as conn:
+        return bool(load_config(conn).get(replica_target.URL_KEY))
 
 
 def machine_for(config: dict, db_path: str, memory_mb: float | None = None,
@@ -320,6 +329,7 @@ class Instance:
         self._sampler: threading.Event | None = None  # set while a sampler thread runs
         self._sample: dict = {}
         self._apply_lock = threading.RLock()
+        self._compacting = threading.Lock()  # one background compaction at a time
         self._config_stamp = None
         self._sites_stamp = None
         self._env_stamp = None
@@ -520,16 +530,39 @@ class Instance:
         return removed
 
     def collect(self) -> int:
-        """Delete file contents no kept version uses, sparing what downloads still stream.
-        Best effort: a busy database leaves them for the next collection. A follower
-        collects nothing: its primary does, and the change arrives by replication."""
+        """Delete file contents no kept version uses, sparing what downloads still stream,
+        and give the space back when that freed much of it. Best effort: a busy database
+        leaves them for the next collection. A follower collects nothing: its primary
+        does, and the change arrives by replication."""
         if self.read_only:
             return 0
         try:
-            return self.vfs.leases.collect(self.db)
+            dropped = self.vfs.leases.collect(self.db)
         except FaztError:
             log.warning("could not collect unused files (the database is busy); will retry")
             return 0
+        self.compact_if_worth_it()
+        return dropped
+
+    def compact_if_worth_it(self) -> None:
+        """Give free pages back in the background, in small steps (store/space.py)."""
+        try:
+            if self._compacting.locked() or not space.worth_compacting(self.db):
+                return
+        except FaztError:
+            return  # busy: the next collection looks again
+        threading.Thread(target=self._compact, name="fazt-compact", daemon=True).start()
+
+    def _compact(self) -> None:
+        if not self._compacting.acquire(blocking=False):
+            return
+        try:
+            space.compact(self.db, checkpoint=self.replication is None)
+        except FaztError as exc:
+            log.warning("could not give free space back (%s); the next collection retries",
+                        exc.message)
+        finally:
+            self._compacting.release()
 
     def save_revoked_sessions(self) -> None:
         """Record the signed-out sessions so a restart keeps them out.

@@ -25,6 +25,7 @@ from fazt.errors import FaztError, ReadOnly, Unavailable
 from fazt.store.schema import MIGRATIONS, migrate
 
 PAGE_SIZE = 8192  # 4096-byte pages cap a database near 17.6 TB; the target is 20 TB.
+WAL_LIMIT_BYTES = 16 * MB  # journal_size_limit: what an emptied WAL is cut back to
 
 
 @dataclass
@@ -64,6 +65,9 @@ class Database:
             )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
+            # Once a checkpoint has emptied it, the WAL file is cut back to this size
+            # instead of keeping the size of the largest transaction ever written.
+            conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
         conn.execute("PRAGMA foreign_keys=ON")
         self._apply(conn, busy_ms, cache_mb)
         return conn
@@ -124,6 +128,20 @@ class Database:
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction through the single writer; rolls back on any error."""
+        with self.writer() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:  # also after a failed COMMIT (a full disk)
+                    conn.execute("ROLLBACK")
+                raise
+
+    @contextlib.contextmanager
+    def writer(self) -> Iterator[sqlite3.Connection]:
+        """The single writer, held, outside any transaction: for what must run on its own
+        (VACUUM, checkpoints, incremental vacuum steps), never beside this process's writes."""
         if self.read_only:
             raise ReadOnly()
         with self._write_lock:
@@ -134,15 +152,7 @@ class Database:
                 elif self._writer_generation != self._generation:
                     self._apply(self._writer, self.limits.busy_ms)
                     self._writer_generation = self._generation
-                conn = self._writer
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield conn
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:  # also after a failed COMMIT (a full disk)
-                        conn.execute("ROLLBACK")
-                    raise
+                yield self._writer
 
     def close(self) -> None:
         """Close the writer and this thread's reader (others close with their threads)."""
@@ -216,6 +226,7 @@ def create_database(path: str) -> Database:
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # must precede the first table
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # so can this: see space.py
         conn.execute("PRAGMA journal_mode=WAL")
         migrate(conn)
     except BaseException:

@@ -256,3 +256,34 @@ def test_the_owner_signs_in_over_https_while_a_crowd_is_handshaking(tmp_path, si
         for t in threads:
             t.join(timeout=15)
         srv.stop()
+
+
+def test_a_tls_connection_is_charged_as_two_against_the_connection_limit(tmp_path, site_dir,
+                                                                         ca):
+    db = imported(tmp_path, site_dir, ca)
+    for key, value in (("connection_limit", "64"), ("address_connections", "1000")):
+        fazt("config", "set", key, value, "--break-glass", "--db", str(db))
+    srv = Running(db, free_port())
+    root = ca.cert_pem.bytes()
+    held = []
+    try:
+        for _ in range(40):  # 80 connections' worth: the quietest make room for the rest
+            conn = srv.connect(f"blog.{DOMAIN}", root)
+            conn.request("GET", "/_fazt/health")
+            held.append(conn)
+
+        def closed(conn: Https) -> bool:
+            conn.sock.settimeout(0.2)
+            try:
+                return conn.sock.recv(1) == b""
+            except (TimeoutError, ssl.SSLWantReadError):
+                return False
+            except OSError:
+                return True
+
+        assert eventually(lambda: sum(closed(c) for c in held) >= 40 - 32, timeout=10)
+        assert not closed(held[-1])  # the newest stay
+    finally:
+        for conn in held:
+            conn.close()
+        srv.stop()

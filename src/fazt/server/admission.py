@@ -2,7 +2,8 @@
 
 The rules, in the order a connection meets them:
 
-1. Accepting. Past `connection_limit` open connections, room is made by
+1. Accepting. Past `connection_limit` open connections (a TLS connection counts
+   as two, its memory being twice an idle plain one's: tls.py), room is made by
    closing the connection that has been quiet longest *between requests*
    (an idle keep-alive, or one still sending its headers): never one whose
    request has arrived, and never one that has spoken to the cockpit. When
@@ -86,6 +87,7 @@ class Admission:
                  js_body_bytes: int):
         self.classify = classify  # Host -> cockpit, site or unknown (custom domains too)
         self.open = 0
+        self.charged = 0  # open connections weighed by their memory (TLS counts double)
         self.bodies = 0
         self.refused = 0  # closed on arrival: over the limit with nothing to make room
         self.evicted = 0
@@ -121,14 +123,18 @@ class Admission:
         address.open += 1
         address.connections += 1
         self.open += 1
+        self.charged += conn.transport.weight
         if address.connections > self.address_connections and not self._close_quietest(
                 address.quiet):
             conn.over_share = True
-        if self.open > self.connection_limit and not self._close_quietest(self.quiet):
-            if self.open > self.connection_limit + COCKPIT_RESERVE:
+        while self.charged > self.connection_limit:
+            if self._close_quietest(self.quiet):
+                continue
+            if self.charged > self.connection_limit + COCKPIT_RESERVE:
                 self.refused += 1
                 return False
             conn.reserve = True
+            break
         self.quiet_again(conn)
         return True
 
@@ -159,6 +165,7 @@ class Admission:
     def left(self, conn) -> None:
         self.busy(conn)
         self.open -= 1
+        self.charged -= conn.transport.weight
         address = self.addresses.get(conn.ip)
         if address is not None:
             address.open -= 1
@@ -264,7 +271,7 @@ class Admission:
                 address.bodies -= 1
 
     def stats(self) -> dict:
-        return {"open": self.open, "limit": self.connection_limit,
+        return {"open": self.open, "charged": self.charged, "limit": self.connection_limit,
                 "reserve": COCKPIT_RESERVE, "bodies": self.bodies,
                 "addresses": len(self.addresses), "evicted": self.evicted,
                 "refused": self.refused}

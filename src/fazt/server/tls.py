@@ -22,6 +22,10 @@ import time
 from fazt.server.transport import TransportFailure
 
 HANDSHAKE_TIMEOUT = 10.0  # seconds a client may take to finish its handshake
+# An idle TLS connection holds 8-11 KiB of RSS in fazt (bench section 8; DESIGN.md: 17.7
+# KiB with the kernel's share) against 2.6 KiB for plain TCP: admission charges it as two
+# of the 8 KB connections capacity.js budgets for, so the ledger stays true under HTTPS.
+TLS_WEIGHT = 2
 READ_SIZE = 64 * 1024
 # Mozilla's "intermediate" TLS 1.2 suites: forward secrecy and AEAD only.
 # (TLS 1.3's suites are all modern and OpenSSL picks them itself.)
@@ -120,6 +124,8 @@ def _is_address(name: str) -> bool:
 
 class TLSTransport:
     """One connection's TLS: ciphertext in, plaintext out, and the other way round."""
+
+    weight = TLS_WEIGHT
 
     def __init__(self, certificates: Certificates):
         self._in = ssl.MemoryBIO()

@@ -25,6 +25,7 @@ class TransportFailure(Exception):
 class Transport(Protocol):
     handshake_done: bool  # False until plaintext may flow (always True for plain TCP)
     peer_closed: bool  # the peer said goodbye (TLS close_notify, or end of stream)
+    weight: int  # connections' worth of `connection_limit` it is charged: its idle memory
 
     @property
     def server_name(self) -> str | None:
@@ -55,6 +56,7 @@ class PlainTransport:
     __slots__ = ("peer_closed",)
     handshake_done = True
     server_name = None
+    weight = 1
 
     def __init__(self) -> None:
         self.peer_closed = False

@@ -112,7 +112,8 @@ var FAZT_SCHEMA = [
     key: "connection_limit", unit: "connections", label: "Open connections", integer: true,
     min: 16, max: 1000000,
     description: "Connections held open; an idle one costs about " + FAZT_CONNECTION_KB +
-      " KB: with the answers in flight, 8% of usable RAM, 64 to 100,000. Past it " +
+      " KB (a TLS one twice that, and counts as two): with the answers in flight, 8% of " +
+      "usable RAM, 64 to 100,000. Past it " +
       "the quietest idle one is closed; the cockpit keeps a reserve beyond it."
   },
   {

@@ -621,6 +621,8 @@ class Instance:
                       **(self.autocert.summary() if self.autocert else
                          {"ordering": None, "certificates": []})},
             "replica": slow["replica"],
+            # counters only: read live, so a test (or the owner) sees the request just made
+            "connections": self.connection_stats() if self.connection_stats else None,
             "sampled_s_ago": round(time.monotonic() - slow["at"], 2),
         }
 
@@ -639,7 +641,6 @@ class Instance:
                        "budget_bytes": int(ledger["usable_mb"] * MB), "ledger": ledger},
             "db_size": self.db.size_bytes(),
             "replica": self.replica_status(),
-            "connections": self.connection_stats() if self.connection_stats else None,
         }
 
     def sample(self) -> None:

@@ -113,3 +113,18 @@ def test_site_logs_follow_and_outlive_a_restart(tmp_path, db_path):
         assert [line["message"] for line in lines][-3:] == ["calling upstream with undefined"] * 3
     missing = fazt("site", "logs", "nosuch", "--db", str(db_path), check=False)
     assert missing.returncode == 1 and "no site named" in missing.stderr
+
+
+def test_env_commands_refuse_what_they_cannot_do(db_path, site_dir):
+    fazt("deploy", str(site_dir), "--site", "blog", "--db", str(db_path))
+    for args, stdin in ((["blog", "EMPTY"], ""), (["blog", "bad-name", "x"], None),
+                        (["nosuch", "KEY", "x"], None)):
+        failed = fazt("site", "env", "set", *args, "--db", str(db_path), check=False,
+                      input=stdin)
+        assert failed.returncode == 1 and failed.stderr.count("\n") == 1, failed.stderr
+    fazt("site", "env", "set", "blog", "KEY", "value-1", "--db", str(db_path))
+    assert json.loads(fazt("site", "env", "list", "blog", "--json", "--db", str(db_path)
+                           ).stdout)["env"][0]["key"] == "KEY"
+    fazt("site", "env", "unset", "blog", "KEY", "--db", str(db_path))
+    again = fazt("site", "env", "unset", "blog", "KEY", "--db", str(db_path), check=False)
+    assert again.returncode == 1 and "no secret named" in again.stderr

@@ -24,8 +24,8 @@ def check_key(key: str) -> str:
 def set_var(conn: sqlite3.Connection, site: str, key: str, value: str) -> float:
     """Store one secret; return when. Call inside db.write()."""
     check_key(key)
-    if not isinstance(value, str):
-        raise FaztError("A secret's value must be text.")
+    if not isinstance(value, str) or not value:
+        raise FaztError("A secret's value must be text, and not empty.")
     if len(value.encode("utf-8", "surrogatepass")) > MAX_VALUE_BYTES:
         raise FaztError(f"A secret's value may be {MAX_VALUE_BYTES // 1024} KiB at most.")
     now = time.time()

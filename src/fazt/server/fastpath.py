@@ -19,6 +19,7 @@ file, maintenance mode, a non-ASCII path.
 
 import time
 
+from fazt.deploy import hidden_part
 from fazt.hosts import SITE, classify
 from fazt.instance import NORMAL, Instance
 from fazt.negotiation import not_modified, pick, static_headers
@@ -137,7 +138,8 @@ class FastPath:
             path = SiteResource._relative(raw)
         except Exception:  # noqa: BLE001 - a bad path: the thread explains it
             return None
-        if path == "api" or path.startswith("api/") or path in RULE_FILES:
+        if path == "api" or path.startswith("api/") or path in RULE_FILES \
+                or hidden_part(path) is not None:  # hidden files: the thread's 404
             return None
         vfs = self.vfs
         rules = vfs.known_rules(site)

@@ -9,6 +9,7 @@ import json
 import socket
 import ssl
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -286,4 +287,23 @@ def test_a_tls_connection_is_charged_as_two_against_the_connection_limit(tmp_pat
     finally:
         for conn in held:
             conn.close()
+        srv.stop()
+
+
+def test_a_client_that_never_finishes_its_handshake_is_closed(tmp_path, site_dir, ca):
+    from fazt.server.tls import HANDSHAKE_TIMEOUT
+
+    db = imported(tmp_path, site_dir, ca)
+    srv = Running(db, free_port())
+    try:
+        with socket.create_connection(("127.0.0.1", srv.https_port), timeout=5) as silent:
+            silent.sendall(b"\x16\x03\x01")  # the first bytes of a ClientHello, then nothing
+            silent.settimeout(HANDSHAKE_TIMEOUT + 10)
+            began = time.monotonic()
+            assert silent.recv(1) == b""  # closed by the server's sweep
+            assert time.monotonic() - began >= HANDSHAKE_TIMEOUT - 1
+        conn = srv.connect(f"blog.{DOMAIN}", ca.cert_pem.bytes())  # others are unaffected
+        assert conn.request("GET", "/")[0].status == 200
+        conn.close()
+    finally:
         srv.stop()

@@ -85,7 +85,8 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
             "How many deployed versions of each site are kept for rollback.",
             min=1, max=1000),
     Setting("https", "choice", "off", "HTTPS",
-            "Serve HTTPS with certificates obtained automatically over ACME.",
+            "Serve HTTPS with certificates obtained automatically over ACME "
+            "(from the next `fazt server start`).",
             choices=("off", "on")),
     Setting("acme_email", "string", "", "ACME email",
             "The contact address given to the certificate authority (may stay empty).",

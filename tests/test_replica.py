@@ -415,8 +415,8 @@ def test_replica_off_stops_litestream_and_removes_its_folder(tmp_path, replica_u
 
         assert "Litestream: running" in eventually(shown, timeout=15)
         fazt("replica", "off", "--db", str(primary), env=s3_env())
+        assert eventually(lambda: admin.status()["replica"]["url"] is None, timeout=15)
         assert eventually(lambda: process_gone(pid) and not folder.exists(), timeout=15)
-        assert admin.status()["replica"]["url"] is None
         assert admin.status()["memory"]["ledger"]["replica"] == 0
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 

@@ -649,6 +649,7 @@ def cmd_replica_off(args) -> int:
     from fazt.instance import machine_for, read_config, update_config
     from fazt.replica import litestream, target
     from fazt.store import open_database
+    from fazt.store.claim import is_claimed
 
     db = open_database(_db(args))
     with db.read() as conn:
@@ -658,7 +659,7 @@ def cmd_replica_off(args) -> int:
     with db.write() as conn:
         target.forget_credentials(conn)
     db.close()
-    if litestream.control(db.path, "/info") is None:  # else the server removes them
+    if not is_claimed(db.path):  # else the running server stops Litestream, then removes them
         litestream.remove_working_files(db.path)
     print("Replication is off; Litestream's folder beside the database is removed."
           if was else "Replication was already off.")

@@ -245,17 +245,27 @@ def test_the_admin_api_imports_lists_and_manages_domains_without_showing_keys(
 
 
 class Challenges:
-    def __init__(self, answers: dict[str, str]):
+    """What the plain port asks of AutoCert: challenge answers, and which hosts have
+    a certificate."""
+
+    def __init__(self, answers: dict[str, str], hosts: tuple[str, ...] = ()):
         self.answers = answers
+        self.hosts = hosts
 
     def challenge(self, token: str) -> str | None:
         return self.answers.get(token)
+
+    def serves(self, host: str) -> bool:
+        return host in self.hosts
 
 
 def test_the_plain_port_redirects_with_path_and_query_and_keeps_health_and_challenges(
         instance, client):
     instance.https_port = 8443
-    instance.autocert = Challenges({"tok": "tok.thumbprint"})
+    instance.autocert = Challenges({"tok": "tok.thumbprint"},
+                                   ("blog.localhost", "admin.localhost", "example.test"))
+    waiting = client.simulate_get("/", headers={"Host": "shop.localhost"})
+    assert waiting.status_code != 308  # no certificate yet: served plainly meanwhile
     r = client.simulate_get("/docs/a b", query_string="x=1&y=%2F",
                             headers={"Host": "blog.localhost:4698"})
     assert r.status_code == 308

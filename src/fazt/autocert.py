@@ -100,6 +100,12 @@ class AutoCert:
             self.sink.remove(host)
             del self.served[host]
 
+    def serves(self, host: str) -> bool:
+        """Whether a certificate for `host` is installed (its own, or a wildcard's)."""
+        name = host.lower().rstrip(".")
+        return name in self.served or ("." in name and
+                                       "*." + name.split(".", 1)[1] in self.served)
+
     def challenge(self, token: str) -> str | None:
         """The key authorization for an HTTP-01 token, while its order runs."""
         return self.challenges.get(token)

@@ -4,7 +4,8 @@ With HTTPS on, the plain port keeps three jobs only: it answers the CA's
 HTTP-01 checks under `/.well-known/acme-challenge/`, it keeps
 `/_fazt/health` for load balancers and monitors, and it sends everything else
 with `308` to the same host, path *and query* on HTTPS (308 keeps the method
-and body, so a POST is not turned into a GET). Responses that went out over
+and body, so a POST is not turned into a GET) once that host's certificate is
+in place; a host still waiting for one is served plainly meanwhile. Responses that went out over
 HTTPS carry `Strict-Transport-Security`.
 """
 
@@ -51,7 +52,10 @@ class HttpsPolicy:
             resp.complete = True
             return
         port = self.instance.https_port
-        if port and req.path != HEALTH and not came_over_https(req):
+        # Only a host whose certificate is in place: until then (the first seconds after
+        # its site is deployed, or while its order fails) it keeps being served plainly.
+        if port and req.path != HEALTH and not came_over_https(req) and \
+                autocert is not None and autocert.serves(req.host):
             raise falcon.HTTPPermanentRedirect(https_url(req, port))
 
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource,

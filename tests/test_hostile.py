@@ -5,6 +5,7 @@ import io
 import os
 import sqlite3
 import struct
+import time
 import zipfile
 import zlib
 from pathlib import Path
@@ -23,6 +24,7 @@ from conftest import (
     init_db,
     zip_of,
 )
+from test_replica import replica_url, s3, s3_env, synced_after  # noqa: F401 - fixtures
 
 
 def sign_in(server: Server) -> str:
@@ -373,3 +375,36 @@ def test_an_older_database_is_converted_once_with_full(tmp_path):
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL
     assert fazt("site", "list", "--db", str(db)).returncode == 0
+
+
+def test_space_comes_back_while_litestream_replicates(tmp_path, replica_url):  # noqa: F811
+    db = init_db(tmp_path / "data.db")
+    fazt("config", "set", "keep_versions", "1", "--db", str(db))
+    fazt("replica", "set", replica_url, "--db", str(db), env=s3_env())
+    with Server.running(db, env=s3_env()) as server:
+        admin = Admin(server)
+        assert eventually(lambda: admin.status()["replica"]["running"], timeout=15)
+        r = admin.post("/api/deploy?site=big", timeout=300,
+                       data=zip_of({"index.html": "v1", "big.bin": os.urandom(80 << 20)}))
+        assert r.status_code == 200, r.text
+        assert admin.post("/api/deploy?site=big", data=zip_of({"index.html": "v2"})).ok
+        # fazt gives the pages back (Litestream owns the WAL's checkpoints meanwhile)...
+        assert eventually(lambda: database_bytes(db) < 16 << 20, timeout=90), database_bytes(db)
+        last_write = time.time()
+        assert eventually(lambda: synced_after(db, last_write), timeout=30)
+        status = admin.status()["replica"]
+        assert status["running"] and not status["last_error"], status
+    # ...and the replica holds the smaller database.
+    restored = tmp_path / "restored.db"
+    fazt("restore", "--from", replica_url, "--db", str(restored), env=s3_env())
+    assert restored.stat().st_size < 16 << 20
+    with Server.running(restored) as server:
+        assert server.get("/", host="big.localhost").text == "v2"
+
+
+def database_bytes(db: Path) -> int:
+    """The database's size in pages, free ones included, wherever the newest copy of each
+    page is (the file, or a WAL not yet checkpointed)."""
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        return (conn.execute("PRAGMA page_count").fetchone()[0]
+                * conn.execute("PRAGMA page_size").fetchone()[0])

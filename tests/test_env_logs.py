@@ -128,3 +128,39 @@ def test_env_commands_refuse_what_they_cannot_do(db_path, site_dir):
     fazt("site", "env", "unset", "blog", "KEY", "--db", str(db_path))
     again = fazt("site", "env", "unset", "blog", "KEY", "--db", str(db_path), check=False)
     assert again.returncode == 1 and "no secret named" in again.stderr
+
+
+def test_unstored_log_lines_are_bounded_and_the_loss_is_said(tmp_path):
+    """Lines wait in RAM while the database is busy, at most UNSAVED_LINES of them; the
+    oldest go first, and the first line stored afterwards says how many were lost."""
+    import contextlib
+
+    from conftest import init_db
+
+    from fazt.errors import Unavailable
+    from fazt.runtime import logs as site_logs
+    from fazt.store import open_database
+    from fazt.store.logs import read_lines
+
+    db = open_database(str(init_db(tmp_path / "data.db")))
+    ring = site_logs.SiteLogs(unsaved_lines=5)
+    ring._db = db  # what persist_to sets, without its thread: this test flushes itself
+    real_write = db.write
+
+    @contextlib.contextmanager
+    def busy():
+        raise Unavailable("The database is busy; try again shortly.")
+        yield
+
+    db.write = busy
+    for n in range(8):
+        ring.add("blog", "log", f"line {n}")
+    assert ring.flush() == 0  # busy: nothing lost yet beyond the bound
+    ring.add("blog", "log", "line 8")
+    db.write = real_write
+    assert ring.flush() == 5
+    with db.read() as conn:
+        stored = [line["message"] for line in read_lines(conn, "blog")]
+    assert stored == ["fazt: 4 log lines were lost before they could be stored",
+                      "line 4", "line 5", "line 6", "line 7", "line 8"]
+    db.close()

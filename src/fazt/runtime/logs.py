@@ -11,8 +11,8 @@ A running server also writes the lines to the database (`persist_to`), in
 one transaction every half second at most, never from the request that logged
 them, so `fazt site logs` reads them from another process and they outlive a
 restart (`load` fills the rings again at boot). Lines waiting for that write
-are bounded too (UNSAVED_LINES): while the database stays locked the oldest
-go, and a line says how many.
+are bounded too (UNSAVED_LINES): when they come faster than they can be
+stored, or the database stays locked, the oldest go, and a line says how many.
 """
 
 import logging
@@ -37,13 +37,13 @@ class SiteLogs:
     """console.log/warn/error lines and script failures, per site."""
 
     def __init__(self, lines_per_site: int = LINES_PER_SITE, line_chars: int = LINE_CHARS,
-                 max_sites: int = MAX_SITES):
+                 max_sites: int = MAX_SITES, unsaved_lines: int = UNSAVED_LINES):
         self.lines_per_site = lines_per_site
         self.line_chars = line_chars
         self.max_sites = max_sites
         self._lock = threading.Lock()
         self._rings: OrderedDict[str, deque] = OrderedDict()
-        self._unsaved: deque[tuple[str, float, str, str]] = deque(maxlen=UNSAVED_LINES)
+        self._unsaved: deque[tuple[str, float, str, str]] = deque(maxlen=unsaved_lines)
         self._dropped = 0
         self._db: Database | None = None
         self._stop = threading.Event()
@@ -66,7 +66,7 @@ class SiteLogs:
                 self._rings.move_to_end(site)
             ring.append(line)
             if self._db is not None:
-                if len(self._unsaved) == UNSAVED_LINES:
+                if len(self._unsaved) == self._unsaved.maxlen:
                     self._dropped += 1
                 self._unsaved.append((site, line["time"], level, message))
 
@@ -121,19 +121,18 @@ class SiteLogs:
             batch = list(self._unsaved)
             self._unsaved.clear()
             dropped, self._dropped = self._dropped, 0
-        if dropped and batch:
-            site = batch[0][0]
-            batch.insert(0, (site, time.time(), "warn",
-                             f"fazt: {dropped} log lines were lost while the database was busy"))
         if not batch:
             return 0
+        note = [(batch[0][0], time.time(), "warn",
+                 f"fazt: {dropped} log lines were lost before they could be stored")
+                ] if dropped else []
         try:
             with self._db.write() as conn:
-                append_lines(conn, batch)
+                append_lines(conn, note + batch)
         except FaztError:
             with self._lock:  # back in front of newer lines, within the bound
-                room = UNSAVED_LINES - len(self._unsaved)
-                self._dropped += len(batch) - max(room, 0)
+                room = self._unsaved.maxlen - len(self._unsaved)
+                self._dropped += dropped + max(0, len(batch) - max(room, 0))
                 if room > 0:
                     self._unsaved.extendleft(reversed(batch[-room:]))
             return 0

@@ -140,7 +140,7 @@ def _central_directory(fileobj: BinaryIO, size: int) -> tuple[int, int]:
     fields = _EOCD.unpack_from(tail, at)
     entries, length, offset = fields[4], fields[5], fields[6]
     start = eocd - length
-    if 0xFFFF in (entries,) or 0xFFFFFFFF in (length, offset):  # a ZIP64 archive
+    if entries == 0xFFFF or 0xFFFFFFFF in (length, offset):  # a ZIP64 archive
         locator_at = eocd - _EOCD64_LOCATOR.size
         fileobj.seek(max(0, locator_at))
         locator = fileobj.read(_EOCD64_LOCATOR.size)

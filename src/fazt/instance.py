@@ -12,6 +12,7 @@ import importlib.resources
 import json
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -558,9 +559,9 @@ class Instance:
             return
         try:
             space.compact(self.db, checkpoint=self.replication is None)
-        except FaztError as exc:
+        except (FaztError, sqlite3.Error) as exc:  # busy, or the server is stopping
             log.warning("could not give free space back (%s); the next collection retries",
-                        exc.message)
+                        getattr(exc, "message", exc))
         finally:
             self._compacting.release()
 

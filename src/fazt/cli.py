@@ -130,8 +130,9 @@ def cmd_status(args) -> int:
     _print_replica(replica)
     if config.get("https") == "on" or certificates:
         failed = [c for c in certificates if c["last_error"]]
-        print(f"HTTPS: {config.get('https')}, {len(certificates) - len(failed)} "
-              f"certificates, {len(failed)} failing (see `fazt cert list`)")
+        valid = len(certificates) - len(failed)
+        print(f"HTTPS: {config.get('https')}, {valid} certificate{'' if valid == 1 else 's'}, "
+              f"{len(failed)} failing (see `fazt cert list`)")
         for c in failed:
             print(f"  {c['host']}: {c['last_error']}")
     marked = {o["key"] for o in overrides}

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import trustme
 from conftest import Server, eventually, fazt, free_port, init_db
-from pebble import Pebble, available
+from pebble_ca import Pebble, available
 
 pytestmark = pytest.mark.skipif(not available(), reason="pebble is not installed")
 

@@ -16,7 +16,7 @@ import pytest
 import requests
 import trustme
 from conftest import PASSWORD, USERNAME, Server, eventually, fazt, free_port, init_db
-from pebble import Pebble, available
+from pebble_ca import Pebble, available
 
 DOMAIN = "example.test"
 

@@ -46,8 +46,7 @@ print("ready", flush=True)
 i = 0
 while True:
     i += 1
-    config = update_config(db, config, machine, {"vfs_cache_mb": 10 + i % 50,
-                                                 "js_timeout_ms": 1000 + i % 500})
+    update_config(db, machine, {"vfs_cache_mb": 10 + i % 50, "js_timeout_ms": 1000 + i % 500})
 """
 
 

@@ -49,6 +49,7 @@ class Router:
         self.log = log
 
     def __call__(self, environ: dict, start_response):
+        self.instance.refresh()  # what any writer committed is served from this request on
         target = classify(environ.get("HTTP_HOST"), self.instance.domain, self.instance.domains)
         self.instance.rate.hit()
         if target.kind == ADMIN:

@@ -101,7 +101,7 @@ class Auth:
         self.username = username
         self.password_hash = password_hash
         self.session_key = session_key
-        self.token_hashes = set(token_hashes or ())
+        self.token_hashes = frozenset(token_hashes or ())  # replaced whole, never edited
         self.limiter = LoginLimiter()
         self._lock = threading.Lock()
         # Signed-out sessions' nonces -> when they expire anyway; loaded at boot.

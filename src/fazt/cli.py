@@ -90,7 +90,7 @@ def cmd_recalibrate(args) -> int:
     machine, config = recalibrate_database(db, args.memory_mb, args.cpus)
     db.close()
     print(f"Re-probed: {machine.ram_mb:.0f} MB RAM, {machine.cpus:g} CPUs. "
-          "A running server picks the new thresholds up within seconds.")
+          "A running server uses the new thresholds from its next request.")
     _print_thresholds({k: config[k] for k in th.keys()})
     return 0
 
@@ -348,7 +348,7 @@ def cmd_site_rollback(args) -> int:
     result = rollback_site(db, args.name, args.version)
     db.close()
     print(f"Site {args.name!r} serves version {result['version']} again (was "
-          f"{result['from']}); a running server switches within seconds.")
+          f"{result['from']}); a running server serves it from its next request.")
     return 0
 
 
@@ -487,7 +487,7 @@ def cmd_config_set(args) -> int:
     with db.read() as conn:
         config = read_config(conn)
     machine = machine_for(config, db.path)
-    config = update_config(db, config, machine, {args.key: args.value}, args.break_glass)
+    config = update_config(db, machine, {args.key: args.value}, args.break_glass)
     db.close()
     print(f"{args.key} = {json.dumps(config[args.key])}"
           + (" (break glass: recorded)" if args.break_glass else ""))
@@ -506,7 +506,7 @@ def cmd_config_reset(args) -> int:
         config = read_config(conn)
     machine = machine_for(config, db.path)
     keys = None if args.all else [args.key]
-    config = reset_config(db, config, machine, keys)
+    config = reset_config(db, machine, keys)
     db.close()
     for key in keys or th.keys():
         print(f"{key} = {json.dumps(config[key])}")
@@ -552,7 +552,7 @@ def cmd_token_revoke(args) -> int:
     db.close()
     if revoked is None:
         raise FaztError(f"There is no active token with id {args.id}; see `fazt token list`.")
-    print(f"Revoked token {args.id}; a running server refuses it within seconds.")
+    print(f"Revoked token {args.id}; a running server refuses it from its next request.")
     return 0
 
 
@@ -635,7 +635,7 @@ def cmd_replica_set(args) -> int:
         target.forget_credentials(conn)
         if args.store_credentials:
             target.store_credentials(conn, os.environ)
-    config = update_config(db, config, machine_for(config, db.path),
+    config = update_config(db, machine_for(config, db.path),
                            {target.URL_KEY: args.url.strip()})
     db.close()
     where = ("stored in the database" if args.store_credentials
@@ -656,7 +656,7 @@ def cmd_replica_off(args) -> int:
     with db.read() as conn:
         config = read_config(conn)
     was = bool(config.get(target.URL_KEY))
-    update_config(db, config, machine_for(config, db.path), {target.URL_KEY: ""})
+    update_config(db, machine_for(config, db.path), {target.URL_KEY: ""})
     with db.write() as conn:
         target.forget_credentials(conn)
     db.close()

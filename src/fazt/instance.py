@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from fazt import __version__, certs, settings
+from fazt import __version__, certs, settings, tokens
 from fazt.auth import Auth, hash_password, new_session_key
 from fazt.constants import DEFAULT_PORT, MB
 from fazt.deploy import ADMIN_SITE, Source, deploy, files_from_directory
@@ -51,15 +51,8 @@ log = logging.getLogger("fazt")
 SAMPLE_SECONDS = 1.0  # how old the status's RSS, database size and replica state may be
 NORMAL = "normal"
 MAINTENANCE = "maintenance"
-# Settings kept in the config table beside the thresholds.
 # The secret holding signed-out sessions (nonce -> expiry), so a restart keeps them out.
 REVOKED_SESSIONS = "revoked_sessions"
-SETTING_KEYS = ("domain", "port", "declared_memory_mb", "declared_cpus", "owner_keys",
-                "admin_assets_sha")
-
-
-def default_db_path() -> str:
-    return os.environ.get("FAZT_DB") or str(Path.home() / ".fazt" / "data.db")
 
 
 def package_dir(*parts: str) -> Path:
@@ -201,40 +194,43 @@ def read_config(conn) -> dict:
     return {**th.defaults(), **settings.defaults(), **load_config(conn)}
 
 
-def update_config(db: Database, config: dict, machine: Machine, values: dict,
+def update_config(db: Database, machine: Machine, values: dict,
                   break_glass: bool = False) -> dict:
     """Check and write owner changes to thresholds and settings; return the new config.
 
     A wrong type or an insane value is refused outright (400); a threshold past its
     safe range for this machine needs break glass (409) and is then recorded.
-    Settings (fazt.settings) have no safe range: they are valid or refused.
+    Settings (fazt.settings) have no safe range: they are valid or refused. The
+    current values are read inside the write transaction, so two saves at once (two
+    threads, or the dashboard and `fazt config set`) never lose each other's keys.
     """
     keys = set(th.keys())
     unknown = sorted(k for k in values if k not in keys and k not in settings.SETTINGS)
     if unknown:
         raise FaztError(f"Unknown setting {unknown[0]!r}; see `fazt config get`.")
-    merged = dict(config)
-    overrides, safe_again, coerced = [], [], {}
-    for key, value in values.items():
-        if key in settings.SETTINGS:
-            coerced[key] = settings.parse(key, value)
-            if key == replica_target.URL_KEY and coerced[key]:
-                from fazt.replica.litestream import binary
-
-                binary()  # refuse now, not when the server next starts Litestream
-            continue
-        verdict = th.check(key, value, {k: merged[k] for k in keys}, machine)
-        if verdict.invalid:
-            raise FaztError(verdict.message)
-        merged[key] = coerced[key] = verdict.value
-        if verdict.needs_break_glass:
-            overrides.append((key, config.get(key), verdict.value, verdict.message))
-        else:
-            safe_again.append(key)
-    if overrides and not break_glass:
-        raise Conflict(" ".join(o[3] for o in overrides), code="break_glass_required")
-    owner_keys = sorted(set(config.get("owner_keys") or []) | (set(coerced) & keys))
     with db.write() as conn:
+        config = read_config(conn)
+        merged = dict(config)
+        overrides, safe_again, coerced = [], [], {}
+        for key, value in values.items():
+            if key in settings.SETTINGS:
+                coerced[key] = settings.parse(key, value)
+                if key == replica_target.URL_KEY and coerced[key]:
+                    from fazt.replica.litestream import binary
+
+                    binary()  # refuse now, not when the server next starts Litestream
+                continue
+            verdict = th.check(key, value, {k: merged[k] for k in keys}, machine)
+            if verdict.invalid:
+                raise FaztError(verdict.message)
+            merged[key] = coerced[key] = verdict.value
+            if verdict.needs_break_glass:
+                overrides.append((key, config.get(key), verdict.value, verdict.message))
+            else:
+                safe_again.append(key)
+        if overrides and not break_glass:
+            raise Conflict(" ".join(o[3] for o in overrides), code="break_glass_required")
+        owner_keys = sorted(set(config.get("owner_keys") or []) | (set(coerced) & keys))
         save_config(conn, {**coerced, "owner_keys": owner_keys})
         for key in safe_again:
             undo_overrides(conn, key)
@@ -251,8 +247,7 @@ def update_config(db: Database, config: dict, machine: Machine, values: dict,
 IDENTITY_SETTINGS = ("domain", "port")  # chosen at init: no recommended value to go back to
 
 
-def reset_config(db: Database, config: dict, machine: Machine, keys: list[str] | None
-                 ) -> dict:
+def reset_config(db: Database, machine: Machine, keys: list[str] | None) -> dict:
     """Back to what the probe computes for this machine (a threshold) or to the schema's
     default (a setting); `None` means every threshold. The keys stop being the owner's
     (a recalibration recomputes them again) and their break-glass overrides end."""
@@ -270,8 +265,9 @@ def reset_config(db: Database, config: dict, machine: Machine, keys: list[str] |
             values[key] = settings.defaults()[key]
         else:
             raise FaztError(f"Unknown setting {key!r}; see `fazt config get`.")
-    owner_keys = sorted(set(config.get("owner_keys") or []) - set(values))
-    with db.write() as conn:
+    with db.write() as conn:  # the owner's keys as they are now, not as they were
+        config = read_config(conn)
+        owner_keys = sorted(set(config.get("owner_keys") or []) - set(values))
         save_config(conn, {**values, "owner_keys": owner_keys})
         for key in values:
             undo_overrides(conn, key)
@@ -285,13 +281,13 @@ def recalibrate_database(db: Database, memory_mb: float | None = None,
         config = load_config(conn)
     machine = machine_for(config, db.path, memory_mb, cpus)
     fresh = th.thresholds_for(machine)
-    kept = set(config.get("owner_keys") or [])
-    values = {k: v for k, v in fresh.items() if k not in kept}
-    if memory_mb:
-        values["declared_memory_mb"] = memory_mb
-    if cpus:
-        values["declared_cpus"] = cpus
-    with db.write() as conn:
+    with db.write() as conn:  # the owner's keys as they are now, not as they were
+        kept = set(load_config(conn).get("owner_keys") or [])
+        values = {k: v for k, v in fresh.items() if k not in kept}
+        if memory_mb:
+            values["declared_memory_mb"] = memory_mb
+        if cpus:
+            values["declared_cpus"] = cpus
         save_config(conn, values)
         config = read_config(conn)
     return machine, config
@@ -329,11 +325,16 @@ class Instance:
         self._process = None  # psutil's view of this process, made once
         self._sampler: threading.Event | None = None  # set while a sampler thread runs
         self._sample: dict = {}
-        self._apply_lock = threading.RLock()
         self._compacting = threading.Lock()  # one background compaction at a time
-        self._config_stamp = None
-        self._sites_stamp = None
-        self._env_stamp = None
+        # One lock for every change to what requests read (config, overrides, machine,
+        # token hashes, domains): each is replaced whole under it, never edited in
+        # place, so a request sees one snapshot or the next, and a change read from the
+        # database can never overwrite a newer one made meanwhile by another thread.
+        self._lock = threading.RLock()
+        self._stamps: dict[str, tuple] = {}
+        self._seen: bytes | None = None  # the WAL header the state was last read at
+        self._collect_wanted = False  # a site changed: collect at the next tick
+        self._config_moved = False  # the config changed: see to Litestream at the next tick
 
     # -- boot --------------------------------------------------------------
 
@@ -347,16 +348,14 @@ class Instance:
         with self.db.read() as conn:
             self.config = read_config(conn)
             secrets = load_secrets(conn)
-            tokens = active_token_hashes(conn)
-            self._config_stamp = _config_stamp(conn)
-            self._sites_stamp = _sites_stamp(conn)
-            self._env_stamp = env_stamp(conn)
+            token_hashes = active_token_hashes(conn)
+            self._stamps = _stamps(conn)
             self.domains = load_domains(conn)
             self.overrides = active_overrides(conn)
         if not {"username", "password_hash", "session_key"} <= secrets.keys():
             raise FaztError(f"{self.db_path} has no owner; it was not made by `fazt server init`.")
         self.auth = Auth(secrets["username"], secrets["password_hash"], secrets["session_key"],
-                         tokens, json.loads(secrets.get(REVOKED_SESSIONS) or "{}"))
+                         token_hashes, json.loads(secrets.get(REVOKED_SESSIONS) or "{}"))
         self.machine = machine_for(self.config, self.db_path)
         self.machine.replica = self.machine.replica or self.read_only
         self.vfs = VFS(self.db, self._mb("vfs_cache_mb"), self._mb("large_file_mb"))
@@ -373,6 +372,7 @@ class Instance:
             self.runtime.logs_ring.persist_to(self.db)
         self.apply()
         self.sites_changed()
+        self._seen = self.db.wal_header()
         return self
 
     def _mb(self, key: str) -> int:
@@ -386,7 +386,7 @@ class Instance:
 
     def apply(self) -> None:
         """Resize everything to the current config without closing a connection."""
-        with self._apply_lock:
+        with self._lock:
             c = self.config
             connections = int(c["user_threads"]) + int(c["cockpit_threads"]) + 2
             cache_mb = float(c["sqlite_cache_mb"])
@@ -405,69 +405,110 @@ class Instance:
                 self.sample()  # the status shows new thresholds and their ledger at once
 
     def set_config(self, values: dict, break_glass: bool = False) -> dict:
-        before = self.config.get(replica_target.URL_KEY)
-        self.config = update_config(self.db, self.config, self.machine, values, break_glass)
-        if self.config.get(replica_target.URL_KEY) != before:
-            self.machine = machine_for(self.config, self.db_path)
+        with self._lock:
+            before = self.config.get(replica_target.URL_KEY)
+            update_config(self.db, self.machine, values, break_glass)
+            self._reload(force=True)
+            config = self.config
+        if config.get(replica_target.URL_KEY) != before:
             self.keep_replicating()
-        with self.db.read() as conn:
-            self.overrides = active_overrides(conn)
-        self.apply()
-        return self.config
+        return config
 
     def reset_config(self, keys: list[str] | None) -> dict:
         """`config reset` / "Reset to recommended": see the function of that name."""
-        self.config = reset_config(self.db, self.config, self.machine, keys)
-        with self.db.read() as conn:
-            self.overrides = active_overrides(conn)
-        self.apply()
-        return self.config
+        with self._lock:
+            reset_config(self.db, self.machine, keys)
+            self._reload(force=True)
+            return self.config
 
     def recalibrate(self) -> None:
         """Re-probe, rewrite the thresholds, soft-restart (the button, the API, SIGHUP)."""
         if self.read_only:
             raise ReadOnly()  # a follower runs with the primary's thresholds
-        self.machine, config = recalibrate_database(self.db)
-        self.config = config
-        self.apply()
+        with self._lock:
+            self.machine, _ = recalibrate_database(self.db)
+            self._reload(force=True)
+            self.apply()
 
-    def reload_if_changed(self) -> bool:
-        """Pick up what another process wrote: config (`fazt config set`, `recalibrate`),
-        tokens (`fazt token create`) and sites (`fazt deploy`, `fazt site remove`)."""
-        try:
-            with self.db.read() as conn:
-                sites = _sites_stamp(conn)
-                env = env_stamp(conn)
-                if env != self._env_stamp:  # a secret set by `fazt site env`
-                    self._env_stamp = env
-                    self.runtime.env.forget()
-                changed = sites != self._sites_stamp  # a deploy by another process
-                if changed:
-                    self._sites_stamp = sites
-                    self.domains = load_domains(conn)
-                    self.sites_changed()
-                    if self.runtime is not None:
-                        self.runtime.logs_ring.keep_only(
-                            {site["name"] for site in list_sites(conn)})
-                stamp = _config_stamp(conn)
-                if stamp != self._config_stamp:
-                    config = read_config(conn)
-                    self.overrides = active_overrides(conn)
-                    self.auth.token_hashes = active_token_hashes(conn)
-        except FaztError:
-            return False  # the database is busy: try again at the next tick
-        if changed or self.vfs.leases.due():
-            self.collect()
-        if stamp == self._config_stamp:
-            return False
-        self._config_stamp = stamp
-        if any(config.get(k) != self.config.get(k)
-               for k in ("declared_memory_mb", "declared_cpus", replica_target.URL_KEY)):
+    def refresh(self, always: bool = False) -> None:
+        """Before each request: what any writer committed (this process, or another such
+        as `fazt deploy --db`) is what this request is served from.
+
+        The WAL header changes with every commit and costs well under a microsecond
+        to read; only when it moved (or `always`) are the stamps read, and only what
+        they say changed is reloaded. Best effort: a busy database leaves the state
+        as it is, and the next request tries again."""
+        header = self.db.wal_header()
+        if not always and header and header == self._seen:
+            return
+        with self._lock:
+            if not always and header and header == self._seen:
+                return  # another thread reloaded while this one waited
+            with contextlib.suppress(FaztError):
+                self._reload()
+                self._seen = header  # read before the reload: nothing newer is missed
+
+    def is_current(self) -> bool:
+        """Whether nothing was committed since the state was last read: for the event
+        loop's fast path, which must not wait on the database (it declines instead)."""
+        header = self.db.wal_header()
+        return bool(header) and header == self._seen
+
+    def reload_if_changed(self) -> None:
+        """Reload what changed in the database, whatever the WAL header says."""
+        self.refresh(always=True)
+
+    def _reload(self, force: bool = False) -> None:
+        """Under the lock: read the stamps, and reload exactly what changed. Tokens are
+        not config and the sites are neither: a token made never resizes the caches."""
+        with self.db.read() as conn:
+            stamps = _stamps(conn)
+            changed = {k for k, v in stamps.items() if v != self._stamps.get(k)}
+            if force:
+                changed.add("config")
+            if "sites" in changed:
+                self.domains = load_domains(conn)
+                served = {site["name"] for site in list_sites(conn)}
+            if "tokens" in changed:
+                self.auth.token_hashes = frozenset(active_token_hashes(conn))
+            if "config" in changed:
+                config = read_config(conn)
+                self.overrides = active_overrides(conn)
+        self._stamps = stamps
+        if "env" in changed and self.runtime is not None:
+            self.runtime.env.forget()  # a secret set by `fazt site env`
+        if "sites" in changed:
+            self.sites_changed()
+            self._collect_wanted = True
+            if self.runtime is not None:
+                self.runtime.logs_ring.keep_only(served)
+        if "config" in changed:
+            self._config_changed(config)
+
+    def _config_changed(self, config: dict) -> None:
+        """A new config snapshot; the soft restart only when a threshold or the machine
+        changed (a setting such as keep_versions resizes nothing)."""
+        old, self.config = self.config, config
+        self._config_moved = True
+        probed = ("declared_memory_mb", "declared_cpus", replica_target.URL_KEY)
+        if any(config.get(k) != old.get(k) for k in probed):
             self.machine = machine_for(config, self.db_path)
             self.machine.replica = self.machine.replica or self.read_only
-        self.config = config
-        self.apply()
-        return True
+        if any(config.get(k) != old.get(k) for k in (*th.keys(), *probed)):
+            self.apply()
+
+    def tick(self) -> None:
+        """Every few seconds, off the request path: keep an idle server's state current
+        (stamps read whatever the WAL header says: a follower's file may be rewritten
+        under SQLite), collect what a deploy or a removal left unused, and start, stop
+        or re-point Litestream when the config moved."""
+        self.refresh(always=True)
+        if self._collect_wanted or self.vfs.leases.due():
+            self._collect_wanted = False
+            self.collect()
+        if self._config_moved:
+            self._config_moved = False
+            self.keep_replicating()
 
     # -- owner operations -----------------------------------------------------
 
@@ -503,7 +544,7 @@ class Instance:
         return result
 
     def _domains_changed(self) -> None:
-        with self.db.read() as conn:
+        with self._lock, self.db.read() as conn:
             self.domains = load_domains(conn)
         if self.autocert is not None:
             self.autocert.poke()
@@ -591,8 +632,21 @@ class Instance:
 
     def check_token(self, token: str | None) -> bool:
         """An API token, checked in RAM only: junk tokens can never make the cockpit wait
-        on the database. Tokens made by the CLI arrive with the config watch."""
+        on the database. Tokens made or revoked by another process arrive with refresh()."""
         return self.auth.check_token(token)
+
+    def create_token(self, name: str) -> str:
+        with self._lock:
+            token = tokens.create_token(self.db, name)
+            self._reload()
+        return token
+
+    def revoke_token(self, token_id: int) -> bool:
+        """Revoke a token: refused from the very next request, on every thread."""
+        with self._lock:
+            revoked = tokens.revoke_token(self.db, token_id) is not None
+            self._reload()
+        return revoked
 
     def status(self) -> dict:
         """What `GET /api/system/status` and `fazt server status` show.
@@ -711,15 +765,14 @@ class Instance:
             self.db.close()
 
 
-def _config_stamp(conn) -> tuple:
-    """Changes whenever config or tokens change, in this process or another."""
-    return (tuple(conn.execute("SELECT COUNT(*), MAX(updated_at) FROM config").fetchone())
-            + tuple(conn.execute("SELECT COUNT(*), MAX(created_at), MAX(revoked_at) FROM tokens"
-                                 ).fetchone()))
-
-
-def _sites_stamp(conn) -> tuple:
-    """Changes whenever a site is deployed or removed, or a custom domain changes,
-    by any process."""
-    return tuple(conn.execute("SELECT COUNT(*), MAX(updated_at), SUM(deploy_id) FROM sites"
-                              ).fetchone()) + domains_stamp(conn)
+def _stamps(conn) -> dict[str, tuple]:
+    """What changes when the config, the tokens or the sites (custom domains included)
+    change, by any process: compared to know what to reload."""
+    return {
+        "config": tuple(conn.execute("SELECT COUNT(*), MAX(updated_at) FROM config").fetchone()),
+        "tokens": tuple(conn.execute("SELECT COUNT(*), MAX(created_at), MAX(revoked_at)"
+                                     " FROM tokens").fetchone()),
+        "sites": tuple(conn.execute("SELECT COUNT(*), MAX(updated_at), SUM(deploy_id) FROM sites"
+                                    ).fetchone()) + domains_stamp(conn),
+        "env": env_stamp(conn),
+    }

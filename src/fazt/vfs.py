@@ -11,9 +11,10 @@
   hot file costs no database call at all. Measured: the one SQLite lookup per
   request, with the lock handoffs around it, made static serving fall from
   ~2,000 to ~250 requests a second in about half the runs of a wrk flood.
-  The server forgets these on every deploy or removal it makes, and within
-  CONFIG_POLL seconds of one made by another process (`fazt deploy --db`); a
-  file that vanished meanwhile is noticed (Stale) and looked up again.
+  The server forgets these on every deploy or removal, its own or another
+  process's (`fazt deploy --db`: noticed before the next request, see
+  Instance.refresh); a file that vanished meanwhile is noticed (Stale) and
+  looked up again.
 - Rules: each recently served site's parsed `_redirects` and `_headers` (an
   empty set for most), forgotten with the found files.
 - Leased: a stream holds its file's content until it ends, so collecting what
@@ -96,12 +97,13 @@ class ByteLRU:
                 self.bytes -= len(evicted)
 
     def resize(self, limit_bytes: int) -> None:
-        """Flush and re-cap (a soft restart): counters start again too."""
+        """Re-cap (a soft restart): the most recently used entries that fit stay, and
+        so do the counters."""
         with self._lock:
-            self._items.clear()
-            self.bytes = 0
-            self.hits = self.misses = 0
             self.limit_bytes = limit_bytes
+            while self.bytes > limit_bytes:
+                _, evicted = self._items.popitem(last=False)
+                self.bytes -= len(evicted)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -189,9 +191,6 @@ class VFS:
         self.pinned_bytes += sum(f.bytes for f in files.values())
         self.pinned_bytes -= sum(f.bytes for f in old.values())
         return sum(f.bytes for f in files.values())
-
-    def is_pinned(self, site: str) -> bool:
-        return site in self._pinned
 
     def find(self, site: str, path: str) -> FileInfo | None:
         pinned = self._pinned.get(site)
@@ -313,7 +312,6 @@ class VFS:
 
     def resize(self, cache_bytes: int, large_file_bytes: int) -> None:
         self.cache.resize(cache_bytes)
-        self.forget_files()
         self.large_file_bytes = large_file_bytes
 
     def stats(self) -> dict:

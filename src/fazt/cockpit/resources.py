@@ -10,7 +10,7 @@ import json
 import falcon
 
 from fazt import settings, tokens
-from fazt.auth import new_session_key, token_hash
+from fazt.auth import new_session_key
 from fazt.cockpit.session import clear_session_cookie, session_cookie, set_session_cookie
 from fazt.deploy import ADMIN_SITE, check_site_name
 from fazt.errors import FaztError, NotFound
@@ -184,8 +184,7 @@ class Tokens:
         name = read_json(req).get("name")
         if not isinstance(name, str):
             raise http_error(400, "bad_request", "A token needs a name.")
-        token = tokens.create_token(self.instance.db, name)
-        self.instance.auth.token_hashes.add(token_hash(token))
+        token = self.instance.create_token(name)
         resp.status = falcon.HTTP_201
         resp.media = {"token": token, "name": name.strip()}
 
@@ -195,10 +194,8 @@ class Token:
         self.instance = instance
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, token_id: int) -> None:
-        digest = tokens.revoke_token(self.instance.db, token_id)
-        if digest is None:
+        if not self.instance.revoke_token(token_id):
             raise NotFound(f"There is no active token with id {token_id}.")
-        self.instance.auth.token_hashes.discard(digest)
         resp.media = {"revoked": token_id}
 
 

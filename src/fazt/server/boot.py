@@ -29,7 +29,7 @@ from fazt.store.claim import claim_for_server
 from fazt.vfs import StreamLoop
 
 LOOP_YIELD = 0.0002  # seconds the event loop pauses per turn while the lanes are busy
-CONFIG_POLL = 2.0  # seconds between looks for config written by another process
+TICK = 2.0  # seconds between housekeeping turns (collection, Litestream, an idle server)
 DRAIN_SECONDS = 3.0  # at SIGTERM, answers in flight get this long to finish
 BACKLOG = 4096  # the kernel queues this many connections the loop has not accepted yet
 log = logging.getLogger("fazt")
@@ -156,7 +156,7 @@ def run(db_path: str, host: str, port: int | None, https_port: int | None = None
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGHUP, hup)
-    threading.Thread(target=_watch_config, args=(instance,), daemon=True).start()
+    threading.Thread(target=_tick, args=(instance,), daemon=True).start()
     instance.start_sampler()  # status reads take a snapshot: no I/O on the cockpit lane
     d = instance.domain
     role = f"as a read-only follower of {follow}, " if follow else ""
@@ -237,11 +237,12 @@ def _follower(db_path: str, url: str) -> Instance:
     return instance
 
 
-def _watch_config(instance: Instance) -> None:
+def _tick(instance: Instance) -> None:
+    # Not for freshness: every request brings the state up to date itself (Router,
+    # and the fast path declines while it is not current).
     while True:
-        time.sleep(CONFIG_POLL)
-        if _safely(instance.reload_if_changed):
-            _safely(instance.keep_replicating)
+        time.sleep(TICK)
+        _safely(instance.tick)
 
 
 def _safely(action):

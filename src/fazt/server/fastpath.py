@@ -19,6 +19,7 @@ file, maintenance mode, a non-ASCII path.
 
 import time
 
+from fazt import proxies
 from fazt.deploy import hidden_part
 from fazt.hosts import SITE, classify
 from fazt.instance import NORMAL, Instance
@@ -75,8 +76,13 @@ class FastPath:
         if "RANGE" in headers or "IF_RANGE" in headers:
             return None
         instance = self.instance
+        if not instance.is_current():
+            return None  # another writer committed: a thread brings the state up to date
         if instance.mode != NORMAL:
             return None
+        trusted = instance.config["trusted_proxies"]
+        if trusted and proxies.is_trusted(conn.ip, proxies.networks(tuple(trusted))):
+            return None  # the thread path names the client behind the proxy
         host = headers.get("HOST")
         known = self.hosts.get(host)
         if known is None or known[1] is not instance.domains or known[2] != instance.domain:

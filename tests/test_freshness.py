@@ -1,0 +1,174 @@
+"""One source of truth: what any writer commits is served from the next request; a
+token change touches only the tokens; revocations and saves hold under concurrency."""
+
+import subprocess
+import sys
+import threading
+
+import pytest
+from conftest import PASSWORD, USERNAME, Server, fazt, fazt_env
+
+from fazt.vfs import ByteLRU
+
+ADMIN = {"Host": "admin.localhost"}
+CSRF = {"X-Fazt-Request": "1"}
+
+
+def test_deploy_from_another_process_is_served_by_the_next_request(db_path, tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    with Server.running(db_path) as srv:
+        for n in range(5):
+            (site / "index.html").write_text(f"version {n}")
+            fazt("deploy", str(site), "--site", "fresh", "--db", str(db_path))
+            assert srv.get("/", host="fresh.localhost").text == f"version {n}"
+        fazt("site", "remove", "fresh", "--db", str(db_path))
+        assert srv.get("/", host="fresh.localhost").status_code == 404
+
+
+def test_config_and_tokens_from_another_process_apply_at_the_next_request(db_path):
+    with Server.running(db_path) as srv:
+        token = fazt("token", "create", "--name", "ci", "--db", str(db_path)).stdout.strip()
+        auth = {"Authorization": f"Bearer {token}"}
+        assert srv.request("GET", "/api/sites", headers=auth).status_code == 200
+        fazt("token", "revoke", "1", "--db", str(db_path))
+        assert srv.request("GET", "/api/sites", headers=auth).status_code == 401
+        fazt("config", "set", "keep_versions", "7", "--db", str(db_path))
+        fazt("config", "set", "vfs_cache_mb", "16", "--db", str(db_path))
+        srv.request("GET", "/_fazt/health")  # any request brings the new state in
+        assert srv.request("GET", "/api/sites", headers=auth).status_code == 401
+
+
+def test_a_token_created_elsewhere_keeps_the_file_cache(db_path, instance, client, tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("cached")
+    fazt("deploy", str(site), "--site", "hot", "--db", str(db_path))
+    for _ in range(3):
+        assert client.simulate_get("/", host="hot.localhost").text == "cached"
+    before = instance.vfs.stats()
+    assert before["entries"] >= 1 and before["hits"] >= 2
+    fazt("token", "create", "--name", "ci", "--db", str(db_path))
+    assert client.simulate_get("/", host="hot.localhost").text == "cached"
+    after = instance.vfs.stats()
+    assert after["entries"] == before["entries"]
+    assert after["hits"] == before["hits"] + 1 and after["misses"] == before["misses"]
+    assert len(instance.auth.token_hashes) == 1  # and the token did arrive
+
+
+def test_a_smaller_cache_keeps_its_most_recently_used_entries():
+    lru = ByteLRU(100)
+    for key in "abcd":
+        lru.put(key, b"x" * 20)
+    lru.get("a")  # a is now the most recent
+    hits = lru.hits
+    lru.resize(45)
+    assert lru.get("a") is not None and lru.get("d") is not None
+    assert lru.get("b") is None and lru.get("c") is None
+    assert lru.bytes == 40 and lru.hits == hits + 2
+    lru.resize(200)
+    assert lru.get("a") is not None  # growing evicts nothing
+
+
+def test_revocation_holds_on_every_thread_while_others_reload_and_save(instance, client):
+    """The old race: a watcher thread re-read the tokens just before a revocation and
+    stored its older set just after it, bringing the revoked token back."""
+    names = [f"t{i}" for i in range(40)]
+    made = {name: instance.create_token(name) for name in names}
+    ids = {name: i + 1 for i, name in enumerate(names)}
+    stop = threading.Event()
+    problems: list[str] = []
+
+    def reloader():
+        while not stop.is_set():
+            instance.reload_if_changed()
+
+    def saver(key: str, values: tuple):
+        i = 0
+        while not stop.is_set():
+            instance.set_config({key: values[i % 2]})
+            i += 1
+
+    low = instance.config["js_timeout_ms"]
+    workers = [threading.Thread(target=reloader) for _ in range(3)]
+    workers += [threading.Thread(target=saver, args=("js_timeout_ms", (low, low + 1))),
+                threading.Thread(target=saver, args=("keep_versions", (5, 6)))]
+    for w in workers:
+        w.start()
+    try:
+        for name in names:
+            assert instance.check_token(made[name])
+            assert instance.revoke_token(ids[name])
+            seen = []
+
+            def check(token=made[name], seen=seen):
+                seen.append(client.simulate_get("/api/sites", headers={
+                    **ADMIN, "Authorization": f"Bearer {token}"}).status_code)
+
+            checkers = [threading.Thread(target=check) for _ in range(4)]
+            for c in checkers:
+                c.start()
+            for c in checkers:
+                c.join()
+            if seen != [401] * 4:
+                problems.append(f"{name}: {seen}")
+        assert not any(instance.check_token(t) for t in made.values())
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
+    assert not problems, problems
+    assert {"js_timeout_ms"} <= set(instance.config["owner_keys"])
+
+
+SAVER = """
+import sys
+from fazt.instance import machine_for, read_config, update_config
+from fazt.store import open_database
+db = open_database(sys.argv[1])
+with db.read() as conn:
+    config = read_config(conn)
+machine = machine_for(config, db.path)
+for _ in range(int(sys.argv[3])):
+    update_config(db, machine, {sys.argv[2]: config[sys.argv[2]]})
+"""
+
+
+@pytest.mark.parametrize("rounds", [15])
+def test_concurrent_saves_from_threads_and_processes_keep_every_key(db_path, instance, rounds):
+    process_keys = ["vfs_cache_mb", "max_upload_mb"]
+    thread_keys = ["js_timeout_ms", "user_threads", "cockpit_threads", "large_file_mb"]
+    procs = [subprocess.Popen([sys.executable, "-c", SAVER, str(db_path), key, str(rounds)],
+                              env=fazt_env()) for key in process_keys]
+    barrier = threading.Barrier(len(thread_keys))
+
+    def save(key: str):
+        barrier.wait()
+        for _ in range(rounds):
+            instance.set_config({key: instance.config[key]})
+
+    threads = [threading.Thread(target=save, args=(key,)) for key in thread_keys]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for p in procs:
+        assert p.wait(timeout=120) == 0
+    instance.reload_if_changed()
+    assert set(process_keys + thread_keys) <= set(instance.config["owner_keys"])
+    status = fazt("server", "status", "--json", "--db", str(db_path)).stdout
+    assert all(key in status for key in process_keys + thread_keys)
+
+
+def test_the_api_token_calls_update_every_thread_at_once(instance, client):
+    session = client.simulate_post("/api/login", headers={**ADMIN, **CSRF}, json={
+        "username": USERNAME, "password": PASSWORD})
+    cookie = {"Cookie": f"fazt_session={session.cookies['fazt_session'].value}", **CSRF}
+    made = client.simulate_post("/api/tokens", headers={**ADMIN, **cookie}, json={"name": "x"})
+    token = made.json["token"]
+    assert instance.check_token(token)
+    listed = client.simulate_get("/api/tokens", headers={**ADMIN, **cookie}).json["tokens"]
+    gone = client.simulate_delete(f"/api/tokens/{listed[0]['id']}", headers={**ADMIN, **cookie})
+    assert gone.status_code == 200
+    assert not instance.check_token(token)
+    assert isinstance(instance.auth.token_hashes, frozenset)

@@ -166,8 +166,7 @@ def deploy_dir(instance, name: str, root: Path) -> dict:
 
 
 def eventually(check, timeout: float = 6.0, every: float = 0.1):
-    """`check()` once it is truthy (a running server sees another process's deploy
-    within its config watch, two seconds); its last value when time runs out."""
+    """`check()` once it is truthy; its last value when time runs out."""
     deadline = time.time() + timeout
     while True:
         value = check()

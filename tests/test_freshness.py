@@ -172,3 +172,25 @@ def test_the_api_token_calls_update_every_thread_at_once(instance, client):
     assert gone.status_code == 200
     assert not instance.check_token(token)
     assert isinstance(instance.auth.token_hashes, frozenset)
+
+
+def test_the_wal_header_moves_with_another_process_and_leaves_sqlite_its_locks(db_path):
+    """Closing a descriptor of the -shm file would drop SQLite's locks on it, and the
+    next process would reset the file under this one's feet (a bus error)."""
+    from fazt.store import open_database
+
+    db = open_database(str(db_path))
+    try:
+        first = db.wal_header()
+        assert len(first) == 48
+        for n in range(3):
+            fazt("config", "set", "keep_versions", str(5 + n), "--db", str(db_path))
+            now = db.wal_header()
+            assert now != first
+            first = now
+            with db.read() as conn:
+                assert conn.execute("SELECT value FROM config WHERE key = 'keep_versions'"
+                                    ).fetchone()[0] == str(5 + n)
+        assert db.wal_header() == first  # reading changes nothing
+    finally:
+        db.close()

@@ -26,6 +26,13 @@ from fazt.errors import FaztError, ReadOnly, Unavailable
 from fazt.store.schema import MIGRATIONS, migrate
 
 WAL_HEADER = 48  # bytes of the WAL-index header's first copy
+# Our read-only maps of `-shm` files: path -> (inode, fd, map). Never closed while the
+# file lives: closing any descriptor of a file drops every POSIX lock this process
+# holds on it, SQLite's own included, and another process would then reset the
+# file under SQLite's feet (a bus error, seen here). A map of a file that was
+# deleted and made again is replaced; closing that one is safe (another inode).
+_SHM_MAPS: dict[str, tuple[int, int, mmap.mmap]] = {}
+_SHM_LOCK = threading.Lock()
 PAGE_SIZE = 8192  # 4096-byte pages cap a database near 17.6 TB; the target is 20 TB.
 WAL_LIMIT_BYTES = 16 * MB  # journal_size_limit: what an emptied WAL is cut back to
 
@@ -183,11 +190,7 @@ class Database:
                     if self._keeper is None:
                         self._keeper = self._connect(self.limits.busy_ms, cache_mb=0)
                         self._keeper.execute("SELECT count(*) FROM sqlite_master").fetchone()
-                    fd = os.open(self.path + "-shm", os.O_RDONLY)
-                    try:
-                        self._shm = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
-                    finally:
-                        os.close(fd)
+                    self._shm = _shm_map(os.path.abspath(self.path) + "-shm")
                 except (OSError, ValueError, sqlite3.Error):
                     return None  # the caller looks at the stamps instead
             return self._shm
@@ -199,9 +202,7 @@ class Database:
                 self._writer.close()
                 self._writer = None
         with self._watch_lock:
-            if self._shm is not None:
-                self._shm.close()
-                self._shm = None
+            self._shm = None  # the map itself stays: see _SHM_MAPS
             if self._keeper is not None:
                 self._keeper.close()
                 self._keeper = None
@@ -240,6 +241,22 @@ class Database:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+
+
+def _shm_map(path: str) -> mmap.mmap:
+    """This process's one read-only map of the `-shm` file at `path`."""
+    with _SHM_LOCK:
+        inode = os.stat(path).st_ino
+        known = _SHM_MAPS.get(path)
+        if known is not None and known[0] == inode:
+            return known[2]
+        fd = os.open(path, os.O_RDONLY)  # kept open: see _SHM_MAPS
+        inode = os.fstat(fd).st_ino
+        _SHM_MAPS[path] = (inode, fd, mmap.mmap(fd, 0, prot=mmap.PROT_READ))
+        if known is not None and known[0] != inode:
+            known[2].close()
+            os.close(known[1])
+        return _SHM_MAPS[path][2]
 
 
 @contextlib.contextmanager

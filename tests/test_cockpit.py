@@ -76,9 +76,13 @@ def test_login_sets_a_strict_host_only_cookie(client):
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
     assert "Domain" not in cookie  # host-only: NAME.D never receives it
     assert "Secure" not in cookie  # plain HTTP here; over HTTPS it is Secure
-    https = call(client, "POST", "/api/login", {**CSRF, "X-Forwarded-Proto": "https"},
+    https = call(client, "POST", "/api/login", CSRF, protocol="https",
                  json={"username": USERNAME, "password": PASSWORD})
     assert "Secure" in https.headers["set-cookie"]
+    # a forwarding header from a peer not in trusted_proxies is not believed
+    forged = call(client, "POST", "/api/login", {**CSRF, "X-Forwarded-Proto": "https"},
+                  json={"username": USERNAME, "password": PASSWORD})
+    assert "Secure" not in forged.headers["set-cookie"]
     session = call(client, "GET", "/api/session", sign_in(client))
     assert session.status_code == 200 and session.json == {"username": USERNAME}
 

@@ -8,7 +8,7 @@ import time
 
 import falcon
 
-from fazt import http_errors, requestlog
+from fazt import http_errors, proxies, requestlog
 from fazt.cockpit.app import cockpit_app
 from fazt.hosts import ADMIN, SITE, classify
 from fazt.instance import Instance
@@ -50,6 +50,7 @@ class Router:
 
     def __call__(self, environ: dict, start_response):
         self.instance.refresh()  # what any writer committed is served from this request on
+        proxies.believe(environ, proxies.networks(tuple(self.instance.config["trusted_proxies"])))
         target = classify(environ.get("HTTP_HOST"), self.instance.domain, self.instance.domains)
         self.instance.rate.hit()
         if target.kind == ADMIN:

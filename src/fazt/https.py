@@ -18,7 +18,8 @@ HEALTH = "/_fazt/health"
 
 
 def came_over_https(req: falcon.Request) -> bool:
-    """TLS on this connection, or a proxy in front that says it terminated TLS."""
+    """TLS on this connection, or a trusted proxy in front that says it terminated TLS
+    (fazt.proxies: the forwarding headers of anyone else are dropped before this)."""
     return req.forwarded_scheme == "https"
 
 

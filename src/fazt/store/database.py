@@ -201,12 +201,15 @@ class Database:
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
+        self._forget_shm()
+        self.release_reader()
+
+    def _forget_shm(self) -> None:
         with self._watch_lock:
             self._shm = None  # the map itself stays: see _SHM_MAPS
             if self._keeper is not None:
                 self._keeper.close()
                 self._keeper = None
-        self.release_reader()
 
     # -- whole-file operations -------------------------------------------
 

@@ -20,7 +20,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from fazt.errors import FaztError, TooLarge
+from fazt.errors import FaztError
 from fazt.store.sites import NewFile
 
 REDIRECTS = "_redirects"
@@ -230,7 +230,7 @@ def check_rules(files: list[NewFile]) -> list[NewFile]:
     out = []
     for f in files:
         if f.path in RULE_FILES:
-            data = _read(f)
+            data = f.read(MAX_FILE_BYTES)
             try:
                 text = data.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -244,12 +244,3 @@ def check_rules(files: list[NewFile]) -> list[NewFile]:
         out.append(f)
     return out
 
-
-def _read(f: NewFile) -> bytes:
-    parts, size = [], 0
-    for piece in f.pieces:
-        size += len(piece)
-        if size > MAX_FILE_BYTES:
-            raise TooLarge(f"{f.path} is over the limit of {MAX_FILE_BYTES // 1024} KiB.")
-        parts.append(piece)
-    return b"".join(parts)

@@ -5,7 +5,7 @@ fails the deploy with its line and message and the old version keeps serving.
 """
 
 from fazt.constants import MB, SCRIPT
-from fazt.errors import FaztError, TooLarge
+from fazt.errors import FaztError
 from fazt.runtime.engine import syntax_error
 from fazt.store.sites import NewFile
 
@@ -20,7 +20,7 @@ def compile_check(files: list[NewFile]) -> list[NewFile]:
     out = []
     for f in files:
         if f.path == SCRIPT:
-            data = _read(f)
+            data = f.read(MAX_SCRIPT_BYTES)
             try:
                 source = data.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -35,12 +35,3 @@ def compile_check(files: list[NewFile]) -> list[NewFile]:
         out.append(f)
     return out
 
-
-def _read(f: NewFile) -> bytes:
-    parts, size = [], 0
-    for piece in f.pieces:
-        size += len(piece)
-        if size > MAX_SCRIPT_BYTES:
-            raise TooLarge(f"{SCRIPT} is over the limit of {MAX_SCRIPT_BYTES // 1024} KiB.")
-        parts.append(piece)
-    return b"".join(parts)

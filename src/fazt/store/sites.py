@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from fazt.errors import TooLarge
 from fazt.store.files import mark_variants_decided, put_blob, put_variant
 
 
@@ -53,6 +54,17 @@ class NewFile:
     mime: str
     pieces: Iterable[bytes]
     variants: tuple[tuple[str, Iterable[bytes]], ...] | None = None
+
+    def read(self, limit: int) -> bytes:
+        """The whole content, read in memory: for the few files a deploy checks (a
+        back end, the rules), each of which has a limit; past it, TooLarge."""
+        parts, size = [], 0
+        for piece in self.pieces:
+            size += len(piece)
+            if size > limit:
+                raise TooLarge(f"{self.path} is over the limit of {limit // 1024} KiB.")
+            parts.append(piece)
+        return b"".join(parts)
 
 
 def replace_site(conn: sqlite3.Connection, name: str, files: Iterable[NewFile],

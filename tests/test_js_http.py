@@ -98,7 +98,7 @@ def test_flood_gets_429_for_the_excess_while_static_and_cockpit_answer(tmp_path)
         threads = [threading.Thread(target=hit) for _ in range(6)]
         for t in threads:
             t.start()
-        time.sleep(0.3)
+        assert eventually(lambda: admin.status()["js"]["in_use"] == 2)  # both slots busy
         during = time.time()
         assert srv.get("/", host="slow.localhost").text == "<p>slow</p>"
         assert admin.get("/api/system/status").status_code == 200

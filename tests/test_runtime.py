@@ -336,7 +336,7 @@ def test_runtime_resize_while_a_script_runs(rt):
     running = threading.Thread(
         target=lambda: result.setdefault("a", rt.handle("alpha", "s", SLOW % 500, request())))
     running.start()
-    time.sleep(0.15)
+    assert eventually_true(lambda: rt.stats()["in_use"] == 1)
     with pytest.raises(JsBusy):
         rt.handle("alpha", "s", "function handler() { return {}; }", request())
     rt.resize(slots=2, memory_mb=32, timeout_ms=TIMEOUT_MS)

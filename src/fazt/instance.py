@@ -753,6 +753,8 @@ class Instance:
         if url:
             gomemlimit = th.replica_gomemlimit_mb(self.machine)
             self.replication = Replication(self.db_path, url, credentials, gomemlimit).start()
+        if self._sampler is not None:
+            self.sample()  # the status says at once that Litestream started or stopped
 
     def close(self) -> None:
         if self._sampler is not None:

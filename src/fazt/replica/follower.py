@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 from fazt.errors import FaztError
 from fazt.replica import litestream
+from fazt.replica.primary import rss
 from fazt.replica.supervisor import Child
 
 _SIDE_FILES = ("-txid", "-wal", "-shm", "-journal")
@@ -104,8 +105,6 @@ class Follower:
         self.child.stop()
 
     def status(self) -> dict:
-        from fazt.replica.primary import rss
-
         pid = self.child.pid
         warning = None
         if pid is None:

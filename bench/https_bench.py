@@ -17,6 +17,8 @@ same certificate and key. Rows, alternated round by round:
 """
 
 import argparse
+import http.client
+import json
 import os
 import resource
 import shutil
@@ -184,6 +186,36 @@ def handshakes_per_cpu_second(proc, port: int, seconds: float, clients: int = 2)
     return total / used if used else float("nan")
 
 
+def https_login(port: int) -> float:
+    """One sign-in over a new TLS connection to admin.D (handshake included): seconds."""
+    body = json.dumps({"username": c.USERNAME, "password": c.PASSWORD}).encode()
+    began = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+        with _client_context().wrap_socket(raw, server_hostname=f"admin.{DOMAIN}") as tls:
+            tls.sendall(b"POST /api/login HTTP/1.1\r\nHost: admin." + DOMAIN.encode() +
+                        b"\r\nContent-Type: application/json\r\nX-Fazt-Request: 1\r\n"
+                        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            response = http.client.HTTPResponse(tls)
+            response.begin()
+            response.read()
+    if response.status != 200:
+        raise RuntimeError(f"sign-in over HTTPS answered {response.status}")
+    return time.perf_counter() - began
+
+
+def logins_under_flood(port: int, count: int, seconds: float) -> tuple[list, list]:
+    """Sign-ins idle, then while 2 client processes make full handshakes flat out."""
+    idle = [https_login(port) for _ in range(count)]
+    flood = [_client("handshakes", str(port), str(seconds)) for _ in range(2)]
+    try:
+        time.sleep(0.5)  # the flood is under way
+        loaded = [https_login(port) for _ in range(count)]
+    finally:
+        for proc in flood:
+            proc.communicate(timeout=seconds + 60)
+    return idle, loaded
+
+
 def rss_per_thousand(proc, port: int, count: int, tls: bool) -> float:
     procs = serving(proc)
     before = rss(procs)
@@ -290,6 +322,15 @@ def section_https(tmp: str, plan) -> c.Section:
                          f"{c.median([d[0] for d in clear]):,.0f}",
                          f"{c.median([d[1] for d in clear]):,.0f}",
                          f"{tls_rss / c.MB:.1f}", f"{plain_rss / c.MB:.1f}"])
+        idle_logins, flood_logins = logins_under_flood(ports["tls"], 10 if plan.smoke else 40,
+                                                       plan.seconds * 3)
+        sec.chart["login idle p99"] = c.percentile(idle_logins, 99)
+        sec.chart["login flood p99"] = c.percentile(flood_logins, 99)
+        sec.tables.append(c.table(
+            ["fazt sign-in over HTTPS (new connection)", "p50 ms", "p99 ms"],
+            [["idle", c.ms(c.percentile(idle_logins, 50)), c.ms(c.percentile(idle_logins, 99))],
+             ["during a handshake flood", c.ms(c.percentile(flood_logins, 50)),
+              c.ms(c.percentile(flood_logins, 99))]]))
         sec.tables.append(c.table(
             ["server", "full handshakes per server CPU-second", "large file MB/s, HTTPS",
              "… per server CPU-second", "large file MB/s, HTTP", "… per server CPU-second",
@@ -306,6 +347,9 @@ def section_https(tmp: str, plan) -> c.Section:
                      f"(fazt, or nginx's worker) spent meanwhile. Large file: {large_mb} MiB "
                      f"with curl; idle connections: {idle} held by one client, the server's "
                      "RSS growth scaled to 1,000.")
+    sec.notes.append("Sign-in: POST /api/login to admin.D on a new TLS connection each time "
+                     "(handshake included), idle and then while 2 client processes make full "
+                     "handshakes as fast as they can.")
     return sec
 
 

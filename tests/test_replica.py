@@ -444,3 +444,28 @@ def test_credentials_are_never_printed(db_path):
                         ).fetchone()[0] == 0
     conn.close()
 
+
+
+@needs_s3
+def test_follower_restores_afresh_when_its_litestream_dies(tmp_path, replica_url, site_dir):
+    primary = init_db(tmp_path / "primary" / "data.db")
+    fazt("replica", "set", replica_url, "--db", str(primary), env=s3_env())
+    fazt("deploy", str(site_dir), "--site", "docs", "--db", str(primary))
+    with Server.running(primary, env=s3_env()):
+        started = time.time()
+        assert eventually(lambda: synced_after(primary, started), timeout=30)
+        copy = tmp_path / "follower" / "data.db"
+        copy.parent.mkdir()
+        with Server.running(copy, env=s3_env(), args=("--follow", replica_url)) as follower:
+            owner = Admin(follower)
+            first = owner.status()["replica"]["pid"]
+            os.kill(first, signal.SIGKILL)
+            assert eventually(lambda: owner.status()["replica"]["pid"] not in (None, first),
+                              timeout=30)
+            assert owner.status()["replica"]["restarts"] >= 1
+            # The copy was restored afresh; the server reads the new file, not the old one.
+            (site_dir / "index.html").write_text("<h1>after the crash</h1>")
+            fazt("deploy", str(site_dir), "--site", "docs", "--db", str(primary))
+            assert eventually(lambda: "after the crash" in follower.get(
+                "/", host="docs.localhost").text, timeout=30)
+            assert follower.get("/style.css", host="docs.localhost").status_code == 200

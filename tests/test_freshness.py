@@ -70,9 +70,11 @@ def test_a_smaller_cache_keeps_its_most_recently_used_entries():
     assert lru.get("a") is not None  # growing evicts nothing
 
 
-def test_revocation_holds_on_every_thread_while_others_reload_and_save(instance, client):
+def test_revocation_holds_on_every_thread_while_others_reload_and_save(db_path, instance,
+                                                                       client):
     """The old race: a watcher thread re-read the tokens just before a revocation and
-    stored its older set just after it, bringing the revoked token back."""
+    stored its older set just after it, bringing the revoked token back. Every fourth
+    token is revoked by another process (`fazt token revoke`)."""
     names = [f"t{i}" for i in range(40)]
     made = {name: instance.create_token(name) for name in names}
     ids = {name: i + 1 for i, name in enumerate(names)}
@@ -98,7 +100,10 @@ def test_revocation_holds_on_every_thread_while_others_reload_and_save(instance,
     try:
         for name in names:
             assert instance.check_token(made[name])
-            assert instance.revoke_token(ids[name])
+            if ids[name] % 4 == 0:
+                fazt("token", "revoke", str(ids[name]), "--db", str(db_path))
+            else:
+                assert instance.revoke_token(ids[name])
             seen = []
 
             def check(token=made[name], seen=seen):

@@ -113,10 +113,11 @@ def deflated(data: bytes) -> bytes:
     return packer.compress(data) + packer.flush()
 
 
-@pytest.fixture
-def shop(tmp_path):
-    """A running server whose upload limit is no obstacle, with site `shop` serving v1."""
-    db = init_db(tmp_path / "data.db")
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    """A running server whose upload limit is no obstacle, with site `shop` serving v1;
+    one for the module: every test here is refused and leaves v1 serving."""
+    db = init_db(tmp_path_factory.mktemp("shop") / "data.db")
     fazt("config", "set", "max_upload_mb", "8000", "--break-glass", "--db", str(db))
     with Server.running(db) as server:
         admin = Admin(server)
@@ -270,15 +271,20 @@ function handler(request) {
 """
 
 
-@pytest.fixture
-def shop_api(server, tmp_path):
-    root = tmp_path / "shop"
+@pytest.fixture(scope="module")
+def shop_api(tmp_path_factory):
+    """A running server with the handler above as site `shop`, one for the module:
+    the tests only read its answers."""
+    folder = tmp_path_factory.mktemp("shop_api")
+    db = init_db(folder / "data.db")
+    root = folder / "shop"
     (root / "api").mkdir(parents=True)
     (root / "index.html").write_text("<p>shop</p>")
     (root / "api" / "main.js").write_text(HANDLER)
-    fazt("deploy", str(root), "--site", "shop", "--db", str(server.db))
-    assert eventually(lambda: server.get("/", host="shop.localhost").ok)
-    return server
+    fazt("deploy", str(root), "--site", "shop", "--db", str(db))
+    with Server.running(db) as server:
+        assert server.get("/", host="shop.localhost").ok
+        yield server
 
 
 def answer(server: Server, case: str, **headers) -> requests.Response:

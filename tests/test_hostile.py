@@ -3,6 +3,7 @@ server and the real `fazt` command."""
 
 import io
 import os
+import socket
 import sqlite3
 import struct
 import time
@@ -67,6 +68,17 @@ def test_a_logged_out_session_stays_out_after_a_restart(db_path):
         assert as_owner(server, "GET", "/api/session", kept).status_code == 401
 
 
+def test_a_forged_cookie_or_name_outside_ascii_is_refused_not_a_crash(server):
+    forged = "fazt_session=b3duZXI.1.x.sign\u00e9ture".encode("latin-1")
+    r = server.request("GET", "/api/session", headers={"Cookie": forged, "X-Fazt-Request": "1"})
+    assert r.status_code == 401, r.text
+    # JSON may carry a lone surrogate; it is a wrong username like any other.
+    r = server.request("POST", "/api/login", data='{"username": "\\ud800", "password": "x"}',
+                       headers={"Content-Type": "application/json", "X-Fazt-Request": "1"})
+    assert r.status_code == 401, r.text
+    assert "Traceback" not in server.log()
+
+
 # -- the request log -----------------------------------------------------------
 
 
@@ -81,6 +93,37 @@ def test_a_newline_in_the_path_cannot_forge_a_log_line(server):
     assert lines[0].startswith('127.0.0.1 hello.localhost "GET /x\\x0A127.0.0.1 ')
     assert '\\x22POST /api/login\\x22' in lines[0]
     assert "\\x0D\\x0A" in lines[0]
+
+
+def exchange(server: Server, request: bytes) -> bytes:
+    """Everything the server sends back on one connection until it closes it."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=15) as s:
+        s.sendall(request)
+        answer = b""
+        while piece := s.recv(65536):
+            answer += piece
+    return answer
+
+
+@pytest.mark.parametrize("target", [b"/caf\xc3\xa9", b"http://[::1"])
+def test_a_request_line_the_parser_half_read_is_a_400_and_one_log_line(server, target):
+    answer = exchange(server, b"GET " + target + b" HTTP/1.1\r\nHost: hello.localhost\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert eventually(lambda: "hello.localhost" in server.log())
+    assert "Traceback" not in server.log()
+    lines = [line for line in server.log().splitlines() if "hello.localhost" in line]
+    assert len(lines) == 1 and " 400 " in lines[0], lines
+
+
+def test_content_length_beside_transfer_encoding_is_refused_and_closed(server):
+    # A proxy in front that reads Content-Length would take the rest as a second request.
+    smuggled = (b"POST /x HTTP/1.1\r\nHost: hello.localhost\r\nContent-Length: 4\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+                b"GET /smuggled HTTP/1.1\r\nHost: hello.localhost\r\n\r\n")
+    answer = exchange(server, smuggled)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert answer.count(b"HTTP/1.1 ") == 1, answer
+    assert b"Content-Length and Transfer-Encoding" in answer
 
 
 # -- archives --------------------------------------------------------------------
@@ -186,6 +229,13 @@ def test_zip_names_must_be_canonical(shop, name):
                       (name, deflated(data), zlib.crc32(data), 1)])
     assert refused(shop, upload, 400)
     assert shop.get("/page", host="shop.localhost").status_code == 404
+
+
+def test_zip_names_with_a_c1_control_character_are_refused(shop):
+    # U+0085 (NEL) and U+009B (CSI) are control characters too, outside ASCII.
+    for name in ("a\x85b.txt", "a\x9b31mb.txt"):
+        message = refused(shop, zip_of({"index.html": "v2", name: "x"}), 400)
+        assert "control character" in message
 
 
 def test_zip_path_length_is_a_threshold(shop):

@@ -45,7 +45,7 @@ _EOCD = struct.Struct("<4sHHHHIIH")  # end of central directory record
 _EOCD64_LOCATOR = struct.Struct("<4sIQI")
 _EOCD64 = struct.Struct("<4sQHHIIQQQQ")
 _RECORD = struct.Struct("<4s6H3I5H2I")  # one central directory file header
-_CONTROL = frozenset(chr(c) for c in (*range(0x20), 0x7F))
+_CONTROL = frozenset(chr(c) for c in (*range(0x20), *range(0x7F, 0xA0)))  # C0, DEL, C1
 
 
 @dataclass(frozen=True)

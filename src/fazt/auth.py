@@ -110,7 +110,9 @@ class Auth:
     def check_password(self, username: str, password: str) -> bool:
         # Always run the slow hash, so a wrong username costs as long as a wrong password.
         ok_password = verify_password(password, self.password_hash)
-        ok_user = hmac.compare_digest(username.encode(), self.username.encode())
+        # surrogatepass: JSON may carry a lone surrogate, which is a wrong name, not a crash.
+        ok_user = hmac.compare_digest(username.encode("utf-8", "surrogatepass"),
+                                      self.username.encode())
         return ok_password and ok_user
 
     def issue(self, now: float | None = None) -> str:
@@ -127,7 +129,8 @@ class Auth:
         if not token or token.count(".") != 3:
             return None
         body, _, signature = token.rpartition(".")
-        if not hmac.compare_digest(signature, self._sign(body)):
+        # Bytes: compare_digest refuses str with non-ASCII characters (a forged cookie).
+        if not hmac.compare_digest(signature.encode(), self._sign(body).encode()):
             return None
         user, expires, nonce = body.split(".")
         if nonce in self._revoked:

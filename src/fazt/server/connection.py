@@ -208,7 +208,11 @@ class Connection:
                 self.since = self.began = time.monotonic()
                 self.server.admission.quiet_again(self)  # most recently active
             parser = self.parser
-            consumed = parser.received(self.inbuf)
+            try:
+                consumed = parser.received(self.inbuf)
+            except ValueError:  # Waitress lets urlsplit's errors out ("GET http://[::1 ...")
+                self.server.admission.busy(self)
+                return self.refuse(Refusal(400, "bad_request", "Bad Request: Bad URI."))
             self.inbuf = self.inbuf[consumed:]
             if self.state == HEADERS:
                 if parser.completed or parser.headers_finished:
@@ -240,6 +244,11 @@ class Connection:
                     501: "not_implemented"}.get(error.code, "bad_request")
             return self.refuse(Refusal(error.code, code, f"{error.reason}: {error.body}."))
         headers = parser.headers
+        if parser.chunked and "CONTENT_LENGTH" in headers:
+            # Waitress would follow Transfer-Encoding and keep the connection: a proxy in
+            # front that followed Content-Length would see another request (smuggling).
+            return self.refuse(Refusal(400, "bad_request", "Bad Request: both Content-Length "
+                                       "and Transfer-Encoding."))
         verdict = self.server.admission.admit(
             self, parser.command, parser.path, headers.get("HOST"),
             self.server.lanes.user_queue_depth())

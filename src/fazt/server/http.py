@@ -101,10 +101,13 @@ class HTTPServer:
         if self.log is None:
             return
         parser = conn.parser
+        # A request line Waitress refused after reading its method has no path: its raw
+        # target is logged instead (escaped, as every field).
         has_line = parser is not None and hasattr(parser, "command")
         self.log.write(line(conn.ip, parser.headers.get("HOST") if parser else None,
                             parser.command if has_line else "-",
-                            parser.path if has_line else "-", str(status),
+                            getattr(parser, "path", parser.request_uri) if has_line else "-",
+                            str(status),
                             (time.monotonic() - conn.began) * 1000 if conn.began else 0.0))
 
     def run(self) -> None:

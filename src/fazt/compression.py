@@ -25,6 +25,7 @@ from collections.abc import Iterator
 
 import brotli
 
+from fazt.constants import PIECE
 from fazt.negotiation import compressible
 from fazt.store import Database
 from fazt.store.files import variants_decided
@@ -35,7 +36,6 @@ MIN_SAVING_BYTES = 1024
 BEST_UNTIL = 512 * 1024  # best levels up to here; above it, levels that run at ~20-40 MB/s
 COMPRESS_MAX = 32 * 2**20  # bigger text files (rare on a site) would add seconds: sent as they are
 ON_THE_FLY_MAX = 64 * 1024  # handler answers above this go out as they are
-PIECE = 64 * 1024
 
 
 def worth_it(size: int, compressed_size: int) -> bool:

@@ -58,7 +58,7 @@ from typing import Any
 
 import quickjs
 
-from fazt.constants import MB
+from fazt.constants import MB, SCRIPT
 from fazt.runtime.bridge import Bridge
 from fazt.runtime.memory import release_free_memory
 from fazt.runtime.prelude import PENDING, PRELUDE
@@ -70,7 +70,6 @@ CHECK_SECONDS = 2.0
 _LINE = re.compile(r"at <input>:(\d+)")
 _PRELUDE_FRAME = re.compile(r"\n\s+at __fazt_\w+ \([^)\n]*\)")  # prelude.py names them so
 _FRAME = re.compile(r"^\s+at (\S+) \((?:<input>|api/main\.js):(\d+)", re.M)
-SCRIPT = "api/main.js"
 
 
 @dataclass(frozen=True)

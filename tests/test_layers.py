@@ -5,6 +5,7 @@ import ast
 import importlib
 import inspect
 import pkgutil
+import re
 from pathlib import Path
 
 import fazt
@@ -107,3 +108,11 @@ def test_domain_errors_carry_no_http_status():
     assert not with_status, (f"{with_status} set an HTTP status; subclass a domain error "
                              "in fazt.errors (http_errors maps it to a status) instead")
     assert "status" not in inspect.signature(FaztError).parameters
+
+
+def test_shared_constants_are_defined_once():
+    """MB, the read piece, the default port and the back end's path live in fazt.constants."""
+    again = re.compile(r'^(MB|PIECE|DEFAULT_PORT) = |^\w+ = "api/main\.js"|^\w+ = 4698\b', re.M)
+    found = [f"{path.relative_to(SRC)}: {m.group(0)}" for path in SRC.rglob("*.py")
+             if path.name != "constants.py" for m in again.finditer(path.read_text())]
+    assert not found, "defined again outside fazt/constants.py: " + "; ".join(found)

@@ -6,7 +6,7 @@ import os
 import threading
 
 import pytest
-from conftest import Server, fazt, init_db
+from conftest import Server, eventually, fazt, init_db
 
 from fazt.store.database import create_database
 from fazt.store.files import CHUNK_SIZE, put_blob
@@ -146,3 +146,31 @@ def test_ranges_of_a_large_file_through_a_real_server(tmp_path):
             assert r.content == data[start:end], header
         r = srv.get("/file.bin", host="big.localhost", headers={"Range": f"bytes={size}-"})
         assert r.status_code == 416
+
+
+def test_read_ahead_is_shared_between_streams(stored):
+    db, blob_id, data = stored
+    loop = Loop()
+    loop.stream_loop.ahead_limit = CHUNK_SIZE  # room for one chunk read ahead, in all
+    streams = [ChunkStream(db, blob_id, 0, SIZE, loop.stream_loop) for _ in range(3)]
+    try:
+        outs = [bytearray() for _ in streams]
+        peak = 0
+        while any(len(o) < SIZE for o in outs):
+            moved = False
+            for stream, out in zip(streams, outs, strict=True):
+                piece = stream.read(CHUNK_SIZE)
+                if piece:
+                    out += piece
+                    moved = True
+                peak = max(peak, loop.stream_loop.ahead)
+            if not moved:
+                assert loop.rang.wait(10)
+                loop.rang.clear()
+        assert all(bytes(o) == data for o in outs)
+        assert peak <= CHUNK_SIZE
+    finally:
+        for stream in streams:
+            stream.close()
+    assert eventually(lambda: loop.stream_loop.ahead == 0)  # every reservation given back
+    loop.stream_loop.shutdown()

@@ -259,7 +259,8 @@ function fazt_compute(machine) {
   // The cache takes its share, but never more than what the others left.
   var left = rest - max_concurrent_js * js_memory_mb - js_warm_mb * user_threads -
     sqlite_cache_mb * connections;
-  var vfs_cache_mb = fazt_clamp(Math.floor(Math.min(rest * 0.15, left)), 1, 4096);
+  // The cache also pays for remembering where files live: 5% on top (vfs.py).
+  var vfs_cache_mb = fazt_clamp(Math.floor(Math.min(rest * 0.15, left) / 1.05), 1, 4096);
 
   var disk_mb = m.disk_gb * 1024;
   var max_upload_mb = Math.max(1, Math.floor(Math.min(usable / 4, disk_mb / 20)));
@@ -315,7 +316,7 @@ function fazt_ledger(thresholds, machine) {
   var ledger = {
     baseline: FAZT_BASELINE_MB,
     pinned: FAZT_PINNED_MB,
-    vfs_cache: t.vfs_cache_mb,
+    vfs_cache: fazt_round2(t.vfs_cache_mb * 1.05),  // with the file locations it remembers
     sqlite: fazt_round2(t.sqlite_cache_mb * threads),
     // Running handlers, and the context each site thread keeps warm between requests.
     js: fazt_round2(t.max_concurrent_js * t.js_memory_mb + t.js_warm_mb * t.user_threads),

@@ -1,0 +1,23 @@
+"""Where files live is remembered in proportion to the file cache, so spreading requests
+over many sites keeps hot files on the event loop's fast path."""
+
+from conftest import deploy_dir
+
+from fazt.vfs import FOUND_ENTRIES, found_entries
+
+
+def test_the_found_map_grows_with_the_cache():
+    assert found_entries(0) == found_entries(16 * 2**20) == FOUND_ENTRIES  # small hosts
+    assert found_entries(2 * 2**30) == int(2 * 2**30 * 0.05) // 400  # 268,435 on 2 GB
+
+
+def test_many_sites_stay_remembered(instance, tmp_path):
+    instance.vfs.resize(64 * 2**20, instance.vfs.large_file_bytes)  # room for 8,388
+    root = tmp_path / "site"
+    root.mkdir()
+    for i in range(6000):
+        (root / f"f{i}.txt").write_text(str(i))
+    deploy_dir(instance, "many", root)
+    for i in range(6000):
+        assert instance.vfs.find("many", f"f{i}.txt") is not None
+    assert all(instance.vfs.known("many", f"f{i}.txt") for i in range(6000))

@@ -92,3 +92,23 @@ def test_config_reset_returns_to_what_the_probe_computes(server, db_path):
     assert admin.post("/api/config/reset", json={"all": True}).status_code == 200
     assert admin.post("/api/config/reset", json={}).status_code == 400
     assert admin.post("/api/config/reset", json={"keys": ["domain"]}).status_code == 400
+
+
+def test_help_lists_every_command():
+    """Each group's --help names all its actions (argparse hides one given no help)."""
+    import argparse
+
+    from fazt.cli import parser
+
+    def groups(p: argparse.ArgumentParser, path: tuple[str, ...] = ()):
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                yield path, action
+                for name, child in action.choices.items():
+                    yield from groups(child, (*path, name))
+
+    for path, action in groups(parser()):
+        listed = {choice.dest for choice in action._choices_actions}
+        assert listed == set(action.choices), (path, set(action.choices) - listed)
+    shown = fazt("config", "--help").stdout
+    assert all(name in shown for name in ("get", "set", "reset"))

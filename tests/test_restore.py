@@ -52,7 +52,7 @@ def test_restore_onto_a_fresh_machine(db_path, tmp_path):
         Admin(srv)  # the owner of the backup signs in
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "not_fazt", "missing"])
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "corrupt", "not_fazt", "missing"])
 def test_a_bad_backup_is_refused_and_nothing_changes(db_path, tmp_path, damage):
     backup = tmp_path / "backup.db"
     fazt("backup", str(backup), "--db", str(db_path))
@@ -61,6 +61,10 @@ def test_a_bad_backup_is_refused_and_nothing_changes(db_path, tmp_path, damage):
     elif damage == "truncated":
         data = backup.read_bytes()
         backup.write_bytes(data[: len(data) // 2])
+    elif damage == "corrupt":  # pages overwritten: SQLite lists each, fazt says one
+        with open(backup, "r+b") as f:
+            f.seek(8192)
+            f.write(b"\xff" * 4096)
     elif damage == "not_fazt":
         backup.unlink()
         sqlite3.connect(backup).execute("CREATE TABLE t (x)").connection.commit()

@@ -814,10 +814,11 @@ def parser() -> argparse.ArgumentParser:
 
     config = sub.add_parser("config", help="read or write thresholds and settings")
     ct = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
-    s = ct.add_parser("get", parents=[common, as_json])
+    s = ct.add_parser("get", parents=[common, as_json],
+                      help="every threshold and setting, or one KEY")
     s.add_argument("key", nargs="?")
     s.set_defaults(func=cmd_config_get)
-    s = ct.add_parser("set", parents=[common])
+    s = ct.add_parser("set", parents=[common], help="change a threshold or setting")
     s.add_argument("key")
     s.add_argument("value")
     s.add_argument("--break-glass", action="store_true",
@@ -831,7 +832,7 @@ def parser() -> argparse.ArgumentParser:
 
     token = sub.add_parser("token", help="API tokens for deploys over HTTP")
     tt = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
-    s = tt.add_parser("create", parents=[common])
+    s = tt.add_parser("create", parents=[common], help="a new token (shown once)")
     s.add_argument("--name", required=True)
     s.set_defaults(func=cmd_token_create)
     s = tt.add_parser("list", parents=[common, as_json],

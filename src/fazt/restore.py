@@ -43,9 +43,12 @@ def check_backup(path: str) -> dict:
     except sqlite3.Error as exc:
         raise FaztError(f"{path} cannot be opened: {exc}.") from None
     try:
-        verdict = [r[0] for r in conn.execute("PRAGMA integrity_check")]
+        verdict = [r[0] for r in conn.execute("PRAGMA integrity_check(1)")]
         if verdict != ["ok"]:
-            raise FaztError(f"{path} fails SQLite's integrity check: {verdict[0]}.")
+            # SQLite lists each damaged page; one line, past its "*** in database" title
+            first = [line for line in verdict[0].splitlines() if not line.startswith("***")]
+            raise FaztError(f"{path} fails SQLite's integrity check: "
+                            f"{(first or verdict)[0]}.")
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if not {"schema_migrations", "secrets", "sites"} <= tables:
             raise FaztError(f"{path} is a SQLite file but not a fazt database.")

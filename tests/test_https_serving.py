@@ -221,6 +221,28 @@ def test_an_imported_wildcard_and_a_custom_domain_are_served(tmp_path, site_dir,
         srv.stop()
 
 
+def test_a_warm_file_is_redirected_on_the_plain_port_and_carries_hsts_over_https(
+        tmp_path, site_dir, ca):
+    """The loop's fast path answers files already in RAM: it must keep HTTPS's rules."""
+    db = imported(tmp_path, site_dir, ca)
+    srv = Running(db, free_port())
+    try:
+        conn = srv.connect(f"blog.{DOMAIN}", ca.cert_pem.bytes())
+        for _ in range(5):  # the first answer warms the cache; the next come from the loop
+            r, body = conn.request("GET", "/index.html")
+            assert r.status == 200 and b"hello from fazt" in body
+            assert r.getheader("Strict-Transport-Security") == "max-age=31536000"
+        conn.close()
+        for _ in range(3):
+            r = requests.get(f"http://127.0.0.1:{srv.server.port}/index.html?a=%20b",
+                             headers={"Host": f"blog.{DOMAIN}"}, allow_redirects=False)
+            assert r.status_code == 308
+            assert r.headers["Location"] == \
+                f"https://blog.{DOMAIN}:{srv.https_port}/index.html?a=%20b"
+    finally:
+        srv.stop()
+
+
 def test_the_owner_signs_in_over_https_while_a_crowd_is_handshaking(tmp_path, site_dir, ca):
     db = imported(tmp_path, site_dir, ca)
     srv = Running(db, free_port())

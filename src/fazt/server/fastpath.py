@@ -14,7 +14,9 @@ parse, and the log line from `requestlog.line`. Header names are spelled as
 Waitress spells them (each dash-separated part capitalised). Anything
 unusual goes to a thread: another method, HTTP/1.0, a Range or If-Range, a
 path under /api/, a file or rule not yet in RAM, a forced redirect, a large
-file, maintenance mode, a non-ASCII path.
+file, maintenance mode, a non-ASCII path, and with HTTPS on every request on the
+plain port (the thread redirects it, fazt.https). Answers over HTTPS carry
+Strict-Transport-Security as the thread's do.
 """
 
 import time
@@ -80,6 +82,9 @@ class FastPath:
             return None  # another writer committed: a thread brings the state up to date
         if instance.mode != NORMAL:
             return None
+        tls = conn.listener.scheme == "https"
+        if instance.https_port and not tls:
+            return None  # the plain port redirects to HTTPS once the host has a certificate
         trusted = instance.config["trusted_proxies"]
         if trusted and proxies.is_trusted(conn.ip, proxies.networks(tuple(trusted))):
             return None  # the thread path names the client behind the proxy
@@ -118,6 +123,9 @@ class FastPath:
         else:
             status, answer = "200", prepared.ok
         answer += self._date_line()
+        max_age = instance.config.get("hsts_max_age") if tls else 0
+        if max_age:
+            answer += f"Strict-Transport-Security: max-age={max_age}\r\n".encode("latin-1")
         if headers.get("CONNECTION", "").lower() == "close":
             answer += b"Connection: close\r\n"
         answer += b"\r\n"

@@ -469,3 +469,35 @@ def test_follower_restores_afresh_when_its_litestream_dies(tmp_path, replica_url
             assert eventually(lambda: "after the crash" in follower.get(
                 "/", host="docs.localhost").text, timeout=30)
             assert follower.get("/style.css", host="docs.localhost").status_code == 200
+
+
+@needs_s3
+def test_follower_sees_writes_that_do_not_grow_the_file(tmp_path, replica_url):
+    """SQLite notices another process's change by the file change counter and page
+    count, which a WAL-mode primary's pages do not move: a key-value update or a token
+    made on the primary must still reach a follower's open connections."""
+    primary = init_db(tmp_path / "primary" / "data.db")
+    fazt("replica", "set", replica_url, "--db", str(primary), env=s3_env())
+    app = tmp_path / "app"
+    (app / "api").mkdir(parents=True)
+    (app / "api" / "main.js").write_text(KV_HANDLER)
+    fazt("deploy", str(app), "--site", "app", "--db", str(primary))
+    with Server.running(primary, env=s3_env()) as server:
+        assert server.request("POST", "/api/", host="app.localhost", data="one").ok
+        started = time.time()
+        assert eventually(lambda: synced_after(primary, started), timeout=30)
+        copy = tmp_path / "follower" / "data.db"
+        copy.parent.mkdir()
+        with Server.running(copy, env=s3_env(), args=("--follow", replica_url)) as follower:
+            def note() -> str:
+                return follower.get("/api/", host="app.localhost").json()["note"]
+
+            assert note() == "one"
+            for text in ("two", "three"):
+                assert server.request("POST", "/api/", host="app.localhost", data=text).ok
+                assert eventually(lambda text=text: note() == text, timeout=30), note()
+            token = fazt("token", "create", "--name", "ci", "--db", str(primary)
+                         ).stdout.split()[0]
+            assert eventually(lambda: follower.get(
+                "/api/sites", host="admin.localhost",
+                headers={"Authorization": f"Bearer {token}"}).status_code == 200, timeout=30)

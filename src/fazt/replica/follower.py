@@ -6,11 +6,15 @@ SQLite's own exclusive lock, and marks the file as a rollback-journal database
 so that readers notice each change (SQLite checks the file change counter at
 every read). fazt opens it read-only and writes nothing to it.
 
-Two details measured with Litestream 0.5.17:
+Three details measured with Litestream 0.5.17:
 - The first restore leaves the header in WAL mode, and a WAL-mode reader holds
   a shared lock for as long as it is open, which would stall every update. So
   the follower marks the file as a rollback-journal database itself (the same
   two header bytes Litestream sets on its first update) before anyone opens it.
+- The pages it applies carry the primary's file change counter, which a WAL-mode
+  primary never moves, so an open connection keeps serving its cached pages
+  until the page count happens to change. So the server reopens its
+  connections after each update (at most once a sync interval).
 - Restarted on an existing copy, `restore -f` refuses to resume when no
   snapshot is newer than the copy. So a restarted follower restores afresh, and
   the database reopens its connections on the new file once it is complete.
@@ -56,6 +60,7 @@ class Follower:
         self.url = url
         self.gomemlimit_mb = gomemlimit_mb
         self.on_restored: Callable[[], None] | None = None  # the copy was replaced
+        self.on_applied: Callable[[], None] | None = None  # pages changed in the copy
         self.restored_at: float | None = None
         self.applied_at: float | None = None
         self.txid: str | None = None
@@ -85,6 +90,8 @@ class Follower:
         elif message == "follow: applied updates":
             self.txid = fields.get("to_txid")
             self.applied_at = time.time()
+            if self.on_applied is not None:
+                self.on_applied()
 
     def start(self, timeout: float = 600.0) -> "Follower":
         """Start following; return once the first restore is complete."""

@@ -234,6 +234,7 @@ def _follower(db_path: str, url: str) -> Instance:
         instance.vfs.forget_files()
 
     follower.on_restored = restored
+    follower.on_applied = instance.db.reopen  # the counter SQLite checks did not move
     return instance
 
 

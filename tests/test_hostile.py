@@ -124,6 +124,11 @@ def test_content_length_beside_transfer_encoding_is_refused_and_closed(server):
     assert answer.startswith(b"HTTP/1.1 400 "), answer
     assert answer.count(b"HTTP/1.1 ") == 1, answer
     assert b"Content-Length and Transfer-Encoding" in answer
+    # HTTP/1.0 has no Transfer-Encoding: its framing is faulty, even kept alive.
+    answer = exchange(server, b"POST /x HTTP/1.0\r\nHost: hello.localhost\r\n"
+                              b"Connection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
+                              b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: hello.localhost\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.0 400 ") and answer.count(b" 400 ") == 1, answer
 
 
 # -- archives --------------------------------------------------------------------

@@ -23,12 +23,13 @@ import fazt.server
 CONTRACT = [
     ("waitress.parser.HTTPRequestParser", "params: adj"),
     ("waitress.parser.HTTPRequestParser", "attrs: received, completed, headers_finished, "
-     "empty, error, headers, command, path, version, content_length, chunked, "
+     "empty, error, headers, command, path, request_uri, version, content_length, chunked, "
      "expect_continue, connection_close, body_rcv, close"),
     ("waitress.parser.HTTPRequestParser.received", "params: self, data"),
     ("waitress.receiver.FixedStreamReceiver", "attrs: buf"),
     ("waitress.receiver.ChunkedReceiver", "attrs: buf"),
     ("waitress.utilities.Error", "attrs: code, reason, body"),
+    ("waitress.utilities.BadRequest", "params: body"),
     ("waitress.task.WSGITask", "params: channel, request"),
     ("waitress.task.WSGITask", "attrs: service, close_on_finish, wrote_header, version, "
      "has_body, request, set_close_on_finish"),

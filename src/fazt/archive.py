@@ -214,7 +214,8 @@ def _inflate(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> Iterator[byte
                 yield piece
     except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError,
             NotImplementedError, RuntimeError, ValueError) as exc:
-        raise FaztError(f"The zip member {member.filename!r} is corrupt: {exc}.") from None
+        raise FaztError(f"The zip member {member.filename!r} is corrupt: "
+                        f"{str(exc).rstrip('.')}.") from None
 
 
 def _common_folder(names: list[str]) -> str:

@@ -17,7 +17,11 @@ when Waitress is upgraded):
 
 - `waitress.parser.HTTPRequestParser(adj)`: `received(data) -> consumed`,
   `completed`, `headers_finished`, `empty`, `error` (with `.code`, `.reason`,
-  `.body`), `headers` (upper-case, `_` for `-`), `command`, `path`, `version`,
+  `.body`; fazt sets a `waitress.utilities.BadRequest(body)` there itself for two
+  framings), `headers` (upper-case, `_` for `-`; an HTTP/1.1 `TRANSFER_ENCODING`
+  is taken out, an HTTP/1.0 one stays), `command`, `path` (missing, with
+  `request_uri` set, when the target was refused; `received` may then raise
+  ValueError from `urlsplit`), `version`,
   `content_length`, `chunked`, `expect_continue`, `connection_close`,
   `body_rcv` (its `.buf` is replaced by our Spool, which offers `append`,
   `getfile`, `__len__`, `close`), `close()`.

@@ -32,6 +32,7 @@ import time
 from collections import deque
 
 from waitress.parser import HTTPRequestParser
+from waitress.utilities import BadRequest
 
 from fazt.server import responses
 from fazt.server.admission import BODY_GRACE, BODY_MIN_RATE, Refusal
@@ -238,17 +239,21 @@ class Connection:
             self.state = IDLE
             return
         self.server.admission.busy(self)
+        if parser.error is None and ((parser.chunked and "CONTENT_LENGTH" in parser.headers)
+                                     or "TRANSFER_ENCODING" in parser.headers):
+            # Two framings (RFC 9112 6.1, 6.3): Waitress would follow Transfer-Encoding
+            # (HTTP/1.1; it pops the header) or Content-Length (HTTP/1.0, where the header
+            # stays) and keep the connection, while a proxy in front that followed the
+            # other would see another request in the body: a smuggled one. As a parser
+            # error, the connection closes after the answer.
+            parser.error = BadRequest("both Content-Length and Transfer-Encoding, or "
+                                      "Transfer-Encoding in HTTP/1.0")
         if parser.error is not None:
             error = parser.error
             code = {400: "bad_request", 413: "too_large", 431: "headers_too_large",
                     501: "not_implemented"}.get(error.code, "bad_request")
             return self.refuse(Refusal(error.code, code, f"{error.reason}: {error.body}."))
         headers = parser.headers
-        if parser.chunked and "CONTENT_LENGTH" in headers:
-            # Waitress would follow Transfer-Encoding and keep the connection: a proxy in
-            # front that followed Content-Length would see another request (smuggling).
-            return self.refuse(Refusal(400, "bad_request", "Bad Request: both Content-Length "
-                                       "and Transfer-Encoding."))
         verdict = self.server.admission.admit(
             self, parser.command, parser.path, headers.get("HOST"),
             self.server.lanes.user_queue_depth())

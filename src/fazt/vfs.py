@@ -43,7 +43,8 @@ from fazt.store.sites import Body, FileInfo, find_file, site_exists, site_files
 
 FOUND_ENTRIES = 4096  # at least this many locations are remembered (about 1.6 MB)
 RULES_ENTRIES = 256  # and the parsed rules of at least this many sites (most share EMPTY)
-FOUND_ENTRY_BYTES = 400  # a remembered location: its key, its FileInfo, the map's slot
+FOUND_ENTRY_BYTES = 800  # a remembered location (key, FileInfo, slot) and the fast
+# path's rendered answer for it (server/fastpath.py keeps as many)
 FOUND_SHARE = 0.05  # beyond the minimum, locations take 5% of vfs_cache_mb (capacity.js)
 
 
@@ -244,6 +245,11 @@ class VFS:
         if pinned is not None and info.path in pinned:
             return pinned[info.path].bodies[body.encoding]
         return self.cache.peek(body.sha256)
+
+    @property
+    def found_limit(self) -> int:
+        """How many file locations are remembered (the fast path keeps as many answers)."""
+        return self._found_limit
 
     @property
     def generation(self) -> int:

@@ -112,3 +112,26 @@ def test_the_cache_holds_the_bodies_it_serves_counted_in_bytes(client, instance,
         sizes[accept] = len(r.content)
         assert instance.vfs.cache.bytes == sum(sizes.values())
     assert sizes["br"] < sizes["gzip"] < sizes["identity"] == len(JS)
+
+
+def test_a_tie_in_accept_encoding_goes_to_the_smaller_variant(instance, client):
+    """Above BEST_UNTIL Brotli runs at a faster level and can lose to gzip: a client
+    taking both gets whichever is smaller."""
+    import random
+
+    from fazt.negotiation import pick
+
+    rng = random.Random(1)
+    words = ["alpha", "beta", "gamma", "delta", "eps", "zeta", "eta", "theta"]
+    text = " ".join(rng.choice(words) for _ in range(120_000)).encode()
+    assert len(text) > compression.BEST_UNTIL
+    deploy(instance.db, "words", [NewFile("words.txt", "text/plain; charset=utf-8", [text])])
+    with instance.db.read() as conn:
+        info = find_file(conn, "words", "words.txt")
+    sizes = {v.encoding: v.size for v in info.variants}
+    assert sizes["gzip"] < sizes["br"]
+    assert pick(info, "br, gzip").encoding == "gzip"
+    answer = client.simulate_get("/words.txt", headers={"Host": "words.localhost",
+                                                        "Accept-Encoding": "gzip, br"})
+    assert answer.headers["content-encoding"] == "gzip"
+    assert gzip.decompress(answer.content) == text

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 
 from fazt.store.sites import Body, FileInfo
 
-CODINGS = ("br", "gzip")  # the variants made at deploy, best first: ties go to the smaller
+CODINGS = ("br", "gzip")  # the variants made at deploy, usually smallest first
 IDENTITY = "identity"
 UNNAMED_IDENTITY = 0.0001  # below any q a client can write (three decimals at most)
 
@@ -86,7 +86,8 @@ def accepted(header: str) -> dict[str, float]:
 
 
 def choose(header: str | None, offered: Iterable[str]) -> str:
-    """The coding to send: one of `offered` (a subset of CODINGS) or 'identity'."""
+    """The coding to send: one of `offered` (a subset of CODINGS) or 'identity';
+    among codings the client weighs the same, the first offered."""
     if not header or not header.strip():
         return IDENTITY  # no header, or an empty one: the client wants no coding
     return _choose(header, tuple(offered))
@@ -106,8 +107,8 @@ def _choose(header: str, offered: tuple[str, ...]) -> str:
         return UNNAMED_IDENTITY if coding == IDENTITY else 0.0
 
     best, best_q = IDENTITY, 0.0
-    for coding in (*CODINGS, IDENTITY):
-        if (coding == IDENTITY or coding in offered) and weight(coding) > best_q:
+    for coding in (*offered, IDENTITY):
+        if weight(coding) > best_q:
             best, best_q = coding, weight(coding)
     return best
 

@@ -203,8 +203,10 @@ def _file_info(row: tuple) -> FileInfo:
     variants = ()
     if row[5]:
         parts = (v.split(":") for v in row[5].split(","))
+        # smallest first, so a tie in Accept-Encoding goes to it (`negotiation.choose`):
+        # above BEST_UNTIL, Brotli's faster level can lose to gzip
         variants = tuple(sorted((Body(e, int(i), sha, int(n)) for e, i, sha, n in parts),
-                                key=lambda b: b.encoding))
+                                key=lambda b: (b.size, b.encoding)))
     return FileInfo(*row[:5], variants)
 
 

@@ -186,9 +186,14 @@ def test_site_domains_are_checked_listed_and_served(db_path, site_dir, instance,
                            str(db_path)).stdout) == ["www.blog.org"]
     for args, message in ((("nosuch", "a.org"), "no site named"),
                           (("blog", f"x.{DOMAIN}"), "already one of fazt's own hosts"),
-                          (("blog", "not a host"), "not a host name")):
+                          (("blog", "not a host"), "not a host name"),
+                          (("blog", "192.0.2.7"), "IP address"),
+                          (("blog", "0x7f.1"), "IP address")):
         r = fazt("site", "domain", "add", *args, "--db", str(db_path), check=False)
         assert r.returncode == 1 and message in r.stderr, r.stderr
+    for action in (("list", "nosuch"), ("remove", "nosuch", "www.blog.org")):
+        r = fazt("site", "domain", *action, "--db", str(db_path), check=False)
+        assert r.returncode == 1 and "no site named 'nosuch'" in r.stderr, r.stderr
     instance.reload_if_changed()
     r = client.simulate_get("/", headers={"Host": "www.blog.org"})
     assert r.status_code == 200 and "hello from fazt" in r.text
@@ -198,6 +203,16 @@ def test_site_domains_are_checked_listed_and_served(db_path, site_dir, instance,
     assert r.returncode == 1 and "has no domain" in r.stderr
     instance.reload_if_changed()
     assert client.simulate_get("/", headers={"Host": "www.blog.org"}).status_code == 404
+
+
+def test_a_removed_site_frees_its_domains(db_path, site_dir):
+    fazt("deploy", str(site_dir), "--site", "blog", "--db", str(db_path))
+    fazt("deploy", str(site_dir), "--site", "shop", "--db", str(db_path))
+    fazt("site", "domain", "add", "blog", "WWW.Blog.org.", "--db", str(db_path))
+    fazt("site", "remove", "blog", "--db", str(db_path))
+    fazt("site", "domain", "add", "shop", "www.blog.org", "--db", str(db_path))
+    assert json.loads(fazt("site", "domain", "list", "shop", "--json", "--db",
+                           str(db_path)).stdout) == ["www.blog.org"]
 
 
 def test_a_backup_is_readable_by_its_owner_only(db_path, tmp_path):

@@ -40,6 +40,9 @@ def test_command_line_text_becomes_the_settings_type(key, text, value):
     ("keep_versions", "ten", "whole number"),
     ("https", "maybe", "one of off, on"),
     ("acme_directory", "ftp://x", "not an http(s) URL"),
+    ("acme_directory", "https://", "not an http(s) URL"),
+    ("acme_ca_bundle", "/nonexistent/ca.pem", "cannot read /nonexistent/ca.pem"),
+    ("acme_ca_bundle", __file__, "holds no PEM certificate"),
     ("acme_email", "nobody", "not an email"),
     ("nonsense", "1", "Unknown setting"),
 ])

@@ -26,6 +26,9 @@ def check_host(host: str, *, wildcard: bool = False) -> str:
         labels = labels[1:]
     if len(name) > 253 or len(labels) < 2 or not all(_LABEL.match(x) for x in labels):
         raise FaztError(f"{host!r} is not a host name such as www.example.org.")
+    if labels[-1].isdigit():  # 1.2.3.4, 0x7f.1: no top-level domain is all digits
+        raise FaztError(f"{host!r} looks like an IP address, not a host name such as "
+                        "www.example.org.")
     return name
 
 
@@ -36,8 +39,7 @@ def add_domain(db: Database, site: str, host: str, domain: str) -> str:
     if classify(host, domain).kind != UNKNOWN:
         raise FaztError(f"{host} is already one of fazt's own hosts under {domain}.")
     with db.write() as conn:
-        if conn.execute("SELECT 1 FROM sites WHERE name = ?", (site,)).fetchone() is None:
-            raise NotFound(f"There is no site named {site!r}.")
+        _check_site(conn, site)
         owner = store.load_domains(conn).get(host)
         if owner and owner != site:
             raise FaztError(f"{host} already serves site {owner!r}; remove it there first.")
@@ -45,17 +47,25 @@ def add_domain(db: Database, site: str, host: str, domain: str) -> str:
     return host
 
 
-def remove_domain(db: Database, site: str, host: str) -> None:
+def remove_domain(db: Database, site: str, host: str) -> str:
     host = check_host(host)
     with db.write() as conn:
+        _check_site(conn, site)
         if store.load_domains(conn).get(host) != site:
             raise NotFound(f"Site {site!r} has no domain {host}.")
         store.remove_domain(conn, host)
+    return host
 
 
 def site_domains(db: Database, site: str) -> list[str]:
     with db.read() as conn:
+        _check_site(conn, site)
         return [h for h, s in store.load_domains(conn).items() if s == site]
+
+
+def _check_site(conn, site: str) -> None:
+    if conn.execute("SELECT 1 FROM sites WHERE name = ?", (site,)).fetchone() is None:
+        raise NotFound(f"There is no site named {site!r}.")
 
 
 def import_certificate(db: Database, host: str, chain_pem: bytes, key_pem: bytes) -> dict:

@@ -233,9 +233,9 @@ def cmd_domain_remove(args) -> int:
     from fazt.store import open_database
 
     db = open_database(_db(args))
-    remove_domain(db, args.name, args.host)
+    host = remove_domain(db, args.name, args.host)
     db.close()
-    print(f"Site {args.name!r} is no longer served at {args.host}.")
+    print(f"Site {args.name!r} is no longer served at {host}.")
     return 0
 
 

@@ -533,9 +533,10 @@ class Instance:
         self._domains_changed()
         return host
 
-    def remove_domain(self, site: str, host: str) -> None:
-        certs.remove_domain(self.db, site, host)
+    def remove_domain(self, site: str, host: str) -> str:
+        host = certs.remove_domain(self.db, site, host)
         self._domains_changed()
+        return host
 
     def import_certificate(self, host: str, chain_pem: bytes, key_pem: bytes) -> dict:
         result = certs.import_certificate(self.db, host, chain_pem, key_pem)

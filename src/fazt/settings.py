@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import ssl
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,8 +47,21 @@ def _check_email(value: str) -> str | None:
 
 
 def _check_url(value: str) -> str | None:
-    if not value.startswith(("https://", "http://")):
+    if not value.startswith(("https://", "http://")) or not urllib.parse.urlsplit(value).hostname:
         return f"{value!r} is not an http(s) URL."
+    return None
+
+
+def _check_pem_file(value: str) -> str | None:
+    """Checked when set, so a wrong path is a sentence now, not a failed order later."""
+    if not value:
+        return None
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=value)
+    except ssl.SSLError:  # an OSError too: the file was read
+        return f"{value} holds no PEM certificate."
+    except OSError as exc:
+        return f"cannot read {value}: {exc.strerror or exc}."
     return None
 
 
@@ -96,7 +111,7 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
             f"{LETS_ENCRYPT_STAGING}.", check=_check_url),
     Setting("acme_ca_bundle", "string", "", "ACME CA bundle",
             "A PEM file trusted, besides the system store, for the ACME server's own HTTPS "
-            "(empty: the system store only)."),
+            "(empty: the system store only).", check=_check_pem_file),
     Setting("replica_url", "string", "", "Replica",
             "Where Litestream streams the database continuously (an s3:// URL; empty: off). "
             "Set it with `fazt replica set`, which also takes the credentials.",

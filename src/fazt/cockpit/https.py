@@ -72,5 +72,5 @@ class SiteDomain:
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, name: str,
                   host: str) -> None:
-        self.instance.remove_domain(name, host)
-        resp.media = {"site": name, "host": host, "removed": True}
+        resp.media = {"site": name, "host": self.instance.remove_domain(name, host),
+                      "removed": True}

@@ -166,13 +166,14 @@ def rollback_site(conn: sqlite3.Connection, name: str, version: int | None = Non
 
 
 def remove_site(conn: sqlite3.Connection, name: str) -> bool:
-    """Delete a site, every version of it, its key-value data, secrets and log lines.
+    """Delete a site, every version of it, its key-value data, secrets, log lines and
+    custom domains (a host left behind would stay taken).
     Call inside db.write()."""
     row = conn.execute("SELECT deploy_id FROM sites WHERE name = ?", (name,)).fetchone()
     if row is None:
         return False
     conn.execute("DELETE FROM sites WHERE name = ?", (name,))
-    for table in ("kv", "site_env", "site_logs"):
+    for table in ("kv", "site_env", "site_logs", "domains"):
         conn.execute(f"DELETE FROM {table} WHERE site = ?", (name,))
     for (deploy_id,) in conn.execute("SELECT id FROM deploys WHERE site = ?",
                                      (name,)).fetchall():

@@ -12,6 +12,7 @@ import shutil
 import signal
 import sqlite3
 import subprocess
+import sys
 import sysconfig
 import time
 import uuid
@@ -80,6 +81,34 @@ def test_bad_replica_url_is_one_sentence(db_path):
         assert "Traceback" not in result.stderr and "replica" in result.stderr.lower()
     result = fazt("restore", "--db", str(db_path), check=False)
     assert result.returncode == 1 and "--from URL" in result.stderr
+
+
+@needs_litestream
+def test_a_refused_replica_url_changes_nothing(db_path):
+    """A wrong URL, an empty one, or an endpoint that does not answer: one sentence,
+    quickly, and the replica and its stored credentials stay as they were."""
+    good = "s3://bucket/fazt"
+    fazt("replica", "set", good, "--store-credentials", "--db", str(db_path),
+         env=fazt_env(**CREDENTIALS))
+    closed = f"s3://bucket/fazt?endpoint=http://127.0.0.1:{free_port()}&region=us-east-1"
+    for url, words in [("http://bucket/fazt", "s3://"), ("s3://bucket", "path"),
+                       ("", "replica off"), (closed, "does not answer")]:
+        began = time.monotonic()
+        result = fazt("replica", "set", url, "--store-credentials", "--db", str(db_path),
+                      env=fazt_env(AWS_ACCESS_KEY_ID="other", AWS_SECRET_ACCESS_KEY="other"),
+                      check=False)
+        assert result.returncode == 1 and words in result.stderr, (url, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1 and time.monotonic() - began < 30
+        status = replica_status(db_path)
+        assert status["url"] == good and status["credentials"] == "stored", url
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("SELECT COUNT(*) FROM secrets WHERE value = ?",
+                        (CREDENTIALS["AWS_SECRET_ACCESS_KEY"],)).fetchone()[0] == 1
+    conn.close()
+    restored = db_path.parent / "elsewhere" / "data.db"
+    result = fazt("restore", "--from", closed, "--db", str(restored), env=s3_env(), check=False)
+    assert result.returncode == 1 and "does not answer" in result.stderr
+    assert not restored.exists()
 
 
 def test_missing_litestream_is_a_clear_error(monkeypatch, tmp_path):
@@ -501,3 +530,23 @@ def test_follower_sees_writes_that_do_not_grow_the_file(tmp_path, replica_url):
             assert eventually(lambda: follower.get(
                 "/api/sites", host="admin.localhost",
                 headers={"Authorization": f"Bearer {token}"}).status_code == 200, timeout=30)
+        # A follower's --db in a folder that does not exist yet: made, not a hang.
+        port = free_port()
+        deep = tmp_path / "new" / "folder" / "data.db"
+        proc = subprocess.Popen([sys.executable, "-m", "fazt", "server", "start", "--db",
+                                 str(deep), "--host", "127.0.0.1", "--port", str(port),
+                                 "--follow", replica_url], env=s3_env(),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            assert eventually(lambda: _answers(f"http://127.0.0.1:{port}/_fazt/health"),
+                              timeout=30)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.ConnectionError:
+        return False

@@ -621,9 +621,16 @@ def _when(epoch: float | None) -> str:
 
 def cmd_replica_set(args) -> int:
     from fazt.instance import machine_for, read_config, update_config
-    from fazt.replica import target
+    from fazt.replica import litestream, target
     from fazt.store import open_database
 
+    url = args.url.strip()
+    if not url:
+        raise FaztError("Give the replica URL; `fazt replica off` turns replication off.")
+    problem = target.check_url(url) or target.check_reachable(url)
+    if problem:
+        raise FaztError(f"replica_url: {problem}")
+    litestream.binary()  # all refusals before anything changes
     missing = [n for n in target.SECRET_NAMES if not os.environ.get(n)]
     if args.store_credentials and missing:
         raise FaztError(f"--store-credentials takes them from this environment, and "
@@ -635,8 +642,7 @@ def cmd_replica_set(args) -> int:
         target.forget_credentials(conn)
         if args.store_credentials:
             target.store_credentials(conn, os.environ)
-    config = update_config(db, machine_for(config, db.path),
-                           {target.URL_KEY: args.url.strip()})
+    config = update_config(db, machine_for(config, db.path), {target.URL_KEY: url})
     db.close()
     where = ("stored in the database" if args.store_credentials
              else "taken from the environment of `fazt server start`")

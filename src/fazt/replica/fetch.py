@@ -21,7 +21,7 @@ _FETCH_SIDE_FILES = ("", "-wal", "-shm", "-journal", "-txid")
 
 def restore_from(url: str, db_path: str, gomemlimit_mb: int) -> dict:
     """Fetch the replica at `url` and make it the database at `db_path`."""
-    problem = target.check_url(url.strip())
+    problem = target.check_url(url.strip()) or target.check_reachable(url.strip())
     if problem or not url.strip():
         raise FaztError(f"--from: {problem or 'give the replica URL'}")
     if is_claimed(db_path):  # before a long fetch, not after it

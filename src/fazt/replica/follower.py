@@ -57,6 +57,7 @@ class Follower:
             raise FaztError(f"{db_path} is a database of its own, not a follower's copy; "
                             "give a follower its own --db path.")
         self.db_path = os.path.abspath(db_path)
+        os.makedirs(os.path.dirname(self.db_path), exist_ok=True)  # Litestream's working folder
         self.url = url
         self.gomemlimit_mb = gomemlimit_mb
         self.on_restored: Callable[[], None] | None = None  # the copy was replaced

@@ -8,6 +8,7 @@ owner asks, are stored in the secrets table, which no command or page shows.
 """
 
 import os
+import socket
 import sqlite3
 import urllib.parse
 
@@ -46,6 +47,24 @@ def check_url(url: str) -> str | None:
         endpoint = urllib.parse.urlsplit(query["endpoint"][-1])
         if endpoint.scheme not in ("http", "https") or not endpoint.hostname:
             return "the replica URL's endpoint must be an http:// or https:// address."
+    return None
+
+
+def check_reachable(url: str, timeout: float = 3.0) -> str | None:
+    """What keeps the URL's endpoint from answering, in one sentence; None when it
+    accepts a connection or the URL names none (AWS itself). Litestream would retry an
+    unreachable store for minutes before saying so."""
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+    if "endpoint" not in query:
+        return None
+    endpoint = urllib.parse.urlsplit(query["endpoint"][-1])
+    try:
+        port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+        socket.create_connection((endpoint.hostname, port), timeout=timeout).close()
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        return f"the replica's endpoint {endpoint.scheme}://{endpoint.netloc} does not answer " \
+               f"({reason})."
     return None
 
 

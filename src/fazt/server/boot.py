@@ -216,7 +216,7 @@ def _follower(db_path: str, url: str) -> Instance:
     from fazt.stability import thresholds as th
     from fazt.stability.probe import probe
 
-    problem = target.check_url(url)
+    problem = target.check_url(url) or target.check_reachable(url)
     if problem:
         raise FaztError(f"--follow: {problem}")
     url = target.litestream_url(url)

@@ -219,6 +219,7 @@ def test_fazts_page_when_the_site_has_none(srv):
 def test_redirects(srv, path, status, location):
     got, h, _ = fetch(srv, path)
     assert (got, h.get("location")) == (status, location)
+    assert h.get("cache-control") == "no-store"  # until the next deploy, not a cache's guess
 
 
 def test_rewrites_and_forced_rules(srv):
@@ -299,7 +300,8 @@ def raw_response(srv: Server, path: str, host: str = "shop.localhost", **headers
 @pytest.mark.skipif(shutil.which("httplint") is None, reason="httplint is not installed")
 @pytest.mark.parametrize("path,accept", [
     ("/", "gzip, br"), ("/app.css", "gzip"), ("/app.js", None), ("/assets/app.3f9a1c2e.js", "br"),
-    ("/logo.png", None), ("/api/big", "gzip"), ("/api/hello", None),
+    ("/logo.png", None), ("/api/big", "gzip"), ("/api/hello", None), ("/old", None),
+    ("/nothing-here", "gzip"),
 ])
 def test_an_outside_linter_finds_nothing_to_warn_about(srv, path, accept):
     headers = {"Accept-Encoding": accept} if accept else {}

@@ -39,6 +39,13 @@ _REDIRECT = {301: falcon.HTTPMovedPermanently, 302: falcon.HTTPFound, 303: falco
              307: falcon.HTTPTemporaryRedirect, 308: falcon.HTTPPermanentRedirect}
 
 
+def _redirect(status: int, location: str) -> falcon.HTTPStatus:
+    """A site's redirect holds until its next deploy, not for as long as a cache guesses
+    (a 301 or 308 without Cache-Control may be kept for good): it is not stored at all,
+    a redirect being a few bytes with no validator to revalidate it by."""
+    return _REDIRECT[status](location, headers={"Cache-Control": "no-store"})
+
+
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None | str:
     """One byte range as [start, end), None for "send it all", or "416".
 
@@ -98,7 +105,7 @@ class SiteResource:
         if info is not None:
             return self._send(req, resp, site, info, rules.headers_for(url))
         if path and not req.path.endswith("/") and vfs.find(site, _join(path, "index.html")):
-            raise falcon.HTTPMovedPermanently(req.path + "/")
+            raise _redirect(301, req.path + "/")
         fallback = rules.fallback(url)
         if fallback is not None:
             return self._apply(req, resp, site, rules, url, *fallback)
@@ -113,7 +120,7 @@ class SiteResource:
                              safe=":/?#[]@!$&'()*+,;=%~")
             if req.query_string and "?" not in location:
                 location += "?" + req.query_string
-            raise _REDIRECT[rule.status](location)
+            raise _redirect(rule.status, location)
         target = rule.destination(params).split("?", 1)[0].split("#", 1)[0]
         info = self._find(site, self._relative(target), target)
         if info is None:

@@ -10,12 +10,13 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from fazt.errors import FaztError
 
 RENEW_WHEN_LEFT = 1 / 3  # renew when a third of the lifetime is left (as certbot does)
+RSA_MIN_BITS = 2048  # OpenSSL's default security level will not serve a smaller key
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,9 @@ def check_pair(host: str, chain_pem: bytes, key_pem: bytes, now: float) -> CertI
     if key.public_key().public_bytes(serialization.Encoding.DER, public) != \
             leaf.public_key().public_bytes(serialization.Encoding.DER, public):
         raise FaztError("The key does not match the certificate.")
+    if isinstance(key, rsa.RSAPrivateKey) and key.key_size < RSA_MIN_BITS:
+        raise FaztError(f"The key is RSA of {key.key_size} bits; TLS needs at least "
+                        f"{RSA_MIN_BITS}.")
     if not info.covers(host):
         raise FaztError(f"The certificate is for {', '.join(info.names) or 'no DNS name'}, "
                         f"not {host}.")

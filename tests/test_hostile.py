@@ -131,6 +131,24 @@ def test_content_length_beside_transfer_encoding_is_refused_and_closed(server):
     assert answer.startswith(b"HTTP/1.0 400 ") and answer.count(b" 400 ") == 1, answer
 
 
+def test_a_sites_log_cannot_drive_the_owners_terminal_or_forge_an_entry(server, tmp_path):
+    root = tmp_path / "noisy"
+    (root / "api").mkdir(parents=True)
+    (root / "api" / "main.js").write_text(r"""
+function handler(request) {
+  console.log("x\n2026-01-01 00:00:00 log   forged\r\u001b]52;c;cHduZWQ=\u0007\u009b31m");
+  return { status: 200, body: "ok" };
+}
+""")
+    fazt("deploy", str(root), "--site", "noisy", "--db", str(server.db))
+    assert eventually(lambda: server.get("/api/x", host="noisy.localhost").text == "ok")
+    out = eventually(lambda: fazt("site", "logs", "noisy", "--db", str(server.db)).stdout)
+    assert "\x1b" not in out and "\r" not in out and "\x07" not in out and "\x9b" not in out
+    assert "\\x1B]52" in out and "\\x0D" in out
+    entries = [line for line in out.splitlines() if not line.startswith(" ")]
+    assert len(entries) == 1 and entries[0].endswith(" x"), out
+
+
 # -- archives --------------------------------------------------------------------
 
 

@@ -441,7 +441,7 @@ def cmd_site_logs(args) -> int:
             if args.json:
                 print(json.dumps(line))
             else:
-                print(f"{_when(line['time'])} {line['level']:<5} {line['message']}")
+                print(f"{_when(line['time'])} {line['level']:<5} {_shown(line['message'])}")
             last = line["id"]
         if not args.follow:
             break
@@ -608,6 +608,15 @@ def cmd_restore(args) -> int:
 def _print_json(value) -> int:
     print(json.dumps(value, indent=2))
     return 0
+
+
+def _shown(message: str) -> str:
+    """A site's log message for the owner's terminal: the site's JavaScript wrote it, so
+    control characters (an escape sequence drives the terminal) become \\xHH and its
+    further lines are indented, so that none can pass for an entry of its own."""
+    safe = "".join(f"\\x{ord(c):02X}" if (ord(c) < 0x20 and c not in "\t\n")
+                   or 0x7F <= ord(c) < 0xA0 else c for c in message)
+    return safe.replace("\n", "\n    ")
 
 
 def _when(epoch: float | None) -> str:

@@ -414,6 +414,19 @@ def test_hop_by_hop_headers_from_a_handler_are_dropped(shop_api):
     assert "Upgrade" not in r.headers and "Keep-Alive" not in r.headers
 
 
+def test_a_folder_named_outside_ascii_redirects_to_its_slash_percent_encoded(server, tmp_path):
+    root = tmp_path / "names"
+    for folder in ("café", "\u2713"):
+        (root / folder).mkdir(parents=True)
+        (root / folder / "index.html").write_text(folder)
+    fazt("deploy", str(root), "--site", "names", "--db", str(server.db))
+    for folder, escaped in (("café", "/caf%C3%A9"), ("\u2713", "/%E2%9C%93")):
+        r = server.get(escaped, host="names.localhost", allow_redirects=False)
+        assert r.status_code == 301, r.text  # a check mark cannot go out as Latin-1: was a 500
+        assert r.headers["Location"] == escaped + "/"
+        assert server.get(escaped, host="names.localhost").text == folder
+
+
 # -- disk space ---------------------------------------------------------------------
 
 

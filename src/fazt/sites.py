@@ -105,7 +105,9 @@ class SiteResource:
         if info is not None:
             return self._send(req, resp, site, info, rules.headers_for(url))
         if path and not req.path.endswith("/") and vfs.find(site, _join(path, "index.html")):
-            raise _redirect(301, req.path + "/")
+            # req.path is decoded: a name outside ASCII ("café/", "✓/") goes out as UTF-8
+            # percent-escapes, never as a raw byte or a character HTTP cannot carry.
+            raise _redirect(301, quote(req.path) + "/")
         fallback = rules.fallback(url)
         if fallback is not None:
             return self._apply(req, resp, site, rules, url, *fallback)

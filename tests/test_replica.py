@@ -550,3 +550,12 @@ def _answers(url: str) -> bool:
         return requests.get(url, timeout=2).status_code == 200
     except requests.ConnectionError:
         return False
+
+
+@needs_s3
+def test_follower_of_an_empty_replica_says_why(tmp_path, replica_url):
+    result = fazt("server", "start", "--db", str(tmp_path / "data.db"), "--port",
+                  str(free_port()), "--follow", replica_url, env=s3_env(), check=False)
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert last.endswith("no matching backup files available."), last

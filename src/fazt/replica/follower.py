@@ -29,7 +29,7 @@ from collections.abc import Callable
 from fazt.errors import FaztError
 from fazt.replica import litestream
 from fazt.replica.primary import rss
-from fazt.replica.supervisor import Child
+from fazt.replica.supervisor import Child, describe_exit
 
 _SIDE_FILES = ("-txid", "-wal", "-shm", "-journal")
 _HEADER_JOURNAL_MODE = 18  # two bytes: 1 1 rollback journal, 2 2 WAL
@@ -101,8 +101,8 @@ class Follower:
         while not self._ready.wait(0.1):
             if self.child.exits:
                 self.child.stop()
-                raise FaztError(f"Litestream could not restore {self.url}: "
-                                f"{self.child.last_error or 'it exited'}.")
+                reason = self.child.said or f"it exited ({describe_exit(self.child.exits[-1])})"
+                raise FaztError(f"Litestream could not restore {self.url}: {reason}.")
             if time.monotonic() > deadline:
                 self.child.stop()
                 raise FaztError(f"The first restore from {self.url} took over "

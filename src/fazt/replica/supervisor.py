@@ -60,6 +60,7 @@ class Child:
         self.last_error: str | None = None
         self.last_error_at: float | None = None
         self.exits: list[int] = []  # return codes of children that died, newest last
+        self.said: str | None = None  # the last error the newest child printed itself
         self._proc: subprocess.Popen | None = None
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -94,6 +95,7 @@ class Child:
             try:
                 if self.prepare is not None:
                     self.prepare()
+                self.said = None
                 self._proc = self._spawn()
             except OSError as exc:
                 self._error(f"cannot start {self.argv[0]}: {exc.strerror}")
@@ -126,9 +128,11 @@ class Child:
             log.warning("%s", text)
             if level == "ERROR":
                 self.last_error, self.last_error_at = text, time.time()
+                self.said = text
         elif not fields.get("level") and line.strip():
             log.warning("%s", line)  # not logfmt: a usage message, a Go panic
             self.last_error, self.last_error_at = line.strip(), time.time()
+            self.said = line.strip().removeprefix("Error: ")
         if self.on_line is not None:
             self.on_line(fields)
 

@@ -237,6 +237,7 @@ def test_deploy_over_http_with_a_cli_token(server, db_path, site_dir):
     result = fazt("deploy", str(site_dir), "--site", "remote", "--server", url,
                   "--token", token, check=False)
     assert result.returncode == 0, result.stderr
+    assert "version 1." in result.stdout  # every deploy is a version, remote ones too
     assert server.get("/", host="remote.localhost").text == "<h1>hello from fazt</h1>"
     bad = fazt("deploy", str(site_dir), "--site", "remote", "--server", url, "--token",
                "fazt_wrong", check=False)

@@ -190,7 +190,8 @@ def _deploy_remote(args) -> int:
     from fazt.deploy_client import deploy_remote
 
     result = deploy_remote(args.server, args.site, args.token, args.directory)
-    print(f"Deployed {result['files']} files as site {args.site!r} on {args.server}.")
+    print(f"Deployed {result['files']} files ({result['bytes']} bytes) as site {args.site!r} "
+          f"on {args.server}, version {result['version']}.")
     _print_skipped(result["skipped"])
     return 0
 

@@ -20,6 +20,7 @@ KEYS = [
     "vfs_cache_mb", "large_file_mb", "max_upload_mb", "max_concurrent_js", "js_memory_mb",
     "js_warm_mb", "js_timeout_ms", "sqlite_cache_mb", "user_threads", "cockpit_threads",
     "maintenance_ratio", "connection_limit", "address_connections", "address_requests_per_s",
+    "max_streams",
     "zip_max_unpacked_mb", "zip_max_ratio", "zip_max_entry_ratio", "zip_max_entries",
     "zip_max_path",
 ]  # fmt: skip

@@ -392,6 +392,7 @@ class Instance:
             cache_mb = float(c["sqlite_cache_mb"])
             self.db.set_limits(Limits(cache_mb=cache_mb, heap_mb=cache_mb * connections + 8))
             self.vfs.resize(self._mb("vfs_cache_mb"), self._mb("large_file_mb"))
+            self.vfs.max_streams = int(c["max_streams"])
             self.runtime.resize(slots=int(c["max_concurrent_js"]),
                                 memory_mb=float(c["js_memory_mb"]),
                                 timeout_ms=int(c["js_timeout_ms"]),

@@ -56,6 +56,13 @@ def found_entries(cache_bytes: int) -> int:
     return max(FOUND_ENTRIES, int(cache_bytes * FOUND_SHARE) // FOUND_ENTRY_BYTES)
 
 
+class TooManyStreams(Unavailable):
+    """Every large download this server may hold at once is running (503, Retry-After)."""
+
+    code = "too_many_downloads"
+    retry_after = 5
+
+
 class Stale(Unavailable):
     """A remembered file is gone (another process redeployed the site): look again."""
 
@@ -189,6 +196,9 @@ class VFS:
         self._found_generation = 0
         self._rules: OrderedDict[str, SiteRules] = OrderedDict()
         self.leases = Leases()
+        self.max_streams: int | None = None  # `max_streams`, set by the instance
+        self.streams = 0  # open now
+        self._streams_lock = threading.Lock()
 
     def pin_site(self, site: str) -> int:
         """Load every file of `site` into the pinned map; return its bytes."""
@@ -312,7 +322,26 @@ class VFS:
         return data
 
     def stream(self, body: Body, start: int = 0, end: int | None = None) -> "ChunkStream":
-        """A stream that holds the body's blob until it is closed (see Leases)."""
+        """A stream that holds the body's blob until it is closed (see Leases).
+
+        At most `max_streams` at once: each holds a chunk or two however slowly its client
+        reads, so their count, not the connections', bounds that memory."""
+        with self._streams_lock:
+            if self.max_streams is not None and self.streams >= self.max_streams:
+                raise TooManyStreams(f"{self.streams} large downloads are running, as many "
+                                     "as this server holds at once; try again shortly.")
+            self.streams += 1
+        try:
+            return self._stream(body, start, end)
+        except BaseException:
+            self._stream_ended(body.blob_id)
+            raise
+
+    def _stream_ended(self, blob_id: int) -> None:
+        with self._streams_lock:
+            self.streams -= 1
+
+    def _stream(self, body: Body, start: int, end: int | None) -> "ChunkStream":
         self.leases.take(body.blob_id)
         try:
             with self.db.read() as conn:  # collected between lookup and lease?
@@ -324,8 +353,12 @@ class VFS:
         except BaseException:
             self.leases.give(body.blob_id)
             raise
+        def ended(blob_id: int) -> None:
+            self.leases.give(blob_id)
+            self._stream_ended(blob_id)
+
         return ChunkStream(self.db, body.blob_id, start, body.size if end is None else end,
-                           self.loop, on_close=self.leases.give)
+                           self.loop, on_close=ended)
 
     def resize(self, cache_bytes: int, large_file_bytes: int) -> None:
         self.cache.resize(cache_bytes)

@@ -5,12 +5,14 @@ The rules, in the order a connection meets them:
 1. Accepting. Past `connection_limit` open connections (a TLS connection counts
    as two, its memory being twice an idle plain one's: tls.py), room is made by
    closing the connection that has been quiet longest *between requests*
-   (an idle keep-alive, or one still sending its headers): never one whose
-   request has arrived, and never one that has spoken to the cockpit. When
-   nothing can be closed, up to COCKPIT_RESERVE more are still accepted, but
-   they are only served if they turn out to be for the cockpit; the rest get
-   503 with Retry-After. Past that the newcomer is closed at once (it has sent
-   nothing, so nothing is lost).
+   (an idle keep-alive, or one still sending its headers) for MIN_QUIET
+   seconds at least: never one whose request has arrived, and never one that
+   has spoken to the cockpit. When nothing can be closed, up to
+   COCKPIT_RESERVE more are still accepted; when their request arrives, the
+   quietest connection is closed for it however recent, and with none to
+   close only the cockpit is served, the rest get 503 with Retry-After. Past
+   that, new connections wait in the kernel's backlog (BACKLOG in boot.py)
+   until one closes or turns quiet: none is reset to make room.
 2. Each address's share. One address may hold `address_connections` open; its
    own quietest connection makes room for its next one, and when it has none
    to give, the newcomer's request (unless it is for the cockpit) gets 429.
@@ -36,6 +38,7 @@ from dataclasses import dataclass
 from fazt.constants import MB
 from fazt.hosts import ADMIN, SITE, Target
 
+MIN_QUIET = 0.25  # seconds between requests before a connection may be closed to make room
 COCKPIT_RESERVE = 64  # connections accepted past the limit, served only for the cockpit
 USER_QUEUE_LIMIT = 256  # site requests waiting for a thread before new ones get 503
 BODY_MIN_RATE = 1024  # bytes a second a body must average, after BODY_GRACE seconds
@@ -52,6 +55,7 @@ class Refusal:
     code: str
     message: str
     retry_after: int | None = None
+    close: bool = False  # the connection itself is the excess: close it after the answer
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,7 @@ class Admission:
         self.open = 0
         self.charged = 0  # open connections weighed by their memory (TLS counts double)
         self.bodies = 0
-        self.refused = 0  # closed on arrival: over the limit with nothing to make room
+        self.paused = 0  # times the listeners stopped accepting: full, nothing to close
         self.evicted = 0
         self.addresses: dict[str, Address] = {}
         self.quiet: OrderedDict = OrderedDict()  # closable connections, least recently active first
@@ -115,8 +119,18 @@ class Admission:
 
     # -- connections ------------------------------------------------------------
 
-    def arrived(self, conn) -> bool:
-        """A new connection: make room for it, or say it must be closed (False)."""
+    def has_room(self) -> bool:
+        """Whether the next connection can be taken: below the limit and its reserve, or
+        with a connection quiet long enough to close. When not, the listener leaves new
+        connections waiting in the kernel's backlog (nothing is reset) until one closes."""
+        if self.charged < self.connection_limit + COCKPIT_RESERVE:
+            return True
+        for victim in self.quiet:
+            return time.monotonic() - victim.since >= MIN_QUIET
+        return False
+
+    def arrived(self, conn) -> None:
+        """A new connection (the listener checked `has_room`): make room for it."""
         address = self.addresses.get(conn.ip)
         if address is None:
             address = self.addresses[conn.ip] = Address(self.address_rps * 2)
@@ -130,16 +144,25 @@ class Admission:
         while self.charged > self.connection_limit:
             if self._close_quietest(self.quiet):
                 continue
-            if self.charged > self.connection_limit + COCKPIT_RESERVE:
-                self.refused += 1
-                return False
+            # Full of recently active connections: the newcomer takes a reserve place, where
+            # only the cockpit is served and a site request gets an explicit 503.
             conn.reserve = True
             break
         self.quiet_again(conn)
-        return True
 
-    def _close_quietest(self, quiet: OrderedDict) -> bool:
+    def trim(self) -> None:
+        """Back under the limit once the newcomers that went past it are quiet enough (the
+        server's sweep, every second): the reserve is for moments, not for good."""
+        while self.charged > self.connection_limit and self._close_quietest(self.quiet):
+            pass
+
+    def _close_quietest(self, quiet: OrderedDict, min_quiet: float = MIN_QUIET) -> bool:
+        """Close the connection quiet longest, if it has been quiet `min_quiet` seconds: a
+        keep-alive used a moment ago may have its next request on the way, and closing it
+        then would reset that request (the newcomer gets an explicit answer instead)."""
         for victim in quiet:
+            if time.monotonic() - victim.since < min_quiet:
+                return False
             self.evicted += 1
             victim.evict()  # calls left(), which takes it out of both orders
             return True
@@ -188,18 +211,25 @@ class Admission:
               ) -> Refusal | BodyRule:
         """A request's headers are in: refuse it, or say how much body it may send."""
         target = self.classify(host)
+        conn.target = target
         if target.kind == ADMIN:
             if not conn.admin:  # from now on outside the address's share, never closable
                 conn.admin = True
                 self.addresses[conn.ip].connections -= 1
             return self._body_rule(target.kind, method, path)
+        if conn.reserve and (self.charged <= self.connection_limit
+                             or self._close_quietest(self.quiet, 0.0)):
+            # Room was made since it arrived, or is made now: a request that arrived wins
+            # over a connection with none (closing it between requests, as HTTP allows).
+            conn.reserve = False
         if conn.reserve:
             return Refusal(503, "over_capacity",
-                           "The server is at its connection limit; try again shortly.", 2)
+                           "The server is at its connection limit; try again shortly.", 2,
+                           close=True)
         if conn.over_share:
             return Refusal(429, "too_many_connections",
                            "This address has too many connections open; close some and "
-                           "try again.", 2)
+                           "try again.", 2, close=True)
         address = self.addresses[conn.ip]
         now = time.monotonic()
         rate = self.address_rps
@@ -274,7 +304,7 @@ class Admission:
         return {"open": self.open, "charged": self.charged, "limit": self.connection_limit,
                 "reserve": COCKPIT_RESERVE, "bodies": self.bodies,
                 "addresses": len(self.addresses), "evicted": self.evicted,
-                "refused": self.refused}
+                "paused": self.paused}
 
 
 def _size(limit: int) -> str:

@@ -55,8 +55,27 @@ def bind(host: str, port: int, option: str = "--port") -> socket.socket:
 
 
 def admission_for(instance: Instance) -> Admission:
-    return Admission(lambda host: classify(host, instance.domain, instance.domains),
-                     **_admission_limits(instance.config))
+    return Admission(host_classifier(instance), **_admission_limits(instance.config))
+
+
+def host_classifier(instance: Instance, entries: int = 1024):
+    """`hosts.classify` remembered per Host header until the domain or the custom domains
+    change: the event loop asks for every request. It keeps as many as the fast path's
+    memo of files allows sites (found_limit / 8, charged in the ledger with it)."""
+    known: dict = {}
+    stamp = [None]
+
+    def classify_host(host: str | None):
+        now = (instance.domain, id(instance.domains))
+        if stamp[0] != now or len(known) >= max(entries, instance.vfs.found_limit // 8):
+            known.clear()
+            stamp[0] = now
+        target = known.get(host)
+        if target is None:
+            target = known[host] = classify(host, instance.domain, instance.domains)
+        return target
+
+    return classify_host
 
 
 def _admission_limits(c: dict) -> dict:

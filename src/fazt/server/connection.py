@@ -43,7 +43,7 @@ HANDSHAKE, IDLE, HEADERS, BODY, TASK, CLOSING = "handshake", "idle", "headers", 
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 RECV_SIZE = 256 * 1024
 SEND_PIECE = 256 * 1024  # how much of a stream is taken per send
-OUT_HIGH = 256 * 1024  # a task that queued this much waits for the client
+OUT_HIGH = 128 * 1024  # a task that queued this much waits for the client
 WAKE_BYTES = 64 * 1024  # a task rings the loop when this much waits, not for every write
 HEADER_TIMEOUT = 10.0  # seconds from a request's first byte to its last header
 FIRST_REQUEST_TIMEOUT = 10.0  # a new connection that says nothing is closed after this
@@ -91,7 +91,7 @@ class Connection:
                  "since", "parser", "inbuf", "wire", "out", "queued", "cond", "events",
                  "admin", "reserve", "over_share", "in_body", "body_limit", "body_bytes",
                  "served", "closed", "close_after", "task_running", "last_write", "began",
-                 "stalled", "eof")
+                 "stalled", "eof", "target")
 
     def __init__(self, server, sock: socket.socket, addr, transport, listener):
         self.server = server
@@ -124,6 +124,7 @@ class Connection:
         self.began = 0.0
         self.stalled = False
         self.eof = False  # the client will send nothing more
+        self.target = None  # what the last request's Host named (admission classifies it)
 
     # -- events -----------------------------------------------------------------
 
@@ -302,7 +303,8 @@ class Connection:
         """Answer from the loop; close unless the request is whole (no unread body)."""
         parser = self.parser
         self.server.admission.body_ended(self)
-        whole = parser is not None and parser.completed and parser.error is None
+        whole = parser is not None and parser.completed and parser.error is None \
+            and not refusal.close
         version = parser.version if hasattr(parser, "command") else "1.1"
         keep = whole and responses.keeps_alive(version, parser.headers.get("CONNECTION", ""))
         path = getattr(parser, "path", "/") or "/"

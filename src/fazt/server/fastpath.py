@@ -23,7 +23,7 @@ import time
 
 from fazt import proxies
 from fazt.deploy import hidden_part
-from fazt.hosts import SITE, classify
+from fazt.hosts import SITE
 from fazt.instance import NORMAL, Instance
 from fazt.negotiation import not_modified, pick, static_headers
 from fazt.requestlog import RequestLog, line
@@ -31,7 +31,6 @@ from fazt.server.responses import http_date
 from fazt.siterules import RULE_FILES
 from fazt.sites import SiteResource
 
-HOSTS = 1024  # Host headers whose classification is remembered, at least
 # Rendered answers are kept for as many files as the VFS remembers locations of
 # (`found_limit`, which the ledger charges for both): a fixed 4,096 was cleared over and
 # over with requests spread over 10,000 sites of 10 files (bench section 9).
@@ -66,7 +65,6 @@ class FastPath:
         self.vfs = instance.vfs
         self.log = log
         self.memo: dict[tuple, Prepared] = {}
-        self.hosts: dict[str | None, tuple] = {}
         self.generation = -1
         self.answered = 0
         self._date = (0, b"")
@@ -90,16 +88,10 @@ class FastPath:
         trusted = instance.config["trusted_proxies"]
         if trusted and proxies.is_trusted(conn.ip, proxies.networks(tuple(trusted))):
             return None  # the thread path names the client behind the proxy
-        host = headers.get("HOST")
-        known = self.hosts.get(host)
-        if known is None or known[1] is not instance.domains or known[2] != instance.domain:
-            if len(self.hosts) >= max(HOSTS, self.vfs.found_limit // 8):
-                self.hosts.clear()
-            known = self.hosts[host] = (classify(host, instance.domain, instance.domains),
-                                        instance.domains, instance.domain)
-        if known[0].kind != SITE:
+        target = conn.target  # admission classified the Host
+        if target is None or target.kind != SITE:
             return None
-        site = known[0].site
+        site = target.site
         path = parser.path
         if path.startswith("/"):
             path = "/" + path.lstrip("/")  # what Waitress puts in PATH_INFO
@@ -136,7 +128,7 @@ class FastPath:
         self.answered += 1
         instance.rate.hit()
         if self.log is not None:
-            self.log.write(line(conn.ip, host, method, path, status,
+            self.log.write(line(conn.ip, headers.get("HOST"), method, path, status,
                                 (time.monotonic() - conn.began) * 1000))
         return answer
 

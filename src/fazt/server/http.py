@@ -41,12 +41,13 @@ class HTTPServer:
         self.listeners: list[Listener] = []
         self.listener_info: dict[Listener, ServerInfo] = {}
         self.fastpath: Callable | None = None  # (connection, parser) -> response bytes or None
+        self.stopping = False
         self.loop.call_later(SWEEP_SECONDS, self.sweep)
 
     def listen(self, sock: socket.socket, transport: TransportFactory = plain,
                scheme: str = "http") -> Listener:
         """Serve a bound, listening socket; its connections get `transport()` each."""
-        listener = Listener(self.loop, sock, transport, self.accept, scheme)
+        listener = Listener(self.loop, sock, transport, self.accept, self.has_room, scheme)
         adj = Adjustments(
             url_scheme=scheme,
             ident="fazt",
@@ -61,14 +62,22 @@ class HTTPServer:
         self.listeners.append(listener)
         return listener
 
+    def has_room(self) -> bool:
+        """Asked by a listener before each accept; when full, it pauses until `resume`."""
+        if self.admission.has_room():
+            return True
+        self.admission.paused += 1
+        self.loop.call_later(0.1, self.resume_listeners)  # a quiet one may be closable soon
+        return False
+
+    def resume_listeners(self) -> None:
+        for listener in self.listeners:
+            listener.resume()
+
     def accept(self, sock: socket.socket, addr, transport, listener: Listener) -> None:
         conn = Connection(self, sock, addr, transport, listener)
         self.connections.add(conn)
-        if not self.admission.arrived(conn):
-            self.connections.discard(conn)
-            self.admission.left(conn)
-            sock.close()
-            return
+        self.admission.arrived(conn)
         conn.start()
 
     def job(self, conn: Connection, request) -> Job:
@@ -79,6 +88,8 @@ class HTTPServer:
         if conn in self.connections:
             self.connections.discard(conn)
             self.admission.left(conn)
+            if not self.stopping:
+                self.resume_listeners()
 
     def resume_stalled(self) -> None:
         for conn in list(self.stalled):
@@ -94,6 +105,7 @@ class HTTPServer:
             except Exception:  # one connection's bug must not stop every clock
                 log.exception("timeout check failed")
                 conn.abort()
+        self.admission.trim()
         self.admission.forget_idle_addresses()
 
     def log_request(self, conn: Connection, status: int) -> None:
@@ -115,6 +127,7 @@ class HTTPServer:
 
     def drain(self, seconds: float) -> None:
         """Stop accepting; give answers in flight up to `seconds` to finish."""
+        self.stopping = True
         for listener in self.listeners:
             listener.close()
         deadline = time.monotonic() + seconds

@@ -134,18 +134,30 @@ class Listener:
 
     def __init__(self, loop: Loop, sock: socket.socket, transport: TransportFactory,
                  on_accept: Callable[[socket.socket, tuple, object, "Listener"], None],
-                 scheme: str = "http"):
+                 has_room: Callable[[], bool], scheme: str = "http"):
         self.loop = loop
         self.sock = sock
         self.transport = transport
         self.on_accept = on_accept
+        self.has_room = has_room
         self.scheme = scheme
         self.port = sock.getsockname()[1]
+        self.paused = False
         sock.setblocking(False)
         loop.selector.register(sock, selectors.EVENT_READ, self)
 
+    def resume(self) -> None:
+        """Watch the socket again (room was made)."""
+        if self.paused and self.sock.fileno() >= 0:
+            self.paused = False
+            self.loop.selector.register(self.sock, selectors.EVENT_READ, self)
+
     def handle_event(self, mask: int) -> None:
         for _ in range(ACCEPTS_PER_TURN):
+            if not self.has_room():  # newcomers wait in the kernel's backlog meanwhile
+                self.paused = True
+                self.loop.selector.unregister(self.sock)
+                return
             try:
                 conn, addr = self.sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -156,8 +168,10 @@ class Listener:
             self.on_accept(conn, addr, self.transport(), self)
 
     def close(self) -> None:
-        try:
-            self.loop.selector.unregister(self.sock)
-        except (KeyError, ValueError):
-            pass
+        if not self.paused:
+            try:
+                self.loop.selector.unregister(self.sock)
+            except (KeyError, ValueError):
+                pass
+        self.paused = True  # never watched again
         self.sock.close()

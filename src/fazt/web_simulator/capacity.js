@@ -14,7 +14,8 @@ var FAZT_BASELINE_MB = 30;   // the interpreter with falcon, waitress, psutil, q
 var FAZT_PINNED_MB = 2;      // admin assets + config, never evicted
 var FAZT_THREAD_MB = 0.25;   // one worker thread's stack and frame
 var FAZT_CONNECTION_KB = 8;  // an open idle connection: 2.6 KB RSS + the kernel's socket (README)
-var FAZT_ANSWER_MB = 0.5;    // an answer in flight from a thread: queued output + one piece
+var FAZT_ANSWER_MB = 0.375;  // an answer in flight from a thread: 128 KiB queued + one piece
+var FAZT_STREAM_MB = 0.5;    // a large download: the chunk being sent + the next one
 var FAZT_SAFETY_FACTOR = 0.7; // the seed: usable = (total - OS overhead) * 0.7
 /*
  * Litestream, fazt's child while replication is on (or while it follows a replica).
@@ -37,7 +38,7 @@ var FAZT_LEDGER_ITEMS = [
   { key: "sqlite", label: "SQLite page caches" },
   { key: "js", label: "JavaScript slots" },
   { key: "threads", label: "Worker threads" },
-  { key: "buffers", label: "Connections and answers in flight" },
+  { key: "buffers", label: "Connections, answers and downloads in flight" },
   { key: "replica", label: "Litestream (replication)" }
 ];
 
@@ -114,8 +115,8 @@ var FAZT_SCHEMA = [
     key: "connection_limit", unit: "connections", label: "Open connections", integer: true,
     min: 16, max: 1000000,
     description: "Connections held open; an idle one costs about " + FAZT_CONNECTION_KB +
-      " KB (a TLS one twice that, and counts as two): with the answers in flight, 8% of " +
-      "usable RAM, 64 to 100,000. Past it " +
+      " KB (a TLS one twice that, and counts as two): with the answers and downloads in " +
+      "flight, 10% of usable RAM. Past it " +
       "the quietest idle one is closed; the cockpit keeps a reserve beyond it."
   },
   {
@@ -129,6 +130,13 @@ var FAZT_SCHEMA = [
     integer: true, min: 1, max: 1000000,
     description: "Requests a second one client address may send (with two seconds of " +
       "burst) before it gets 429; the cockpit is exempt."
+  },
+  {
+    key: "max_streams", unit: "downloads", label: "Large downloads at once", integer: true,
+    min: 1, max: 100000,
+    description: "Files above the large-file size being streamed at once, however slowly " +
+      "their clients read; each holds about " + FAZT_STREAM_MB + " MB, so 3% of usable " +
+      "RAM, at least 1. Past it a download gets 503 with Retry-After."
   },
   {
     key: "zip_max_unpacked_mb", unit: "MB", label: "Largest unpacked zip", integer: true,
@@ -234,16 +242,18 @@ function fazt_compute(machine) {
   // Two at least: a deploy or a backup on one cockpit thread must not hold up a sign-in.
   var cockpit_threads = fazt_clamp(Math.floor(user_threads / 4), 2, 4);
   var connections = user_threads + cockpit_threads + 2;
-  // 8% of the budget holds the connections and the answers in flight on the threads.
+  // 10% of the budget holds the open connections, the answers in flight on the threads
+  // and the large downloads (3% of the budget, at least one).
+  var max_streams = fazt_clamp(Math.floor(usable * 0.03 / FAZT_STREAM_MB), 1, 100000);
   var connection_limit = fazt_clamp(Math.floor(
-    (usable * 0.08 - (user_threads + cockpit_threads) * FAZT_ANSWER_MB) * 1024 /
-    FAZT_CONNECTION_KB), 64, 100000);
+    (usable * 0.1 - (user_threads + cockpit_threads) * FAZT_ANSWER_MB -
+     max_streams * FAZT_STREAM_MB) * 1024 / FAZT_CONNECTION_KB), 16, 100000);
   var address_connections = Math.max(16, Math.floor(connection_limit / 4));
 
   // What is left once the fixed costs, the threads and the connections are paid.
   var rest = usable - FAZT_BASELINE_MB - FAZT_PINNED_MB - fazt_replica_mb(m) -
     FAZT_THREAD_MB * connections -
-    fazt_connections_mb(connection_limit, user_threads + cockpit_threads);
+    fazt_connections_mb(connection_limit, user_threads + cockpit_threads, max_streams);
 
   // Warm contexts (one a site thread, see runtime.py) come out of the JavaScript budget,
   // when it can spare them beside one slot of 4 MB.
@@ -280,6 +290,7 @@ function fazt_compute(machine) {
     connection_limit: connection_limit,
     address_connections: address_connections,
     address_requests_per_s: 1000,
+    max_streams: max_streams,
     zip_max_unpacked_mb: Math.max(1, Math.floor(Math.min(max_upload_mb * 4, disk_mb / 10))),
     zip_max_ratio: 100,
     zip_max_entry_ratio: 200,
@@ -288,10 +299,10 @@ function fazt_compute(machine) {
   };
 }
 
-/* Open connections, plus an answer in flight on every thread (streams are pulled by the
-   event loop one piece at a time and counted with the connections). */
-function fazt_connections_mb(connection_limit, threads) {
-  return fazt_round2(connection_limit * FAZT_CONNECTION_KB / 1024 + threads * FAZT_ANSWER_MB);
+/* Open connections, an answer in flight on every thread, and the large downloads. */
+function fazt_connections_mb(connection_limit, threads, streams) {
+  return fazt_round2(connection_limit * FAZT_CONNECTION_KB / 1024 + threads * FAZT_ANSWER_MB +
+    streams * FAZT_STREAM_MB);
 }
 
 /* The thresholds given, with any missing key taken from the formula. */
@@ -321,7 +332,8 @@ function fazt_ledger(thresholds, machine) {
     // Running handlers, and the context each site thread keeps warm between requests.
     js: fazt_round2(t.max_concurrent_js * t.js_memory_mb + t.js_warm_mb * t.user_threads),
     threads: fazt_round2(FAZT_THREAD_MB * threads),
-    buffers: fazt_connections_mb(t.connection_limit, t.user_threads + t.cockpit_threads),
+    buffers: fazt_connections_mb(t.connection_limit, t.user_threads + t.cockpit_threads,
+      t.max_streams),
     replica: fazt_replica_mb(m)
   };
   var total = 0;
@@ -364,9 +376,10 @@ function fazt_safe(thresholds, machine) {
       Math.floor(m.cpus * 64))],
     cockpit_threads: [1, Math.min(t.cockpit_threads + Math.floor(headroom / per_thread), 16)],
     maintenance_ratio: [1, 1000],
-    connection_limit: [64, t.connection_limit + Math.floor(headroom * 1024 / FAZT_CONNECTION_KB)],
+    connection_limit: [16, t.connection_limit + Math.floor(headroom * 1024 / FAZT_CONNECTION_KB)],
     address_connections: [1, t.connection_limit],
     address_requests_per_s: [10, 100000],
+    max_streams: [1, t.max_streams + Math.floor(headroom / FAZT_STREAM_MB)],
     zip_max_unpacked_mb: [1, Math.max(1, Math.floor(m.disk_gb * 1024 / 5))],
     zip_max_ratio: [1, 1000],
     zip_max_entry_ratio: [1, 2000],
@@ -386,9 +399,10 @@ function fazt_safe(thresholds, machine) {
 /* What the simulator shows a visitor: rough, honest estimates. */
 function fazt_capabilities(t, machine, ledger) {
   var m = fazt_machine(machine);
-  // One Python process is bound by its GIL: past about two cores, more CPUs
-  // do not add throughput. About 800 cached small files a second per core.
-  var small_file_rps = Math.round(800 * Math.min(m.cpus, 2));
+  // One Python process is bound by its GIL: past about two cores, more CPUs do not
+  // add throughput. Cached small files are answered by the event loop itself (the
+  // fast path): about 2,000 a second per core on a busy small host, more when idle.
+  var small_file_rps = Math.round(2000 * Math.min(m.cpus, 2));
   // A browsing visitor keeps about two connections open and asks for about
   // half a page asset a second.
   var concurrent_users = Math.max(1, Math.min(Math.floor(t.connection_limit / 2),

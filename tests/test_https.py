@@ -326,6 +326,10 @@ def test_the_plain_port_redirects_with_path_and_query_and_keeps_health_and_chall
     assert answer.status_code == 200 and answer.text == "tok.thumbprint"
     assert client.simulate_get("/.well-known/acme-challenge/other",
                                headers={"Host": "example.test"}).status_code == 404
+    # a port that is not a number (anyone can send one) is no server error
+    for host in ("blog.localhost:abc", "blog.localhost:1@evil.org"):
+        r = client.simulate_get("/x", headers={"Host": host})
+        assert r.status_code == 308 and r.headers["Location"] == "https://blog.localhost/x"
 
 
 def test_https_responses_carry_hsts_and_plain_ones_do_not(instance, client):

@@ -17,12 +17,9 @@ class Target(NamedTuple):
 def classify(host: str | None, domain: str, domains: Mapping[str, str] | None = None) -> Target:
     """`admin.D` → the cockpit, `NAME.D` → site NAME, `D` → site root; `localhost` alike;
     a custom domain (`domains`: host → site) → its site."""
-    if not host:
+    name = host_name(host)
+    if not name or name.startswith("["):  # an IPv6 literal: never one of our names
         return Target(UNKNOWN)
-    name = host.strip().lower()
-    if name.startswith("["):  # an IPv6 literal: never one of our names
-        return Target(UNKNOWN)
-    name = name.rsplit(":", 1)[0].rstrip(".")
     if domains and name in domains:
         return Target(SITE, domains[name])
     for base in (domain.lower(), "localhost"):
@@ -34,3 +31,13 @@ def classify(host: str | None, domain: str, domains: Mapping[str, str] | None = 
                 return Target(UNKNOWN)
             return Target(ADMIN) if label == ADMIN else Target(SITE, label)
     return Target(UNKNOWN)
+
+
+def host_name(host: str | None) -> str:
+    """A Host header's name: lower-case, without its port or a trailing dot; an IPv6
+    literal keeps its brackets. Never raises (falcon's `req.host` does on a port that
+    is not a number, which any client can send)."""
+    name = (host or "").strip().lower()
+    if name.startswith("["):
+        return name.split("]", 1)[0] + "]"
+    return name.rsplit(":", 1)[0].rstrip(".")

@@ -13,6 +13,8 @@ import urllib.parse
 
 import falcon
 
+from fazt.hosts import host_name
+
 CHALLENGE_PATH = "/.well-known/acme-challenge/"
 HEALTH = "/_fazt/health"
 
@@ -23,11 +25,8 @@ def came_over_https(req: falcon.Request) -> bool:
     return req.forwarded_scheme == "https"
 
 
-def https_url(req: falcon.Request, https_port: int) -> str:
-    """The same host, path and query on the HTTPS port."""
-    host = req.host  # without the plain port
-    if ":" in host:  # an IPv6 literal
-        host = f"[{host}]"
+def https_url(req: falcon.Request, host: str, https_port: int) -> str:
+    """The same host (its name, without the plain port), path and query on the HTTPS port."""
     port = "" if https_port == 443 else f":{https_port}"
     target = req.env.get("REQUEST_URI") or ""
     if not target.startswith("/"):  # absolute-form, or a server that does not pass it
@@ -53,11 +52,13 @@ class HttpsPolicy:
             resp.complete = True
             return
         port = self.instance.https_port
+        if not port or req.path == HEALTH or came_over_https(req) or autocert is None:
+            return
         # Only a host whose certificate is in place: until then (the first seconds after
         # its site is deployed, or while its order fails) it keeps being served plainly.
-        if port and req.path != HEALTH and not came_over_https(req) and \
-                autocert is not None and autocert.serves(req.host):
-            raise falcon.HTTPPermanentRedirect(https_url(req, port))
+        host = host_name(req.get_header("Host"))
+        if host and autocert.serves(host):
+            raise falcon.HTTPPermanentRedirect(https_url(req, host, port))
 
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource,
                          req_succeeded: bool) -> None:

@@ -14,7 +14,7 @@ from fazt.compression import ON_THE_FLY_MAX, compress_answer, worth_it
 from fazt.constants import MB, SCRIPT
 from fazt.deploy import clean_path, hidden_part
 from fazt.errors import FaztError, TooLarge
-from fazt.hosts import ADMIN
+from fazt.hosts import ADMIN, host_name
 from fazt.http_errors import http_error
 from fazt.https import came_over_https
 from fazt.instance import MAINTENANCE, Instance
@@ -237,7 +237,7 @@ class SiteResource:
     def _site_cookies(self, req: falcon.Request, site: str, answer: JsResponse) -> JsResponse:
         """The handler's cookies as the site may set them (see runtime/response.py), or
         fazt's error with the reason in the site's log."""
-        host = req.host.lower().rstrip(".")
+        host = host_name(req.get_header("Host"))
         admin_hosts = (f"{ADMIN}.{self.instance.domain}", f"{ADMIN}.localhost")
         try:
             answer.cookies = [site_cookie(raw, host, admin_hosts, came_over_https(req))

@@ -61,3 +61,10 @@ def test_bad_redirect_lines(text, line, words):
 def test_bad_header_lines(text, line, words):
     with pytest.raises(FaztError, match=f"^_headers line {line}: .*{words}"):
         parse_headers(text)
+
+
+def test_files_saved_by_windows_editors_parse():
+    """A byte order mark and CRLF line ends, as Notepad writes them."""
+    r = rules("\ufeff/old  /new  302\r\n/x  /y\r\n", "\ufeff/*\r\n  X-A: 1\r\n")
+    assert r.fallback("/old")[0].target == "/new" and r.fallback("/x")[0].status == 301
+    assert r.headers_for("/any") == [("X-A", "1")]

@@ -152,9 +152,14 @@ def _bad(file: str, line: int, why: str) -> FaztError:
     return FaztError(f"{file} line {line}: {why}.", code="bad_rules")
 
 
+def _lines(text: str) -> list[str]:
+    # an editor's byte order mark (Windows Notepad's) is not part of the first path
+    return text.removeprefix("\ufeff").splitlines()
+
+
 def parse_redirects(text: str) -> tuple[Rule, ...]:
     rules = []
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(_lines(text), start=1):
         fields = raw.split("#", 1)[0].split() if not raw.lstrip().startswith("#") else []
         if not fields:
             continue
@@ -198,7 +203,7 @@ def parse_headers(text: str) -> tuple[HeaderBlock, ...]:
                 raise _bad(HEADERS, start, f"the path {source.text!r} has no headers under it")
             blocks.append(HeaderBlock(start, source, tuple(headers)))
 
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(_lines(text), start=1):
         stripped = raw.strip()
         if not stripped or stripped.startswith("#"):
             continue

@@ -416,6 +416,11 @@ def test_litestream_crash_is_restarted_and_replication_goes_on(tmp_path, replica
         assert second and second != first
         status = admin.status()["replica"]
         assert status["restarts"] >= 1 and "SIGKILL" in status["last_error"]
+        # Other processes see the error too (they see Litestream through its socket).
+        assert eventually(lambda: "SIGKILL" in (replica_status(primary)["last_error"] or ""),
+                          timeout=15)
+        shown = fazt("server", "status", "--db", str(primary), env=s3_env()).stdout
+        assert "Last error: litestream replicate exited (killed by SIGKILL)" in shown
         fazt("deploy", str(site_dir), "--site", "docs", "--db", str(primary))
         deployed = time.time()
         assert eventually(lambda: synced_after(primary, deployed), timeout=30)

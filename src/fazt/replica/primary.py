@@ -7,7 +7,9 @@ last time Litestream uploaded to the replica (it confirms every sync interval,
 changes or not), and the lag since then.
 """
 
+import contextlib
 import datetime
+import json
 import os
 import re
 import time
@@ -39,10 +41,22 @@ class Replication:
         self.credentials = credentials
         self.gomemlimit_mb = gomemlimit_mb
         os.makedirs(litestream.meta_dir(db_path), mode=0o700, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(errors_path(db_path))  # a past run's errors are not this one's
         self.child = Child("replicate", litestream.replicate_argv(litestream.binary()),
                            litestream.child_env(credentials, gomemlimit_mb),
                            stdin=litestream.replicate_config(db_path, url),
-                           cwd=os.path.dirname(self.db_path))
+                           cwd=os.path.dirname(self.db_path), on_error=self._publish)
+
+    def _publish(self) -> None:
+        """The last error where `fazt server status` and `fazt replica status` (other
+        processes, which see Litestream through its socket) find it too."""
+        temp = errors_path(self.db_path) + ".tmp"
+        with contextlib.suppress(OSError):
+            with open(temp, "w") as f:
+                json.dump({"last_error": self.child.last_error,
+                           "last_error_at": self.child.last_error_at}, f)
+            os.replace(temp, errors_path(self.db_path))
 
     def start(self) -> "Replication":
         self.child.start()
@@ -56,6 +70,10 @@ class Replication:
 
     def status(self) -> dict:
         return replication_status(self.db_path, self.url, self.child, self.gomemlimit_mb)
+
+
+def errors_path(db_path: str) -> str:
+    return os.path.join(litestream.meta_dir(db_path), "fazt-errors.json")
 
 
 def replication_status(db_path: str, url: str | None, child: Child | None = None,
@@ -99,6 +117,10 @@ def replication_status(db_path: str, url: str | None, child: Child | None = None
     if child is not None:
         status.update(restarts=child.restarts, last_error=child.last_error,
                       last_error_at=child.last_error_at)
+    elif running:  # the server's supervisor publishes what went wrong
+        with contextlib.suppress(OSError, ValueError):
+            with open(errors_path(db_path)) as f:
+                status.update(json.load(f))
     return status
 
 

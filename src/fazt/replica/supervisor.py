@@ -47,7 +47,8 @@ class Child:
     def __init__(self, name: str, argv: list[str], env: dict[str, str], *,
                  stdin: str | None = None, cwd: str | None = None,
                  on_line: Callable[[dict[str, str]], None] | None = None,
-                 prepare: Callable[[], None] | None = None):
+                 prepare: Callable[[], None] | None = None,
+                 on_error: Callable[[], None] | None = None):
         self.name = name
         self.argv = argv
         self.env = env
@@ -55,6 +56,7 @@ class Child:
         self.cwd = cwd
         self.on_line = on_line
         self.prepare = prepare  # runs before each start
+        self.on_error = on_error  # after last_error changed
         self.restarts = 0
         self.started_at: float | None = None
         self.last_error: str | None = None
@@ -127,18 +129,23 @@ class Child:
             text = f"{message}: {detail}" if detail else message
             log.warning("%s", text)
             if level == "ERROR":
-                self.last_error, self.last_error_at = text, time.time()
+                self._failed(text)
                 self.said = text
         elif not fields.get("level") and line.strip():
             log.warning("%s", line)  # not logfmt: a usage message, a Go panic
-            self.last_error, self.last_error_at = line.strip(), time.time()
+            self._failed(line.strip())
             self.said = line.strip().removeprefix("Error: ")
         if self.on_line is not None:
             self.on_line(fields)
 
     def _error(self, text: str) -> None:
         log.warning("%s", text)
+        self._failed(text)
+
+    def _failed(self, text: str) -> None:
         self.last_error, self.last_error_at = text, time.time()
+        if self.on_error is not None:
+            self.on_error()
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM (Litestream then finishes its current sync), SIGKILL past `timeout`."""

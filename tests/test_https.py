@@ -359,3 +359,11 @@ def test_the_session_cookie_is_secure_over_https_only(instance, client):
     tls = client.simulate_post("/api/login", json=body, headers=headers, protocol="https")
     assert tls.status_code == 200, tls.text
     assert "Secure" in tls.headers["Set-Cookie"]
+
+
+def test_a_port_out_of_range_is_one_sentence(db_path):
+    fazt("config", "set", "https", "on", "--db", str(db_path))
+    for args in (("--port", "99999"), ("--port", str(free_port()), "--https-port", "70000")):
+        r = fazt("server", "start", *args, "--db", str(db_path), check=False)
+        assert r.returncode == 1 and "is not a port number" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr

@@ -36,6 +36,8 @@ log = logging.getLogger("fazt")
 
 
 def bind(host: str, port: int, option: str = "--port") -> socket.socket:
+    if not 0 <= port <= 65535:  # socket.bind raises OverflowError, not OSError
+        raise FaztError(f"{option} {port} is not a port number (1-65535).")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -164,3 +164,28 @@ def test_unstored_log_lines_are_bounded_and_the_loss_is_said(tmp_path):
     assert stored == ["fazt: 4 log lines were lost before they could be stored",
                       "line 4", "line 5", "line 6", "line 7", "line 8"]
     db.close()
+
+
+def test_follow_with_no_past_lines_prints_only_new_ones(tmp_path, db_path):
+    """`fazt site logs NAME -f -n 0`, as `tail -f -n 0`: the history stays unprinted."""
+    with Server.running(db_path) as srv:
+        Admin(srv).post("/api/deploy?site=chatty", data=SITE)
+        _call(srv, "chatty", "/api/old")
+        assert eventually(lambda: fazt("site", "logs", "chatty", "--json", "--db",
+                                       str(db_path)).stdout.count('"id"') == 1)
+        follow = subprocess.Popen(
+            [sys.executable, "-m", "fazt", "site", "logs", "chatty", "-f", "-n", "0", "--json",
+             "--db", str(db_path)], stdout=subprocess.PIPE, text=True, env=fazt_env())
+        try:
+            assert eventually(lambda: _call(srv, "chatty", "/api/new").status_code == 200)
+            first = json.loads(follow.stdout.readline())
+            assert fazt("site", "logs", "chatty", "--json", "--db", str(db_path)
+                        ).stdout.count('"id"') >= 2
+            old = json.loads(fazt("site", "logs", "chatty", "--json", "-n", "1000", "--db",
+                                  str(db_path)).stdout)["lines"][0]
+            assert first["id"] > old["id"]
+        finally:
+            follow.terminate()
+            follow.wait(timeout=10)
+    negative = fazt("site", "logs", "chatty", "-n", "-5", "--db", str(db_path), check=False)
+    assert negative.returncode == 2 and "0 or more" in negative.stderr

@@ -433,10 +433,11 @@ def cmd_site_logs(args) -> int:
     _existing_site(db, args.name)
     with db.read() as conn:
         lines = read_lines(conn, args.name, last=args.lines)
+        newest = read_lines(conn, args.name, last=1)
     if args.json and not args.follow:
         db.close()
         return _print_json({"site": args.name, "lines": lines})
-    last = 0
+    last = newest[0]["id"] if newest else 0  # following: new lines only, past ones as asked
     while True:
         for line in lines:
             if args.json:
@@ -715,6 +716,12 @@ def _print_thresholds(values: dict, marked: set | None = None) -> None:
 # -- parsing -------------------------------------------------------------------
 
 
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 0 or more")
+    return int(text)
+
+
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--db", help="database path (default: $FAZT_DB or ~/.fazt/data.db)")
@@ -785,7 +792,7 @@ def parser() -> argparse.ArgumentParser:
                       help="the site's log lines (console output, handler errors)")
     s.add_argument("name")
     s.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
-    s.add_argument("--lines", "-n", type=int, default=100, help="how many past lines (100)")
+    s.add_argument("--lines", "-n", type=_count, default=100, help="how many past lines (100)")
     s.set_defaults(func=cmd_site_logs)
     env = st.add_parser("env", help="secrets for the site's handler (fazt.env.KEY)")
     et = env.add_subparsers(dest="env_command", required=True, metavar="ACTION")

@@ -221,9 +221,10 @@ def test_an_imported_wildcard_and_a_custom_domain_are_served(tmp_path, site_dir,
         srv.stop()
 
 
-def test_a_warm_file_is_redirected_on_the_plain_port_and_carries_hsts_over_https(
+def test_a_warm_file_and_a_refusal_keep_https_rules(
         tmp_path, site_dir, ca):
-    """The loop's fast path answers files already in RAM: it must keep HTTPS's rules."""
+    """The loop answers files already in RAM and refuses some requests itself: both must
+    keep HTTPS's rules (redirect on the plain port, HSTS over TLS)."""
     db = imported(tmp_path, site_dir, ca)
     srv = Running(db, free_port())
     try:
@@ -232,6 +233,9 @@ def test_a_warm_file_is_redirected_on_the_plain_port_and_carries_hsts_over_https
             r, body = conn.request("GET", "/index.html")
             assert r.status == 200 and b"hello from fazt" in body
             assert r.getheader("Strict-Transport-Security") == "max-age=31536000"
+        r, _ = conn.request("POST", "/index.html", b"x")  # refused by the loop itself
+        assert r.status == 405
+        assert r.getheader("Strict-Transport-Security") == "max-age=31536000"
         conn.close()
         for _ in range(3):
             r = requests.get(f"http://127.0.0.1:{srv.server.port}/index.html?a=%20b",

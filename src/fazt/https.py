@@ -10,6 +10,7 @@ HTTPS carry `Strict-Transport-Security`.
 """
 
 import urllib.parse
+from collections.abc import Mapping
 
 import falcon
 
@@ -33,6 +34,13 @@ def https_url(req: falcon.Request, host: str, https_port: int) -> str:
         target = urllib.parse.quote(req.path) + (f"?{req.query_string}" if req.query_string
                                                    else "")
     return f"https://{host}{port}{target}"
+
+
+def hsts(config: Mapping) -> list[tuple[str, str]]:
+    """The header every answer over HTTPS carries (none when hsts_max_age is 0): the
+    thread's, the fast path's and the loop's own refusals alike."""
+    max_age = int(config.get("hsts_max_age") or 0)
+    return [("Strict-Transport-Security", f"max-age={max_age}")] if max_age else []
 
 
 class HttpsPolicy:
@@ -62,6 +70,6 @@ class HttpsPolicy:
 
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource,
                          req_succeeded: bool) -> None:
-        max_age = int(self.instance.config.get("hsts_max_age") or 0)
-        if max_age and self.instance.https_port and came_over_https(req):
-            resp.set_header("Strict-Transport-Security", f"max-age={max_age}")
+        if self.instance.https_port and came_over_https(req):
+            for name, value in hsts(self.instance.config):
+                resp.set_header(name, value)

@@ -19,6 +19,7 @@ from fazt.app import Router
 from fazt.constants import DEFAULT_PORT, MB
 from fazt.errors import FaztError
 from fazt.hosts import classify
+from fazt.https import hsts
 from fazt.instance import Instance
 from fazt.requestlog import RequestLog
 from fazt.server.admission import Admission
@@ -153,6 +154,7 @@ def run(db_path: str, host: str, port: int | None, https_port: int | None = None
     autocert = start_certificates(instance) if https_on else None
     requests_log = RequestLog().start()
     server = make_server(instance, requests_log)
+    server.tls_headers = lambda: hsts(instance.config)
     if os.environ.get("FAZT_FASTPATH", "on") != "off":  # off: every request takes a thread
         server.fastpath = FastPath(instance, requests_log)
     server.listen(bind(host, port))

@@ -312,7 +312,8 @@ class Connection:
         self.send(responses.error(
             refusal.status, refusal.code, refusal.message, path=path,
             accept=parser.headers.get("ACCEPT") if parser is not None else None,
-            version=version, keep_alive=keep, retry_after=refusal.retry_after, method=method))
+            version=version, keep_alive=keep, retry_after=refusal.retry_after, method=method,
+            extra=self.server.tls_headers() if self.listener.scheme == "https" else ()))
         self.server.log_request(self, refusal.status)
         self.finished(not keep)
 

@@ -24,6 +24,7 @@ import time
 from fazt import proxies
 from fazt.deploy import hidden_part
 from fazt.hosts import SITE
+from fazt.https import hsts
 from fazt.instance import NORMAL, Instance
 from fazt.negotiation import not_modified, pick, static_headers
 from fazt.requestlog import RequestLog, line
@@ -117,9 +118,8 @@ class FastPath:
         else:
             status, answer = "200", prepared.ok
         answer += self._date_line()
-        max_age = instance.config.get("hsts_max_age") if tls else 0
-        if max_age:
-            answer += f"Strict-Transport-Security: max-age={max_age}\r\n".encode("latin-1")
+        for name, value in hsts(instance.config) if tls else ():
+            answer += f"{name}: {value}\r\n".encode("latin-1")
         if headers.get("CONNECTION", "").lower() == "close":
             answer += b"Connection: close\r\n"
         answer += b"\r\n"

@@ -41,6 +41,8 @@ class HTTPServer:
         self.listeners: list[Listener] = []
         self.listener_info: dict[Listener, ServerInfo] = {}
         self.fastpath: Callable | None = None  # (connection, parser) -> response bytes or None
+        # Headers for every answer the loop writes itself over TLS (HSTS), set at boot.
+        self.tls_headers: Callable[[], list[tuple[str, str]]] = list
         self.stopping = False
         self.loop.call_later(SWEEP_SECONDS, self.sweep)
 

@@ -60,11 +60,11 @@ def head(status: int, headers: list[tuple[str, str]], version: str, keep_alive: 
 
 def error(status: int, code: str, message: str, *, path: str = "/", accept: str | None = None,
           version: str = "1.1", keep_alive: bool = False, retry_after: int | None = None,
-          method: str = "GET") -> bytes:
+          method: str = "GET", extra: list[tuple[str, str]] | tuple = ()) -> bytes:
     """A whole error response in fazt's shape (JSON for APIs, a small page for browsers)."""
     content_type, text = error_for(path, accept, status, code, message)
     body = text.encode("utf-8")
-    headers = [("Content-Type", content_type)]
+    headers = [("Content-Type", content_type), *extra]
     if retry_after:
         headers.append(("Retry-After", str(retry_after)))
     return head(status, headers, version, keep_alive, len(body)) + (

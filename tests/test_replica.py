@@ -564,3 +564,21 @@ def test_follower_of_an_empty_replica_says_why(tmp_path, replica_url):
     last = result.stderr.strip().splitlines()[-1]
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert last.endswith("no matching backup files available."), last
+
+
+def test_commands_refuse_a_followers_copy(db_path, site_dir, tmp_path):
+    """A command opening a follower's copy for writing would turn it into a WAL
+    database, and the follower would stop receiving updates."""
+    copy = tmp_path / "follower" / "data.db"
+    copy.parent.mkdir()
+    fazt("backup", str(copy), "--db", str(db_path))
+    conn = sqlite3.connect(copy)
+    conn.execute("PRAGMA journal_mode=DELETE")
+    conn.close()
+    copy.with_name("data.db-txid").write_text("0000000000000003\n")
+    before = copy.read_bytes()
+    for args in (["deploy", str(site_dir), "--site", "docs"], ["server", "status"]):
+        result = fazt(*args, "--db", str(copy), check=False)
+        assert result.returncode == 1 and "follower's copy" in result.stderr, result.stderr
+    assert copy.read_bytes() == before
+    assert sorted(p.name for p in copy.parent.iterdir()) == ["data.db", "data.db-txid"]

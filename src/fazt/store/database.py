@@ -330,6 +330,11 @@ def open_database(path: str, limits: Limits | None = None, read_only: bool = Fal
             raise FaztError(f"The replica holds schema version {version}, this fazt needs "
                             f"{len(MIGRATIONS)}: run the same fazt version as the primary.")
         return Database(path, limits, read_only=True)
+    if os.path.exists(path + "-txid"):
+        # Litestream's mark of a follower's copy: switching it to WAL, as any open for
+        # writing does, would stall the updates Litestream applies under its locks.
+        raise FaztError(f"{path} is a read-only follower's copy, kept current by "
+                        "Litestream; run this on the primary's database.")
     try:
         conn = sqlite3.connect(path, isolation_level=None, timeout=5)
         try:

@@ -397,6 +397,7 @@ def test_follower_serves_the_primarys_deploys_and_refuses_writes(tmp_path, repli
                     "This server is a read-only follower, write to the primary."
             status = owner.status()["replica"]
             assert status["role"] == "follower" and status["running"]
+            assert status["url"] == replica_url
             assert status["rss_bytes"] > 0 and not status["behind"]
         assert not copy.with_name("data.db-wal").exists()  # never opened in WAL mode
 
@@ -416,6 +417,7 @@ def test_litestream_crash_is_restarted_and_replication_goes_on(tmp_path, replica
         assert second and second != first
         status = admin.status()["replica"]
         assert status["restarts"] >= 1 and "SIGKILL" in status["last_error"]
+        assert status["url"] == replica_url  # the owner's URL, as `replica status` shows it
         # Other processes see the error too (they see Litestream through its socket).
         assert eventually(lambda: "SIGKILL" in (replica_status(primary)["last_error"] or ""),
                           timeout=15)

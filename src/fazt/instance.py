@@ -741,7 +741,6 @@ class Instance:
         if self.read_only:
             return
         url = self.config.get(replica_target.URL_KEY)
-        url = url and replica_target.litestream_url(url)
         with self.db.read() as conn:
             credentials = replica_target.credentials(conn)
         current = self.replication

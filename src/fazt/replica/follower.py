@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 
 from fazt.errors import FaztError
-from fazt.replica import litestream
+from fazt.replica import litestream, target
 from fazt.replica.primary import rss
 from fazt.replica.supervisor import Child, describe_exit
 
@@ -66,8 +66,8 @@ class Follower:
         self.applied_at: float | None = None
         self.txid: str | None = None
         self._ready = threading.Event()
-        self.child = Child("follow", litestream.follow_argv(litestream.binary(), url,
-                                                            self.db_path),
+        self.child = Child("follow", litestream.follow_argv(
+                               litestream.binary(), target.litestream_url(url), self.db_path),
                            litestream.child_env(credentials, gomemlimit_mb),
                            cwd=os.path.dirname(self.db_path), on_line=self._line,
                            prepare=self._clear)

@@ -14,7 +14,7 @@ import os
 import re
 import time
 
-from fazt.replica import litestream
+from fazt.replica import litestream, target
 from fazt.replica.supervisor import Child
 
 LAG_WARN_S = 30.0  # seconds without a confirmed sync before the status warns
@@ -45,7 +45,8 @@ class Replication:
             os.unlink(errors_path(db_path))  # a past run's errors are not this one's
         self.child = Child("replicate", litestream.replicate_argv(litestream.binary()),
                            litestream.child_env(credentials, gomemlimit_mb),
-                           stdin=litestream.replicate_config(db_path, url),
+                           stdin=litestream.replicate_config(db_path,
+                                                             target.litestream_url(url)),
                            cwd=os.path.dirname(self.db_path), on_error=self._publish)
 
     def _publish(self) -> None:

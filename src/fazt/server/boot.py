@@ -242,7 +242,6 @@ def _follower(db_path: str, url: str) -> Instance:
     problem = target.check_url(url) or target.check_reachable(url)
     if problem:
         raise FaztError(f"--follow: {problem}")
-    url = target.litestream_url(url)
     gomemlimit = th.replica_gomemlimit_mb(probe(db_path))
     follower = Follower(db_path, url, target.credentials_from_env(), gomemlimit).start()
     try:

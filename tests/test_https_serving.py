@@ -243,6 +243,11 @@ def test_a_warm_file_and_a_refusal_keep_https_rules(
             assert r.status_code == 308
             assert r.headers["Location"] == \
                 f"https://blog.{DOMAIN}:{srv.https_port}/index.html?a=%20b"
+        # any method: 308 keeps it and the body (the HTTPS side decides what it allows)
+        r = requests.post(f"http://127.0.0.1:{srv.server.port}/form?x=1", data=b"a=b",
+                          headers={"Host": f"blog.{DOMAIN}"}, allow_redirects=False)
+        assert r.status_code == 308, r.text
+        assert r.headers["Location"] == f"https://blog.{DOMAIN}:{srv.https_port}/form?x=1"
     finally:
         srv.stop()
 

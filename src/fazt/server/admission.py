@@ -90,6 +90,8 @@ class Admission:
                  address_connections: int, address_rps: float, max_upload_bytes: int,
                  js_body_bytes: int):
         self.classify = classify  # Host -> cockpit, site or unknown (custom domains too)
+        # Host -> whether its plain-port requests go to HTTPS (set at boot when HTTPS is on)
+        self.redirected: Callable[[str | None], bool] = lambda host: False
         self.open = 0
         self.charged = 0  # open connections weighed by their memory (TLS counts double)
         self.bodies = 0
@@ -243,7 +245,10 @@ class Admission:
         if queue_depth >= USER_QUEUE_LIMIT:
             return Refusal(503, "overloaded",
                            "The server is busy with other requests; try again shortly.", 1)
-        return self._body_rule(target.kind, method, path)
+        rule = self._body_rule(target.kind, method, path)
+        if rule.refusal is not None and self.redirected(host) and conn.listener.scheme == "http":
+            return BodyRule(JSON_BODY)  # the thread answers 308 to HTTPS, whatever the method
+        return rule
 
     def _body_rule(self, kind: str, method: str, path: str) -> BodyRule:
         if kind == ADMIN:

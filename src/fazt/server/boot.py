@@ -18,7 +18,7 @@ import time
 from fazt.app import Router
 from fazt.constants import DEFAULT_PORT, MB
 from fazt.errors import FaztError
-from fazt.hosts import classify
+from fazt.hosts import classify, host_name
 from fazt.https import hsts
 from fazt.instance import Instance
 from fazt.requestlog import RequestLog
@@ -155,6 +155,8 @@ def run(db_path: str, host: str, port: int | None, https_port: int | None = None
     requests_log = RequestLog().start()
     server = make_server(instance, requests_log)
     server.tls_headers = lambda: hsts(instance.config)
+    if autocert is not None:
+        server.admission.redirected = lambda host: autocert.serves(host_name(host))
     if os.environ.get("FAZT_FASTPATH", "on") != "off":  # off: every request takes a thread
         server.fastpath = FastPath(instance, requests_log)
     server.listen(bind(host, port))

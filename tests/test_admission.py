@@ -220,6 +220,10 @@ def test_unwanted_bodies_are_refused_before_they_are_read(live: Server, db_path,
     assert status_of(live.port, b"GET / HTTP/1.1\r\nHost: mysite.localhost\r\n"
                                 b"Transfer-Encoding: chunked\r\n\r\n") == 413
     assert live.get("/", host="mysite.localhost").status_code == 200
+    # a body for a host fazt does not serve (a deploy sent to a bare IP) says so
+    r = requests.post(live.url("/api/deploy?site=x"), data=b"PK" * 100, timeout=10)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_host", r.text
+    assert requests.get(live.url("/_fazt/health"), timeout=10).status_code == 200
 
 
 def test_per_address_limits_answer_429_with_retry_after(live: Server, db_path):

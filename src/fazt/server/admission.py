@@ -272,6 +272,9 @@ class Admission:
         """Before the first byte of a body: may it be read?"""
         if rule.refusal is not None:
             return rule.refusal
+        if (content_length or chunked) and conn.target.kind not in (ADMIN, SITE):
+            # say what is wrong (a deploy sent to a bare IP, say), not "over 0 bytes"
+            return Refusal(404, "unknown_host", "This host is not served here.", close=True)
         if content_length > rule.limit:
             return Refusal(413, "too_large",
                            f"The request body is over this address's limit of "

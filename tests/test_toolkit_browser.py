@@ -6,16 +6,13 @@ import os
 
 import pytest
 from conftest import Admin, Server, fazt, zip_of
+from test_cockpit_browser import ARGS, CHROMIUM
 
-CHROMIUM = "/usr/bin/chromium"
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="no Chromium at /usr/bin/chromium"),
 ]
 sync_api = pytest.importorskip("playwright.sync_api")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run",
-        "--host-resolver-rules=MAP *.localhost 127.0.0.1"]
 HANDLER = "function handler() { return {body: {token: fazt.env.TOKEN || null}}; }"
 VALUE = "tok_9f8e7d6c5b4a"
 

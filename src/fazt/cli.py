@@ -5,6 +5,7 @@ print one sentence on stderr and exit 1; no traceback reaches the user.
 """
 
 import argparse
+import contextlib
 import getpass
 import json
 import os
@@ -18,6 +19,28 @@ from fazt.errors import FaztError
 
 def _db(args) -> str:
     return args.db or os.environ.get("FAZT_DB") or os.path.expanduser("~/.fazt/data.db")
+
+
+@contextlib.contextmanager
+def _database(args):
+    """The database the command names, closed however the command ends."""
+    from fazt.store import open_database
+
+    db = open_database(_db(args))
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+@contextlib.contextmanager
+def _site_database(args):
+    """The database, for a command about the site `args.name` (a valid name, checked first)."""
+    from fazt.deploy import check_site_name
+
+    check_site_name(args.name)
+    with _database(args) as db:
+        yield db
 
 
 def _frozen() -> bool:
@@ -84,11 +107,9 @@ def cmd_probe(args) -> int:
 def cmd_recalibrate(args) -> int:
     from fazt.instance import recalibrate_database
     from fazt.stability import thresholds as th
-    from fazt.store import open_database
 
-    db = open_database(_db(args))
-    machine, config = recalibrate_database(db, args.memory_mb, args.cpus)
-    db.close()
+    with _database(args) as db:
+        machine, config = recalibrate_database(db, args.memory_mb, args.cpus)
     print(f"Re-probed: {machine.ram_mb:.0f} MB RAM, {machine.cpus:g} CPUs. "
           "A running server uses the new thresholds from its next request.")
     _print_thresholds({k: config[k] for k in th.keys()})
@@ -101,18 +122,16 @@ def cmd_status(args) -> int:
     from fazt.replica.primary import replication_status
     from fazt.replica.target import URL_KEY
     from fazt.stability import thresholds as th
-    from fazt.store import open_database
     from fazt.store.config import active_overrides
 
-    db = open_database(_db(args))
-    with db.read() as conn:
-        config = read_config(conn)
-        overrides = active_overrides(conn)
-    machine = machine_for(config, db.path)
-    size = db.size_bytes()
-    mode, ratio = mode_for(size, machine, float(config["maintenance_ratio"]))
-    certificates = certificate_list(db)
-    db.close()
+    with _database(args) as db:
+        with db.read() as conn:
+            config = read_config(conn)
+            overrides = active_overrides(conn)
+        machine = machine_for(config, db.path)
+        size = db.size_bytes()
+        mode, ratio = mode_for(size, machine, float(config["maintenance_ratio"]))
+        certificates = certificate_list(db)
     thresholds = {k: config[k] for k in th.keys()}
     replica = replication_status(db.path, config.get(URL_KEY) or None)
     if args.json:
@@ -169,12 +188,10 @@ def cmd_deploy(args) -> int:
         return _deploy_remote(args)
     from fazt.deploy import files_from_directory
     from fazt.instance import collect_unserved, deploy_site
-    from fazt.store import open_database
 
-    db = open_database(_db(args))
-    result = deploy_site(db, args.site, files_from_directory(args.directory))
-    collect_unserved(db)
-    db.close()
+    with _database(args) as db:
+        result = deploy_site(db, args.site, files_from_directory(args.directory))
+        collect_unserved(db)
     print(f"Deployed {result['files']} files ({result['bytes']} bytes) as site {args.site!r}, "
           f"version {result['version']}.")
     _print_skipped(result["skipped"])
@@ -197,32 +214,24 @@ def _deploy_remote(args) -> int:
 
 
 def cmd_site_list(args) -> int:
-    from fazt.store import open_database
     from fazt.store.sites import list_sites
 
-    db = open_database(_db(args))
-    with db.read() as conn:
-        sites = [s for s in list_sites(conn) if s["name"] != "admin"]
-    db.close()
-    if args.json:
-        return _print_json({"sites": sites})
-    if not sites:
-        print("No sites yet; deploy one with `fazt deploy DIR --site NAME`.")
-    for s in sites:
-        print(f"{s['name']:<24} {s['files']:>6} files {s['bytes']:>14,} bytes")
-    return 0
+    with _database(args) as db:
+        with db.read() as conn:
+            sites = [s for s in list_sites(conn) if s["name"] != "admin"]
+    return _listing(args, {"sites": sites}, sites,
+                    "No sites yet; deploy one with `fazt deploy DIR --site NAME`.",
+                    lambda s: f"{s['name']:<24} {s['files']:>6} files {s['bytes']:>14,} bytes")
 
 
 def cmd_domain_add(args) -> int:
     from fazt.certs import add_domain
     from fazt.instance import read_config
-    from fazt.store import open_database
 
-    db = open_database(_db(args))
-    with db.read() as conn:
-        config = read_config(conn)
-    host = add_domain(db, args.name, args.host, config["domain"])
-    db.close()
+    with _database(args) as db:
+        with db.read() as conn:
+            config = read_config(conn)
+        host = add_domain(db, args.name, args.host, config["domain"])
     print(f"Site {args.name!r} is now served at {host} too."
           + (" The running server orders its certificate." if config["https"] == "on" else ""))
     print(f"Point {host}'s DNS A/AAAA records at this machine.")
@@ -231,22 +240,18 @@ def cmd_domain_add(args) -> int:
 
 def cmd_domain_remove(args) -> int:
     from fazt.certs import remove_domain
-    from fazt.store import open_database
 
-    db = open_database(_db(args))
-    host = remove_domain(db, args.name, args.host)
-    db.close()
+    with _database(args) as db:
+        host = remove_domain(db, args.name, args.host)
     print(f"Site {args.name!r} is no longer served at {host}.")
     return 0
 
 
 def cmd_domain_list(args) -> int:
     from fazt.certs import site_domains
-    from fazt.store import open_database
 
-    db = open_database(_db(args))
-    hosts = site_domains(db, args.name)
-    db.close()
+    with _database(args) as db:
+        hosts = site_domains(db, args.name)
     if args.json:
         print(json.dumps(hosts))
     for host in [] if args.json else hosts:
@@ -256,12 +261,10 @@ def cmd_domain_list(args) -> int:
 
 def cmd_cert_import(args) -> int:
     from fazt.certs import import_certificate
-    from fazt.store import open_database
 
     chain, key = _read_file(args.cert, "--cert"), _read_file(args.key, "--key")
-    db = open_database(_db(args))
-    result = import_certificate(db, args.host, chain, key)
-    db.close()
+    with _database(args) as db:
+        result = import_certificate(db, args.host, chain, key)
     print(f"Installed the certificate for {result['host']} from {result['issuer']}, "
           f"valid until {_day(result['not_after'])}. A running server uses it within seconds.")
     return 0
@@ -269,22 +272,20 @@ def cmd_cert_import(args) -> int:
 
 def cmd_cert_list(args) -> int:
     from fazt.certs import certificate_list
-    from fazt.store import open_database
 
-    db = open_database(_db(args))
-    certificates = certificate_list(db)
-    db.close()
-    if args.json:
-        print(json.dumps(certificates, indent=2))
-        return 0
-    if not certificates:
-        print("No certificates yet (`fazt config set https on`, or `fazt cert import`).")
-    for c in certificates:
-        expiry = f"until {_day(c['not_after'])}" if c["not_after"] else "none yet"
-        print(f"{c['host']:<32} {c['issuer'] or '-':<28} {expiry:<16} {c['source'] or ''}")
-        if c["last_error"]:
-            print(f"  last error: {c['last_error']} (next try {_day(c['next_attempt'], True)})")
-    return 0
+    with _database(args) as db:
+        certificates = certificate_list(db)
+    return _listing(args, certificates, certificates,
+                    "No certificates yet (`fazt config set https on`, or `fazt cert import`).",
+                    _certificate_line)
+
+
+def _certificate_line(c: dict) -> str:
+    expiry = f"until {_day(c['not_after'])}" if c["not_after"] else "none yet"
+    line = f"{c['host']:<32} {c['issuer'] or '-':<28} {expiry:<16} {c['source'] or ''}"
+    if c["last_error"]:
+        line += f"\n  last error: {c['last_error']} (next try {_day(c['next_attempt'], True)})"
+    return line
 
 
 def _read_file(path: str, option: str) -> bytes:
@@ -300,18 +301,14 @@ def _day(t: float, minutes: bool = False) -> str:
 
 
 def cmd_site_remove(args) -> int:
-    from fazt.deploy import check_site_name
     from fazt.instance import collect_unserved
-    from fazt.store import open_database
     from fazt.store.sites import remove_site
 
-    check_site_name(args.name)
-    db = open_database(_db(args))
-    with db.write() as conn:
-        removed = remove_site(conn, args.name)
-    if removed:
-        collect_unserved(db)
-    db.close()
+    with _site_database(args) as db:
+        with db.write() as conn:
+            removed = remove_site(conn, args.name)
+        if removed:
+            collect_unserved(db)
     if not removed:
         raise FaztError(f"There is no site named {args.name!r}.")
     print(f"Removed site {args.name!r}.")
@@ -319,15 +316,11 @@ def cmd_site_remove(args) -> int:
 
 
 def cmd_site_versions(args) -> int:
-    from fazt.deploy import check_site_name
-    from fazt.store import open_database
     from fazt.store.sites import list_versions
 
-    check_site_name(args.name)
-    db = open_database(_db(args))
-    with db.read() as conn:
-        versions = list_versions(conn, args.name)
-    db.close()
+    with _site_database(args) as db:
+        with db.read() as conn:
+            versions = list_versions(conn, args.name)
     if not versions:
         raise FaztError(f"There is no site named {args.name!r}.")
     if args.json:
@@ -340,14 +333,10 @@ def cmd_site_versions(args) -> int:
 
 
 def cmd_site_rollback(args) -> int:
-    from fazt.deploy import check_site_name
     from fazt.instance import rollback_site
-    from fazt.store import open_database
 
-    check_site_name(args.name)
-    db = open_database(_db(args))
-    result = rollback_site(db, args.name, args.version)
-    db.close()
+    with _site_database(args) as db:
+        result = rollback_site(db, args.name, args.version)
     print(f"Site {args.name!r} serves version {result['version']} again (was "
           f"{result['from']}); a running server serves it from its next request.")
     return 0
@@ -363,7 +352,6 @@ def _existing_site(db, name: str) -> None:
 
 def cmd_env_set(args) -> int:
     from fazt.deploy import check_site_name
-    from fazt.store import open_database
     from fazt.store.env import check_key, set_var
 
     check_site_name(args.name)
@@ -374,26 +362,21 @@ def cmd_env_set(args) -> int:
             value = getpass.getpass(f"Value of {args.key} (not shown): ")
         else:
             value = sys.stdin.read().removesuffix("\n")
-    db = open_database(_db(args))
-    _existing_site(db, args.name)
-    with db.write() as conn:
-        set_var(conn, args.name, args.key, value)
-    db.close()
+    with _database(args) as db:
+        _existing_site(db, args.name)
+        with db.write() as conn:
+            set_var(conn, args.name, args.key, value)
     print(f"Set {args.key} for site {args.name!r}; its handler reads fazt.env.{args.key} "
           "(a running server within seconds). The value is never shown again.")
     return 0
 
 
 def cmd_env_unset(args) -> int:
-    from fazt.deploy import check_site_name
-    from fazt.store import open_database
     from fazt.store.env import unset_var
 
-    check_site_name(args.name)
-    db = open_database(_db(args))
-    with db.write() as conn:
-        removed = unset_var(conn, args.name, args.key)
-    db.close()
+    with _site_database(args) as db:
+        with db.write() as conn:
+            removed = unset_var(conn, args.name, args.key)
     if not removed:
         raise FaztError(f"Site {args.name!r} has no secret named {args.key!r}.")
     print(f"Removed {args.key} from site {args.name!r}.")
@@ -401,42 +384,34 @@ def cmd_env_unset(args) -> int:
 
 
 def cmd_env_list(args) -> int:
-    from fazt.deploy import check_site_name
-    from fazt.store import open_database
     from fazt.store.env import list_vars
 
-    check_site_name(args.name)
-    db = open_database(_db(args))
-    _existing_site(db, args.name)
-    with db.read() as conn:
-        names = list_vars(conn, args.name)
-    db.close()
-    if args.json:
-        return _print_json({"site": args.name, "env": names})
-    if not names:
-        print(f"Site {args.name!r} has no secrets; add one with "
-              f"`fazt site env set {args.name} KEY`.")
-    for entry in names:
-        print(f"{entry['key']:<32} set {_when(entry['updated_at'])}")
-    return 0
+    with _site_database(args) as db:
+        _existing_site(db, args.name)
+        with db.read() as conn:
+            names = list_vars(conn, args.name)
+    return _listing(args, {"site": args.name, "env": names}, names,
+                    f"Site {args.name!r} has no secrets; add one with "
+                    f"`fazt site env set {args.name} KEY`.",
+                    lambda e: f"{e['key']:<32} set {_when(e['updated_at'])}")
 
 
 def cmd_site_logs(args) -> int:
-    import time
+    with _site_database(args) as db:
+        _follow_logs(db, args)
+    return 0
 
-    from fazt.deploy import check_site_name
-    from fazt.store import open_database
+
+def _follow_logs(db, args) -> None:
     from fazt.store.logs import read_lines
 
-    check_site_name(args.name)
-    db = open_database(_db(args))
     _existing_site(db, args.name)
     with db.read() as conn:
         lines = read_lines(conn, args.name, last=args.lines)
         newest = read_lines(conn, args.name, last=1)
     if args.json and not args.follow:
-        db.close()
-        return _print_json({"site": args.name, "lines": lines})
+        _print_json({"site": args.name, "lines": lines})
+        return
     last = newest[0]["id"] if newest else 0  # following: new lines only, past ones as asked
     while True:
         for line in lines:
@@ -446,13 +421,11 @@ def cmd_site_logs(args) -> int:
                 print(f"{_when(line['time'])} {line['level']:<5} {_shown(line['message'])}")
             last = line["id"]
         if not args.follow:
-            break
+            return
         sys.stdout.flush()
         time.sleep(0.5)  # a running server writes its lines every half second
         with db.read() as conn:
             lines = read_lines(conn, args.name, after=last)
-    db.close()
-    return 0
 
 
 # -- config, tokens, backup -------------------------------------------------
@@ -461,12 +434,10 @@ def cmd_site_logs(args) -> int:
 def cmd_config_get(args) -> int:
     from fazt.instance import read_config
     from fazt.stability import thresholds as th
-    from fazt.store import open_database
 
-    db = open_database(_db(args))
-    with db.read() as conn:
-        config = read_config(conn)
-    db.close()
+    with _database(args) as db:
+        with db.read() as conn:
+            config = read_config(conn)
     shown = {k: v for k, v in config.items() if k != "admin_assets_sha"}
     if args.key:
         if args.key not in shown:
@@ -483,14 +454,12 @@ def cmd_config_get(args) -> int:
 
 def cmd_config_set(args) -> int:
     from fazt.instance import machine_for, read_config, update_config
-    from fazt.store import open_database
 
-    db = open_database(_db(args))
-    with db.read() as conn:
-        config = read_config(conn)
-    machine = machine_for(config, db.path)
-    config = update_config(db, machine, {args.key: args.value}, args.break_glass)
-    db.close()
+    with _database(args) as db:
+        with db.read() as conn:
+            config = read_config(conn)
+        machine = machine_for(config, db.path)
+        config = update_config(db, machine, {args.key: args.value}, args.break_glass)
     print(f"{args.key} = {json.dumps(config[args.key])}"
           + (" (break glass: recorded)" if args.break_glass else ""))
     return 0
@@ -499,17 +468,15 @@ def cmd_config_set(args) -> int:
 def cmd_config_reset(args) -> int:
     from fazt.instance import machine_for, read_config, reset_config
     from fazt.stability import thresholds as th
-    from fazt.store import open_database
 
     if bool(args.key) == bool(args.all):
         raise FaztError("Name one KEY to reset, or give --all for every threshold.")
-    db = open_database(_db(args))
-    with db.read() as conn:
-        config = read_config(conn)
-    machine = machine_for(config, db.path)
-    keys = None if args.all else [args.key]
-    config = reset_config(db, machine, keys)
-    db.close()
+    with _database(args) as db:
+        with db.read() as conn:
+            config = read_config(conn)
+        machine = machine_for(config, db.path)
+        keys = None if args.all else [args.key]
+        config = reset_config(db, machine, keys)
     for key in keys or th.keys():
         print(f"{key} = {json.dumps(config[key])}")
     print("Back to what fazt recommends for this machine; a running server uses it "
@@ -518,40 +485,30 @@ def cmd_config_reset(args) -> int:
 
 
 def cmd_token_create(args) -> int:
-    from fazt.store import open_database
     from fazt.tokens import create_token
 
-    db = open_database(_db(args))
-    token = create_token(db, args.name)
-    db.close()
+    with _database(args) as db:
+        token = create_token(db, args.name)
     print(token)
     print("Keep it now: it is shown only once.", file=sys.stderr)
     return 0
 
 
 def cmd_token_list(args) -> int:
-    from fazt.store import open_database
     from fazt.tokens import list_tokens
 
-    db = open_database(_db(args))
-    tokens = list_tokens(db)
-    db.close()
-    if args.json:
-        return _print_json({"tokens": tokens})
-    if not tokens:
-        print("No tokens; make one with `fazt token create --name N`.")
-    for t in tokens:
-        print(f"{t['id']:>4}  {t['name']:<32} created {_when(t['created_at'])}")
-    return 0
+    with _database(args) as db:
+        tokens = list_tokens(db)
+    return _listing(args, {"tokens": tokens}, tokens,
+                    "No tokens; make one with `fazt token create --name N`.",
+                    lambda t: f"{t['id']:>4}  {t['name']:<32} created {_when(t['created_at'])}")
 
 
 def cmd_token_revoke(args) -> int:
-    from fazt.store import open_database
     from fazt.tokens import revoke_token
 
-    db = open_database(_db(args))
-    revoked = revoke_token(db, args.id)
-    db.close()
+    with _database(args) as db:
+        revoked = revoke_token(db, args.id)
     if revoked is None:
         raise FaztError(f"There is no active token with id {args.id}; see `fazt token list`.")
     print(f"Revoked token {args.id}; a running server refuses it from its next request.")
@@ -560,14 +517,11 @@ def cmd_token_revoke(args) -> int:
 
 def cmd_db_compact(args) -> int:
     from fazt.instance import collect_unserved, replicating
-    from fazt.store import open_database, space
+    from fazt.store import space
 
-    db = open_database(_db(args))
-    try:
+    with _database(args) as db:
         collect_unserved(db)
         result = space.compact(db, full=args.full, checkpoint=not replicating(db))
-    finally:
-        db.close()
     print(f"Compacted {db.path}: {result['before_bytes'] / 2**20:.1f} MB before, "
           f"{result['after_bytes'] / 2**20:.1f} MB now (database and WAL).")
     if not result["checkpointed"]:
@@ -576,11 +530,8 @@ def cmd_db_compact(args) -> int:
 
 
 def cmd_backup(args) -> int:
-    from fazt.store import open_database
-
-    db = open_database(_db(args))
-    db.backup(args.out)
-    db.close()
+    with _database(args) as db:
+        db.backup(args.out)
     print(f"Wrote a consistent copy of {db.path} to {args.out}.")
     return 0
 
@@ -612,6 +563,15 @@ def _print_json(value) -> int:
     return 0
 
 
+def _listing(args, payload, rows: list, empty: str, line) -> int:
+    """What a list command prints: `payload` as JSON with --json; otherwise `line(row)` for
+    each row, or the sentence `empty` when there are none."""
+    if args.json:
+        return _print_json(payload)
+    print("\n".join(line(row) for row in rows) if rows else empty)
+    return 0
+
+
 def _shown(message: str) -> str:
     """A site's log message for the owner's terminal: the site's JavaScript wrote it, so
     control characters (an escape sequence drives the terminal) become \\xHH and its
@@ -622,8 +582,6 @@ def _shown(message: str) -> str:
 
 
 def _when(epoch: float | None) -> str:
-    import time
-
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch)) if epoch else "-"
 
 
@@ -633,7 +591,6 @@ def _when(epoch: float | None) -> str:
 def cmd_replica_set(args) -> int:
     from fazt.instance import machine_for, read_config, update_config
     from fazt.replica import litestream, target
-    from fazt.store import open_database
 
     url = args.url.strip()
     if not url:
@@ -646,15 +603,14 @@ def cmd_replica_set(args) -> int:
     if args.store_credentials and missing:
         raise FaztError(f"--store-credentials takes them from this environment, and "
                         f"{missing[0]} is not set.")
-    db = open_database(_db(args))
-    with db.read() as conn:
-        config = read_config(conn)
-    with db.write() as conn:  # before the URL, so the server starts with the right ones
-        target.forget_credentials(conn)
-        if args.store_credentials:
-            target.store_credentials(conn, os.environ)
-    config = update_config(db, machine_for(config, db.path), {target.URL_KEY: url})
-    db.close()
+    with _database(args) as db:
+        with db.read() as conn:
+            config = read_config(conn)
+        with db.write() as conn:  # before the URL, so the server starts with the right ones
+            target.forget_credentials(conn)
+            if args.store_credentials:
+                target.store_credentials(conn, os.environ)
+        config = update_config(db, machine_for(config, db.path), {target.URL_KEY: url})
     where = ("stored in the database" if args.store_credentials
              else "taken from the environment of `fazt server start`")
     print(f"Replication to {config[target.URL_KEY]} is on; credentials are {where}.")
@@ -666,17 +622,15 @@ def cmd_replica_set(args) -> int:
 def cmd_replica_off(args) -> int:
     from fazt.instance import machine_for, read_config, update_config
     from fazt.replica import litestream, target
-    from fazt.store import open_database
     from fazt.store.claim import is_claimed
 
-    db = open_database(_db(args))
-    with db.read() as conn:
-        config = read_config(conn)
-    was = bool(config.get(target.URL_KEY))
-    update_config(db, machine_for(config, db.path), {target.URL_KEY: ""})
-    with db.write() as conn:
-        target.forget_credentials(conn)
-    db.close()
+    with _database(args) as db:
+        with db.read() as conn:
+            config = read_config(conn)
+        was = bool(config.get(target.URL_KEY))
+        update_config(db, machine_for(config, db.path), {target.URL_KEY: ""})
+        with db.write() as conn:
+            target.forget_credentials(conn)
     if not is_claimed(db.path):  # else the running server stops Litestream, then removes them
         litestream.remove_working_files(db.path)
     print("Replication is off; Litestream's folder beside the database is removed."
@@ -688,13 +642,11 @@ def cmd_replica_status(args) -> int:
     from fazt.instance import read_config
     from fazt.replica import target
     from fazt.replica.primary import replication_status
-    from fazt.store import open_database
 
-    db = open_database(_db(args))
-    with db.read() as conn:
-        url = read_config(conn).get(target.URL_KEY) or None
-        source = target.credentials_source(conn)
-    db.close()
+    with _database(args) as db:
+        with db.read() as conn:
+            url = read_config(conn).get(target.URL_KEY) or None
+            source = target.credentials_source(conn)
     status = {**replication_status(db.path, url), "credentials": source}
     if args.json:
         print(json.dumps(status, indent=2))

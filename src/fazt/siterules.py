@@ -235,17 +235,11 @@ def check_rules(files: list[NewFile]) -> list[NewFile]:
     out = []
     for f in files:
         if f.path in RULE_FILES:
-            data = f.read(MAX_FILE_BYTES)
-            try:
-                text = data.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise FaztError(f"{f.path} is not valid UTF-8 (byte {exc.start}).",
-                                code="bad_rules") from None
+            text, f = f.read_text(MAX_FILE_BYTES, "bad_rules")
             if f.path == REDIRECTS:
                 parse_redirects(text)
             else:
                 parse_headers(text)
-            f = NewFile(f.path, f.mime, [data])
         out.append(f)
     return out
 

@@ -20,18 +20,12 @@ def compile_check(files: list[NewFile]) -> list[NewFile]:
     out = []
     for f in files:
         if f.path == SCRIPT:
-            data = f.read(MAX_SCRIPT_BYTES)
-            try:
-                source = data.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise FaztError(f"{SCRIPT} is not valid UTF-8 (byte {exc.start}).",
-                                code="js_syntax") from None
+            source, f = f.read_text(MAX_SCRIPT_BYTES, "js_syntax")
             problem = syntax_error(source)
             if problem:
                 line, message = problem
                 where = f"line {line}: " if line else ""
                 raise FaztError(f"{SCRIPT} does not compile: {where}{message}", code="js_syntax")
-            f = NewFile(f.path, f.mime, [data])
         out.append(f)
     return out
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from fazt.errors import TooLarge
+from fazt.errors import FaztError, TooLarge
 from fazt.store.files import mark_variants_decided, put_blob, put_variant
 
 
@@ -65,6 +65,17 @@ class NewFile:
                 raise TooLarge(f"{self.path} is over the limit of {limit // 1024} KiB.")
             parts.append(piece)
         return b"".join(parts)
+
+    def read_text(self, limit: int, code: str) -> tuple[str, "NewFile"]:
+        """The content as UTF-8 text (refused with `code` when it is not one) and this file
+        with its pieces replaced by the bytes read, since they may be single-use."""
+        data = self.read(limit)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise FaztError(f"{self.path} is not valid UTF-8 (byte {exc.start}).",
+                            code=code) from None
+        return text, NewFile(self.path, self.mime, [data])
 
 
 def replace_site(conn: sqlite3.Connection, name: str, files: Iterable[NewFile],

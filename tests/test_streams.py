@@ -3,14 +3,16 @@ threads) and on a worker's, whole or by Range, through a real server too."""
 
 import hashlib
 import os
+import resource
 import threading
 
 import pytest
 from conftest import Server, eventually, fazt, init_db
 
+from fazt.heap import keep_free_heap
 from fazt.store.database import create_database
 from fazt.store.files import CHUNK_SIZE, put_blob
-from fazt.vfs import READ_AHEAD, ChunkStream, StreamLoop
+from fazt.vfs import HEAP_KEEP_MB, READ_AHEAD, ChunkStream, StreamLoop
 
 SIZE = 9 * CHUNK_SIZE + 12345  # ten chunks, the last one short
 
@@ -174,3 +176,21 @@ def test_read_ahead_is_shared_between_streams(stored):
             stream.close()
     assert eventually(lambda: loop.stream_loop.ahead == 0)  # every reservation given back
     loop.stream_loop.shutdown()
+
+
+def test_chunk_pages_are_reused_not_faulted_in_again():
+    """heap.py: streams allocate and free chunks all the time; with glibc's defaults each
+    few chunks freed went back to the kernel and came back as page faults."""
+    if not keep_free_heap(HEAP_KEEP_MB * 1024 * 1024):
+        pytest.skip("not glibc: no mallopt")
+
+    def churn() -> int:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(50):
+            chunks = [b"x" * CHUNK_SIZE for _ in range(READ_AHEAD + 1)]
+            del chunks
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    churn()  # the first round faults the heap in
+    pages = 50 * (READ_AHEAD + 1) * CHUNK_SIZE // 4096
+    assert churn() < pages // 20

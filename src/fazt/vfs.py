@@ -393,9 +393,13 @@ def _lenient(parse, text: str) -> tuple:
 
 
 STREAM_CACHE_MB = 0.5  # a chunk is read once: streams read through a small page cache
-READ_AHEAD = 3  # chunks a stream on the loop keeps fetched (or on their way) past the one it sends
-READ_BATCH = 2  # chunks one reader job fetches, in one short read transaction
+# What streams hold (the memory ledger, web_simulator/capacity.js, charges these): each
+# download the chunk it sends and the one it waits for (2 x CHUNK_SIZE), and all of them
+# together at most READ_AHEAD_MB read ahead, however many there are.
+READ_AHEAD = 15  # chunks a stream on the loop keeps fetched (or on their way) past the one it sends
+READ_BATCH = 4  # chunks one reader job fetches, in one short read transaction
 READ_AHEAD_MB = 8  # what all streams together may hold read ahead (beyond a chunk each)
+HEAP_KEEP_MB = 2 * READ_AHEAD_MB  # free heap malloc keeps for the next chunks (heap.py)
 
 
 class StreamLoop:
@@ -456,9 +460,13 @@ class ChunkStream(io.RawIOBase):
 
     On the loop `read` answers memoryview slices of the chunk it holds, never
     copies: a socket's send takes them as they are. Memory: the chunk being sent, and up
-    to READ_AHEAD + 1 fetched behind it (at most 1.25 MiB a stream, 256 KiB chunks).
+    to READ_AHEAD + 1 fetched behind it (4 MiB with 256 KiB chunks), all but one of
+    them inside the loop's shared read-ahead limit.
     Measured with READ_AHEAD 1: more than half of the loop's requests for a
-    chunk found it still being read, and the download stalled each time.
+    chunk found it still being read, and the download stalled each time; with 3
+    (768 KiB, about a millisecond of a loopback download) the loop still sat
+    idle a third of the time, waiting for a reader thread to be scheduled, and
+    15 made one download 1.5 to 2 times as fast.
     """
 
     def __init__(self, db: Database, blob_id: int, start: int, end: int,

@@ -18,6 +18,7 @@ import time
 from fazt.app import Router
 from fazt.constants import DEFAULT_PORT, MB
 from fazt.errors import FaztError
+from fazt.heap import keep_free_heap
 from fazt.hosts import classify, host_name
 from fazt.https import hsts
 from fazt.instance import Instance
@@ -27,7 +28,7 @@ from fazt.server.fastpath import FastPath
 from fazt.server.http import HTTPServer
 from fazt.server.lanes import LaneDispatcher
 from fazt.store.claim import claim_for_server
-from fazt.vfs import StreamLoop
+from fazt.vfs import HEAP_KEEP_MB, StreamLoop
 
 LOOP_YIELD = 0.0002  # seconds the event loop pauses per turn while the lanes are busy
 TICK = 2.0  # seconds between housekeeping turns (collection, Litestream, an idle server)
@@ -166,6 +167,7 @@ def run(db_path: str, host: str, port: int | None, https_port: int | None = None
                       "https")
     instance.connection_stats = server.stats
     instance.vfs.loop = StreamLoop(server.loop.wake)  # this thread runs the event loop
+    keep_free_heap(HEAP_KEEP_MB * MB)  # streams reuse their chunks' pages (heap.py)
     instance.db.release_reader()  # and never reads the database again: drop boot's cache
 
     def stop(signum, frame):

@@ -4,18 +4,24 @@ The rules, in the order a connection meets them:
 
 1. Accepting. Past `connection_limit` open connections (a TLS connection counts
    as two, its memory being twice an idle plain one's: tls.py), room is made by
-   closing the connection that has been quiet longest *between requests*
-   (an idle keep-alive, or one still sending its headers) for MIN_QUIET
-   seconds at least: never one whose request has arrived, and never one that
-   has spoken to the cockpit. When nothing can be closed, up to
-   COCKPIT_RESERVE more are still accepted; when their request arrives, the
-   quietest connection is closed for it however recent, and with none to
-   close only the cockpit is served, the rest get 503 with Retry-After. Past
-   that, new connections wait in the kernel's backlog (BACKLOG in boot.py)
-   until one closes or turns quiet: none is reset to make room.
+   closing a connection *between requests*, never one whose request has
+   arrived and never one that has spoken to the cockpit: first one that has
+   not completed a request yet (silent, or still sending its headers) for
+   MIN_QUIET seconds, else a keep-alive idle for IDLE_EVICT seconds. A client
+   in use sends its next request well within IDLE_EVICT; closing its
+   connection then would race that request into a reset (HTTP allows the
+   close, but the request is lost). The close itself is graceful (see
+   `Connection.evict`): a request still being sent gets a 503, and no close
+   ever leaves unread input for the kernel to answer with a reset. When
+   nothing can be closed, up to COCKPIT_RESERVE more are still accepted; when
+   their request arrives, only the cockpit is served (or room made by the same
+   rules), the rest get 503 with Retry-After and their place is free again at
+   once. Past that, new connections wait in the kernel's backlog (BACKLOG in
+   boot.py) until one closes or turns closable: none is reset to make room.
 2. Each address's share. One address may hold `address_connections` open; its
-   own quietest connection makes room for its next one, and when it has none
-   to give, the newcomer's request (unless it is for the cockpit) gets 429.
+   own closable connection (by the rules of 1) makes room for its next one, and
+   when it has none to give, the newcomer's request (unless it is for the
+   cockpit) gets 429.
    Requests per second per address (`address_requests_per_s`, a token bucket
    with two seconds of burst) past the rate get 429 with Retry-After.
 3. Bodies. A body is read only where the route takes one and only up to the
@@ -38,7 +44,8 @@ from dataclasses import dataclass
 from fazt.constants import MB
 from fazt.hosts import ADMIN, SITE, Target
 
-MIN_QUIET = 0.25  # seconds between requests before a connection may be closed to make room
+MIN_QUIET = 0.25  # seconds a connection that has not completed a request must be silent
+IDLE_EVICT = 2.0  # seconds a keep-alive must be idle before it may be closed to make room
 COCKPIT_RESERVE = 64  # connections accepted past the limit, served only for the cockpit
 USER_QUEUE_LIMIT = 256  # site requests waiting for a thread before new ones get 503
 BODY_MIN_RATE = 1024  # bytes a second a body must average, after BODY_GRACE seconds
@@ -74,7 +81,7 @@ STATIC_METHODS = ("GET", "HEAD")
 class Address:
     """What one client address holds: connections, bodies in flight, its request bucket."""
 
-    __slots__ = ("open", "connections", "bodies", "tokens", "stamp", "quiet")
+    __slots__ = ("open", "connections", "bodies", "tokens", "stamp", "closable")
 
     def __init__(self, burst: float):
         self.open = 0  # all its connections, the cockpit's included
@@ -82,7 +89,42 @@ class Address:
         self.bodies = 0
         self.tokens = burst
         self.stamp = time.monotonic()
-        self.quiet: OrderedDict = OrderedDict()  # its connections that may be closed
+        self.closable = Closable()  # its connections that may be closed
+
+
+class Closable:
+    """Connections that may be closed to make room, least recently active first, in two
+    orders: those that have not completed a request on this connection (closable after
+    MIN_QUIET), and keep-alives between requests (closable only after IDLE_EVICT)."""
+
+    __slots__ = ("fresh", "idle")
+
+    def __init__(self) -> None:
+        self.fresh: OrderedDict = OrderedDict()
+        self.idle: OrderedDict = OrderedDict()
+
+    def add(self, conn, idle: bool) -> None:
+        self.discard(conn)
+        (self.idle if idle else self.fresh)[conn] = None
+
+    def discard(self, conn) -> None:
+        self.fresh.pop(conn, None)
+        self.idle.pop(conn, None)
+
+    def __contains__(self, conn) -> bool:
+        return conn in self.fresh or conn in self.idle
+
+    def victim(self, now: float):
+        """The connection to close now, or None: each order's head is its quietest."""
+        for conn in self.fresh:
+            if now - conn.since >= MIN_QUIET:
+                return conn
+            break
+        for conn in self.idle:
+            if now - conn.since >= IDLE_EVICT:
+                return conn
+            break
+        return None
 
 
 class Admission:
@@ -98,7 +140,7 @@ class Admission:
         self.paused = 0  # times the listeners stopped accepting: full, nothing to close
         self.evicted = 0
         self.addresses: dict[str, Address] = {}
-        self.quiet: OrderedDict = OrderedDict()  # closable connections, least recently active first
+        self.closable = Closable()
         self.resize(connection_limit, address_connections, address_rps, max_upload_bytes,
                     js_body_bytes)
 
@@ -127,24 +169,23 @@ class Admission:
         connections waiting in the kernel's backlog (nothing is reset) until one closes."""
         if self.charged < self.connection_limit + COCKPIT_RESERVE:
             return True
-        for victim in self.quiet:
-            return time.monotonic() - victim.since >= MIN_QUIET
-        return False
+        return self.closable.victim(time.monotonic()) is not None
 
     def arrived(self, conn) -> None:
         """A new connection (the listener checked `has_room`): make room for it."""
         address = self.addresses.get(conn.ip)
         if address is None:
             address = self.addresses[conn.ip] = Address(self.address_rps * 2)
+        conn.counted = True
         address.open += 1
         address.connections += 1
         self.open += 1
         self.charged += conn.transport.weight
-        if address.connections > self.address_connections and not self._close_quietest(
-                address.quiet):
+        if address.connections > self.address_connections and not self._close(
+                address.closable):
             conn.over_share = True
         while self.charged > self.connection_limit:
-            if self._close_quietest(self.quiet):
+            if self._close(self.closable):
                 continue
             # Full of recently active connections: the newcomer takes a reserve place, where
             # only the cockpit is served and a site request gets an explicit 503.
@@ -155,39 +196,43 @@ class Admission:
     def trim(self) -> None:
         """Back under the limit once the newcomers that went past it are quiet enough (the
         server's sweep, every second): the reserve is for moments, not for good."""
-        while self.charged > self.connection_limit and self._close_quietest(self.quiet):
+        while self.charged > self.connection_limit and self._close(self.closable):
             pass
 
-    def _close_quietest(self, quiet: OrderedDict, min_quiet: float = MIN_QUIET) -> bool:
-        """Close the connection quiet longest, if it has been quiet `min_quiet` seconds: a
-        keep-alive used a moment ago may have its next request on the way, and closing it
-        then would reset that request (the newcomer gets an explicit answer instead)."""
-        for victim in quiet:
-            if time.monotonic() - victim.since < min_quiet:
-                return False
-            self.evicted += 1
-            victim.evict()  # calls left(), which takes it out of both orders
-            return True
-        return False
+    def _close(self, closable: Closable) -> bool:
+        """Close one connection of `closable` to make room, if one may be closed (a keep-alive
+        used a moment ago may have its next request on the way: the newcomer gets an
+        explicit answer instead)."""
+        victim = closable.victim(time.monotonic())
+        if victim is None:
+            return False
+        self.evicted += 1
+        victim.evict()  # calls left() first: the room is free at once
+        return True
 
     def quiet_again(self, conn) -> None:
         """The connection is between requests (or still sending headers): it may be closed."""
-        if conn.admin:
+        if conn.admin or not conn.counted:
             return
-        self.quiet[conn] = None
-        self.quiet.move_to_end(conn)
-        quiet = self.addresses[conn.ip].quiet
-        quiet[conn] = None
-        quiet.move_to_end(conn)
+        idle = conn.between_requests
+        self.closable.add(conn, idle)
+        self.addresses[conn.ip].closable.add(conn, idle)
+
+    def is_closable(self, conn) -> bool:
+        return conn in self.closable
 
     def busy(self, conn) -> None:
         """Its request has arrived: from now until the answer is sent it is never closed."""
-        self.quiet.pop(conn, None)
+        self.closable.discard(conn)
         address = self.addresses.get(conn.ip)
         if address is not None:
-            address.quiet.pop(conn, None)
+            address.closable.discard(conn)
 
     def left(self, conn) -> None:
+        """The connection no longer counts: closed, or being closed to make room."""
+        if not conn.counted:
+            return
+        conn.counted = False
         self.busy(conn)
         self.open -= 1
         self.charged -= conn.transport.weight
@@ -220,9 +265,8 @@ class Admission:
                 self.addresses[conn.ip].connections -= 1
             return self._body_rule(target.kind, method, path)
         if conn.reserve and (self.charged <= self.connection_limit
-                             or self._close_quietest(self.quiet, 0.0)):
-            # Room was made since it arrived, or is made now: a request that arrived wins
-            # over a connection with none (closing it between requests, as HTTP allows).
+                             or self._close(self.closable)):
+            # Room was made since it arrived, or is made now by the rules of accepting.
             conn.reserve = False
         if conn.reserve:
             return Refusal(503, "over_capacity",

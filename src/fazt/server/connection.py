@@ -91,7 +91,7 @@ class Connection:
                  "since", "parser", "inbuf", "wire", "out", "queued", "cond", "events",
                  "admin", "reserve", "over_share", "in_body", "body_limit", "body_bytes",
                  "served", "closed", "close_after", "task_running", "last_write", "began",
-                 "stalled", "eof", "target")
+                 "stalled", "eof", "target", "counted")
 
     def __init__(self, server, sock: socket.socket, addr, transport, listener):
         self.server = server
@@ -125,6 +125,7 @@ class Connection:
         self.stalled = False
         self.eof = False  # the client will send nothing more
         self.target = None  # what the last request's Host named (admission classifies it)
+        self.counted = False  # admission counts it (from arrival until closed or evicted)
 
     # -- events -----------------------------------------------------------------
 
@@ -170,10 +171,10 @@ class Connection:
             return
         except OSError:
             return self.abort()
-        if self.state == CLOSING:
+        if self.state == CLOSING or (self.close_after and data):
             if not data:
                 self.abort()
-            return  # lingering: what arrives now is dropped
+            return  # lingering, or closing after this answer: what arrives now is dropped
         try:
             plain = self.transport.feed(data)
         except TransportFailure:
@@ -203,7 +204,8 @@ class Connection:
             self.parse()
 
     def parse(self) -> None:
-        while self.inbuf and not self.closed and self.state in (IDLE, HEADERS, BODY):
+        while self.inbuf and not self.closed and not self.close_after and \
+                self.state in (IDLE, HEADERS, BODY):
             if self.parser is None:
                 self.parser = HTTPRequestParser(self.listener_info.adj)
                 self.state = HEADERS
@@ -228,6 +230,11 @@ class Connection:
                                         "address's limit."))
             if not consumed:
                 break
+
+    @property
+    def between_requests(self) -> bool:
+        """An idle keep-alive: it has been answered and has not begun its next request."""
+        return self.served > 0 and self.state == IDLE
 
     @property
     def listener_info(self):
@@ -435,7 +442,7 @@ class Connection:
         if not (self.wire or out) and self.state == IDLE and not self.task_running:
             if self.close_after:
                 self._begin_close()
-            elif self.parser is None and self not in self.server.admission.quiet:
+            elif self.parser is None and not self.server.admission.is_closable(self):
                 self.since = time.monotonic()  # answered: idle from now, and closable
                 self.server.admission.quiet_again(self)
 
@@ -467,13 +474,25 @@ class Connection:
             self.sock.shutdown(socket.SHUT_WR)
         except OSError:
             return self.abort()
-        self.server.admission.busy(self)
+        # No longer counted: it holds a socket for at most LINGER, and a 503 answered from
+        # the reserve must free its place at once for the next newcomer (the owner's).
+        self.server.release(self)
         self.state, self.since = CLOSING, time.monotonic()
         self._want(READ)
 
     def evict(self) -> None:
-        """Closed to make room: only ever between requests (admission's quiet order)."""
-        self.abort()
+        """Closed to make room, only ever between requests (admission's closable orders).
+
+        Gracefully: a close() with unread input makes the kernel answer with a reset, and
+        the client's next request may be in our receive buffer or on the wire. So a request
+        still being sent gets an explicit 503, and the close is a half-close that reads and
+        drops what still arrives until the client closes too (or LINGER passes)."""
+        self.server.admission.left(self)  # the room is free now, whatever the linger takes
+        if self.state == HEADERS:
+            self.refuse(Refusal(503, "over_capacity", "The server is at its connection "
+                                "limit; try again shortly.", 2, close=True))
+        else:
+            self._begin_close()
 
     def abort(self) -> None:
         if self.closed:
@@ -511,7 +530,7 @@ class Connection:
                 if now - self.last_write > WRITE_TIMEOUT:
                     self.abort()
             elif now - self.since > (KEEPALIVE_TIMEOUT if self.served else FIRST_REQUEST_TIMEOUT):
-                self.abort()
+                self._begin_close()
         elif state == HEADERS:
             if now - self.since > HEADER_TIMEOUT:
                 self.refuse(Refusal(408, "request_timeout",

@@ -89,6 +89,11 @@ class HTTPServer:
         """A connection closed."""
         if conn in self.connections:
             self.connections.discard(conn)
+            self.release(conn)
+
+    def release(self, conn: Connection) -> None:
+        """It no longer counts against the limits (closed, or closing)."""
+        if conn.counted:
             self.admission.left(conn)
             if not self.stopping:
                 self.resume_listeners()

@@ -44,7 +44,8 @@ shortens them.
 The engine is `quickjs-ng` (same `import quickjs`). The archived `quickjs`
 1.19.4 corrupts its heap when `String.prototype.repeat` or `padEnd` hits the
 memory limit, and the process segfaults within a few such runs (reproduced
-without fazt; tests/test_runtime.py runs 300 of them in a child process).
+without fazt, and with fazt: the 4th bomb; tests/test_runtime.py runs 30 in a child
+process).
 quickjs-ng survives them; its loops are slower (DESIGN.md measured ~3×),
 a price stability is worth.
 """

@@ -204,11 +204,12 @@ def wrk(url: str, host: str, threads: int, connections: int, seconds: float,
 
 
 def parse_wrk(out: str, what: str) -> dict:
-    """wrk's --latency output as numbers (see `wrk`)."""
+    """wrk's --latency output as numbers (see `wrk`; `max` is the longest latency)."""
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if rps is None:
         raise RuntimeError(f"wrk printed no result for {what}:\n{out}")
     pct = dict(re.findall(r"^\s+(\d+)%\s+(\S+)", out, re.M))
+    most = re.search(r"Latency\s+\S+\s+\S+\s+(\S+)", out)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     total = re.search(r"(\d+) requests in", out)
@@ -219,6 +220,7 @@ def parse_wrk(out: str, what: str) -> dict:
             transfer.group(2)) if transfer else float("nan"),
         "p50": _seconds(pct["50"]),
         "p99": _seconds(pct["99"]),
+        "max": _seconds(most.group(1)) if most else float("nan"),
         "requests": int(total.group(1)) if total else 0,
         "errors": sum(int(x) for x in errors.groups()) if errors else 0,
         "non2xx": int(non2xx.group(1)) if non2xx else 0,

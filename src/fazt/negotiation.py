@@ -140,11 +140,15 @@ def cache_control(path: str, mime: str) -> str:
 
 def not_modified(if_none_match: str | None, body: Body) -> bool:
     """If-None-Match (weak comparison, as RFC 9110 asks) against this body's ETag."""
+    return etag_matches(if_none_match, etag(body))
+
+
+def etag_matches(if_none_match: str | None, tag: str) -> bool:
+    """`not_modified` for a body known by its ETag alone."""
     if not if_none_match:
         return False
     if if_none_match.strip() == "*":
         return True
-    tag = etag(body)
     return any(t.strip().removeprefix("W/") == tag for t in if_none_match.split(","))
 
 

@@ -6,6 +6,7 @@ cockpit in RAM.
 """
 
 import errno
+import gc
 import logging
 import os
 import resource
@@ -169,6 +170,11 @@ def run(db_path: str, host: str, port: int | None, https_port: int | None = None
     instance.vfs.loop = StreamLoop(server.loop.wake)  # this thread runs the event loop
     keep_free_heap(HEAP_KEEP_MB * MB)  # streams reuse their chunks' pages (heap.py)
     instance.db.release_reader()  # and never reads the database again: drop boot's cache
+    # What boot made (modules, functions, the cockpit's pinned files, ...) lives as long as
+    # the server: out of the cyclic collector's sight, so that a full collection, which
+    # stops every thread (the event loop's too), walks only what was made since.
+    gc.collect()
+    gc.freeze()
 
     def stop(signum, frame):
         server.loop.stop()

@@ -26,7 +26,7 @@ from fazt.deploy import hidden_part
 from fazt.hosts import SITE
 from fazt.https import hsts
 from fazt.instance import NORMAL, Instance
-from fazt.negotiation import not_modified, pick, static_headers
+from fazt.negotiation import etag, etag_matches, pick, static_headers
 from fazt.requestlog import RequestLog, line
 from fazt.server.responses import http_date
 from fazt.siterules import RULE_FILES
@@ -48,16 +48,11 @@ def _render(status: str, headers: list[tuple[str, str]]) -> bytes:
     return ("\r\n".join(lines) + "\r\nServer: fazt\r\n").encode("latin-1")
 
 
-class Prepared:
-    """One file's answers for one Accept-Encoding, rendered once."""
-
-    __slots__ = ("info", "body", "ok", "not_modified")
-
-    def __init__(self, info, body, ok: bytes, not_modified: bytes):
-        self.info = info
-        self.body = body
-        self.ok = ok
-        self.not_modified = not_modified
+# One file's answers for one Accept-Encoding, rendered once: a plain tuple of strings and
+# bytes, (path, encoding, sha256, etag, 200's head, 304's head), which CPython's cyclic
+# collector stops tracking (an object would be walked at every full collection, on the
+# loop's thread: see the Found map in vfs.py).
+PATH, ENCODING, SHA256, ETAG, OK, NOT_MODIFIED = range(6)
 
 
 class FastPath:
@@ -65,7 +60,7 @@ class FastPath:
         self.instance = instance
         self.vfs = instance.vfs
         self.log = log
-        self.memo: dict[tuple, Prepared] = {}
+        self.memo: dict[tuple, tuple] = {}  # (site, path, Accept-Encoding) -> answers
         self.generation = -1
         self.answered = 0
         self._date = (0, b"")
@@ -109,14 +104,14 @@ class FastPath:
             if len(self.memo) >= self.vfs.found_limit:
                 self.memo.clear()
             self.memo[key] = prepared
-        data = self.vfs.held(site, prepared.info, prepared.body)
+        data = self.vfs.held(site, prepared[PATH], prepared[ENCODING], prepared[SHA256])
         if data is None:
             return None  # evicted: a thread reads it back into the cache
         inm = headers.get("IF_NONE_MATCH")
-        if inm and not_modified(inm, prepared.body):
-            status, answer = "304", prepared.not_modified
+        if inm and etag_matches(inm, prepared[ETAG]):
+            status, answer = "304", prepared[NOT_MODIFIED]
         else:
-            status, answer = "200", prepared.ok
+            status, answer = "200", prepared[OK]
         answer += self._date_line()
         for name, value in hsts(instance.config) if tls else ():
             answer += f"{name}: {value}\r\n".encode("latin-1")
@@ -138,7 +133,7 @@ class FastPath:
             self._date = (now, f"Date: {http_date()}\r\n".encode("latin-1"))
         return self._date[1]
 
-    def _prepare(self, site: str, raw: str, encoding: str | None) -> Prepared | None:
+    def _prepare(self, site: str, raw: str, encoding: str | None) -> tuple | None:
         """Render a file's answers, from RAM only; None when anything is not there yet."""
         if not raw.isascii():
             return None
@@ -165,8 +160,8 @@ class FastPath:
         if vfs.is_large(body):
             return None
         site_headers = rules.headers_for(url)
-        return Prepared(
-            info, body,
+        return (
+            info.path, body.encoding, body.sha256, etag(body),
             _render("200 OK", static_headers(info, body, site_headers=site_headers)),
             _render("304 Not Modified", static_headers(info, body, not_modified=True,
                                                        site_headers=site_headers)))

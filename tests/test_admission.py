@@ -353,3 +353,40 @@ def test_large_downloads_past_max_streams_get_503(live: Server, db_path):
             s.close()
     assert eventually(lambda: requests.get(live.url("/movie.bin"), headers={
         "Host": "big.localhost"}, timeout=30).status_code == 200)
+
+
+def test_visitors_behind_a_trusted_proxy_each_get_their_own_limits(live: Server, db_path):
+    """Behind a trusted proxy every visitor shares the proxy's address: the per-request
+    limits count the visitor it names in X-Forwarded-For, and the proxy's own connections
+    are not capped by the per-address share. From any other peer the header is ignored."""
+    _config(live, db_path, address_requests_per_s=5)  # a burst of 10
+
+    def burst(visitor: str) -> list[int]:
+        with requests.Session() as session:
+            return [session.get(live.url("/style.css"), timeout=5, headers={
+                "Host": "mysite.localhost", "X-Forwarded-For": visitor}).status_code
+                for _ in range(30)]
+
+    first = burst("198.51.100.1")
+    assert 200 in first and 429 in first, first
+    assert 429 in burst("198.51.100.2")[:8]  # not believed: the same peer, the same bucket
+
+    admin = Admin(live)
+    assert admin.put("/api/config", json={"trusted_proxies": ["127.0.0.1"]}).status_code == 200
+    third = burst("198.51.100.3")
+    assert 429 in third, third  # each visitor is still limited
+    fourth = burst("198.51.100.4")
+    assert fourth[:8] == [200] * 8, fourth  # with a bucket of its own
+
+    _config(live, db_path, address_requests_per_s=1000, address_connections=4)
+    held = []
+    try:
+        for n in range(8):  # keep-alives in use, twice the share: the proxy carries everyone
+            s = socket.create_connection(("127.0.0.1", live.port), timeout=10)
+            s.sendall(b"GET /style.css HTTP/1.1\r\nHost: mysite.localhost\r\n"
+                      b"X-Forwarded-For: 198.51.100.%d\r\n\r\n" % n)
+            assert s.recv(64).startswith(b"HTTP/1.1 200")
+            held.append(s)
+    finally:
+        for s in held:
+            s.close()

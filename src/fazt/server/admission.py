@@ -24,6 +24,13 @@ The rules, in the order a connection meets them:
    cockpit) gets 429.
    Requests per second per address (`address_requests_per_s`, a token bucket
    with two seconds of burst) past the rate get 429 with Retry-After.
+   Behind a trusted proxy (the `trusted_proxies` setting) every visitor shares
+   the proxy's socket address, so once a request's headers are read its
+   limits (requests per second, bodies in flight) count the client the proxy
+   names in X-Forwarded-For (`proxies.client_address`), as the sign-in limiter
+   and the log do. Connections are counted per socket peer, since they are
+   accepted before any header is read; a trusted proxy's are not capped by
+   `address_connections` (it carries everyone), only by the server's limit.
 3. Bodies. A body is read only where the route takes one and only up to the
    route's limit (BodyRule); anything else is answered 405/411/413 before a
    byte of it is read, and the connection is then closed rather than drained.
@@ -41,6 +48,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from fazt import proxies
 from fazt.constants import MB
 from fazt.hosts import ADMIN, SITE, Target
 
@@ -134,6 +142,8 @@ class Admission:
         self.classify = classify  # Host -> cockpit, site or unknown (custom domains too)
         # Host -> whether its plain-port requests go to HTTPS (set at boot when HTTPS is on)
         self.redirected: Callable[[str | None], bool] = lambda host: False
+        # The `trusted_proxies` setting, parsed (set at boot; read for every request)
+        self.trusted: Callable[[], tuple[proxies.Network, ...]] = tuple
         self.open = 0
         self.charged = 0  # open connections weighed by their memory (TLS counts double)
         self.bodies = 0
@@ -182,7 +192,7 @@ class Admission:
         self.open += 1
         self.charged += conn.transport.weight
         if address.connections > self.address_connections and not self._close(
-                address.closable):
+                address.closable) and not self._is_proxy(conn.ip):
             conn.over_share = True
         while self.charged > self.connection_limit:
             if self._close(self.closable):
@@ -192,6 +202,23 @@ class Admission:
             conn.reserve = True
             break
         self.quiet_again(conn)
+
+    def _is_proxy(self, ip: str) -> bool:
+        trusted = self.trusted()
+        return bool(trusted) and proxies.is_trusted(ip, trusted)
+
+    def _client(self, conn, forwarded_for: str | None) -> Address:
+        """The record of the request's client: the peer, or whom a trusted proxy names."""
+        client = conn.ip
+        if forwarded_for:
+            trusted = self.trusted()
+            if trusted:
+                client = proxies.client_address(conn.ip, forwarded_for, trusted)
+        conn.client = client
+        address = self.addresses.get(client)
+        if address is None:
+            address = self.addresses[client] = Address(self.address_rps * 2)
+        return address
 
     def trim(self) -> None:
         """Back under the limit once the newcomers that went past it are quiet enough (the
@@ -241,24 +268,26 @@ class Admission:
             address.open -= 1
             if not conn.admin:
                 address.connections -= 1
-            if conn.in_body:
-                self.body_ended(conn)
+        if conn.in_body:
+            self.body_ended(conn)
 
     def forget_idle_addresses(self) -> None:
         """Drop the records of addresses with nothing open and a full bucket (bounded RAM)."""
         now = time.monotonic()
         full = self.address_rps * 2
         for ip in [ip for ip, a in self.addresses.items()
-                   if a.open <= 0 and a.tokens + (now - a.stamp) * self.address_rps >= full]:
+                   if a.open <= 0 and a.bodies <= 0
+                   and a.tokens + (now - a.stamp) * self.address_rps >= full]:
             del self.addresses[ip]
 
     # -- requests -----------------------------------------------------------------
 
-    def admit(self, conn, method: str, path: str, host: str | None, queue_depth: int
-              ) -> Refusal | BodyRule:
+    def admit(self, conn, method: str, path: str, host: str | None, queue_depth: int,
+              forwarded_for: str | None = None) -> Refusal | BodyRule:
         """A request's headers are in: refuse it, or say how much body it may send."""
         target = self.classify(host)
         conn.target = target
+        conn.client = conn.ip
         if target.kind == ADMIN:
             if not conn.admin:  # from now on outside the address's share, never closable
                 conn.admin = True
@@ -276,7 +305,7 @@ class Admission:
             return Refusal(429, "too_many_connections",
                            "This address has too many connections open; close some and "
                            "try again.", 2, close=True)
-        address = self.addresses[conn.ip]
+        address = self._client(conn, forwarded_for)
         now = time.monotonic()
         rate = self.address_rps
         address.tokens = min(rate * 2, address.tokens + (now - address.stamp) * rate)
@@ -329,8 +358,8 @@ class Admission:
             return None
         if chunked and not rule.limit:
             return Refusal(413, "too_large", "This address takes no request body.")
+        address = self.addresses[conn.client]
         if not conn.admin:
-            address = self.addresses[conn.ip]
             if address.bodies >= self.address_bodies_limit:
                 return Refusal(429, "too_many_uploads",
                                "This address is already sending as many bodies as it may; "
@@ -340,7 +369,7 @@ class Admission:
                                "The server is receiving as many bodies as it can; "
                                "try again shortly.", 5)
         self.bodies += 1
-        self.addresses[conn.ip].bodies += 1
+        address.bodies += 1
         conn.in_body = True
         return None
 
@@ -348,7 +377,7 @@ class Admission:
         if conn.in_body:
             conn.in_body = False
             self.bodies -= 1
-            address = self.addresses.get(conn.ip)
+            address = self.addresses.get(conn.client)
             if address is not None:
                 address.bodies -= 1
 

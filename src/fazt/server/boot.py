@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 
+from fazt import proxies
 from fazt.app import Router
 from fazt.constants import DEFAULT_PORT, MB
 from fazt.errors import FaztError
@@ -60,7 +61,9 @@ def bind(host: str, port: int, option: str = "--port") -> socket.socket:
 
 
 def admission_for(instance: Instance) -> Admission:
-    return Admission(host_classifier(instance), **_admission_limits(instance.config))
+    admission = Admission(host_classifier(instance), **_admission_limits(instance.config))
+    admission.trusted = lambda: proxies.networks(tuple(instance.config["trusted_proxies"]))
+    return admission
 
 
 def host_classifier(instance: Instance, entries: int = 1024):

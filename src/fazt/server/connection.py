@@ -91,7 +91,7 @@ class Connection:
                  "since", "parser", "inbuf", "wire", "out", "queued", "cond", "events",
                  "admin", "reserve", "over_share", "in_body", "body_limit", "body_bytes",
                  "served", "closed", "close_after", "task_running", "last_write", "began",
-                 "stalled", "eof", "target", "counted")
+                 "stalled", "eof", "target", "counted", "client")
 
     def __init__(self, server, sock: socket.socket, addr, transport, listener):
         self.server = server
@@ -99,6 +99,7 @@ class Connection:
         self.sock = sock
         self.addr = addr
         self.ip = addr[0]
+        self.client = self.ip  # whom the request's limits count (behind a trusted proxy: admission)
         self.transport = transport
         self.listener = listener
         self.state = IDLE if transport.handshake_done else HANDSHAKE
@@ -264,7 +265,7 @@ class Connection:
         headers = parser.headers
         verdict = self.server.admission.admit(
             self, parser.command, parser.path, headers.get("HOST"),
-            self.server.lanes.user_queue_depth())
+            self.server.lanes.user_queue_depth(), headers.get("X_FORWARDED_FOR"))
         if isinstance(verdict, Refusal):
             return self.refuse(verdict)
         refusal = self.server.admission.check_body(self, verdict, parser.content_length,

@@ -6,6 +6,8 @@ the first matching rule, and last the site's `404.html` (or fazt's page).
 """
 
 import re
+from collections.abc import Mapping
+from typing import NamedTuple
 from urllib.parse import quote
 
 import falcon
@@ -208,45 +210,80 @@ class SiteResource:
             resp.data = vfs.content(site, info, body)[start:end]
 
     def _run(self, req: falcon.Request, resp: falcon.Response, site: str, script: FileInfo) -> None:
-        c = self.instance.config
-        limit = int(min(float(c["max_upload_mb"]), float(c["js_memory_mb"])) * MB)
+        limit = js_body_limit(self.instance.config)
         length = req.content_length or 0
         if length > limit:
             raise TooLarge(f"The request body is over the limit of {limit // MB} MB.")
         body = req.bounded_stream.read(limit + 1) if length or req.method in ("POST", "PUT",
                                                                                   "PATCH") else b""
-        if len(body) > limit:
-            raise TooLarge(f"The request body is over the limit of {limit // MB} MB.")
-        request = {
-            "method": req.method,
-            "path": req.path,
-            "query": {k: v if isinstance(v, str) else v[-1] for k, v in req.params.items()},
-            "headers": {k.lower(): v for k, v in req.headers.items()},
-            "body": body.decode("utf-8", errors="replace"),
-        }
-        source = self.instance.vfs.content(site, script).decode("utf-8", errors="replace")
-        answer = self._site_cookies(req, site,
-                                    self.instance.runtime.handle(site, script.sha256, source,
-                                                                 request))
+        request = handler_request(
+            req.method, req.path, req.params, {k.lower(): v for k, v in req.headers.items()},
+            body, limit)
+        answer = run_handler(self.instance, site, script, request, req.get_header("Host"),
+                             came_over_https(req), req.get_header("Accept-Encoding"))
         resp.status = falcon.code_to_http_status(answer.status)
-        headers, resp.data = _as_sent(answer, req.get_header("Accept-Encoding"))
-        _set_headers(resp, headers)
+        resp.data = answer.body
+        _set_headers(resp, answer.headers)
         for cookie in answer.cookies:
             resp.append_header("Set-Cookie", cookie)
 
-    def _site_cookies(self, req: falcon.Request, site: str, answer: JsResponse) -> JsResponse:
-        """The handler's cookies as the site may set them (see runtime/response.py), or
-        fazt's error with the reason in the site's log."""
-        host = host_name(req.get_header("Host"))
-        admin_hosts = (f"{ADMIN}.{self.instance.domain}", f"{ADMIN}.localhost")
-        try:
-            answer.cookies = [site_cookie(raw, host, admin_hosts, came_over_https(req))
-                              for raw in answer.cookies]
-        except ValueError as exc:
-            message = f"handler set a cookie it may not: {exc}."
-            self.instance.runtime.logs_ring.add(site, "error", f"bad_response: {message}")
-            return error_response(500, "bad_response", message)
-        return answer
+
+class HandlerAnswer(NamedTuple):
+    """A handler's answer as it goes out: the headers (cookies apart) and the body
+    after `_as_sent`, the cookies after `site_cookie`."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    cookies: list[str]
+    body: bytes
+
+
+def js_body_limit(config: dict) -> int:
+    """The largest request body a handler is given, in bytes."""
+    return int(min(float(config["max_upload_mb"]), float(config["js_memory_mb"])) * MB)
+
+
+def handler_request(method: str, path: str, params: Mapping[str, str | list[str]],
+                    headers: dict[str, str], body: bytes, limit: int) -> dict:
+    """The request object a handler receives (headers named in lowercase); TooLarge
+    past `limit` bytes of body."""
+    if len(body) > limit:
+        raise TooLarge(f"The request body is over the limit of {limit // MB} MB.")
+    return {
+        "method": method,
+        "path": path,
+        "query": {k: v if isinstance(v, str) else v[-1] for k, v in params.items()},
+        "headers": headers,
+        "body": body.decode("utf-8", errors="replace"),
+    }
+
+
+def run_handler(instance: Instance, site: str, script: FileInfo, request: dict,
+                host: str | None, https: bool, accept_encoding: str | None) -> HandlerAnswer:
+    """Run the site's handler on `request` (JsBusy, ReadOnly: FaztErrors for the caller
+    to answer) and shape what it answered for the wire. Both ways to a handler call it:
+    the WSGI app's, and the lane's direct one (fazt.server.jspath)."""
+    runtime = instance.runtime
+    source = instance.vfs.content(site, script).decode("utf-8", errors="replace")
+    answer = _site_cookies(instance, site, runtime.handle(site, script.sha256, source, request),
+                           host, https)
+    headers, body = _as_sent(answer, accept_encoding)
+    return HandlerAnswer(answer.status, headers, answer.cookies, body)
+
+
+def _site_cookies(instance: Instance, site: str, answer: JsResponse, host: str | None,
+                  https: bool) -> JsResponse:
+    """The handler's cookies as the site may set them (see runtime/response.py), or
+    fazt's error with the reason in the site's log."""
+    name = host_name(host)
+    admin_hosts = (f"{ADMIN}.{instance.domain}", f"{ADMIN}.localhost")
+    try:
+        answer.cookies = [site_cookie(raw, name, admin_hosts, https) for raw in answer.cookies]
+    except ValueError as exc:
+        message = f"handler set a cookie it may not: {exc}."
+        instance.runtime.logs_ring.add(site, "error", f"bad_response: {message}")
+        return error_response(500, "bad_response", message)
+    return answer
 
 
 def _join(path: str, name: str) -> str:

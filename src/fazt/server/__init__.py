@@ -7,6 +7,7 @@
                    reserve, body limits per route; 503/429/413/411/405 with reasons
     fastpath.py    cache hits answered from the loop with pre-rendered headers
     bridge.py      a request on a lane thread (Waitress's WSGITask into a connection)
+    jspath.py      a site's back-end request on a lane thread without WSGI or Falcon
     lanes.py       the cockpit's and the sites' thread pools
     responses.py   the answers the loop writes itself, shaped like the threads'
     http.py        listeners + connections + the once-a-second sweep of timeouts
@@ -21,7 +22,7 @@ when Waitress is upgraded):
   framings), `headers` (upper-case, `_` for `-`; an HTTP/1.1 `TRANSFER_ENCODING`
   is taken out, an HTTP/1.0 one stays), `command`, `path` (missing, with
   `request_uri` set, when the target was refused; `received` may then raise
-  ValueError from `urlsplit`), `version`,
+  ValueError from `urlsplit`), `query`, `version`, `get_body_stream()`,
   `content_length`, `chunked`, `expect_continue`, `connection_close`,
   `body_rcv` (its `.buf` is replaced by our Spool, which offers `append`,
   `getfile`, `__len__`, `close`), `close()`.

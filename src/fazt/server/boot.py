@@ -28,6 +28,7 @@ from fazt.requestlog import RequestLog
 from fazt.server.admission import Admission
 from fazt.server.fastpath import FastPath
 from fazt.server.http import HTTPServer
+from fazt.server.jspath import JsPath
 from fazt.server.lanes import LaneDispatcher
 from fazt.store.claim import claim_for_server
 from fazt.vfs import HEAP_KEEP_MB, StreamLoop
@@ -162,8 +163,9 @@ def run(db_path: str, host: str, port: int | None, https_port: int | None = None
     server.tls_headers = lambda: hsts(instance.config)
     if autocert is not None:
         server.admission.redirected = lambda host: autocert.serves(host_name(host))
-    if os.environ.get("FAZT_FASTPATH", "on") != "off":  # off: every request takes a thread
+    if os.environ.get("FAZT_FASTPATH", "on") != "off":  # off: every request takes WSGI
         server.fastpath = FastPath(instance, requests_log)
+        server.jspath = JsPath(instance, requests_log)
     server.listen(bind(host, port))
     if autocert is not None:
         instance.https_port = https_port or 443  # the plain port now redirects there

@@ -17,6 +17,7 @@ from fazt.requestlog import RequestLog, line
 from fazt.server.admission import Admission
 from fazt.server.bridge import Job, ServerInfo
 from fazt.server.connection import Connection
+from fazt.server.jspath import JsJob, JsPath
 from fazt.server.lanes import LaneDispatcher
 from fazt.server.loop import Listener, Loop
 from fazt.server.transport import TransportFactory, plain
@@ -41,6 +42,7 @@ class HTTPServer:
         self.listeners: list[Listener] = []
         self.listener_info: dict[Listener, ServerInfo] = {}
         self.fastpath: Callable | None = None  # (connection, parser) -> response bytes or None
+        self.jspath: JsPath | None = None  # site back ends without WSGI, set at boot
         # Headers for every answer the loop writes itself over TLS (HSTS), set at boot.
         self.tls_headers: Callable[[], list[tuple[str, str]]] = list
         self.stopping = False
@@ -83,6 +85,8 @@ class HTTPServer:
         conn.start()
 
     def job(self, conn: Connection, request) -> Job:
+        if self.jspath is not None and self.jspath.wants(conn, request):
+            return JsJob(conn, request, self.listener_info[conn.listener], self.jspath)
         return Job(conn, request, self.listener_info[conn.listener])
 
     def forget(self, conn: Connection) -> None:
@@ -153,4 +157,5 @@ class HTTPServer:
     def stats(self) -> dict:
         """For the status page (read from another thread: plain counters, no locks)."""
         return {**self.admission.stats(),
-                "fast_path_answers": self.fastpath.answered if self.fastpath else 0}
+                "fast_path_answers": self.fastpath.answered if self.fastpath else 0,
+                "js_direct_answers": self.jspath.answered if self.jspath else 0}

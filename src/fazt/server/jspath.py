@@ -1,0 +1,193 @@
+"""Site back ends without WSGI or Falcon: a request for a site's `/api/` goes from the
+loop straight to a lane thread, which runs the handler and renders the answer once.
+
+Through Waitress's WSGITask and Falcon, a trivial handler's request cost about twice
+what running the handler costs (the environ, Falcon's request and response, the
+middleware, then Waitress framing the answer; issue 16). Here the thread builds the
+handler's request object from what the loop's parser already holds and writes the
+answer in one piece.
+
+The answer is the one the WSGI app gives, because the handler is run and its answer
+shaped by the same functions (`fazt.sites.handler_request` and `run_handler`), the
+errors by `fazt.http_errors`, and the bytes are framed as Falcon and Waitress frame
+them: Falcon's status line, header names with each dash-separated part capitalised,
+sorted by name (same-named ones in order), Content-Length except for 204 and 304,
+`Server` and `Date`, `Connection: close` when the client asked for it. Anything
+unusual is left to the WSGI app, decided on the loop (HTTP/1.0, a chunked body, the
+plain port while HTTPS redirects, trusted proxies) or on the thread before the
+handler runs (maintenance, a path outside ASCII or that does not clean, a site
+without a back end).
+"""
+
+import sys
+import time
+import traceback
+
+import falcon
+from falcon.util.uri import parse_query_string
+
+from fazt import http_errors
+from fazt.constants import SCRIPT
+from fazt.errors import FaztError
+from fazt.hosts import SITE
+from fazt.https import hsts
+from fazt.instance import MAINTENANCE, Instance
+from fazt.requestlog import RequestLog, line
+from fazt.server import responses
+from fazt.server.bridge import Job
+from fazt.sites import SiteResource, handler_request, js_body_limit, run_handler
+
+_KEEP_BLANK = falcon.RequestOptions().keep_blank_qs_values  # as the sites' Falcon app parses
+_DROPPED = frozenset({"X_FORWARDED_PROTO", "FORWARDED"})  # fazt.proxies drops them
+_BODILESS = (204, 304)
+
+
+def _spell(name: str) -> str:
+    return "-".join(part.capitalize() for part in name.split("-"))
+
+
+class JsPath:
+    def __init__(self, instance: Instance, log: RequestLog | None = None):
+        self.instance = instance
+        self.log = log
+        self.answered = 0
+
+    def wants(self, conn, parser) -> bool:
+        """On the loop: whether the request looks like one for a site's back end."""
+        target = conn.target
+        if target is None or target.kind != SITE or parser.version != "1.1" or parser.chunked:
+            return False
+        if not parser.path.lstrip("/").startswith("api"):
+            return False
+        instance = self.instance
+        if instance.https_port and conn.listener.scheme != "https":
+            return False  # the plain port may redirect (fazt.https)
+        return not instance.config["trusted_proxies"]  # the WSGI app names who is behind
+
+    def answer(self, conn, parser) -> tuple[bytes, bool] | None:
+        """On a lane thread: (the whole answer, close after it), or None when the WSGI
+        app must answer (nothing was run yet)."""
+        began = time.monotonic()
+        instance = self.instance
+        instance.refresh()  # what any writer committed is served from this request on
+        if instance.mode == MAINTENANCE or instance.config["trusted_proxies"]:
+            return None
+        raw = parser.path
+        if raw.startswith("/"):
+            raw = "/" + raw.lstrip("/")  # Waitress's PATH_INFO
+        if not raw.isascii():
+            return None  # Falcon decodes it from Latin-1: let it
+        try:
+            path = SiteResource._relative(raw)
+        except falcon.HTTPError:
+            return None
+        if not (path == "api" or path.startswith("api/")):
+            return None
+        site = conn.target.site
+        script = instance.vfs.find(site, SCRIPT)
+        if script is None:
+            return None
+        instance.rate.hit()
+        headers = parser.headers
+        method = parser.command.upper()
+        tls = conn.listener.scheme == "https"
+        try:
+            answer = self._run(parser, method, raw, site, script, tls)
+            status, sent, body = answer.status, answer.headers, answer.body
+            sent = {name.lower(): (name, value) for name, value in sent}
+            cookies = answer.cookies
+        except FaztError as exc:
+            status, sent, body = self._error(raw, headers, http_errors.status_of(exc),
+                                             exc.code, exc.message,
+                                             getattr(exc, "retry_after", None))
+            cookies = []
+        except Exception as exc:  # noqa: BLE001 - as the WSGI app's last error handler
+            sys.stderr.write(f"fazt: unexpected error on {method} {raw}\n"
+                             + "".join(traceback.format_exception(exc)))
+            status, sent, body = self._error(raw, headers, 500, "internal_error",
+                                             "Something went wrong on the server; it is logged.")
+            cookies = []
+        if tls and instance.https_port:
+            for name, value in hsts(instance.config):
+                sent[name.lower()] = (name, value)
+        close = headers.get("CONNECTION", "").lower() == "close"
+        data = self._render(status, sent, cookies, body, method, close)
+        self.answered += 1
+        if self.log is not None:
+            self.log.write(line(conn.ip, headers.get("HOST"), method, raw, str(status),
+                                (time.monotonic() - began) * 1000))
+        return data, close
+
+    def _run(self, parser, method: str, path: str, site: str, script, tls: bool):
+        headers = parser.headers
+        limit = js_body_limit(self.instance.config)
+        length = int(headers.get("CONTENT_LENGTH") or 0)
+        body = parser.get_body_stream().read(min(length, limit + 1)) if length > 0 else b""
+        request = handler_request(
+            method, path, parse_query_string(parser.query, keep_blank=_KEEP_BLANK, csv=False),
+            {k.replace("_", "-").lower(): v for k, v in headers.items() if k not in _DROPPED},
+            body, limit)
+        return run_handler(self.instance, site, script, request, headers.get("HOST"), tls,
+                           headers.get("ACCEPT_ENCODING"))
+
+    @staticmethod
+    def _error(path: str, headers: dict, status: int, code: str, message: str,
+               retry_after: int | None = None) -> tuple[int, dict, bytes]:
+        content_type, text = http_errors.error_for(path, headers.get("ACCEPT"), status, code,
+                                                   message)
+        sent = {"content-type": ("Content-Type", content_type)}
+        if retry_after:
+            sent["retry-after"] = ("Retry-After", str(retry_after))
+        return status, sent, text.encode("utf-8")
+
+    @staticmethod
+    def _render(status: int, sent: dict, cookies: list[str], body: bytes, method: str,
+                close: bool) -> bytes:
+        """Status line, headers and body, framed as Falcon and Waitress frame them."""
+        headers = [(_spell(name), value) for name, value in sent.values()]
+        headers += [("Set-Cookie", cookie) for cookie in cookies]
+        if status in _BODILESS:
+            body = b""
+        else:
+            headers.append(("Content-Length", str(len(body))))
+            if method == "HEAD":
+                body = b""
+        if close:
+            headers.append(("Connection", "close"))
+        headers.append(("Via", "fazt") if "server" in sent else ("Server", "fazt"))
+        if "date" not in sent:
+            headers.append(("Date", responses.http_date()))
+        headers.sort(key=lambda h: h[0])
+        lines = [f"HTTP/1.1 {falcon.code_to_http_status(status)}"]
+        lines += [f"{name}: {value}" for name, value in headers]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+class JsJob(Job):
+    """A back end's request on a lane thread: the direct way, or Waitress's and the WSGI
+    app's when `JsPath.answer` declines."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, conn, request, server, path: JsPath):
+        super().__init__(conn, request, server)
+        self.path = path
+
+    def service(self) -> None:
+        conn = self.conn
+        try:
+            done = self.path.answer(conn, self.request)
+        except Exception as exc:  # outside the handler (the handler's own are answered)
+            sys.stderr.write("fazt: unexpected error serving a request\n"
+                             + "".join(traceback.format_exception(exc)))
+            done = responses.error(500, "internal_error", "Something went wrong on the server; "
+                                   "it is logged.", path=self.request.path), True
+        if done is None:
+            return super().service()
+        data, close = done
+        try:
+            if not conn.closed:
+                conn.queue_from_thread(data)
+        finally:
+            self.request.close()  # the spooled body, if any
+            conn.loop.call_soon_threadsafe(conn.task_done, close)

@@ -520,7 +520,7 @@ def cmd_db_compact(args) -> int:
     from fazt.store import space
 
     with _database(args) as db:
-        collect_unserved(db)
+        collect_unserved(db, sweep=True)
         result = space.compact(db, full=args.full, checkpoint=not replicating(db))
     print(f"Compacted {db.path}: {result['before_bytes'] / 2**20:.1f} MB before, "
           f"{result['after_bytes'] / 2**20:.1f} MB now (database and WAL).")

@@ -49,6 +49,7 @@ from fazt.vfs import VFS, Leases
 
 log = logging.getLogger("fazt")
 SAMPLE_SECONDS = 1.0  # how old the status's RSS, database size and replica state may be
+SWEEP_SECONDS = 3600.0  # between collections that look at every blob (Leases.sweep)
 NORMAL = "normal"
 MAINTENANCE = "maintenance"
 # The secret holding signed-out sessions (nonce -> expiry), so a restart keeps them out.
@@ -99,15 +100,17 @@ def rollback_site(db: Database, name: str, version: int | None = None) -> dict:
             raise NotFound(str(exc)) from None
 
 
-def collect_unserved(db: Database) -> int:
+def collect_unserved(db: Database, sweep: bool = False) -> int:
     """Delete file contents no kept version uses, unless a server holds the database:
     it may be streaming them, so it collects them itself (Leases) when it sees the change.
-    Best effort: content left now is collected by the next collection."""
+    Best effort: content left now is collected by the next collection. `sweep`: look at
+    every blob, not only at those deploys and removals let go (Leases.sweep)."""
     held = try_claim(db.path, brief=True)
     if held is None:
         return 0
     try:
-        dropped = Leases().collect(db)  # this process streams nothing
+        leases = Leases()  # this process streams nothing
+        dropped = leases.sweep(db) if sweep else leases.collect(db)
         if space.worth_compacting(db):
             space.compact(db, checkpoint=not replicating(db))
         return dropped
@@ -334,6 +337,7 @@ class Instance:
         self._stamps: dict[str, tuple] = {}
         self._seen: bytes | None = None  # the WAL header the state was last read at
         self._collect_wanted = False  # a site changed: collect at the next tick
+        self._next_sweep = time.monotonic() + SWEEP_SECONDS
         self._config_moved = False  # the config changed: see to Litestream at the next tick
 
     # -- boot --------------------------------------------------------------
@@ -504,7 +508,10 @@ class Instance:
         under SQLite), collect what a deploy or a removal left unused, and start, stop
         or re-point Litestream when the config moved."""
         self.refresh(always=True)
-        if self._collect_wanted or self.vfs.leases.due():
+        if time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + SWEEP_SECONDS
+            self.collect(sweep=True)
+        elif self._collect_wanted or self.vfs.leases.due():
             self._collect_wanted = False
             self.collect()
         if self._config_moved:
@@ -573,15 +580,17 @@ class Instance:
         self.collect()
         return removed
 
-    def collect(self) -> int:
+    def collect(self, sweep: bool = False) -> int:
         """Delete file contents no kept version uses, sparing what downloads still stream,
         and give the space back when that freed much of it. Best effort: a busy database
         leaves them for the next collection. A follower collects nothing: its primary
-        does, and the change arrives by replication."""
+        does, and the change arrives by replication. `sweep`: look at every blob (the
+        hourly safety net, Leases.sweep), not only at those deploys and removals let go."""
         if self.read_only:
             return 0
+        leases = self.vfs.leases
         try:
-            dropped = self.vfs.leases.collect(self.db)
+            dropped = leases.sweep(self.db) if sweep else leases.collect(self.db)
         except FaztError:
             log.warning("could not collect unused files (the database is busy); will retry")
             return 0

@@ -39,7 +39,9 @@ from fazt.siterules import EMPTY, HEADERS, REDIRECTS, SiteRules, parse_headers, 
 from fazt.store import Database
 from fazt.store.files import (
     CHUNK_SIZE,
+    collectable,
     delete_blobs,
+    mark_loose,
     read_blob,
     read_chunks,
     unreferenced_blobs,
@@ -160,9 +162,11 @@ class Leases:
         return self.deferred > 0 and self._released
 
     def collect(self, db: Database) -> int:
-        """Delete the content no kept version uses, except what streams hold; how many."""
+        """Delete the content no kept version uses, except what streams hold; how many.
+        Looks only at the blobs that lost a use since the last collection (the loose
+        ones, `files.collectable`), and at those `sweep` found."""
         with db.write() as conn:
-            unused = unreferenced_blobs(conn)
+            unused = collectable(conn)
             with self._lock:
                 self._doomed = unused - self._held.keys()
                 self.deferred = len(unused) - len(self._doomed)
@@ -173,6 +177,17 @@ class Leases:
             finally:
                 with self._lock:
                     self._doomed = set()
+
+    def sweep(self, db: Database) -> int:
+        """`collect`, after a scan of every blob for any that lost its last use unseen (a
+        safety net: every way of dropping a version marks its content loose). The scan is
+        a read, which no writer waits for; the collection checks each blob again."""
+        with db.read() as conn:
+            unused = unreferenced_blobs(conn)
+        if unused:
+            with db.write() as conn:
+                mark_loose(conn, unused)
+        return self.collect(db)
 
 
 @dataclass(frozen=True)

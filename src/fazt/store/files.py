@@ -120,17 +120,51 @@ def read_blob(conn: sqlite3.Connection, blob_id: int) -> bytes:
 
 def unreferenced_blobs(conn: sqlite3.Connection) -> set[int]:
     """Blobs no file of any kept version uses: neither as its content nor as a
-    compressed variant of that content."""
+    compressed variant of that content. A scan of every blob: for the periodic sweep
+    (`mark_loose` what it finds), never on a deploy's path."""
     return {r[0] for r in conn.execute(
         "SELECT id FROM blobs b WHERE NOT EXISTS (SELECT 1 FROM files f WHERE f.blob_id = b.id)"
         " AND NOT EXISTS (SELECT 1 FROM variants v JOIN files f ON f.blob_id = v.blob_id"
         " WHERE v.variant_id = b.id)")}
 
 
+_IN_USE = ("SELECT EXISTS (SELECT 1 FROM files WHERE blob_id = ?1)"
+           " OR EXISTS (SELECT 1 FROM variants v JOIN files f ON f.blob_id = v.blob_id"
+           " WHERE v.variant_id = ?1)")
+
+
+def mark_loose(conn: sqlite3.Connection, blob_ids: Iterable[int]) -> None:
+    """Have the next collection look at these blobs (they may have lost their last use)."""
+    conn.executemany("INSERT OR IGNORE INTO loose_blobs (blob_id) VALUES (?)",
+                     ((b,) for b in blob_ids))
+
+
+def collectable(conn: sqlite3.Connection) -> set[int]:
+    """The loose blobs (see schema migration 5) that no file of any kept version uses,
+    as content or as a variant of it: the work is in proportion to what was dropped
+    since the last collection, not to the database. A loose blob found in use stops
+    being loose; one found unused stays loose until `delete_blobs` deletes it (a stream
+    may hold it a while), and the variants of unused content become loose in turn.
+    Call inside db.write(), and delete in the same transaction."""
+    unused: set[int] = set()
+    candidates = {r[0] for r in conn.execute("SELECT blob_id FROM loose_blobs")}
+    while candidates:
+        found = {b for b in candidates if not conn.execute(_IN_USE, (b,)).fetchone()[0]}
+        conn.executemany("DELETE FROM loose_blobs WHERE blob_id = ?",
+                         ((b,) for b in candidates - found))
+        unused |= found
+        variants = {r[0] for b in found for r in conn.execute(
+            "SELECT variant_id FROM variants WHERE blob_id = ?", (b,))} - unused
+        mark_loose(conn, variants)
+        candidates = variants
+    return unused
+
+
 def delete_blobs(conn: sqlite3.Connection, blob_ids: Iterable[int]) -> None:
     """Delete blobs, their chunks and their variant links. Call inside db.write(), with
-    ids from unreferenced_blobs taken in the same transaction."""
+    ids from `collectable` (or unreferenced_blobs) taken in the same transaction."""
     for blob_id in blob_ids:
         conn.execute("DELETE FROM variants WHERE blob_id = ?1 OR variant_id = ?1", (blob_id,))
         conn.execute("DELETE FROM chunks WHERE blob_id = ?", (blob_id,))
         conn.execute("DELETE FROM blobs WHERE id = ?", (blob_id,))
+        conn.execute("DELETE FROM loose_blobs WHERE blob_id = ?", (blob_id,))

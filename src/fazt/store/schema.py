@@ -141,6 +141,15 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX site_logs_site ON site_logs(site, id);
     """,
+    # 5: blobs that may have lost their last use (the contents of a dropped version's
+    # files, the variants of content no version uses), so that a collection checks these
+    # rather than every blob (at 100,000 blobs a full scan took 0.67 s at every deploy and
+    # boot). A database from before starts with every blob no file uses as its content.
+    """
+    CREATE TABLE loose_blobs (blob_id INTEGER PRIMARY KEY);
+    INSERT INTO loose_blobs (blob_id)
+        SELECT id FROM blobs b WHERE NOT EXISTS (SELECT 1 FROM files f WHERE f.blob_id = b.id);
+    """,
 ]
 
 

@@ -84,8 +84,8 @@ def replace_site(conn: sqlite3.Connection, name: str, files: Iterable[NewFile],
 
     The site's older versions stay for rollback, `keep` of them in all (the
     new one counted); their files share content by hash, so a version costs
-    only what changed. Content no version uses any more is left for
-    `files.collect` (a download may still be streaming it).
+    only what changed. Content no version uses any more is left for the
+    collector (a download may still be streaming it): see `files.collectable`.
     """
     now = time.time()
     version = conn.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM deploys WHERE site = ?",
@@ -193,6 +193,9 @@ def remove_site(conn: sqlite3.Connection, name: str) -> bool:
 
 
 def _drop_deploy(conn: sqlite3.Connection, deploy_id: int) -> None:
+    """Forget a version; its files' contents become loose (files.collectable decides)."""
+    conn.execute("INSERT OR IGNORE INTO loose_blobs (blob_id)"
+                 " SELECT blob_id FROM files WHERE deploy_id = ?", (deploy_id,))
     conn.execute("DELETE FROM files WHERE deploy_id = ?", (deploy_id,))
     conn.execute("DELETE FROM deploys WHERE id = ?", (deploy_id,))
 

@@ -70,6 +70,42 @@ def test_the_loop_gets_exactly_the_range(stored, start, end, piece):
         loop.stream_loop.shutdown()
 
 
+@pytest.mark.parametrize("start,end", [
+    (0, SIZE), (0, 1), (CHUNK_SIZE - 1, CHUNK_SIZE + 1), (SIZE - 7, SIZE),
+    (CHUNK_SIZE * 2 + 17, CHUNK_SIZE * 7 - 3),
+])
+@pytest.mark.parametrize("limit", [1000, CHUNK_SIZE + 1, 4 * CHUNK_SIZE])
+def test_views_offer_several_chunks_and_advance_by_what_was_sent(stored, start, end, limit):
+    """The loop's sendmsg path: views of the chunks held, of which a socket takes any
+    part (here a third, at least a byte); the rest is offered again."""
+    db, blob_id, data = stored
+    loop = Loop()
+    stream = ChunkStream(db, blob_id, start, end, loop.stream_loop)
+    out = bytearray()
+    most = 0
+    try:
+        while True:
+            views = stream.views(limit)
+            if not views:
+                if not stream.waiting:
+                    break
+                assert loop.rang.wait(10), "the reader never rang the loop"
+                loop.rang.clear()
+                continue
+            offered = b"".join(views)
+            assert 0 < len(offered) <= limit
+            most = max(most, len(views))
+            sent = max(1, len(offered) // 3)
+            out += offered[:sent]
+            stream.advance(sent)
+        assert bytes(out) == data[start:end]
+        if limit > CHUNK_SIZE and end - start > 2 * CHUNK_SIZE:
+            assert most > 1  # chunks read ahead go out in the same send
+    finally:
+        stream.close()
+        loop.stream_loop.shutdown()
+
+
 def test_a_worker_thread_reads_directly(stored):
     db, blob_id, data = stored
     stream = ChunkStream(db, blob_id, 100, SIZE - 100)  # no loop: read where asked

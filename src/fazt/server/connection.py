@@ -43,6 +43,7 @@ HANDSHAKE, IDLE, HEADERS, BODY, TASK, CLOSING = "handshake", "idle", "headers", 
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 RECV_SIZE = 256 * 1024
 SEND_PIECE = 256 * 1024  # how much of a stream is taken per send
+SEND_BATCH = 1024 * 1024  # how much of a chunk stream (several chunks) one sendmsg offers
 OUT_HIGH = 128 * 1024  # a task that queued this much waits for the client
 WAKE_BYTES = 64 * 1024  # a task rings the loop when this much waits, not for every write
 HEADER_TIMEOUT = 10.0  # seconds from a request's first byte to its last header
@@ -423,13 +424,33 @@ class Connection:
                 self.wire = self.transport.wrap(b"".join(pieces) if len(pieces) > 1
                                                 else pieces[0])
                 continue
+            stream = item.file if self.transport.plain else None
             try:  # a wsgi.file_wrapper buffer over a stream
-                piece = item.get(SEND_PIECE, skip=True)
+                if hasattr(stream, "views"):  # a ChunkStream: several chunks a send
+                    views = stream.views(min(SEND_BATCH, item.remain))
+                    piece = None
+                else:
+                    piece = item.get(SEND_PIECE, skip=True)
             except Exception:  # noqa: BLE001 - the stream failed (database gone): end it
                 self._taken(taken)
                 return self.abort()
             if piece:
                 self.wire = self.transport.wrap(piece)
+                continue
+            if piece is None and views:
+                try:
+                    sent = sock.sendmsg(views)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError:
+                    self._taken(taken)
+                    return self.abort()
+                stream.advance(sent)
+                item.remain -= sent
+                if sent:
+                    self.last_write = time.monotonic()
+                if sent < sum(len(v) for v in views):
+                    break  # the socket is full: WRITE wakes us
                 continue
             if item.remain <= 0:
                 item.close()

@@ -126,6 +126,7 @@ class TLSTransport:
     """One connection's TLS: ciphertext in, plaintext out, and the other way round."""
 
     weight = TLS_WEIGHT
+    plain = False
 
     def __init__(self, certificates: Certificates):
         self._in = ssl.MemoryBIO()

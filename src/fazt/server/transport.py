@@ -26,6 +26,7 @@ class Transport(Protocol):
     handshake_done: bool  # False until plaintext may flow (always True for plain TCP)
     peer_closed: bool  # the peer said goodbye (TLS close_notify, or end of stream)
     weight: int  # connections' worth of `connection_limit` it is charged: its idle memory
+    plain: bool  # the plaintext goes to the socket as it is (wrap is the identity)
 
     @property
     def server_name(self) -> str | None:
@@ -57,6 +58,7 @@ class PlainTransport:
     handshake_done = True
     server_name = None
     weight = 1
+    plain = True
 
     def __init__(self) -> None:
         self.peer_closed = False

@@ -9,26 +9,10 @@ from pathlib import Path
 import pytest
 from conftest import PASSWORD, USERNAME, Server, fazt
 
-CHROMIUM = "/usr/bin/chromium"
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="no Chromium at /usr/bin/chromium"),
-]
-sync_api = pytest.importorskip("playwright.sync_api")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run",
-        "--host-resolver-rules=MAP *.localhost 127.0.0.1"]
+pytestmark = pytest.mark.browser
 # The browser logs every answered 4xx as "Failed to load resource"; these two are
 # the dashboard working as designed (the sign-in check, the break-glass warning).
 EXPECTED_FAILURES = {("401", "/api/session"), ("409", "/api/config")}
-
-
-@pytest.fixture
-def browser():
-    with sync_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield chromium
-        chromium.close()
 
 
 def wait_for_refreshes(page, at_least: int, timeout: float = 15) -> int:
@@ -61,9 +45,9 @@ def zip_file(path: Path) -> Path:
 
 
 def test_dashboard_signs_in_shows_live_status_deploys_and_breaks_glass(
-        browser, server: Server, tmp_path: Path):
+        new_page, server: Server, tmp_path: Path):
     base = f"http://admin.localhost:{server.port}"
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page = new_page(viewport={"width": 1280, "height": 900})
     problems: list[str] = []
     failed_responses = []
     page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
@@ -143,7 +127,7 @@ def test_dashboard_signs_in_shows_live_status_deploys_and_breaks_glass(
 
 
 def test_maintenance_banner_shows_the_ratio_and_goes_when_the_ratio_is_raised(
-        browser, tmp_path: Path):
+        new_page, tmp_path: Path):
     db = tmp_path / "data.db"
     fazt("server", "init", "--db", str(db), "--domain", "example.test", "--username",
          USERNAME, "--password", PASSWORD, "--memory-mb", "64", "--cpus", "1")
@@ -157,7 +141,7 @@ def test_maintenance_banner_shows_the_ratio_and_goes_when_the_ratio_is_raised(
     fazt("config", "set", "maintenance_ratio", "1", "--db", str(db), "--break-glass")
     with Server.running(db) as srv:
         base = f"http://admin.localhost:{srv.port}"
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page = new_page(viewport={"width": 1280, "height": 900})
         sign_in(page, base)
         page.wait_for_selector("#maintenance-banner:not([hidden])")
         assert page.text_content("#status-mode").strip().lower() == "maintenance"

@@ -13,7 +13,7 @@ import time
 import psutil
 import pytest
 import requests
-from conftest import PASSWORD, USERNAME, Server, fazt, fazt_env, init_db
+from conftest import PASSWORD, USERNAME, Server, eventually, fazt, fazt_env, init_db
 
 
 def test_version():
@@ -169,11 +169,9 @@ def test_sigkill_mid_deploy_keeps_the_old_version(db_path, site_dir, tmp_path):
                              "--db", str(db_path)], env=fazt_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wal = str(db_path) + "-wal"
-    deadline = time.time() + 60
-    while time.time() < deadline and proc.poll() is None:
-        if os.path.exists(wal) and os.path.getsize(wal) > 20 << 20:
-            break
-        time.sleep(0.01)
+    eventually(lambda: proc.poll() is not None
+               or (os.path.exists(wal) and os.path.getsize(wal) > 20 << 20),
+               timeout=60, every=0.01)
     assert proc.poll() is None, "the deploy finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -185,16 +183,20 @@ def test_sigkill_mid_deploy_keeps_the_old_version(db_path, site_dir, tmp_path):
         assert srv.get("/f000.bin", host="blog.localhost").status_code == 404
 
 
-def test_config_set_reaches_a_running_server(server, db_path):
+def test_config_set_reaches_a_running_server(module_server, module_db):
+    server, db_path = module_server, module_db
     session = requests.Session()
     r = session.post(server.url("/api/login"), json={"username": USERNAME, "password": PASSWORD},
                      headers={"Host": "admin.localhost", "X-Fazt-Request": "1"})
     assert r.status_code == 200
     fazt("config", "set", "vfs_cache_mb", "16", "--db", str(db_path))
-    status = session.get(server.url("/api/system/status"),
-                         headers={"Host": "admin.localhost"}).json()  # the very next request
-    assert status["thresholds"]["vfs_cache_mb"] == 16
-    assert status["cache"]["limit_bytes"] == 16 * 2**20
+    try:
+        status = session.get(server.url("/api/system/status"),
+                             headers={"Host": "admin.localhost"}).json()  # the very next request
+        assert status["thresholds"]["vfs_cache_mb"] == 16
+        assert status["cache"]["limit_bytes"] == 16 * 2**20
+    finally:
+        fazt("config", "reset", "vfs_cache_mb", "--db", str(db_path))
 
 
 @pytest.mark.parametrize("value", ["-5", "abc", "1e30"])
@@ -229,7 +231,8 @@ def test_slow_downloads_hold_no_worker_thread(tmp_path):
                 s.close()
 
 
-def test_deploy_over_http_with_a_cli_token(server, db_path, site_dir):
+def test_deploy_over_http_with_a_cli_token(module_server, module_db, site_dir):
+    server, db_path = module_server, module_db
     token = fazt("token", "create", "--name", "laptop", "--db", str(db_path)).stdout.strip()
     assert token.startswith("fazt_")
     url = f"http://admin.localhost:{server.port}"

@@ -39,8 +39,8 @@ def _length(reply: bytes) -> int:
      b"Authorization: Bearer fazt_x\r\nContent-Type: application/zip\r\n"
      b"Content-Length: 99999999999\r\n\r\n", 413),
 ])
-def test_protocol_errors_have_fazts_shape(server, name, request_bytes, status):
-    got, headers, body = raw(server, request_bytes)
+def test_protocol_errors_have_fazts_shape(module_server, name, request_bytes, status):
+    got, headers, body = raw(module_server, request_bytes)
     assert got == status, (name, got, body[:300])
     assert headers.get("content-type", "").startswith("application/json"), (name, headers)
     error = json.loads(body)["error"]

@@ -1,21 +1,16 @@
 """Headless Chromium on the dashboard's HTTPS page: import a certificate, add a domain."""
 
-import os
 from pathlib import Path
 
 import pytest
 import trustme
 from conftest import Server, fazt
-from test_cockpit_browser import ARGS, CHROMIUM, sign_in
+from test_cockpit_browser import sign_in
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="no Chromium at /usr/bin/chromium"),
-]
-sync_api = pytest.importorskip("playwright.sync_api")
+pytestmark = pytest.mark.browser
 
 
-def test_the_https_page_imports_a_certificate_and_manages_domains(db_path, site_dir,
+def test_the_https_page_imports_a_certificate_and_manages_domains(new_page, db_path, site_dir,
                                                                   tmp_path: Path):
     fazt("deploy", str(site_dir), "--site", "blog", "--db", str(db_path))
     leaf = trustme.CA().issue_cert("www.blog.org")
@@ -23,9 +18,8 @@ def test_the_https_page_imports_a_certificate_and_manages_domains(db_path, site_
     chain.write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems))
     key.write_bytes(leaf.private_key_pem.bytes())
     problems = []
-    with Server.running(db_path) as server, sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page()
+    with Server.running(db_path) as server:
+        page = new_page()
         page.on("pageerror", lambda exc: problems.append(str(exc)))
         sign_in(page, f"http://admin.localhost:{server.port}")
         assert page.text_content("#status-https").strip() == "off"
@@ -44,6 +38,5 @@ def test_the_https_page_imports_a_certificate_and_manages_domains(db_path, site_
         assert "PRIVATE KEY" not in page.content()
         page.click("#domains-body tr[data-host='www.blog.org'] button")
         page.wait_for_selector("#domains-body tr[data-host='www.blog.org']", state="detached")
-        browser.close()
     assert problems == []
     assert fazt("site", "domain", "list", "blog", "--db", str(db_path)).stdout == ""

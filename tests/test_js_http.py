@@ -44,8 +44,13 @@ def deploy(db: Path, site: Path, name: str) -> None:
     fazt("deploy", str(site), "--site", name, "--db", str(db))
 
 
-def test_echo_handler(server, db_path, tmp_path):
-    deploy(db_path, make_site(tmp_path, "echo", ECHO), "echo")
+# The tests that take `module_server` share one server and database: each deploys its own
+# site names and puts back what it changes.
+
+
+def test_echo_handler(module_server, module_db, tmp_path):
+    server = module_server
+    deploy(module_db, make_site(tmp_path, "echo", ECHO), "echo")
     r = server.request("POST", "/api/things/1?x=1&y=two", host="echo.localhost",
                        json={"a": [1, 2]}, headers={"X-Agent": "pytest"})
     assert r.status_code == 201 and r.headers["X-Echo"] == "yes"
@@ -57,18 +62,24 @@ def test_echo_handler(server, db_path, tmp_path):
     assert server.get("/", host="echo.localhost").text == "<p>echo</p>"
 
 
-def test_timeout_is_504_and_the_site_recovers(server, db_path, tmp_path):
+def test_timeout_is_504_and_the_site_recovers(module_server, module_db, tmp_path):
+    server, db_path = module_server, module_db
     fazt("config", "set", "js_timeout_ms", "500", "--db", str(db_path))
-    site = make_site(tmp_path, "spin", SPIN)
-    deploy(db_path, site, "spin")  # the running server serves both from its next request
-    r = server.get("/api/x", host="spin.localhost")
-    assert r.status_code == 504 and r.json()["error"]["code"] == "js_timeout"
-    (site / "api" / "main.js").write_text("function handler() { return {body: 'fine'}; }")
-    deploy(db_path, site, "spin")
-    assert server.get("/api/x", host="spin.localhost").text == "fine"
+    try:
+        site = make_site(tmp_path, "spin", SPIN)
+        deploy(db_path, site, "spin")  # the running server serves both from its next request
+        r = server.get("/api/x", host="spin.localhost")
+        assert r.status_code == 504 and r.json()["error"]["code"] == "js_timeout"
+        (site / "api" / "main.js").write_text("function handler() { return {body: 'fine'}; }")
+        deploy(db_path, site, "spin")
+        assert server.get("/api/x", host="spin.localhost").text == "fine"
+    finally:
+        fazt("config", "reset", "js_timeout_ms", "--db", str(db_path))
 
 
-def test_syntax_error_fails_the_deploy_and_keeps_the_old_version(server, db_path, tmp_path):
+def test_syntax_error_fails_the_deploy_and_keeps_the_old_version(module_server, module_db,
+                                                                 tmp_path):
+    server, db_path = module_server, module_db
     site = make_site(tmp_path, "app", "function handler() { return {body: 'v1'}; }")
     deploy(db_path, site, "app")
     (site / "api" / "main.js").write_text("function handler() {\n  return {body: 'v2';\n}\n")
@@ -144,7 +155,8 @@ def test_two_flooding_sites_leave_a_slot_for_a_third(tmp_path):
         assert js["rejected_over_share"] == 4 and js["backends"] == 3
 
 
-def test_kv_is_private_to_each_site_and_logs_are_visible(server, db_path, tmp_path):
+def test_kv_is_private_to_each_site_and_logs_are_visible(module_server, module_db, tmp_path):
+    server, db_path = module_server, module_db
     for name in ("one", "two"):
         deploy(db_path, make_site(tmp_path, name, KV), name)
     server.request("POST", "/api/c", host="one.localhost", json={"color": "red"})
@@ -175,10 +187,10 @@ def test_a_site_removed_by_another_process_loses_its_console(instance, db_path, 
     assert [line["message"] for line in instance.runtime.logs("one")] == ["one was here"]
 
 
-def test_the_demo_site(server, db_path):
-    fazt("deploy", str(ROOT / "examples" / "hello"), "--site", "hello", "--db", str(db_path))
-    first = server.get("/api/hello?name=ada", host="hello.localhost").json()
-    second = server.get("/api/hello?name=ada", host="hello.localhost").json()
+def test_the_demo_site(module_server, module_db):
+    fazt("deploy", str(ROOT / "examples" / "hello"), "--site", "hello", "--db", str(module_db))
+    first = module_server.get("/api/hello?name=ada", host="hello.localhost").json()
+    second = module_server.get("/api/hello?name=ada", host="hello.localhost").json()
     assert first["hello"] == "ada" and second["visits"] == first["visits"] + 1
 
 
@@ -188,9 +200,10 @@ def test_the_demo_site(server, db_path):
     ("function handler() { let a = []; while (true) a.push('x'.repeat(1000)); }",
      "js_memory_limit"),
 ])
-def test_script_failures_are_json_errors(server, db_path, tmp_path, script, code):
-    deploy(db_path, make_site(tmp_path, "bad", script), "bad")
-    r = server.get("/api/x", host="bad.localhost")
+def test_script_failures_are_json_errors(module_server, module_db, tmp_path, script, code):
+    server, site = module_server, code.replace("_", "-")
+    deploy(module_db, make_site(tmp_path, site, script), site)
+    r = server.get("/api/x", host=f"{site}.localhost")
     assert r.status_code == 500 and r.json()["error"]["code"] == code
     assert "Traceback" not in r.text
     assert server.get("/_fazt/health").status_code == 200

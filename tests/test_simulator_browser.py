@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from importlib.resources import files
@@ -15,32 +14,12 @@ from fazt.stability import thresholds
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 PAGE = Path(str(files("fazt") / "web_simulator" / "index.html"))
 THRESHOLD_OUTPUTS = [
     "max_upload_mb", "vfs_cache_mb", "max_concurrent_js", "js_memory_mb", "sqlite_cache_mb",
     "user_threads", "cockpit_threads",
 ]  # fmt: skip
 CAPABILITY_OUTPUTS = ["concurrent_users", "small_file_rps", "maintenance_db_gb"]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"{CHROMIUM} is not installed")
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

@@ -17,7 +17,11 @@ def _deploy(db: Path, root: Path, text: str, site: str = "blog") -> str:
     return fazt("deploy", str(root), "--site", site, "--db", str(db)).stdout
 
 
-def test_cli_versions_and_rollback_reach_a_running_server(server, db_path, tmp_path):
+# The tests that take `module_server` share one server and database, each with its own site.
+
+
+def test_cli_versions_and_rollback_reach_a_running_server(module_server, module_db, tmp_path):
+    server, db_path = module_server, module_db
     root = tmp_path / "site"
     root.mkdir()
     for n in (1, 2, 3):
@@ -48,7 +52,8 @@ def test_cli_versions_and_rollback_reach_a_running_server(server, db_path, tmp_p
     assert "no version older than 1" in failed.stderr
 
 
-def test_api_versions_and_instant_rollback(server):
+def test_api_versions_and_instant_rollback(module_server):
+    server = module_server
     admin = Admin(server)
     for n in (1, 2):
         r = admin.post("/api/deploy?site=app", data=zip_of({"index.html": f"v{n}"}))
@@ -64,7 +69,8 @@ def test_api_versions_and_instant_rollback(server):
     assert r.status_code == 404 and "no version 7" in r.json()["error"]["message"]
     assert admin.post("/api/sites/app/rollback", json={"version": "x"}).status_code == 400
     assert admin.get("/api/sites/nope/versions").status_code == 404
-    assert admin.get("/api/sites").json()["sites"][0]["version"] == 2
+    sites = {site["name"]: site for site in admin.get("/api/sites").json()["sites"]}
+    assert sites["app"]["version"] == 2
 
 
 def test_keep_versions_bounds_history_and_unused_files_go(db_path, tmp_path):

@@ -15,7 +15,16 @@ from pathlib import Path
 import pytest
 import requests
 import trustme
-from conftest import PASSWORD, USERNAME, Server, eventually, fazt, free_port, init_db
+from conftest import (
+    PASSWORD,
+    USERNAME,
+    Server,
+    eventually,
+    fazt,
+    fazt_env,
+    free_port,
+    init_db,
+)
 from pebble_ca import Pebble, available
 
 DOMAIN = "example.test"
@@ -61,9 +70,10 @@ def issued(db: Path, *hosts: str) -> bool:
 class Running:
     """A fazt with https on: its plain port (where pebble sends HTTP-01) and its TLS port."""
 
-    def __init__(self, db: Path, port: int):
+    def __init__(self, db: Path, port: int, env: dict | None = None):
         self.https_port = free_port()
-        self.server = Server(db, port=port, args=("--https-port", str(self.https_port)))
+        self.server = Server(db, port=port, env=env,
+                             args=("--https-port", str(self.https_port)))
 
     def connect(self, host: str, ca_pem: bytes) -> Https:
         return Https(self.https_port, host, ca_pem)
@@ -205,56 +215,61 @@ def imported(tmp_path: Path, site_dir: Path, ca: trustme.CA) -> Path:
     return db
 
 
-def test_an_imported_wildcard_and_a_custom_domain_are_served(tmp_path, site_dir, ca):
+CLIENT_TIMEOUT = 2  # FAZT_CLIENT_TIMEOUT: a silent handshake is closed after 2 s, not 10
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory, ca):
+    """One server with imported certificates, for the tests that change no setting."""
+    tmp_path = tmp_path_factory.mktemp("https")
+    site_dir = tmp_path / "site"
+    site_dir.mkdir()
+    (site_dir / "index.html").write_text("<h1>hello from fazt</h1>")
     db = imported(tmp_path, site_dir, ca)
     fazt("site", "domain", "add", "blog", "www.blog.org", "--db", str(db))
-    srv = Running(db, free_port())
+    srv = Running(db, free_port(), env=fazt_env(FAZT_CLIENT_TIMEOUT=str(CLIENT_TIMEOUT)))
+    yield srv
+    srv.stop()
+
+
+def test_an_imported_wildcard_and_a_custom_domain_are_served(shared, ca):
     root = ca.cert_pem.bytes()
-    try:
-        for host in (f"blog.{DOMAIN}", "www.blog.org"):
-            conn = srv.connect(host, root)
-            r, body = conn.request("GET", "/")
-            assert r.status == 200 and b"hello from fazt" in body, host
-            conn.close()
-        assert all(c["source"] == "import" for c in certs(db).values())
-    finally:
-        srv.stop()
+    for host in (f"blog.{DOMAIN}", "www.blog.org"):
+        conn = shared.connect(host, root)
+        r, body = conn.request("GET", "/")
+        assert r.status == 200 and b"hello from fazt" in body, host
+        conn.close()
+    assert all(c["source"] == "import" for c in certs(shared.server.db).values())
 
 
-def test_a_warm_file_and_a_refusal_keep_https_rules(
-        tmp_path, site_dir, ca):
+def test_a_warm_file_and_a_refusal_keep_https_rules(shared, ca):
     """The loop answers files already in RAM and refuses some requests itself: both must
     keep HTTPS's rules (redirect on the plain port, HSTS over TLS)."""
-    db = imported(tmp_path, site_dir, ca)
-    srv = Running(db, free_port())
-    try:
-        conn = srv.connect(f"blog.{DOMAIN}", ca.cert_pem.bytes())
-        for _ in range(5):  # the first answer warms the cache; the next come from the loop
-            r, body = conn.request("GET", "/index.html")
-            assert r.status == 200 and b"hello from fazt" in body
-            assert r.getheader("Strict-Transport-Security") == "max-age=31536000"
-        r, _ = conn.request("POST", "/index.html", b"x")  # refused by the loop itself
-        assert r.status == 405
+    srv = shared
+    conn = srv.connect(f"blog.{DOMAIN}", ca.cert_pem.bytes())
+    for _ in range(5):  # the first answer warms the cache; the next come from the loop
+        r, body = conn.request("GET", "/index.html")
+        assert r.status == 200 and b"hello from fazt" in body
         assert r.getheader("Strict-Transport-Security") == "max-age=31536000"
-        conn.close()
-        for _ in range(3):
-            r = requests.get(f"http://127.0.0.1:{srv.server.port}/index.html?a=%20b",
-                             headers={"Host": f"blog.{DOMAIN}"}, allow_redirects=False)
-            assert r.status_code == 308
-            assert r.headers["Location"] == \
-                f"https://blog.{DOMAIN}:{srv.https_port}/index.html?a=%20b"
-        # any method: 308 keeps it and the body (the HTTPS side decides what it allows)
-        r = requests.post(f"http://127.0.0.1:{srv.server.port}/form?x=1", data=b"a=b",
-                          headers={"Host": f"blog.{DOMAIN}"}, allow_redirects=False)
-        assert r.status_code == 308, r.text
-        assert r.headers["Location"] == f"https://blog.{DOMAIN}:{srv.https_port}/form?x=1"
-    finally:
-        srv.stop()
+    r, _ = conn.request("POST", "/index.html", b"x")  # refused by the loop itself
+    assert r.status == 405
+    assert r.getheader("Strict-Transport-Security") == "max-age=31536000"
+    conn.close()
+    for _ in range(3):
+        r = requests.get(f"http://127.0.0.1:{srv.server.port}/index.html?a=%20b",
+                         headers={"Host": f"blog.{DOMAIN}"}, allow_redirects=False)
+        assert r.status_code == 308
+        assert r.headers["Location"] == \
+            f"https://blog.{DOMAIN}:{srv.https_port}/index.html?a=%20b"
+    # any method: 308 keeps it and the body (the HTTPS side decides what it allows)
+    r = requests.post(f"http://127.0.0.1:{srv.server.port}/form?x=1", data=b"a=b",
+                      headers={"Host": f"blog.{DOMAIN}"}, allow_redirects=False)
+    assert r.status_code == 308, r.text
+    assert r.headers["Location"] == f"https://blog.{DOMAIN}:{srv.https_port}/form?x=1"
 
 
-def test_the_owner_signs_in_over_https_while_a_crowd_is_handshaking(tmp_path, site_dir, ca):
-    db = imported(tmp_path, site_dir, ca)
-    srv = Running(db, free_port())
+def test_the_owner_signs_in_over_https_while_a_crowd_is_handshaking(shared, ca):
+    srv = shared
     root = ca.cert_pem.bytes()
     stop = threading.Event()
     handshakes = []
@@ -287,7 +302,6 @@ def test_the_owner_signs_in_over_https_while_a_crowd_is_handshaking(tmp_path, si
         stop.set()
         for t in threads:
             t.join(timeout=15)
-        srv.stop()
 
 
 def test_a_tls_connection_is_charged_as_two_against_the_connection_limit(tmp_path, site_dir,
@@ -307,7 +321,7 @@ def test_a_tls_connection_is_charged_as_two_against_the_connection_limit(tmp_pat
             held.append(conn)
 
         def closed(conn: Https) -> bool:
-            conn.sock.settimeout(0.2)
+            conn.sock.settimeout(0)  # no waiting: `eventually` asks again
             try:
                 return conn.sock.recv(1) == b""
             except (TimeoutError, ssl.SSLWantReadError):
@@ -323,20 +337,13 @@ def test_a_tls_connection_is_charged_as_two_against_the_connection_limit(tmp_pat
         srv.stop()
 
 
-def test_a_client_that_never_finishes_its_handshake_is_closed(tmp_path, site_dir, ca):
-    from fazt.server.tls import HANDSHAKE_TIMEOUT
-
-    db = imported(tmp_path, site_dir, ca)
-    srv = Running(db, free_port())
-    try:
-        with socket.create_connection(("127.0.0.1", srv.https_port), timeout=5) as silent:
-            silent.sendall(b"\x16\x03\x01")  # the first bytes of a ClientHello, then nothing
-            silent.settimeout(HANDSHAKE_TIMEOUT + 10)
-            began = time.monotonic()
-            assert silent.recv(1) == b""  # closed by the server's sweep
-            assert time.monotonic() - began >= HANDSHAKE_TIMEOUT - 1
-        conn = srv.connect(f"blog.{DOMAIN}", ca.cert_pem.bytes())  # others are unaffected
-        assert conn.request("GET", "/")[0].status == 200
-        conn.close()
-    finally:
-        srv.stop()
+def test_a_client_that_never_finishes_its_handshake_is_closed(shared, ca):
+    with socket.create_connection(("127.0.0.1", shared.https_port), timeout=5) as silent:
+        silent.sendall(b"\x16\x03\x01")  # the first bytes of a ClientHello, then nothing
+        silent.settimeout(CLIENT_TIMEOUT + 10)
+        began = time.monotonic()
+        assert silent.recv(1) == b""  # closed by the server's sweep (about once a second)
+        assert time.monotonic() - began >= CLIENT_TIMEOUT - 1
+    conn = shared.connect(f"blog.{DOMAIN}", ca.cert_pem.bytes())  # others are unaffected
+    assert conn.request("GET", "/")[0].status == 200
+    conn.close()

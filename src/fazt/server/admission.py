@@ -51,13 +51,14 @@ from dataclasses import dataclass
 from fazt import proxies
 from fazt.constants import MB
 from fazt.hosts import ADMIN, SITE, Target
+from fazt.server.timeouts import CLIENT_TIMEOUT
 
 MIN_QUIET = 0.25  # seconds a connection that has not completed a request must be silent
 IDLE_EVICT = 2.0  # seconds a keep-alive must be idle before it may be closed to make room
 COCKPIT_RESERVE = 64  # connections accepted past the limit, served only for the cockpit
 USER_QUEUE_LIMIT = 256  # site requests waiting for a thread before new ones get 503
 BODY_MIN_RATE = 1024  # bytes a second a body must average, after BODY_GRACE seconds
-BODY_GRACE = 10.0
+BODY_GRACE = CLIENT_TIMEOUT
 LOGIN_BODY = 8 * 1024  # a sign-in is a few hundred bytes
 JSON_BODY = 64 * 1024  # the admin API's JSON bodies (cockpit/resources.py's JSON_LIMIT)
 

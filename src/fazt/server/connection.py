@@ -36,6 +36,7 @@ from waitress.utilities import BadRequest
 
 from fazt.server import responses
 from fazt.server.admission import BODY_GRACE, BODY_MIN_RATE, Refusal
+from fazt.server.timeouts import CLIENT_TIMEOUT
 from fazt.server.transport import TransportFailure
 
 HANDSHAKE, IDLE, HEADERS, BODY, TASK, CLOSING = "handshake", "idle", "headers", "body", \
@@ -46,8 +47,8 @@ SEND_PIECE = 256 * 1024  # how much of a stream is taken per send
 SEND_BATCH = 1024 * 1024  # how much of a chunk stream (several chunks) one sendmsg offers
 OUT_HIGH = 128 * 1024  # a task that queued this much waits for the client
 WAKE_BYTES = 64 * 1024  # a task rings the loop when this much waits, not for every write
-HEADER_TIMEOUT = 10.0  # seconds from a request's first byte to its last header
-FIRST_REQUEST_TIMEOUT = 10.0  # a new connection that says nothing is closed after this
+HEADER_TIMEOUT = CLIENT_TIMEOUT  # seconds from a request's first byte to its last header
+FIRST_REQUEST_TIMEOUT = CLIENT_TIMEOUT  # a new connection that says nothing is closed after this
 KEEPALIVE_TIMEOUT = 30.0  # an idle keep-alive connection is closed after this
 WRITE_TIMEOUT = 60.0  # a client that takes no byte of its answer for this long is gone
 LINGER = 2.0  # seconds a closing connection reads and drops what still arrives

@@ -19,9 +19,10 @@ import ssl
 import threading
 import time
 
+from fazt.server.timeouts import CLIENT_TIMEOUT
 from fazt.server.transport import TransportFailure
 
-HANDSHAKE_TIMEOUT = 10.0  # seconds a client may take to finish its handshake
+HANDSHAKE_TIMEOUT = CLIENT_TIMEOUT  # seconds a client may take to finish its handshake
 # An idle TLS connection holds 8-11 KiB of RSS in fazt (bench section 8; DESIGN.md: 17.7
 # KiB with the kernel's share) against 2.6 KiB for plain TCP: admission charges it as two
 # of the 8 KB connections capacity.js budgets for, so the ledger stays true under HTTPS.

@@ -79,7 +79,13 @@ def init_db(path: Path, *extra: str) -> Path:
     if (extra or _template_dir is None or path.exists()
             or path.parent.stat().st_dev != _template_dir.stat().st_dev):
         return _real_init(path, *extra)
-    shutil.copyfile(_template(), path)
+    return copy_db(_template(), path)
+
+
+def copy_db(source: Path, path: Path) -> Path:
+    """A copy of a database no process has open (made by commands that have exited),
+    with a session key of its own."""
+    shutil.copyfile(source, path)
     os.chmod(path, 0o600)
     conn = sqlite3.connect(path)
     try:

@@ -11,7 +11,17 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
-from conftest import PASSWORD, USERNAME, Admin, Server, eventually, fazt
+from conftest import (
+    PASSWORD,
+    USERNAME,
+    Admin,
+    Server,
+    copy_db,
+    eventually,
+    fazt,
+    fazt_env,
+    init_db,
+)
 
 CSRF = {"X-Fazt-Request": "1"}
 CREDENTIALS = {"username": USERNAME, "password": PASSWORD}
@@ -42,15 +52,37 @@ def sign_in(srv: Server) -> tuple[int, float]:
     return r.status_code, time.monotonic() - began
 
 
-@pytest.fixture
-def live(db_path: Path, site_dir: Path):
-    fazt("deploy", str(site_dir), "--site", "mysite", "--db", str(db_path))
-    big = site_dir.parent / "big"
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory) -> Path:
+    """A database with the sites `mysite` and `big` (an 8 MB movie), deployed once."""
+    folder = tmp_path_factory.mktemp("admission")
+    db = init_db(folder / "data.db")
+    site = folder / "site"
+    (site / "docs").mkdir(parents=True)
+    (site / "index.html").write_text("<h1>hello from fazt</h1>")
+    (site / "style.css").write_text("body { color: red }")
+    (site / "docs" / "index.html").write_text("<p>docs</p>")
+    fazt("deploy", str(site), "--site", "mysite", "--db", str(db))
+    big = folder / "big"
     big.mkdir()
     (big / "movie.bin").write_bytes(os.urandom(1 << 20) * 8)
     (big / "index.html").write_text("big site")
-    fazt("deploy", str(big), "--site", "big", "--db", str(db_path))
-    srv = Server(db_path)
+    fazt("deploy", str(big), "--site", "big", "--db", str(db))
+    return db
+
+
+@pytest.fixture
+def db_path(deployed: Path, tmp_path: Path) -> Path:
+    return copy_db(deployed, tmp_path / "data.db")  # each test changes settings of its own
+
+
+@pytest.fixture
+def live(db_path: Path, request):
+    """A server on a copy of `deployed`; a test marked `client_timeout(S)` gives it
+    FAZT_CLIENT_TIMEOUT=S."""
+    marker = request.node.get_closest_marker("client_timeout")
+    env = fazt_env(FAZT_CLIENT_TIMEOUT=str(marker.args[0])) if marker else None
+    srv = Server(db_path, env=env)
     yield srv
     srv.stop()
 
@@ -188,6 +220,7 @@ def test_two_thousand_idle_connections_and_a_sign_in_within_a_second(live: Serve
             s.close()
 
 
+@pytest.mark.client_timeout(4)  # a body's rate is checked after 4 s instead of 10
 def test_slow_bodies_do_not_hold_the_owner_or_the_sites(live: Server, db_path):
     """Connections that announce a body and trickle it: the owner signs in and sites
     answer meanwhile; past the address's share they are refused before the body; a body

@@ -27,6 +27,9 @@ from conftest import (
 )
 from test_replica import replica_url, s3, s3_env, synced_after  # noqa: F401 - fixtures
 
+# The tests that take `module_server` share one server and database, each with its own
+# site names, tokens and sessions; those that count log lines have a server of their own.
+
 
 def sign_in(server: Server) -> str:
     r = server.request("POST", "/api/login", json={"username": USERNAME, "password": PASSWORD},
@@ -43,7 +46,8 @@ def as_owner(server: Server, method: str, path: str, cookie: str) -> requests.Re
 # -- sessions ------------------------------------------------------------------
 
 
-def test_each_sign_in_gets_its_own_session_and_logout_ends_only_that_one(server):
+def test_each_sign_in_gets_its_own_session_and_logout_ends_only_that_one(module_server):
+    server = module_server
     # Five sign-ins take well under three seconds, so at least two of them share a
     # second: a token derived from the time would repeat.
     cookies = [sign_in(server) for _ in range(5)]
@@ -68,7 +72,8 @@ def test_a_logged_out_session_stays_out_after_a_restart(db_path):
         assert as_owner(server, "GET", "/api/session", kept).status_code == 401
 
 
-def test_a_forged_cookie_or_name_outside_ascii_is_refused_not_a_crash(server):
+def test_a_forged_cookie_or_name_outside_ascii_is_refused_not_a_crash(module_server):
+    server = module_server
     forged = "fazt_session=b3duZXI.1.x.sign\u00e9ture".encode("latin-1")
     r = server.request("GET", "/api/session", headers={"Cookie": forged, "X-Fazt-Request": "1"})
     assert r.status_code == 401, r.text
@@ -115,7 +120,8 @@ def test_a_request_line_the_parser_half_read_is_a_400_and_one_log_line(server, t
     assert len(lines) == 1 and " 400 " in lines[0], lines
 
 
-def test_content_length_beside_transfer_encoding_is_refused_and_closed(server):
+def test_content_length_beside_transfer_encoding_is_refused_and_closed(module_server):
+    server = module_server
     # A proxy in front that reads Content-Length would take the rest as a second request.
     smuggled = (b"POST /x HTTP/1.1\r\nHost: hello.localhost\r\nContent-Length: 4\r\n"
                 b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
@@ -131,7 +137,8 @@ def test_content_length_beside_transfer_encoding_is_refused_and_closed(server):
     assert answer.startswith(b"HTTP/1.0 400 ") and answer.count(b" 400 ") == 1, answer
 
 
-def test_a_sites_log_cannot_drive_the_owners_terminal_or_forge_an_entry(server, tmp_path):
+def test_a_sites_log_cannot_drive_the_owners_terminal_or_forge_an_entry(module_server, tmp_path):
+    server = module_server
     root = tmp_path / "noisy"
     (root / "api").mkdir(parents=True)
     (root / "api" / "main.js").write_text(r"""
@@ -287,7 +294,8 @@ def assert_hidden_not_served(server: Server, site: str) -> None:
         assert server.get("/" + path, host=f"{site}.localhost").text == body, path
 
 
-def test_dotfiles_in_a_zip_are_skipped_and_listed(server):
+def test_dotfiles_in_a_zip_are_skipped_and_listed(module_server):
+    server = module_server
     admin = Admin(server)
     r = admin.post("/api/deploy?site=dots", data=zip_of({**HIDDEN, **VISIBLE}))
     assert r.status_code == 200, r.text
@@ -301,7 +309,8 @@ def test_dotfiles_in_a_zip_are_skipped_and_listed(server):
     assert_hidden_not_served(server, "dots")
 
 
-def test_dotfiles_in_a_folder_are_skipped_and_listed(server, tmp_path):
+def test_dotfiles_in_a_folder_are_skipped_and_listed(module_server, tmp_path):
+    server = module_server
     root = tmp_path / "site"
     for path, body in {**HIDDEN, **VISIBLE}.items():
         (root / path).parent.mkdir(parents=True, exist_ok=True)
@@ -414,7 +423,9 @@ def test_hop_by_hop_headers_from_a_handler_are_dropped(shop_api):
     assert "Upgrade" not in r.headers and "Keep-Alive" not in r.headers
 
 
-def test_a_folder_named_outside_ascii_redirects_to_its_slash_percent_encoded(server, tmp_path):
+def test_a_folder_named_outside_ascii_redirects_to_its_slash_percent_encoded(module_server,
+                                                                             tmp_path):
+    server = module_server
     root = tmp_path / "names"
     for folder in ("café", "\u2713"):
         (root / folder).mkdir(parents=True)

@@ -230,3 +230,24 @@ def test_chunk_pages_are_reused_not_faulted_in_again():
     churn()  # the first round faults the heap in
     pages = 50 * (READ_AHEAD + 1) * CHUNK_SIZE // 4096
     assert churn() < pages // 20
+
+
+def test_each_stream_keeps_the_least_busy_reader(stored):
+    """One stream's chunks all come from one reader thread (one malloc arena), and
+    downloads one after another reuse the same one."""
+    db, blob_id, _ = stored
+    loop = Loop()
+    try:
+        first = ChunkStream(db, blob_id, 0, SIZE, loop.stream_loop)
+        second = ChunkStream(db, blob_id, 0, SIZE, loop.stream_loop)
+        assert first._reader != second._reader
+        first.close()
+        first.close()  # closing twice gives the reader back once
+        assert loop.stream_loop._streams == [0, 1]
+        third = ChunkStream(db, blob_id, 0, SIZE, loop.stream_loop)
+        assert third._reader == first._reader
+        second.close()
+        third.close()
+        assert loop.stream_loop._streams == [0, 0]
+    finally:
+        loop.stream_loop.shutdown()

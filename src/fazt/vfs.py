@@ -452,13 +452,21 @@ class StreamLoop:
     chunks fetched before the loop asked for them, so a crowd of downloads
     costs what it did without read-ahead (the chunk each one sends, and the one
     it waits for) plus that much.
+
+    Each stream keeps one reader thread, the one with the fewest streams (the
+    first when all are free): with the readers taking turns, each thread's
+    malloc arena came to hold its share of every download's chunks (heap.py
+    keeps freed pages for reuse), and downloads one after another grew RSS by
+    12 MB instead of 7.
     """
 
     def __init__(self, wake: Callable[[], None], readers: int = 2,
                  ahead_bytes: int = READ_AHEAD_MB * 1024 * 1024):
         self.thread = threading.get_ident()  # built on the loop's own thread
         self.wake = wake
-        self.pool = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="fazt-stream")
+        self.readers = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"fazt-stream-{i}")
+                        for i in range(readers)]
+        self._streams = [0] * readers  # streams keeping each reader
         self.ahead_limit = ahead_bytes
         self.ahead = 0  # bytes streams hold (or are fetching) before the loop asked for them
         self._lock = threading.Lock()
@@ -475,11 +483,23 @@ class StreamLoop:
         with self._lock:
             self.ahead -= size
 
+    def reader(self) -> int:
+        """The reader a new stream keeps (give it back with `leave`)."""
+        with self._lock:
+            index = self._streams.index(min(self._streams))
+            self._streams[index] += 1
+            return index
+
+    def leave(self, index: int) -> None:
+        with self._lock:
+            self._streams[index] -= 1
+
     def on_loop(self) -> bool:
         return threading.get_ident() == self.thread
 
     def shutdown(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        for reader in self.readers:
+            reader.shutdown(wait=False, cancel_futures=True)
 
 
 class ChunkStream(io.RawIOBase):
@@ -515,6 +535,8 @@ class ChunkStream(io.RawIOBase):
         self._chunk_no = -1
         self._chunk = memoryview(b"")
         self._loop = loop
+        self._reader = loop.reader() if loop is not None else -1
+        self._reader_kept = loop is not None  # until closed
         self._lock = threading.Lock()
         self._ready: dict[int, bytes] = {}  # chunks a reader fetched ahead
         self._fetching: range | None = None  # the chunks a reader is fetching now
@@ -636,7 +658,7 @@ class ChunkStream(io.RawIOBase):
             return  # others hold the read-ahead: this stream reads as the loop asks
         self._fetching = wanted
         self._asked = wanted.stop
-        self._loop.pool.submit(self._fetch, wanted)
+        self._loop.readers[self._reader].submit(self._fetch, wanted)
 
     def _settle(self) -> None:
         """With the lock held: give back the read-ahead no longer held (chunks taken by
@@ -678,6 +700,9 @@ class ChunkStream(io.RawIOBase):
             if self._loop is not None:
                 self._settle()  # a reader still fetching gives back its part when done
             on_close, self._on_close = self._on_close, None  # once, however often closed
+            leave, self._reader_kept = self._reader_kept, False
+        if leave:
+            self._loop.leave(self._reader)
         if on_close is not None:
             on_close(self._blob_id)
         super().close()

@@ -1,6 +1,6 @@
 """The event loop's two promises, measured beside what came before (issues 14 and 16).
 
-    python3 bench/loop_bench.py [--only fastpath,crowd] [--seconds 60] [--crowd 2000]
+    python3 bench/loop_bench.py [--only fastpath,crowd,costs] [--seconds 60] [--crowd 2000]
 
 1. Fast path: wrk on a 4 KiB cached file (1 thread, 32 connections), runs
    alternated: fazt (cache hits answered from the loop), the same fazt with
@@ -15,6 +15,10 @@
    Counted: answers by status, resets, sign-in p50/p99, the 503 share, peak
    RSS and the cgroup's peak. The same run against the previous design (the
    Waitress-loop server of commit PREVIOUS, extracted with `git archive`).
+3. Costs (`--only costs`): what a connection costs by state (idle, sending
+   headers, sending a body, streaming a large file), in RSS and in its
+   cgroup's memory with the kernel's TCP buffers: the connection ledger's
+   figures (capacity.js).
 
 Writes bench/LOOP.md.
 """
@@ -224,6 +228,16 @@ def _quietly(action, *args) -> None:
         pass
 
 
+def _failure(exc: Exception) -> str:
+    """A request that got no status line: reset, closed unanswered, or never connected."""
+    text = str(exc).lower()
+    if "reset" in text:
+        return "reset"
+    if "without response" in text or "aborted" in text:
+        return "closed unanswered"
+    return "no connection"
+
+
 def _load(port: int, seconds: float, size: int, out) -> None:
     """In its own process (its own GIL): the crowd and four small-file clients."""
     counts: dict[str, int] = {}
@@ -239,11 +253,11 @@ def _load(port: int, seconds: float, size: int, out) -> None:
                 r = session.get(f"http://127.0.0.1:{port}/f{rng.randrange(50)}.bin",
                                 headers={"Host": "bench.localhost"}, timeout=10)
                 key = str(r.status_code)
-            except requests.ConnectionError as exc:
-                key = "reset" if "reset" in str(exc).lower() else "no connection"
-                session = requests.Session()
-            except requests.Timeout:
+            except requests.Timeout:  # before ConnectionError: a connect timeout is both
                 key = "timeout"
+                session = requests.Session()
+            except requests.ConnectionError as exc:
+                key = _failure(exc)
                 session = requests.Session()
             counts[key] = counts.get(key, 0) + 1
 
@@ -285,10 +299,10 @@ def crowd_run(name: str, src: str, tmp: str, seconds: float, size: int) -> list:
                                   headers={"Host": c.ADMIN_HOST, "X-Fazt-Request": "1"},
                                   timeout=30)
                 key = str(r.status_code)
-            except requests.ConnectionError as exc:
-                key = "reset" if "reset" in str(exc).lower() else "no connection"
             except requests.Timeout:
                 key = "timeout"
+            except requests.ConnectionError as exc:
+                key = _failure(exc)
             logins.append(time.perf_counter() - began)
             login_codes[key] = login_codes.get(key, 0) + 1
             try:
@@ -307,7 +321,8 @@ def crowd_run(name: str, src: str, tmp: str, seconds: float, size: int) -> list:
     total = sum(counts.values())
     return [name, limit, f"{opened} of {size}", total,
             ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())),
-            counts.get("reset", 0), f"{counts.get('503', 0) / max(1, total):.1%}",
+            counts.get("reset", 0) + counts.get("closed unanswered", 0),
+            f"{counts.get('503', 0) / max(1, total):.1%}",
             ", ".join(f"{k}: {v}" for k, v in sorted(login_codes.items())),
             c.ms(c.percentile(logins, 50)), c.ms(c.percentile(logins, 99)),
             f"{peak_rss[0] / c.MB:.0f}", f"{cgroup_peak / c.MB:.0f}",
@@ -334,7 +349,124 @@ def section_crowd(tmp: str, seconds: float, size: int) -> c.Section:
         "20 MB file taking 4 KiB a second; 4 clients fetch 4 KiB files; the owner signs in "
         "every 0.5 s on a fresh connection, from another process than the load (so the "
         "two do not share Python's lock). Thresholds: what each server's probe chose "
-        "inside the cgroup.")
+        "inside the cgroup. Resets: requests that got no status line on a connection that "
+        "was open (reset, or closed unanswered).")
+    return sec
+
+
+# -- 3. what a connection costs --------------------------------------------------------
+
+
+def _memory(pid: psutil.Process, group: Cgroup) -> tuple[int, int]:
+    """RSS, and the cgroup's memory without its page cache (the database's pages are
+    the kernel's to drop) plus the TCP buffers it is charged (as cgroup v2 charges them)."""
+    stat = dict(line.split() for line in (group.read("memory.stat") or "").splitlines())
+    cgroup = (group.number("memory.usage_in_bytes") or 0) - int(stat.get("cache", 0)) + \
+        (group.number("memory.kmem.tcp.usage_in_bytes") or 0)
+    return pid.memory_info().rss, cgroup
+
+
+def _settle(pid: psutil.Process, group: Cgroup) -> tuple[int, int]:
+    time.sleep(2)
+    return _memory(pid, group)
+
+
+def section_costs(tmp: str, idle: int = 1000, partial: int = 500, bodies: int = 100,
+                  streams: int = 8) -> c.Section:
+    """What one connection costs, by state: the figures capacity.js charges."""
+    sec = c.Section("What a connection costs (the connection ledger's figures)")
+    src = os.path.join(c.REPO, "src")
+    group = Cgroup.make(f"fazt-costs-{os.getpid()}", 1024)
+    # cgroup v1 charges socket buffers only once a TCP limit is set: set one out of reach
+    group.write("memory.kmem.tcp.limit_in_bytes", str(1 << 40))
+    proc = None
+    socks: list[socket.socket] = []
+    rows = []
+    try:
+        db = make_db(src, tmp, "costs", preexec=group.join, big_mb=64)
+        for key, value in (("address_connections", "100000"),
+                           ("address_requests_per_s", "1000000"), ("max_streams", "64")):
+            run_fazt(src, "config", "set", key, value, "--break-glass", db=db)
+        port = c.free_port()
+        proc = start_fazt(src, db, port, os.path.join(tmp, "costs.log"), preexec=group.join)
+        pid = psutil.Process(proc.pid)
+        with requests.Session() as warm:
+            for i in range(50):
+                warm.get(f"http://127.0.0.1:{port}/f{i}.bin",
+                         headers={"Host": "bench.localhost"}, timeout=10)
+
+        def connect(first: bytes, rcvbuf: int = 0) -> socket.socket:
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            if rcvbuf:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            s.sendall(first)
+            socks.append(s)
+            return s
+
+        def measure(label: str, count: int, open_them) -> None:
+            before = _settle(pid, group)
+            open_them()
+            after = _settle(pid, group)
+            rows.append([label, count, f"{(after[0] - before[0]) / count / 1024:,.1f}",
+                         f"{(after[1] - before[1]) / count / 1024:,.1f}"])
+
+        def idle_ones():
+            for _ in range(idle):
+                s = connect(b"GET /f1.bin HTTP/1.1\r\nHost: bench.localhost\r\n\r\n")
+                s.recv(65536)
+
+        def partial_ones():
+            for _ in range(partial):
+                connect(b"GET /f1.bin HTTP/1.1\r\nHost: bench.localhost\r\n"
+                        b"User-Agent: " + b"x" * 400 + b"\r\n")
+
+        def body_ones():
+            for _ in range(bodies):
+                connect(b"POST /api/echo HTTP/1.1\r\nHost: bench.localhost\r\n"
+                        b"Content-Length: 100000\r\n\r\n" + b"x" * 12000)
+
+        measure("idle keep-alive (one request answered)", idle, idle_ones)
+        measure("mid-request: headers half sent", partial, partial_ones)
+        measure("mid-request: 12 KB of a 100 KB body in", bodies, body_ones)
+        for s in socks:
+            s.close()
+        socks.clear()
+
+        def stream(n: int):
+            def go():
+                for _ in range(n):
+                    s = connect(b"GET /large.bin HTTP/1.1\r\nHost: bench.localhost\r\n\r\n",
+                                rcvbuf=4096)
+                    s.recv(64)
+            return go
+
+        measure("the first large download (a slow reader)", 1, stream(1))
+        measure("each further large download (slow readers)", streams, stream(streams))
+        for s in socks:
+            s.close()
+        socks.clear()
+        before = _settle(pid, group)
+        with requests.get(f"http://127.0.0.1:{port}/large.bin", stream=True, timeout=60,
+                          headers={"Host": "bench.localhost"}) as r:
+            for _ in r.iter_content(1 << 20):
+                pass
+        after = _settle(pid, group)
+        rows.append(["after a fast 64 MB download ended (heap kept for the next)", 1,
+                     f"{(after[0] - before[0]) / 1024:,.1f}",
+                     f"{(after[1] - before[1]) / 1024:,.1f}"])
+    finally:
+        for s in socks:
+            s.close()
+        c.stop(proc)
+        group.remove()
+    sec.tables.append(c.table(["connections", "count", "RSS KiB each",
+                               "cgroup KiB each (with TCP buffers)"], rows))
+    sec.notes.append(
+        "Each row: the growth of fazt's RSS and of its cgroup's memory (page cache "
+        "excluded, the kernel's TCP buffers included) after opening `count` more "
+        "connections in that state, 2 s after the last, divided by `count`. Slow "
+        "readers take nothing (4 KiB receive buffer), so each holds what a stalled "
+        "download holds; the first one also fills the read-ahead shared by all.")
     return sec
 
 
@@ -353,6 +485,8 @@ def main() -> None:
             sections.append(section_fastpath(tmp, args.wrk_seconds))
         if "crowd" in only:
             sections.append(section_crowd(tmp, args.seconds, args.crowd))
+        if "costs" in only:
+            sections.append(section_costs(tmp))
     text = "# The event loop, measured\n\n" + __doc__.split("\n\n", 1)[1].split(
         "Writes")[0].replace("PREVIOUS", PREVIOUS)
     for sec in sections:

@@ -215,3 +215,33 @@ def test_check_refuses_invalid_values(key, value):
     verdict = thresholds.check(key, value, thresholds.thresholds_for(GB_HOST), GB_HOST)
     assert verdict.invalid and not verdict.ok and not verdict.needs_break_glass
     assert verdict.message
+
+
+def test_the_connection_ledger_charges_the_servers_own_buffer_sizes():
+    """capacity.js also runs in a browser, so it copies the sizes the server uses: a copy
+    that drifts from the code would charge what the code no longer holds."""
+    import quickjs
+
+    from fazt.server import admission, connection
+    from fazt.store.files import CHUNK_SIZE
+    from fazt.vfs import READ_AHEAD_MB
+
+    js = quickjs.Context()
+    js.eval(thresholds.source())
+    assert js.eval("FAZT_CHUNK_KB") * 1024 == CHUNK_SIZE
+    assert js.eval("FAZT_STREAM_SNDBUF_KB") * 1024 == connection.STREAM_SNDBUF
+    assert js.eval("FAZT_READ_AHEAD_MB") == READ_AHEAD_MB
+    assert js.eval("FAZT_BODY_KB") * 1024 == connection.SPOOL_MEMORY
+    assert js.eval("FAZT_BODIES_MIN") == admission.BODIES_MIN
+    # a download: its chunk and the next, and its send buffer (booked twice by the kernel)
+    assert js.eval("FAZT_STREAM_MB") * 1024 * 1024 == 2 * CHUNK_SIZE + 2 * connection.STREAM_SNDBUF
+    for ram in (64, 200, 1024, 65536):
+        assert 0.5 <= thresholds.read_ahead_mb({"ram_mb": ram, "cpus": 1, "disk_gb": 10}) \
+            <= READ_AHEAD_MB
+
+
+def test_a_200_mb_host_holds_a_thousand_connections():
+    t = thresholds.compute({"ram_mb": 200, "cpus": 2, "disk_gb": 25})
+    assert t["connection_limit"] >= 1000 and t["max_streams"] >= 1
+    assert t["ledger"]["total_mb"] <= t["ledger"]["usable_mb"]
+    assert t["capabilities"]["concurrent_users"] == t["connection_limit"] // 2

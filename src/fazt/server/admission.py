@@ -59,6 +59,7 @@ COCKPIT_RESERVE = 64  # connections accepted past the limit, served only for the
 USER_QUEUE_LIMIT = 256  # site requests waiting for a thread before new ones get 503
 BODY_MIN_RATE = 1024  # bytes a second a body must average, after BODY_GRACE seconds
 BODY_GRACE = CLIENT_TIMEOUT
+BODIES_MIN = 8  # bodies read at once however low connection_limit is (capacity.js charges them)
 LOGIN_BODY = 8 * 1024  # a sign-in is a few hundred bytes
 JSON_BODY = 64 * 1024  # the admin API's JSON bodies (cockpit/resources.py's JSON_LIMIT)
 
@@ -166,7 +167,7 @@ class Admission:
 
     @property
     def bodies_limit(self) -> int:
-        return max(32, self.connection_limit // 8)
+        return max(BODIES_MIN, self.connection_limit // 8)
 
     @property
     def address_bodies_limit(self) -> int:

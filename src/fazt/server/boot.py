@@ -30,6 +30,7 @@ from fazt.server.fastpath import FastPath
 from fazt.server.http import HTTPServer
 from fazt.server.jspath import JsPath
 from fazt.server.lanes import LaneDispatcher
+from fazt.stability import thresholds
 from fazt.store.claim import claim_for_server
 from fazt.vfs import HEAP_KEEP_MB, StreamLoop
 
@@ -172,7 +173,8 @@ def run(db_path: str, host: str, port: int | None, https_port: int | None = None
         server.listen(bind(host, instance.https_port, "--https-port"), autocert.sink.transport,
                       "https")
     instance.connection_stats = server.stats
-    instance.vfs.loop = StreamLoop(server.loop.wake)  # this thread runs the event loop
+    instance.vfs.loop = StreamLoop(  # this thread runs the event loop
+        server.loop.wake, ahead_bytes=int(thresholds.read_ahead_mb(instance.machine) * MB))
     keep_free_heap(HEAP_KEEP_MB * MB)  # streams reuse their chunks' pages (heap.py)
     instance.db.release_reader()  # and never reads the database again: drop boot's cache
     # What boot made (modules, functions, the cockpit's pinned files, ...) lives as long as

@@ -45,6 +45,11 @@ READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 RECV_SIZE = 256 * 1024
 SEND_PIECE = 256 * 1024  # how much of a stream is taken per send
 SEND_BATCH = 1024 * 1024  # how much of a chunk stream (several chunks) one sendmsg offers
+# The kernel's send buffer of a connection that streams a large file: left to autotune it
+# grows to tcp_wmem's maximum (4 MiB by default) for a client that reads slowly, measured
+# at 5 MB of kernel memory per stalled download (bench/LOOP.md), which cgroup v2 charges
+# to fazt. The kernel books twice what is asked, so one batch still fits.
+STREAM_SNDBUF = SEND_BATCH // 2
 OUT_HIGH = 128 * 1024  # a task that queued this much waits for the client
 WAKE_BYTES = 64 * 1024  # a task rings the loop when this much waits, not for every write
 HEADER_TIMEOUT = CLIENT_TIMEOUT  # seconds from a request's first byte to its last header
@@ -372,7 +377,7 @@ class Connection:
         """On a task's thread: queue, ring the loop when worth it, wait if too much waits."""
         self.out.append(data)
         if type(data) is not bytes:  # a stream: the loop pulls it
-            self.loop.call_soon_threadsafe(self.flush)
+            self.loop.call_soon_threadsafe(self._stream_begins)
             return
         with self.cond:
             self.queued += len(data)
@@ -383,6 +388,15 @@ class Connection:
             with self.cond:
                 while self.queued > OUT_HIGH and not self.closed:
                     self.cond.wait(1.0)
+
+    def _stream_begins(self) -> None:
+        """On the loop: bound what the kernel holds for this stream, then send."""
+        if not self.closed:
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SNDBUF)
+            except OSError:
+                pass
+        self.flush()
 
     def _send_wire(self, data: bytes) -> None:
         if data:

@@ -72,6 +72,11 @@ def replica_gomemlimit_mb(machine: Machine | Mapping[str, Any]) -> int:
     return int(_call("fazt_replica_gomemlimit_mb", _machine(machine)["ram_mb"]))
 
 
+def read_ahead_mb(machine: Machine | Mapping[str, Any]) -> float:
+    """What all large downloads together may hold read ahead (the ledger charges it)."""
+    return float(_call("fazt_read_ahead_mb", _machine(machine)["ram_mb"]))
+
+
 @functools.cache
 def _schema() -> list[dict[str, Any]]:
     """The schema never changes while the process runs: read it once."""

@@ -13,9 +13,23 @@
 var FAZT_BASELINE_MB = 30;   // the interpreter with falcon, waitress, psutil, quickjs
 var FAZT_PINNED_MB = 2;      // admin assets + config, never evicted
 var FAZT_THREAD_MB = 0.25;   // one worker thread's stack and frame
-var FAZT_CONNECTION_KB = 8;  // an open idle connection: 2.6 KB RSS + the kernel's socket (README)
+/*
+ * The connection ledger, measured in a memory cgroup with the kernel's TCP buffers
+ * charged (bench/loop_bench.py --only costs, bench/LOOP.md). The sizes below are the
+ * server's own constants, copied because this file runs in a browser too; a test
+ * (tests/test_capacity.py) fails when they drift from the Python ones.
+ */
+var FAZT_CONNECTION_KB = 8;  // an open connection, idle or sending headers: measured 6.1-8.2 KiB
+var FAZT_BODY_KB = 16;       // a body being read stays in RAM up to this (SPOOL_MEMORY)
+var FAZT_BODIES_MIN = 8;     // bodies read at once, at the least (admission.py BODIES_MIN)
 var FAZT_ANSWER_MB = 0.375;  // an answer in flight from a thread: 128 KiB queued + one piece
-var FAZT_STREAM_MB = 0.5;    // a large download: the chunk being sent + the next one
+var FAZT_CHUNK_KB = 256;     // a large file's chunk (files.CHUNK_SIZE)
+var FAZT_STREAM_SNDBUF_KB = 512; // a download's socket send buffer (STREAM_SNDBUF)
+var FAZT_READ_AHEAD_MB = 8;  // the most all downloads together hold read ahead (READ_AHEAD_MB)
+/* A large download: the chunk being sent and the one after it, and its socket's send
+ * buffer, which the kernel books at twice what is asked (measured 1.9 MB a download,
+ * the shared read-ahead aside). */
+var FAZT_STREAM_MB = (2 * FAZT_CHUNK_KB + 2 * FAZT_STREAM_SNDBUF_KB) / 1024;
 var FAZT_SAFETY_FACTOR = 0.7; // the seed: usable = (total - OS overhead) * 0.7
 /*
  * Litestream, fazt's child while replication is on (or while it follows a replica).
@@ -115,9 +129,10 @@ var FAZT_SCHEMA = [
     key: "connection_limit", unit: "connections", label: "Open connections", integer: true,
     min: 16, max: 1000000,
     description: "Connections held open; an idle one costs about " + FAZT_CONNECTION_KB +
-      " KB (a TLS one twice that, and counts as two): with the answers and downloads in " +
-      "flight, 10% of usable RAM. Past it " +
-      "the quietest idle one is closed; the cockpit keeps a reserve beyond it."
+      " KB (a TLS one twice that, and counts as two), plus a share of the bodies being " +
+      "read: with the answers and downloads in flight, 11% of usable RAM. Past it a " +
+      "connection between requests is closed (a keep-alive only once idle 2 s); the " +
+      "cockpit keeps a reserve beyond it."
   },
   {
     key: "address_connections", unit: "connections", label: "Connections per address",
@@ -135,8 +150,9 @@ var FAZT_SCHEMA = [
     key: "max_streams", unit: "downloads", label: "Large downloads at once", integer: true,
     min: 1, max: 100000,
     description: "Files above the large-file size being streamed at once, however slowly " +
-      "their clients read; each holds about " + FAZT_STREAM_MB + " MB, so 3% of usable " +
-      "RAM, at least 1. Past it a download gets 503 with Retry-After."
+      "their clients read; each holds about " + FAZT_STREAM_MB + " MB (two chunks and its " +
+      "socket's send buffer), so 3% of usable RAM, at least 1; together they also read up " +
+      "to " + FAZT_READ_AHEAD_MB + " MB ahead. Past it a download gets 503 with Retry-After."
   },
   {
     key: "zip_max_unpacked_mb", unit: "MB", label: "Largest unpacked zip", integer: true,
@@ -197,6 +213,14 @@ function fazt_replica_gomemlimit_mb(ram_mb) {
   return fazt_clamp(Math.floor(fazt_usable_mb(ram_mb) * 0.05), 32, 256);
 }
 
+/* What all large downloads together may hold read ahead on this machine, in MB (the
+ * server gives its stream readers this much): an eighth of the budget past the 40 MB the
+ * process needs at the least, from two chunks up to READ_AHEAD_MB. */
+function fazt_read_ahead_mb(ram_mb) {
+  return fazt_clamp(Math.floor((fazt_usable_mb(ram_mb) - 40) / 8), 2 * FAZT_CHUNK_KB / 1024,
+    FAZT_READ_AHEAD_MB);
+}
+
 /* What Litestream costs the budget: nothing unless replication is on. */
 function fazt_replica_mb(machine) {
   var m = fazt_machine(machine);
@@ -242,18 +266,28 @@ function fazt_compute(machine) {
   // Two at least: a deploy or a backup on one cockpit thread must not hold up a sign-in.
   var cockpit_threads = fazt_clamp(Math.floor(user_threads / 4), 2, 4);
   var connections = user_threads + cockpit_threads + 2;
-  // 10% of the budget holds the open connections, the answers in flight on the threads
-  // and the large downloads (3% of the budget, at least one).
+  // 11% of the budget holds the open connections, the answers in flight on the threads
+  // and the large downloads (3% of the budget, at least one); their shared read-ahead
+  // comes on top.
   var max_streams = fazt_clamp(Math.floor(usable * 0.03 / FAZT_STREAM_MB), 1, 100000);
+  // The least everything else takes (the floors below): on a tiny host the connections
+  // get what is left of it, so the ledger stays within the budget.
+  var others_min = FAZT_BASELINE_MB + FAZT_PINNED_MB + fazt_replica_mb(m) +
+    FAZT_THREAD_MB * connections + 4 + 1.05 + 0.25 * connections + fazt_read_ahead_mb(m.ram_mb) +
+    FAZT_BODIES_MIN * FAZT_BODY_KB / 1024;
+  // Each connection is charged its own memory and its share of the bodies in flight (an
+  // eighth of the connections may send one at once: admission.py's bodies_limit).
   var connection_limit = fazt_clamp(Math.floor(
-    (usable * 0.1 - (user_threads + cockpit_threads) * FAZT_ANSWER_MB -
-     max_streams * FAZT_STREAM_MB) * 1024 / FAZT_CONNECTION_KB), 16, 100000);
+    (Math.min(usable * 0.11, usable - others_min) -
+     (user_threads + cockpit_threads) * FAZT_ANSWER_MB - max_streams * FAZT_STREAM_MB) *
+    1024 / (FAZT_CONNECTION_KB + FAZT_BODY_KB / 8)), 16, 100000);
   var address_connections = Math.max(16, Math.floor(connection_limit / 4));
 
   // What is left once the fixed costs, the threads and the connections are paid.
   var rest = usable - FAZT_BASELINE_MB - FAZT_PINNED_MB - fazt_replica_mb(m) -
     FAZT_THREAD_MB * connections -
-    fazt_connections_mb(connection_limit, user_threads + cockpit_threads, max_streams);
+    fazt_connections_mb(connection_limit, user_threads + cockpit_threads, max_streams,
+      m.ram_mb);
 
   // Warm contexts (one a site thread, see runtime.py) come out of the JavaScript budget,
   // when it can spare them beside one slot of 4 MB.
@@ -299,10 +333,12 @@ function fazt_compute(machine) {
   };
 }
 
-/* Open connections, an answer in flight on every thread, and the large downloads. */
-function fazt_connections_mb(connection_limit, threads, streams) {
-  return fazt_round2(connection_limit * FAZT_CONNECTION_KB / 1024 + threads * FAZT_ANSWER_MB +
-    streams * FAZT_STREAM_MB);
+/* Open connections, the bodies being read, an answer in flight on every thread, and the
+ * large downloads with the read-ahead they share. */
+function fazt_connections_mb(connection_limit, threads, streams, ram_mb) {
+  var bodies = Math.max(FAZT_BODIES_MIN, Math.floor(connection_limit / 8));
+  return fazt_round2((connection_limit * FAZT_CONNECTION_KB + bodies * FAZT_BODY_KB) / 1024 +
+    threads * FAZT_ANSWER_MB + streams * FAZT_STREAM_MB + fazt_read_ahead_mb(ram_mb));
 }
 
 /* The thresholds given, with any missing key taken from the formula. */
@@ -333,7 +369,7 @@ function fazt_ledger(thresholds, machine) {
     js: fazt_round2(t.max_concurrent_js * t.js_memory_mb + t.js_warm_mb * t.user_threads),
     threads: fazt_round2(FAZT_THREAD_MB * threads),
     buffers: fazt_connections_mb(t.connection_limit, t.user_threads + t.cockpit_threads,
-      t.max_streams),
+      t.max_streams, m.ram_mb),
     replica: fazt_replica_mb(m)
   };
   var total = 0;

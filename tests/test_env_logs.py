@@ -1,6 +1,7 @@
 """Secrets for handlers (fazt.env), handler errors with their line, and `fazt site logs`."""
 
 import json
+import select
 import subprocess
 import sys
 
@@ -166,6 +167,12 @@ def test_unstored_log_lines_are_bounded_and_the_loss_is_said(tmp_path):
     db.close()
 
 
+def _line_within(proc: subprocess.Popen, seconds: float) -> str | None:
+    """The next line `proc` prints, if it prints one within `seconds`."""
+    ready, _, _ = select.select([proc.stdout], [], [], seconds)
+    return proc.stdout.readline() if ready else None
+
+
 def test_follow_with_no_past_lines_prints_only_new_ones(tmp_path, db_path):
     """`fazt site logs NAME -f -n 0`, as `tail -f -n 0`: the history stays unprinted."""
     with Server.running(db_path) as srv:
@@ -177,8 +184,12 @@ def test_follow_with_no_past_lines_prints_only_new_ones(tmp_path, db_path):
             [sys.executable, "-m", "fazt", "site", "logs", "chatty", "-f", "-n", "0", "--json",
              "--db", str(db_path)], stdout=subprocess.PIPE, text=True, env=fazt_env())
         try:
-            assert eventually(lambda: _call(srv, "chatty", "/api/new").status_code == 200)
-            first = json.loads(follow.stdout.readline())
+            # Until the follower has read where the history ends, a new line counts as
+            # history: call again until one is printed (a bare readline could wait forever).
+            printed = eventually(lambda: _call(srv, "chatty", "/api/new").status_code == 200
+                                 and _line_within(follow, 2), timeout=30)
+            assert printed, "the follower printed no new line"
+            first = json.loads(printed)
             assert fazt("site", "logs", "chatty", "--json", "--db", str(db_path)
                         ).stdout.count('"id"') >= 2
             old = json.loads(fazt("site", "logs", "chatty", "--json", "-n", "1000", "--db",

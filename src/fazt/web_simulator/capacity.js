@@ -19,7 +19,7 @@ var FAZT_THREAD_MB = 0.25;   // one worker thread's stack and frame
  * server's own constants, copied because this file runs in a browser too; a test
  * (tests/test_capacity.py) fails when they drift from the Python ones.
  */
-var FAZT_CONNECTION_KB = 8;  // an open connection, idle or sending headers: measured 6.1-8.2 KiB
+var FAZT_CONNECTION_KB = 8;  // an open connection, idle or sending headers: measured 6-8 KiB
 var FAZT_BODY_KB = 16;       // a body being read stays in RAM up to this (SPOOL_MEMORY)
 var FAZT_BODIES_MIN = 8;     // bodies read at once, at the least (admission.py BODIES_MIN)
 var FAZT_ANSWER_MB = 0.375;  // an answer in flight from a thread: 128 KiB queued + one piece

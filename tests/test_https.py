@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import trustme
-from conftest import Server, eventually, fazt, free_port, init_db
+from conftest import Server, configure, eventually, fazt, free_port, init_db
 from pebble_ca import Pebble, available
 
 pytestmark = pytest.mark.skipif(not available(), reason="pebble is not installed")
@@ -31,10 +31,8 @@ def issued(db: Path, *hosts: str) -> bool:
 
 
 def https_on(db: Path, pebble: Pebble) -> None:
-    for key, value in (("https", "on"), ("acme_directory", pebble.directory),
-                       ("acme_ca_bundle", str(pebble.ca_bundle)),
-                       ("acme_email", "owner@example.org")):
-        fazt("config", "set", key, value, "--db", str(db))
+    configure(db, https="on", acme_directory=pebble.directory,
+              acme_ca_bundle=str(pebble.ca_bundle), acme_email="owner@example.org")
 
 
 @pytest.fixture
@@ -88,9 +86,7 @@ def test_an_account_the_ca_forgot_is_registered_again(setup, site_dir):
 
 def test_an_unreachable_ca_is_a_visible_error_and_plain_http_keeps_serving(tmp_path, site_dir):
     db = init_db(tmp_path / "data.db")
-    fazt("config", "set", "https", "on", "--db", str(db))
-    fazt("config", "set", "acme_directory", f"https://127.0.0.1:{free_port()}/dir",
-         "--db", str(db))
+    configure(db, https="on", acme_directory=f"https://127.0.0.1:{free_port()}/dir")
     with start(db, free_port()) as srv:
         assert eventually(lambda: DOMAIN in certs(db), timeout=30), srv.log()
         error = certs(db)[DOMAIN]["last_error"]

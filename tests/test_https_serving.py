@@ -19,6 +19,7 @@ from conftest import (
     PASSWORD,
     USERNAME,
     Server,
+    configure,
     eventually,
     fazt,
     fazt_env,
@@ -92,9 +93,8 @@ def acme(tmp_path: Path, site_dir: Path, request):
     fazt("deploy", str(site_dir), "--site", "blog", "--db", str(db))
     port = free_port()
     pebble = Pebble(tmp_path / "pebble", port, validity_s=marker.args[0] if marker else None)
-    for key, value in (("https", "on"), ("acme_directory", pebble.directory),
-                       ("acme_ca_bundle", str(pebble.ca_bundle))):
-        fazt("config", "set", key, value, "--db", str(db))
+    configure(db, https="on", acme_directory=pebble.directory,
+              acme_ca_bundle=str(pebble.ca_bundle))
     yield db, port, pebble
     pebble.close()
 
@@ -158,7 +158,7 @@ def _try(srv: Running, host: str, root: bytes) -> Https | None:
         return None
 
 
-@pytest.mark.validity(12)
+@pytest.mark.validity(6)
 def test_renewal_swaps_the_certificate_while_a_keep_alive_connection_stays_open(acme):
     db, port, pebble = acme
     srv = Running(db, port)
@@ -170,7 +170,7 @@ def test_renewal_swaps_the_certificate_while_a_keep_alive_connection_stays_open(
         first = kept.serial
         r, _ = kept.request("GET", "/")
         assert r.status == 200
-        # renewal at a third of 12 s left: a new certificate within seconds
+        # renewal at a third of 6 s left: a new certificate within seconds
         assert eventually(lambda: _serial(srv, host, root) not in (None, first), timeout=30), \
             srv.server.log()
         r, body = kept.request("GET", "/")  # the connection made before the swap carries on

@@ -505,10 +505,18 @@ def test_a_warm_context_sees_no_other_requests_promise(rt):
 
 
 def test_a_script_that_breaks_the_clock_restart_gets_fresh_contexts(rt):
-    source = ("Object.defineProperty(globalThis, '__fazt_clock', {set(v) { globalThis.k = v; },"
-              " configurable: false});\nvar n = 0;\n"
-              "function handler() { n += 1; return {body: String(n)}; }")
+    source = ("Object.defineProperty(globalThis, '__fazt_clock', {writable: false});\n"
+              "var n = 0;\nfunction handler() { n += 1; return {body: String(n)}; }")
     assert [call(rt, source)[1] for _ in range(3)] == ["1", "1", "1"]
+
+
+def test_a_script_cannot_put_a_setter_where_the_clock_goes(rt):
+    # The engine writes __fazt_clock holding Python's lock: a setter spinning there would
+    # stop every thread of the server, so the prelude leaves no room for one.
+    source = ("Object.defineProperty(globalThis, '__fazt_clock', {set(v) { while (true) {} }});"
+              "\nfunction handler() { return {body: 'ran'}; }")
+    status, body = call(rt, source)[:2]
+    assert status == 500 and "not configurable" in body["error"]["message"]
 
 
 # -- fazt.kv -----------------------------------------------------------------

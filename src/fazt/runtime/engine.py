@@ -133,15 +133,18 @@ def invoke(loaded: Loaded, request: dict, limits: Limits) -> JsResponse | None:
     """Run the handler once more in a loaded context; None when the context cannot be
     used again (the script got in the way of the CPU clock): load a fresh one."""
     ctx, step, bridge = loaded.ctx, loaded.step, loaded.bridge
-    if loaded.runs:  # a warm context: its clock starts again for this request
-        try:
-            start_cpu_clock(ctx, limits.cpu_seconds)
-        except (quickjs.JSException, RuntimeError):
+    clock = None
+    if loaded.runs:  # a warm context: its clock starts again for this request (step drops
+        try:         # the callable that switches it off before it runs the handler)
+            clock = arm_cpu_clock(ctx, limits.cpu_seconds)
+        except (quickjs.JSException, TypeError):  # the script made __fazt_clock read-only
             return None
     loaded.runs += 1
     started = time.process_time()
     try:
         answer = step(json.dumps(request))
+        if _clock_kept(clock):
+            return None
         if answer == PENDING:
             while ctx.execute_pending_job():
                 if time.process_time() - started >= limits.cpu_seconds:
@@ -150,20 +153,38 @@ def invoke(loaded: Loaded, request: dict, limits: Limits) -> JsResponse | None:
             answer = step()
         return read_answer(answer, bridge)
     except quickjs.JSException as exc:
+        if _clock_kept(clock):
+            return None
         return _failure(exc, limits, bridge)
     except Exception as exc:  # e.g. a string QuickJS hands back that is not valid UTF-8
         bridge.log("error", f"fazt could not read the script's answer: {exc!r}")
         return error_response(500, "js_error", "The script's answer could not be read.")
 
 
-def start_cpu_clock(ctx: quickjs.Context, seconds: float) -> None:
-    """Start the CPU-time budget of `ctx` and still allow calls into Python (see above)."""
+def _clock_kept(clock: weakref.finalize | None) -> bool:
+    """Whether the limit was never switched off during the step (the script kept the
+    callable). Then every call into Python was refused, so nothing the step did left
+    its context: the context is dropped and a fresh one runs the request."""
+    if clock is not None and clock.alive:
+        clock.detach()
+        return True
+    return False
+
+
+def arm_cpu_clock(ctx: quickjs.Context, seconds: float) -> weakref.finalize:
+    """Start the CPU-time budget of `ctx` and give it `__fazt_clock`, a callable whose
+    end (the JavaScript that runs next drops it) switches the limit off (see above)."""
     ctx.set_time_limit(seconds)
     token = lambda: None  # noqa: E731 - any callable with a weakref will do
     switched_off = weakref.finalize(token, ctx.set_time_limit, -1)
     ctx.add_callable("__fazt_clock", token)
-    del token
-    ctx.eval("delete globalThis.__fazt_clock")
+    return switched_off
+
+
+def start_cpu_clock(ctx: quickjs.Context, seconds: float) -> None:
+    """Start the CPU-time budget of `ctx` and still allow calls into Python (see above)."""
+    switched_off = arm_cpu_clock(ctx, seconds)
+    ctx.eval("globalThis.__fazt_clock = undefined")
     if switched_off.alive:
         switched_off.detach()
         raise RuntimeError("this quickjs binding kept a deleted callable alive; "

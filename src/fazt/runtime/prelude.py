@@ -3,8 +3,11 @@
 It takes the bridge (a Python callable) out of the global object, so the
 script only sees `fazt.kv`, `fazt.env` and `console`, and it returns the `step` function
 that the engine calls: `step(requestJson)` runs the handler and answers a
-JSON description of the response, or PENDING when the handler returned a
-promise; `step()` then answers once the engine has run the pending jobs.
+JSON description of the response (status, headers) followed by a newline and
+the body as it is (the body is not escaped into JSON and parsed back: a 4 KiB
+answer cost more that way than running the handler), or PENDING when the
+handler returned a promise; `step()` then answers once the engine has run the
+pending jobs.
 The builtins it relies on (JSON, String) are captured before the script
 runs, so a script that overwrites them only breaks itself.
 
@@ -21,6 +24,10 @@ PRELUDE = r"""
   "use strict";
   const host = globalThis.__fazt_bridge;
   delete globalThis.__fazt_bridge;
+  // The engine writes the CPU clock's callable here before each warm request (engine.py):
+  // a plain value a script can neither delete nor turn into a setter.
+  Object.defineProperty(globalThis, "__fazt_clock", { value: undefined, writable: true,
+                                                     enumerable: false, configurable: false });
   const parse = JSON.parse, stringify = JSON.stringify, toText = String;
   const errorTypes = { TypeError: TypeError, RangeError: RangeError, Error: Error };
 
@@ -117,21 +124,21 @@ PRELUDE = r"""
           ? value.map(toText) : toText(value);
       }
     }
-    const body = result.body;
-    if (typeof body === "string") {
-      out.body = body;
-    } else if (body === undefined) {
-      out.body = "";
-    } else {
+    let body = result.body;
+    if (body === undefined) {
+      body = "";
+    } else if (typeof body !== "string") {
       let json;
       try { json = stringify(body); } catch (e) {
         return stringify({ problem: "the body cannot be sent as JSON: " + toText(e.message) });
       }
       if (json === undefined) return stringify({ problem: "the body cannot be sent as JSON." });
-      out.body = json;
+      body = json;
       out.json = true;
     }
-    return stringify(out);
+    // JSON holds no raw newline: the body follows the first. Joined, not added with +:
+    // quickjs-ng makes a rope of a long sum, which the binding cannot hand to Python.
+    return [stringify(out), body].join("\n");
   }
 
   let settled = null;
@@ -144,6 +151,7 @@ PRELUDE = r"""
       if ("error" in settled) throw settled.error;
       return __fazt_pack(settled.value);
     }
+    try { globalThis.__fazt_clock = undefined; } catch (e) { /* made read-only: engine.py */ }
     settled = null;  // a warm context serves many requests: none sees another's promise
     env = null;  // and reads the secrets as they are now
     const request = parse(requestJson);

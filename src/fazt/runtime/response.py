@@ -65,10 +65,12 @@ def bad_response(bridge: Bridge, message: str) -> JsResponse:
 
 
 def read_answer(answer: Any, bridge: Bridge) -> JsResponse:
-    """Check what the handler returned (the prelude's JSON) and make it a response."""
+    """Check what the handler returned (the prelude's JSON, a newline, the body) and make
+    it a response."""
     if not isinstance(answer, str):
         return bad_response(bridge, "handler's answer could not be read.")
-    data = json.loads(answer)
+    meta, _, body = answer.partition("\n")
+    data = json.loads(meta)
     if "problem" in data:
         return bad_response(bridge, data["problem"])
     status = data["status"]
@@ -95,7 +97,7 @@ def read_answer(answer: Any, bridge: Bridge) -> JsResponse:
     if not any(name.lower() == "content-type" for name in headers):
         headers["Content-Type"] = ("application/json" if data.get("json")
                                    else "text/plain; charset=utf-8")
-    return JsResponse(status, headers, data["body"].encode("utf-8", "replace"), cookies=cookies)
+    return JsResponse(status, headers, body.encode("utf-8", "replace"), cookies=cookies)
 
 
 def _unsendable(value: Any) -> str | None:

@@ -26,3 +26,16 @@ def test_the_sampler_thread_refreshes_the_sample(instance):
 def test_without_a_sampler_the_status_is_computed_now(instance):
     status = instance.status()
     assert status["sampled_s_ago"] == 0 and status["memory"]["ledger"]["total_mb"] > 0
+
+
+def test_a_server_without_replication_leaves_litestreams_socket_alone(instance, monkeypatch):
+    from fazt.replica import litestream
+
+    asked = []
+    monkeypatch.setattr(litestream, "control", lambda *args: asked.append(args))
+    instance.replica_status()  # the command line asks: a server elsewhere may run Litestream
+    assert asked
+    asked.clear()
+    instance.start_sampler(every=3600)  # a server: replication off means no Litestream
+    instance.sample()
+    assert asked == [] and instance.status()["replica"]["running"] is False

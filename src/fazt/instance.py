@@ -721,9 +721,9 @@ class Instance:
         its own I/O (/proc, stat, Litestream's socket: 0.8 ms of a quiet CPU) on the
         cockpit lane, where every step waits its turn for Python's lock under load.
         """
-        self.sample()
         stop = threading.Event()
-        self._sampler = stop
+        self._sampler = stop  # a server from here on (replica_status); called before serving
+        self.sample()
 
         def tick() -> None:
             while not stop.wait(every):
@@ -739,7 +739,9 @@ class Instance:
 
         if self.replication is not None:
             return self.replication.status()
-        return replication_status(self.db_path, None)
+        # A server (the sampler runs) with no Replication runs no Litestream: its control
+        # socket is not asked. The command line asks: a server elsewhere may run one.
+        return replication_status(self.db_path, None, ask=self._sampler is None)
 
     def keep_replicating(self) -> None:
         """Start, stop or re-point Litestream to match the `replica_url` setting

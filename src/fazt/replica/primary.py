@@ -78,15 +78,16 @@ def errors_path(db_path: str) -> str:
 
 
 def replication_status(db_path: str, url: str | None, child: Child | None = None,
-                       gomemlimit_mb: int | None = None) -> dict:
+                       gomemlimit_mb: int | None = None, ask: bool = True) -> dict:
     """What `fazt replica status`, `fazt server status` and the status API show.
 
     Without `child` (another process runs Litestream) the control socket still
-    answers, so the command line sees what the server sees.
+    answers, so the command line sees what the server sees. With `ask` False (a
+    server that runs no Litestream: replication is off) the socket is not tried.
     """
     now = time.time()
-    listing = litestream.control(db_path, "/list") or {}
-    info = litestream.control(db_path, "/info") or {}
+    listing = (litestream.control(db_path, "/list") if ask else None) or {}
+    info = (litestream.control(db_path, "/info") if ask else None) or {}
     entry = next((d for d in listing.get("databases", [])
                   if d.get("path") == os.path.abspath(db_path)), {})
     last_sync = parse_time(entry.get("last_sync_at"))

@@ -304,7 +304,9 @@ class Connection:
     def dispatch(self) -> None:
         """The whole request is in: the fast path answers it here, or a thread does."""
         parser = self.parser
-        answer = self.server.fastpath(self, parser) if self.server.fastpath else None
+        server = self.server
+        job = server.js_job(self, parser)  # a back end's request: the fast path has no answer
+        answer = server.fastpath(self, parser) if job is None and server.fastpath else None
         if answer is not None:
             keep = responses.keeps_alive(parser.version, parser.headers.get("CONNECTION", ""))
             self.send(answer)
@@ -312,7 +314,7 @@ class Connection:
         self.state, self.since = TASK, time.monotonic()
         self.task_running = True
         self._update_events()
-        self.server.lanes.add_task(self.server.job(self, parser), self.admin)
+        server.lanes.add_task(job or server.job(self, parser), self.admin)
 
     def refuse(self, refusal: Refusal) -> None:
         """Answer from the loop; close unless the request is whole (no unread body)."""

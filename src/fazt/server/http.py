@@ -84,9 +84,13 @@ class HTTPServer:
         self.admission.arrived(conn)
         conn.start()
 
-    def job(self, conn: Connection, request) -> Job:
+    def js_job(self, conn: Connection, request) -> JsJob | None:
+        """The direct job for a request to a site's back end (jspath.py), or None."""
         if self.jspath is not None and self.jspath.wants(conn, request):
             return JsJob(conn, request, self.listener_info[conn.listener], self.jspath)
+        return None
+
+    def job(self, conn: Connection, request) -> Job:
         return Job(conn, request, self.listener_info[conn.listener])
 
     def forget(self, conn: Connection) -> None:

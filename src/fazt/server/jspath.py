@@ -57,7 +57,8 @@ class JsPath:
         target = conn.target
         if target is None or target.kind != SITE or parser.version != "1.1" or parser.chunked:
             return False
-        if not parser.path.lstrip("/").startswith("api"):
+        path = parser.path.lstrip("/")
+        if not (path == "api" or path.startswith("api/")):
             return False
         instance = self.instance
         if instance.https_port and conn.listener.scheme != "https":

@@ -12,7 +12,7 @@ from conftest import Server, eventually, fazt, init_db
 from fazt.heap import keep_free_heap
 from fazt.store.database import create_database
 from fazt.store.files import CHUNK_SIZE, put_blob
-from fazt.vfs import HEAP_KEEP_MB, READ_AHEAD, ChunkStream, StreamLoop
+from fazt.vfs import HEAP_KEEP_FACTOR, READ_AHEAD, READ_AHEAD_MB, ChunkStream, StreamLoop
 
 SIZE = 9 * CHUNK_SIZE + 12345  # ten chunks, the last one short
 
@@ -217,7 +217,7 @@ def test_read_ahead_is_shared_between_streams(stored):
 def test_chunk_pages_are_reused_not_faulted_in_again():
     """heap.py: streams allocate and free chunks all the time; with glibc's defaults each
     few chunks freed went back to the kernel and came back as page faults."""
-    if not keep_free_heap(HEAP_KEEP_MB * 1024 * 1024):
+    if not keep_free_heap(HEAP_KEEP_FACTOR * READ_AHEAD_MB * 1024 * 1024):
         pytest.skip("not glibc: no mallopt")
 
     def churn() -> int:

@@ -431,7 +431,7 @@ STREAM_CACHE_MB = 0.5  # a chunk is read once: streams read through a small page
 READ_AHEAD = 15  # chunks a stream on the loop keeps fetched (or on their way) past the one it sends
 READ_BATCH = 4  # chunks one reader job fetches, in one short read transaction
 READ_AHEAD_MB = 8  # what all streams together may hold read ahead (beyond a chunk each)
-HEAP_KEEP_MB = 2 * READ_AHEAD_MB  # free heap malloc keeps for the next chunks (heap.py)
+HEAP_KEEP_FACTOR = 2  # free heap malloc keeps for the next chunks, x the read-ahead (heap.py)
 
 
 class StreamLoop:

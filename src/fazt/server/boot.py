@@ -32,7 +32,7 @@ from fazt.server.jspath import JsPath
 from fazt.server.lanes import LaneDispatcher
 from fazt.stability import thresholds
 from fazt.store.claim import claim_for_server
-from fazt.vfs import HEAP_KEEP_MB, StreamLoop
+from fazt.vfs import HEAP_KEEP_FACTOR, StreamLoop
 
 LOOP_YIELD = 0.0002  # seconds the event loop pauses per turn while the lanes are busy
 TICK = 2.0  # seconds between housekeeping turns (collection, Litestream, an idle server)
@@ -173,9 +173,12 @@ def run(db_path: str, host: str, port: int | None, https_port: int | None = None
         server.listen(bind(host, instance.https_port, "--https-port"), autocert.sink.transport,
                       "https")
     instance.connection_stats = server.stats
-    instance.vfs.loop = StreamLoop(  # this thread runs the event loop
-        server.loop.wake, ahead_bytes=int(thresholds.read_ahead_mb(instance.machine) * MB))
-    keep_free_heap(HEAP_KEEP_MB * MB)  # streams reuse their chunks' pages (heap.py)
+    ahead_bytes = int(thresholds.read_ahead_mb(instance.machine) * MB)
+    instance.vfs.loop = StreamLoop(server.loop.wake, ahead_bytes=ahead_bytes)
+    # Streams reuse their chunks' pages (heap.py). What malloc keeps free is memory the
+    # streams held at their peak, which the ledger charges (the read-ahead and the chunks of
+    # each download), so it scales with this host's read-ahead rather than a fixed size.
+    keep_free_heap(HEAP_KEEP_FACTOR * ahead_bytes)
     instance.db.release_reader()  # and never reads the database again: drop boot's cache
     # What boot made (modules, functions, the cockpit's pinned files, ...) lives as long as
     # the server: out of the cyclic collector's sight, so that a full collection, which

@@ -18,6 +18,7 @@ import pytest
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
+pytest_plugins = ["binary_build"]  # dist/fazt, built in the background for test_binary.py
 PASSWORD = "correct horse battery"
 USERNAME = "owner"
 

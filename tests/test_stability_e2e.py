@@ -13,17 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import Admin, Server, fazt, fazt_env, free_port, init_db
-
-
-def _wait(predicate, timeout=15.0, every=0.2):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    return predicate()
+from conftest import Admin, Server, eventually, fazt, fazt_env, free_port, init_db
 
 
 def test_maintenance_mode_end_to_end(tmp_path):
@@ -31,13 +21,13 @@ def test_maintenance_mode_end_to_end(tmp_path):
     still works and a backup downloads; raising the ratio and recalibrating brings sites back."""
     db = tmp_path / "data.db"
     fazt("server", "init", "--db", str(db), "--domain", "example.test", "--username", "owner",
-         "--password", "correct horse battery", "--memory-mb", "64", "--cpus", "1")
+         "--password", "correct horse battery", "--memory-mb", "16", "--cpus", "1")
     site = tmp_path / "site"
     site.mkdir()
     (site / "index.html").write_text("<p>welcome</p>")
     with open(site / "blob.bin", "wb") as f:
-        for _ in range(72):
-            f.write(os.urandom(1 << 20))  # 72 MB of data: more than 1 × 64 MB of RAM
+        for _ in range(24):
+            f.write(os.urandom(1 << 20))  # 24 MB of data: more than 1 × 16 MB of RAM
     fazt("deploy", str(site), "--site", "shop", "--db", str(db))
     fazt("config", "set", "maintenance_ratio", "1", "--db", str(db), "--break-glass")
     with Server.running(db) as srv:
@@ -59,18 +49,24 @@ def test_maintenance_mode_end_to_end(tmp_path):
         # the way out: raise the ratio and recalibrate (from the command line)
         fazt("config", "set", "maintenance_ratio", "1000", "--db", str(db), "--break-glass")
         fazt("server", "recalibrate", "--db", str(db))
-        assert _wait(lambda: srv.get("/_fazt/health").json()["mode"] == "normal")
+        assert eventually(lambda: srv.get("/_fazt/health").json()["mode"] == "normal",
+                          timeout=15)
         assert srv.get("/", host="shop.localhost").text == "<p>welcome</p>"
 
 
-def _slow_download(srv: Server, path: str, out: dict) -> None:
+def _held_download(srv: Server, path: str, out: dict, started: threading.Event,
+                   go_on: threading.Event) -> None:
+    """A download that has begun and then stops reading until `go_on`: it spans whatever
+    happens meanwhile, however fast or slow the machine is."""
     conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60)
     conn.request("GET", path, headers={"Host": "big.localhost"})
     resp = conn.getresponse()
     digest = hashlib.sha256()
+    digest.update(resp.read(256 * 1024))
+    started.set()
+    go_on.wait(60)
     while piece := resp.read(256 * 1024):
         digest.update(piece)
-        time.sleep(0.02)  # about 12 MB/s: a download that spans the recalibrations
     out["status"] = resp.status
     out["sha"] = digest.hexdigest()
     conn.close()
@@ -88,8 +84,11 @@ def test_recalibration_drops_no_connection(tmp_path):
         admin = Admin(srv)
         before = admin.status()
         result: dict = {}
-        downloader = threading.Thread(target=_slow_download, args=(srv, "/file.bin", result))
+        started, go_on = threading.Event(), threading.Event()
+        downloader = threading.Thread(target=_held_download,
+                                      args=(srv, "/file.bin", result, started, go_on))
         downloader.start()
+        assert started.wait(30)
         keepalive = [http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
                      for _ in range(4)]
         ports = []
@@ -100,7 +99,7 @@ def test_recalibration_drops_no_connection(tmp_path):
         # three ways to recalibrate: the API, the command line (new machine size), SIGHUP
         assert admin.post("/api/system/recalibrate").status_code == 200
         fazt("server", "recalibrate", "--db", str(db), "--memory-mb", "2048", "--cpus", "2")
-        assert _wait(lambda: admin.status()["machine"]["ram_mb"] == 2048)
+        assert eventually(lambda: admin.status()["machine"]["ram_mb"] == 2048, timeout=15)
         srv.proc.send_signal(signal.SIGHUP)
         after = admin.status()
         assert after["thresholds"]["user_threads"] >= before["thresholds"]["user_threads"]
@@ -109,6 +108,7 @@ def test_recalibration_drops_no_connection(tmp_path):
             assert conn.getresponse().read() == b"hi"
             assert conn.sock.getsockname()[1] == port  # the same connection, not a new one
             conn.close()
+        go_on.set()
         downloader.join(timeout=120)
         assert result.get("status") == 200
         assert result.get("sha") == hashlib.sha256(data).hexdigest()
@@ -124,9 +124,10 @@ def test_sighup_rewrites_thresholds(tmp_path):
             conn.execute("UPDATE config SET value = '7', updated_at = updated_at + 1"
                          " WHERE key = 'vfs_cache_mb'")
         conn.close()
-        assert _wait(lambda: admin.status()["thresholds"]["vfs_cache_mb"] == 7)
+        assert eventually(lambda: admin.status()["thresholds"]["vfs_cache_mb"] == 7, timeout=15)
         srv.proc.send_signal(signal.SIGHUP)
-        assert _wait(lambda: admin.status()["thresholds"]["vfs_cache_mb"] == probed)
+        assert eventually(lambda: admin.status()["thresholds"]["vfs_cache_mb"] == probed,
+                          timeout=15)
         assert admin.status()["cache"]["limit_bytes"] == probed * 2**20
 
 

@@ -12,6 +12,7 @@ The databases are made in a child process through fazt's own deploy (the same co
 `fazt deploy` runs), so they are real databases of real sites.
 """
 
+import math
 import os
 import random
 import shutil
@@ -178,7 +179,7 @@ def walk_once(port: int, sites: int, walk: str, start: int = 0) -> dict:
     view of it, with `max` latency and the `requests` made)."""
     wanted, done, runs = sites * FILES_PER_SITE, start, []
     while done < wanted:  # by count, not by time: on a busy machine a timed walk falls short
-        runs.append(wrk_sites(port, sites, max(1.0, (wanted - done) / 2500), walk, 1, 16,
+        runs.append(wrk_sites(port, sites, max(1, math.ceil((wanted - done) / 2500)), walk, 1, 16,
                               start=max(0, done - 16)))  # the last few may not have come
         done += runs[-1]["requests"]
     return {"p99": max(r["p99"] for r in runs), "max": max(r["max"] for r in runs),

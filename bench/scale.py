@@ -57,7 +57,7 @@ def plan_sizes(smoke: bool) -> dict:
         return {"sites": [1, 10, 100], "deploys": [10, 100], "db_gb": [0, 0.06],
                 "seconds": 2, "rounds": 1}
     return {"sites": [1, 1000, 10000], "deploys": [10, 100, 1000, 10000], "db_gb": [0, 2, 20],
-            "seconds": 10, "rounds": 3}
+            "seconds": 6, "rounds": 5}
 
 
 # -- making databases (in a child process, with fazt's src on the path) ----------------------

@@ -494,7 +494,7 @@ def test_space_comes_back_while_litestream_replicates(tmp_path, replica_url):  #
         # fazt gives the pages back (Litestream owns the WAL's checkpoints meanwhile)...
         assert eventually(lambda: database_bytes(db) < 16 << 20, timeout=90), database_bytes(db)
         last_write = time.time()
-        assert eventually(lambda: synced_after(db, last_write), timeout=30)
+        assert eventually(lambda: synced_after(admin, last_write), timeout=30)
         status = admin.status()["replica"]
         assert status["running"] and not status["last_error"], status
     # ...and the replica holds the smaller database.

@@ -20,7 +20,16 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import PASSWORD, USERNAME, DatabaseLock, Server, eventually, fazt
+from conftest import (
+    PASSWORD,
+    USERNAME,
+    DatabaseLock,
+    Server,
+    copy_db,
+    eventually,
+    fazt,
+    init_db,
+)
 
 CSRF = {"X-Fazt-Request": "1"}
 CREDENTIALS = {"username": USERNAME, "password": PASSWORD}
@@ -53,9 +62,26 @@ class Answer:
         return self.seconds is not None
 
 
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory) -> Path:
+    """A database with the site `mysite`, deployed once for the module."""
+    folder = tmp_path_factory.mktemp("lanes")
+    db = init_db(folder / "data.db")
+    site = folder / "site"
+    site.mkdir()
+    (site / "index.html").write_text("<h1>hello from fazt</h1>")
+    (site / "style.css").write_text("body { color: red }")
+    fazt("deploy", str(site), "--site", "mysite", "--db", str(db))
+    return db
+
+
 @pytest.fixture
-def live(db_path: Path, site_dir: Path):
-    fazt("deploy", str(site_dir), "--site", "mysite", "--db", str(db_path))
+def db_path(deployed: Path, tmp_path: Path) -> Path:
+    return copy_db(deployed, tmp_path / "data.db")  # each test locks a database of its own
+
+
+@pytest.fixture
+def live(db_path: Path):
     srv = Server(db_path)
     yield srv
     srv.stop()

@@ -504,6 +504,18 @@ def test_a_warm_context_sees_no_other_requests_promise(rt):
     assert [call(rt, source)[1] for _ in range(3)] == ["1", "2", "3"]
 
 
+def test_a_warm_request_does_not_read_the_script_again(rt):
+    reads = []
+
+    def source():
+        reads.append(1)
+        return "var n = 0;\nfunction handler() { n += 1; return {body: String(n)}; }"
+
+    bodies = [rt.handle("alpha", "v1", source, request()).body for _ in range(3)]
+    assert bodies == [b"1", b"2", b"3"] and len(reads) == 1  # loaded once, then warm
+    assert rt.handle("alpha", "v2", source, request()).body == b"1" and len(reads) == 2
+
+
 def test_a_script_that_breaks_the_clock_restart_gets_fresh_contexts(rt):
     source = ("Object.defineProperty(globalThis, '__fazt_clock', {writable: false});\n"
               "var n = 0;\nfunction handler() { n += 1; return {body: String(n)}; }")

@@ -263,9 +263,11 @@ def run_handler(instance: Instance, site: str, script: FileInfo, request: dict,
     """Run the site's handler on `request` (JsBusy, ReadOnly: FaztErrors for the caller
     to answer) and shape what it answered for the wire. Both ways to a handler call it:
     the WSGI app's, and the lane's direct one (fazt.server.jspath)."""
-    runtime = instance.runtime
-    source = instance.vfs.content(site, script).decode("utf-8", errors="replace")
-    answer = _site_cookies(instance, site, runtime.handle(site, script.sha256, source, request),
+    def source() -> str:  # read only when a context is loaded, not per warm request
+        return instance.vfs.content(site, script).decode("utf-8", errors="replace")
+
+    answer = _site_cookies(instance, site,
+                           instance.runtime.handle(site, script.sha256, source, request),
                            host, https)
     headers, body = _as_sent(answer, accept_encoding)
     return HandlerAnswer(answer.status, headers, answer.cookies, body)

@@ -28,6 +28,7 @@ bound how many run at once.
 
 import os
 import threading
+from collections.abc import Callable
 
 from fazt.constants import MB
 from fazt.errors import Busy
@@ -90,11 +91,14 @@ class Runtime:
         return Limits(memory_bytes=int(memory_mb * MB), timeout_ms=int(timeout_ms),
                       cpu_seconds=timeout_ms / 1000 * factor)
 
-    def handle(self, site: str, script_sha: str, source: str, request: dict) -> JsResponse:
+    def handle(self, site: str, script_sha: str, source: str | Callable[[], str],
+               request: dict) -> JsResponse:
         """Run the site's handler for one request, or refuse at once with JsBusy (429).
 
         `script_sha` names the version being run: a warm context of another
-        version is never used (see the module's docstring).
+        version is never used (see the module's docstring). `source` may be a
+        function that reads the script: it is called only when a context must be
+        loaded, so a warm request neither decodes nor compares a large script.
         """
         if not self._slots.try_acquire(site):
             raise JsBusy(self._slots.why_refused(site))
@@ -115,7 +119,7 @@ class Runtime:
             raise refused
         return answer
 
-    def _run(self, site: str, script_sha: str, source: str, request: dict
+    def _run(self, site: str, script_sha: str, source: str | Callable[[], str], request: dict
              ) -> tuple[JsResponse, bool]:
         """(the answer, whether a warm context gave it), on this thread's context."""
         limits = self._limits
@@ -123,7 +127,8 @@ class Runtime:
         here = self._warm
         loaded: Loaded | None = getattr(here, "loaded", None)
         here.loaded = None  # taken: whatever happens below, nothing stale stays behind
-        if loaded is not None and (here.key != key or here.source != source):
+        given = isinstance(source, str)  # else the sha alone vouches for the text
+        if loaded is not None and (here.key != key or (given and here.source != source)):
             del loaded  # another site or version: freed before a new context is made
             loaded = None
         answer = None
@@ -134,8 +139,9 @@ class Runtime:
                 loaded = None
                 warm = False
         if answer is None:
+            source = source if given else source()
             made = engine.load(source, limits, Bridge(site, self.kv, self.logs_ring,
-                                                           self.env))
+                                                      self.env))
             if isinstance(made, JsResponse):
                 answer, loaded = made, None
             else:
@@ -143,7 +149,9 @@ class Runtime:
                 answer = engine.invoke(loaded, request, limits)
         if (loaded is not None and answer.error is None and loaded.runs < WARM_RUNS
                 and loaded.memory_bytes() <= self._warm_bytes):
-            here.key, here.source, here.loaded = key, source, loaded
+            if isinstance(source, str):  # (reused warm with a reader: it keeps its text)
+                here.source = source
+            here.key, here.loaded = key, loaded
         else:
             del loaded
             if answer.error == "js_memory_limit":

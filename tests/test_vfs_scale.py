@@ -7,8 +7,8 @@ from fazt.vfs import FOUND_ENTRIES, found_entries
 
 
 def test_the_found_map_grows_with_the_cache():
-    assert found_entries(0) == found_entries(16 * 2**20) == FOUND_ENTRIES  # small hosts
-    assert found_entries(2 * 2**30) == int(2 * 2**30 * 0.05) // 800  # 134,217 on 2 GB
+    assert found_entries(0) == found_entries(2**19) == FOUND_ENTRIES  # small hosts
+    assert found_entries(2 * 2**30) == int(2 * 2**30 * 0.10) // 1600  # 134,217 on 2 GB
 
 
 def test_many_sites_stay_remembered(instance, tmp_path):

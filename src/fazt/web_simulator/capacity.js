@@ -26,6 +26,10 @@ var FAZT_ANSWER_MB = 0.375;  // an answer in flight from a thread: 128 KiB queue
 var FAZT_CHUNK_KB = 256;     // a large file's chunk (files.CHUNK_SIZE)
 var FAZT_STREAM_SNDBUF_KB = 512; // a download's socket send buffer (STREAM_SNDBUF)
 var FAZT_READ_AHEAD_MB = 8;  // the most all downloads together hold read ahead (READ_AHEAD_MB)
+// The file cache also remembers where files live (and the fast path's rendered answers):
+// FOUND_SHARE of its size on top (vfs.py).
+var FAZT_FOUND_SHARE = 0.10;
+var FAZT_WARM_POOL_MB = 8;   // warm JavaScript contexts, all site threads together
 /* A large download: the chunk being sent and the one after it, and its socket's send
  * buffer, which the kernel books at twice what is asked (measured 1.9 MB a download,
  * the shared read-ahead aside). */
@@ -92,8 +96,8 @@ var FAZT_SCHEMA = [
     key: "js_warm_mb", unit: "MB", label: "Warm JavaScript context", integer: false,
     min: 0, max: 64,
     description: "Each site thread keeps the last handler's context for that site's next " +
-      "request when its heap is at most this (0: a fresh context every time); 1 MB, " +
-      "or 0 on hosts too small to spare it."
+      "request when its heap is at most this (0: a fresh context every time); 1 MB " +
+      "where the JavaScript budget spares it, less or 0 on hosts too small for it."
   },
   {
     key: "js_timeout_ms", unit: "ms", label: "JavaScript time limit", integer: true,
@@ -217,7 +221,9 @@ function fazt_replica_gomemlimit_mb(ram_mb) {
  * server gives its stream readers this much): an eighth of the budget past the 40 MB the
  * process needs at the least, from two chunks up to READ_AHEAD_MB. */
 function fazt_read_ahead_mb(ram_mb) {
-  return fazt_clamp(Math.floor((fazt_usable_mb(ram_mb) - 40) / 8), 2 * FAZT_CHUNK_KB / 1024,
+  // Not rounded: a step here would take a whole MB from the rest at once, and a bigger
+  // host would then get less of something else.
+  return fazt_clamp((fazt_usable_mb(ram_mb) - 40) / 8, 2 * FAZT_CHUNK_KB / 1024,
     FAZT_READ_AHEAD_MB);
 }
 
@@ -273,7 +279,8 @@ function fazt_compute(machine) {
   // The least everything else takes (the floors below): on a tiny host the connections
   // get what is left of it, so the ledger stays within the budget.
   var others_min = FAZT_BASELINE_MB + FAZT_PINNED_MB + fazt_replica_mb(m) +
-    FAZT_THREAD_MB * connections + 4 + 1.05 + 0.25 * connections + fazt_read_ahead_mb(m.ram_mb) +
+    FAZT_THREAD_MB * connections + 4 + (1 + FAZT_FOUND_SHARE) + 0.25 * connections +
+    fazt_read_ahead_mb(m.ram_mb) +
     FAZT_BODIES_MIN * FAZT_BODY_KB / 1024;
   // Each connection is charged its own memory and its share of the bodies in flight (an
   // eighth of the connections may send one at once: admission.py's bodies_limit).
@@ -290,9 +297,15 @@ function fazt_compute(machine) {
       m.ram_mb);
 
   // Warm contexts (one a site thread, see runtime.py) come out of the JavaScript budget,
-  // when it can spare them beside one slot of 4 MB.
-  var js_warm_mb = rest * 0.3 >= 4 + user_threads ? 1 : 0;
-  var js_budget = rest * 0.3 - js_warm_mb * user_threads;
+  // when it can spare them beside one slot of 4 MB: a pool of FAZT_WARM_POOL_MB (a tenth
+  // of the share on big hosts), at most 1 MB a thread. The pool grows no faster than the
+  // share and does not change when a thread is added, so more RAM never gives a handler
+  // less memory.
+  var js_share = rest * 0.3;
+  var warm_pool = fazt_clamp(js_share - 4 - FAZT_WARM_POOL_MB, 0,
+    Math.max(FAZT_WARM_POOL_MB, js_share * 0.1));
+  var js_budget = js_share - warm_pool;
+  var js_warm_mb = Math.min(1, Math.floor(warm_pool / user_threads * 100) / 100);
   // Fewer slots rather than starved ones: a handler gets 16 MB when the budget allows.
   var js_memory_mb = fazt_clamp(Math.max(Math.floor(js_budget / js_slots_by_cpu),
     Math.min(16, Math.floor(js_budget))), 4, 64);
@@ -303,8 +316,9 @@ function fazt_compute(machine) {
   // The cache takes its share, but never more than what the others left.
   var left = rest - max_concurrent_js * js_memory_mb - js_warm_mb * user_threads -
     sqlite_cache_mb * connections;
-  // The cache also pays for remembering where files live: 5% on top (vfs.py).
-  var vfs_cache_mb = fazt_clamp(Math.floor(Math.min(rest * 0.15, left) / 1.05), 1, 4096);
+  // The cache also pays for remembering where files live: FAZT_FOUND_SHARE on top.
+  var vfs_cache_mb = fazt_clamp(Math.floor(Math.min(rest * 0.15, left) / (1 + FAZT_FOUND_SHARE)),
+    1, 4096);
 
   var disk_mb = m.disk_gb * 1024;
   var max_upload_mb = Math.max(1, Math.floor(Math.min(usable / 4, disk_mb / 20)));
@@ -363,7 +377,7 @@ function fazt_ledger(thresholds, machine) {
   var ledger = {
     baseline: FAZT_BASELINE_MB,
     pinned: FAZT_PINNED_MB,
-    vfs_cache: fazt_round2(t.vfs_cache_mb * 1.05),  // with the file locations it remembers
+    vfs_cache: fazt_round2(t.vfs_cache_mb * (1 + FAZT_FOUND_SHARE)),  // with its locations
     sqlite: fazt_round2(t.sqlite_cache_mb * threads),
     // Running handlers, and the context each site thread keeps warm between requests.
     js: fazt_round2(t.max_concurrent_js * t.js_memory_mb + t.js_warm_mb * t.user_threads),

@@ -7,6 +7,8 @@ all of them is used as it is); those tests are moved to the end of the run, so t
 build overlaps the rest of the suite instead of adding to it.
 """
 
+import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -33,18 +35,27 @@ def _start_build() -> subprocess.Popen:
     LOG.parent.mkdir(parents=True, exist_ok=True)
     with open(LOG, "wb") as log:
         return subprocess.Popen([str(ROOT / "build" / "binary.sh")], stdout=log,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT, start_new_session=True)
 
 
 @pytest.hookimpl(trylast=True)  # after `-m`/`-k` have deselected what they deselect
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     global _build
     wanting = [item for item in items if "binary" in getattr(item, "fixturenames", ())]
     if not wanting:
         return
     items[:] = [item for item in items if item not in wanting] + wanting
-    if _stale():
+    if _stale() and not config.option.collectonly:
         _build = _start_build()
+
+
+def pytest_sessionfinish() -> None:
+    """A run that ended before the binary tests (-x, Ctrl-C) stops the build, and removes
+    what it may have half written (the binary it replaces was stale anyway)."""
+    if _build is not None and _build.poll() is None:
+        os.killpg(_build.pid, signal.SIGTERM)  # the script and PyInstaller under it
+        _build.wait()
+        BINARY.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")

@@ -7,9 +7,11 @@ all of them is used as it is); those tests are moved to the end of the run, so t
 build overlaps the rest of the suite instead of adding to it.
 """
 
+import fcntl
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 BINARY = ROOT / "dist" / "fazt"
 LOG = ROOT / "build" / "work" / "test-build.log"
+LOCK = ROOT / "build" / "work" / "test-build.lock"
 _build: subprocess.Popen | None = None
 
 
@@ -32,10 +35,21 @@ def _stale() -> bool:
 
 
 def _start_build() -> subprocess.Popen:
+    """This file as a script: it builds under a lock, so that parallel workers (xdist)
+    build once and the later ones find the binary fresh."""
     LOG.parent.mkdir(parents=True, exist_ok=True)
-    with open(LOG, "wb") as log:
-        return subprocess.Popen([str(ROOT / "build" / "binary.sh")], stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen([sys.executable, __file__], start_new_session=True)
+
+
+def _build_once() -> int:
+    LOG.parent.mkdir(parents=True, exist_ok=True)
+    with open(LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not _stale():
+            return 0
+        with open(LOG, "wb") as log:
+            return subprocess.call([str(ROOT / "build" / "binary.sh")], stdout=log,
+                                   stderr=subprocess.STDOUT)
 
 
 @pytest.hookimpl(trylast=True)  # after `-m`/`-k` have deselected what they deselect
@@ -52,7 +66,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_sessionfinish() -> None:
     """A run that ended before the binary tests (-x, Ctrl-C) stops the build, and removes
     what it may have half written (the binary it replaces was stale anyway)."""
-    if _build is not None and _build.poll() is None:
+    if _build is not None and _build.poll() is None and os.environ.get("PYTEST_XDIST_WORKER"):
+        _build.wait()  # another worker may be waiting for this build
+    elif _build is not None and _build.poll() is None:
         os.killpg(_build.pid, signal.SIGTERM)  # the script and PyInstaller under it
         _build.wait()
         BINARY.unlink(missing_ok=True)
@@ -68,3 +84,7 @@ def binary() -> Path:
         code = _build.wait(timeout=900)
         assert code == 0, f"build failed:\n{LOG.read_text(errors='replace')}"
     return BINARY
+
+
+if __name__ == "__main__":
+    sys.exit(_build_once())

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import ROOT, free_port
-from test_binary import built_binary, start
+from test_binary import start
 
 INSTALL = ROOT / "install.sh"
 
@@ -135,8 +135,7 @@ def test_shellcheck():
 
 
 @pytest.mark.slow
-def test_real_install_then_upgrade_keeps_the_database(tmp_path: Path):
-    binary = built_binary()
+def test_real_install_then_upgrade_keeps_the_database(tmp_path: Path, binary: Path):
     p = paths(tmp_path)
     args = ("--binary", str(binary), "--prefix", str(p["prefix"]), "--tmpdir",
             str(p["tmpdir"]), "--domain", "example.test", "--username", "owner",

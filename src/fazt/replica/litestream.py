@@ -82,12 +82,17 @@ def meta_dir(db_path: str) -> str:
 
 def socket_path(db_path: str) -> str:
     """The control socket of the Litestream replicating `db_path`: in its working
-    folder, or in the temp folder when that path is too long for a Unix socket."""
+    folder, or in the temp folder (or /tmp) when that path is too long for a Unix socket."""
     path = os.path.join(meta_dir(db_path), "fazt.sock")
     if len(path.encode()) <= _SOCKET_PATH_MAX:
         return path
     digest = hashlib.sha256(os.path.abspath(db_path).encode()).hexdigest()[:16]
-    return os.path.join(tempfile.gettempdir(), f"fazt-litestream-{digest}.sock")
+    name = f"fazt-litestream-{digest}.sock"
+    for folder in (tempfile.gettempdir(), "/tmp"):  # TMPDIR may be a long path too
+        path = os.path.join(folder, name)
+        if len(path.encode()) <= _SOCKET_PATH_MAX:
+            break
+    return path
 
 
 def replicate_config(db_path: str, url: str) -> str:

@@ -21,6 +21,7 @@ import sys
 import sysconfig
 import tempfile
 
+from fazt.envtuning import seconds_from_env
 from fazt.errors import FaztError
 
 _SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes on Linux
@@ -30,17 +31,7 @@ def sync_interval(environ: dict | None = None) -> str:
     """How often Litestream syncs to the replica (a primary) or looks at it (a follower),
     as a Go duration: 1 s, or FAZT_REPLICA_INTERVAL seconds from the environment fazt
     starts with (the tests shorten it to see changes arrive sooner)."""
-    environ = os.environ if environ is None else environ
-    text = environ.get("FAZT_REPLICA_INTERVAL", "").strip()
-    if not text:
-        return "1s"
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = 0.0
-    if not 0.1 <= seconds <= 60:
-        raise FaztError(f"FAZT_REPLICA_INTERVAL must be a number of seconds from 0.1 to 60, "
-                        f"not {text!r}.")
+    seconds = seconds_from_env("FAZT_REPLICA_INTERVAL", 1.0, 0.1, 60, environ)
     return f"{round(seconds * 1000)}ms"
 
 

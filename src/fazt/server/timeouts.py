@@ -7,26 +7,13 @@ server starts. The tests shorten it so they need not wait out ten real seconds
 to see a slow client closed.
 """
 
-import os
-
-from fazt.errors import FaztError
+from fazt.envtuning import seconds_from_env
 
 DEFAULT = 10.0
 
 
 def client_timeout(environ: dict | None = None) -> float:
-    environ = os.environ if environ is None else environ
-    text = environ.get("FAZT_CLIENT_TIMEOUT", "").strip()
-    if not text:
-        return DEFAULT
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = 0.0
-    if not 1 <= seconds <= 600:
-        raise FaztError(f"FAZT_CLIENT_TIMEOUT must be a number of seconds from 1 to 600, "
-                        f"not {text!r}.")
-    return seconds
+    return seconds_from_env("FAZT_CLIENT_TIMEOUT", DEFAULT, 1, 600, environ)
 
 
 CLIENT_TIMEOUT = client_timeout()

@@ -617,6 +617,7 @@ def load_previous(path: str) -> dict[str, c.Section]:
 
 def merge_previous(out_dir: str, sections: dict, partial: bool) -> dict[str, c.Section]:
     """With --only, the sections not run now are kept from the last results.json."""
+    os.makedirs(out_dir, exist_ok=True)  # --out may name a folder that is not there yet
     path = os.path.join(out_dir, "results.json")
     merged = {}
     if partial and os.path.exists(path):

@@ -414,15 +414,10 @@ class Connection:
         while True:
             wire = self.wire
             if wire:
-                try:
-                    sent = sock.send(wire)
-                except (BlockingIOError, InterruptedError):
-                    sent = 0
-                except OSError:
+                sent = self._send(sock.send, wire)
+                if sent is None:
                     self._taken(taken)
                     return self.abort()
-                if sent:
-                    self.last_write = time.monotonic()
                 if sent < len(wire):
                     self.wire = wire[sent:]
                     break
@@ -455,17 +450,12 @@ class Connection:
                 self.wire = self.transport.wrap(piece)
                 continue
             if piece is None and views:
-                try:
-                    sent = sock.sendmsg(views)
-                except (BlockingIOError, InterruptedError):
-                    sent = 0
-                except OSError:
+                sent = self._send(sock.sendmsg, views)
+                if sent is None:
                     self._taken(taken)
                     return self.abort()
                 stream.advance(sent)
                 item.remain -= sent
-                if sent:
-                    self.last_write = time.monotonic()
                 if sent < sum(len(v) for v in views):
                     break  # the socket is full: WRITE wakes us
                 continue
@@ -484,6 +474,19 @@ class Connection:
             elif self.parser is None and not self.server.admission.is_closable(self):
                 self.since = time.monotonic()  # answered: idle from now, and closable
                 self.server.admission.quiet_again(self)
+
+    def _send(self, send, data) -> int | None:
+        """What the socket took of `data` through `send` (0 when it is full); None when the
+        connection broke."""
+        try:
+            sent = send(data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError:
+            return None
+        if sent:
+            self.last_write = time.monotonic()
+        return sent
 
     def _taken(self, size: int) -> None:
         if size:

@@ -254,6 +254,30 @@ def deploy_dir(instance, name: str, root: Path) -> dict:
     return instance.deploy(name, files_from_directory(str(root)))
 
 
+def slow_reader(port: int, host: str, path: str, started: bool = True) -> socket.socket:
+    """A client that asks for a large file and reads (almost) nothing of it: a 4 KiB
+    receive buffer, so the download stalls holding what a stalled download holds. With
+    `started`, once the answer's status line has come back as 200."""
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    if started:
+        assert s.recv(64).startswith(b"HTTP/1.1 200")
+    return s
+
+
+@contextlib.contextmanager
+def with_and_without_fastpath(db: Path):
+    """Two servers on the same content: `db` as it is served, and a copy of it served with
+    FAZT_FASTPATH=off (no fast path, no direct handler path: every request through a
+    thread and the WSGI app), to compare."""
+    copy = db.parent / "copy.db"
+    fazt("backup", str(copy), "--db", str(db))
+    with Server.running(db) as fast, \
+            Server.running(copy, env=fazt_env(FAZT_FASTPATH="off")) as slow:
+        yield fast, slow
+
+
 def eventually(check, timeout: float = 6.0, every: float = 0.1):
     """`check()` once it is truthy; its last value when time runs out."""
     deadline = time.time() + timeout

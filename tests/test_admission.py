@@ -21,6 +21,7 @@ from conftest import (
     fazt,
     fazt_env,
     init_db,
+    slow_reader,
 )
 
 CSRF = {"X-Fazt-Request": "1"}
@@ -115,10 +116,7 @@ def test_a_crowd_over_the_limit_gets_answers_and_the_owner_gets_in(live: Server,
             s.sendall(b"GET / HTTP/1.1\r\nHost: mysite.loc")
             crowd.append(s)
         for _ in range(10):  # slow readers of a large file
-            s = socket.create_connection(("127.0.0.1", live.port))
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            s.sendall(b"GET /movie.bin HTTP/1.1\r\nHost: big.localhost\r\n\r\n")
-            crowd.append(s)
+            crowd.append(slow_reader(live.port, "big.localhost", "/movie.bin", started=False))
         results: list = []
 
         def active():
@@ -330,11 +328,7 @@ def test_per_address_limits_answer_429_with_retry_after(live: Server, db_path):
     stalled = []
     try:
         for _ in range(4):  # four downloads the client does not read: never closable
-            s = socket.create_connection(("127.0.0.1", live.port))
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            s.sendall(b"GET /movie.bin HTTP/1.1\r\nHost: big.localhost\r\n\r\n")
-            assert s.recv(64).startswith(b"HTTP/1.1 200")
-            stalled.append(s)
+            stalled.append(slow_reader(live.port, "big.localhost", "/movie.bin"))
         r = requests.get(live.url("/"), headers={"Host": "mysite.localhost"}, timeout=5)
         assert r.status_code == 429 and r.headers["Retry-After"]
         assert r.json()["error"]["code"] == "too_many_connections"
@@ -372,11 +366,7 @@ def test_large_downloads_past_max_streams_get_503(live: Server, db_path):
     stalled = []
     try:
         for _ in range(2):
-            s = socket.create_connection(("127.0.0.1", live.port))
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            s.sendall(b"GET /movie.bin HTTP/1.1\r\nHost: big.localhost\r\n\r\n")
-            assert s.recv(64).startswith(b"HTTP/1.1 200")
-            stalled.append(s)
+            stalled.append(slow_reader(live.port, "big.localhost", "/movie.bin"))
         r = requests.get(live.url("/movie.bin"), headers={"Host": "big.localhost"}, timeout=5)
         assert r.status_code == 503 and int(r.headers["Retry-After"]) >= 1
         assert r.json()["error"]["code"] == "too_many_downloads"

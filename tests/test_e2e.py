@@ -13,7 +13,7 @@ import time
 import psutil
 import pytest
 import requests
-from conftest import PASSWORD, USERNAME, Server, eventually, fazt, fazt_env, init_db
+from conftest import PASSWORD, USERNAME, Server, eventually, fazt, fazt_env, init_db, slow_reader
 
 
 def test_version():
@@ -217,11 +217,7 @@ def test_slow_downloads_hold_no_worker_thread(tmp_path):
         stalled = []
         try:
             for _ in range(4):
-                s = socket.create_connection(("127.0.0.1", srv.port))
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-                s.sendall(b"GET /big.bin HTTP/1.1\r\nHost: media.localhost\r\n\r\n")
-                assert s.recv(1024).startswith(b"HTTP/1.1 200")
-                stalled.append(s)  # and never read again
+                stalled.append(slow_reader(srv.port, "media.localhost", "/big.bin"))
             for _ in range(10):
                 began = time.time()
                 assert srv.get("/", host="media.localhost", timeout=5).text == "small"

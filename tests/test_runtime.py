@@ -531,6 +531,101 @@ def test_a_script_cannot_put_a_setter_where_the_clock_goes(rt):
     assert status == 500 and "not configurable" in body["error"]["message"]
 
 
+# -- runs on the event loop (handle_on_loop) ------------------------------------
+
+LOOP_COUNTER = "var n = 0;\nfunction handler(r) { n += 1; console.log('run ' + n);" \
+               " if (r.query.kv) fazt.kv.set('n', n); if (r.query.spin) while (true) {}" \
+               " return {body: String(n)}; }"
+
+
+def on_loop(rt, source, site="alpha", sha="sha", **extra):
+    """`handle_on_loop` as the loop calls it, its script read from "RAM"."""
+    return rt.handle_on_loop(site, sha, lambda: source, request(**extra))
+
+
+@pytest.fixture
+def loop_rt(rt, monkeypatch):
+    """A runtime whose loop may load a context at every request (not 20 a second)."""
+    from fazt.runtime import runtime
+
+    monkeypatch.setattr(runtime, "LOOP_LOAD_SECONDS", 0)
+    rt.env.get("alpha")  # the secrets in RAM, as a first request on a thread leaves them
+    return rt
+
+
+def test_the_loop_waits_for_a_thread_to_read_the_secrets(rt):
+    assert on_loop(rt, LOOP_COUNTER) is None  # nothing in RAM yet: a thread answers
+    assert rt.handle("alpha", "sha", LOOP_COUNTER, request()).body == b"1"
+    assert on_loop(rt, LOOP_COUNTER).body == b"1"  # now the loop has its own context
+
+
+def test_the_loop_keeps_its_context_and_counts_the_slot(loop_rt):
+    assert [on_loop(loop_rt, LOOP_COUNTER).body for _ in range(3)] == [b"1", b"2", b"3"]
+    stats = loop_rt.stats()
+    assert stats["runs"] == 3 and stats["warm_runs"] == 2 and stats["in_use"] == 0
+    assert [line["message"] for line in loop_rt.logs("alpha")] == ["run 1", "run 2", "run 3"]
+
+
+def test_a_run_that_touches_kv_leaves_nothing_and_the_site_leaves_the_loop(loop_rt, db):
+    assert on_loop(loop_rt, LOOP_COUNTER).body == b"1"
+    assert on_loop(loop_rt, LOOP_COUNTER, query={"kv": "1"}) is None  # a thread's to run
+    assert loop_rt.kv.get("alpha", "n") == (False, None)  # nothing was stored
+    assert [line["message"] for line in loop_rt.logs("alpha")] == ["run 1"]  # nor logged
+    assert on_loop(loop_rt, LOOP_COUNTER) is None  # off the loop for OFF_LOOP_SECONDS
+    assert loop_rt.stats()["runs"] == 1 and loop_rt.stats()["in_use"] == 0
+
+
+def test_a_run_past_the_loop_budget_is_interrupted_and_moved(loop_rt):
+    started = time.monotonic()
+    assert on_loop(loop_rt, LOOP_COUNTER, query={"spin": "1"}) is None
+    assert time.monotonic() - started < 0.5  # the loop's budget, not the site's timeout
+    assert loop_rt.stats()["timeouts"] == 0  # not the handler's failure: it runs again
+
+
+def test_a_new_version_runs_on_the_loop_again(loop_rt):
+    assert on_loop(loop_rt, LOOP_COUNTER, query={"kv": "1"}) is None
+    assert on_loop(loop_rt, LOOP_COUNTER, sha="v2").body == b"1"
+
+
+def test_handlers_that_average_too_slow_leave_the_loop(loop_rt, monkeypatch):
+    from fazt.runtime import runtime
+
+    monkeypatch.setattr(runtime, "QUICK_SECONDS", 0.0)  # every measured run is too slow
+    monkeypatch.setattr(runtime, "LOOP_SAMPLE_EVERY", 1)
+    answers = [on_loop(loop_rt, LOOP_COUNTER) for _ in range(3)]
+    assert answers[0].body == b"1"  # the run that loaded its context is not measured
+    assert answers[1].body == b"2" and answers[2] is None
+
+
+def test_the_loop_loads_contexts_sparingly(rt):
+    rt.env.get("alpha")
+    rt.env.get("beta")
+    assert on_loop(rt, LOOP_COUNTER).body == b"1"
+    assert on_loop(rt, LOOP_COUNTER, site="beta") is None  # a load just happened
+    assert on_loop(rt, LOOP_COUNTER).body == b"2"  # alpha's context was kept meanwhile
+
+
+def test_the_loops_context_is_dropped_when_its_heap_grows(loop_rt):
+    big = "var keep = [];\nfunction handler(r) {" \
+          " if (r.query.grow) keep.push('x'.repeat(2 << 20));" \
+          " return {body: String(keep.length)}; }"
+    assert [on_loop(loop_rt, big).body for _ in range(2)] == [b"0", b"0"]
+    assert on_loop(loop_rt, big, query={"grow": "1"}).body == b"1"  # not measured this run
+    loop_rt.check_loop_context()  # the once-a-second sweep
+    assert on_loop(loop_rt, big).body == b"0"  # a fresh context
+
+
+def test_no_loop_runs_without_warm_contexts(loop_rt):
+    loop_rt.resize(slots=3, memory_mb=32, timeout_ms=TIMEOUT_MS, warm_mb=0)
+    assert on_loop(loop_rt, LOOP_COUNTER) is None
+
+
+def test_a_full_house_is_refused_on_the_loop_too(loop_rt):
+    loop_rt.resize(slots=0, memory_mb=32, timeout_ms=TIMEOUT_MS)
+    with pytest.raises(JsBusy):
+        on_loop(loop_rt, LOOP_COUNTER)
+
+
 # -- fazt.kv -----------------------------------------------------------------
 
 def test_kv_is_private_to_each_site(rt):

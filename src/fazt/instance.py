@@ -689,7 +689,7 @@ class Instance:
             "replica": slow["replica"],
             # counters only: read live, so a test (or the owner) sees the request just made
             "connections": self.connection_stats() if self.connection_stats else None,
-            "sampled_s_ago": round(time.monotonic() - slow["at"], 2),
+            "sampled_s_ago": round(time.monotonic() - slow["at"], 2) if self._sampler else 0.0,
         }
 
     def _slow_status(self) -> dict:

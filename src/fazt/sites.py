@@ -259,16 +259,27 @@ def handler_request(method: str, path: str, params: Mapping[str, str | list[str]
 
 
 def run_handler(instance: Instance, site: str, script: FileInfo, request: dict,
-                host: str | None, https: bool, accept_encoding: str | None) -> HandlerAnswer:
+                host: str | None, https: bool, accept_encoding: str | None,
+                on_loop: bool = False) -> HandlerAnswer | None:
     """Run the site's handler on `request` (JsBusy, ReadOnly: FaztErrors for the caller
-    to answer) and shape what it answered for the wire. Both ways to a handler call it:
-    the WSGI app's, and the lane's direct one (fazt.server.jspath)."""
-    def source() -> str:  # read only when a context is loaded, not per warm request
-        return instance.vfs.content(site, script).decode("utf-8", errors="replace")
+    to answer) and shape what it answered for the wire. Every way to a handler calls it:
+    the WSGI app's, and the direct ones on a lane thread and on the event loop
+    (fazt.server.jspath). `on_loop`: from RAM alone, and None when a thread must run it
+    (see Runtime.handle_on_loop)."""
+    if on_loop:
+        def source() -> str | None:
+            held = instance.vfs.held(site, script.path, IDENTITY, script.identity.sha256)
+            return None if held is None else held.decode("utf-8", errors="replace")
 
-    answer = _site_cookies(instance, site,
-                           instance.runtime.handle(site, script.sha256, source, request),
-                           host, https)
+        answer = instance.runtime.handle_on_loop(site, script.sha256, source, request)
+        if answer is None:
+            return None
+    else:
+        def source() -> str:  # read only when a context is loaded, not per warm request
+            return instance.vfs.content(site, script).decode("utf-8", errors="replace")
+
+        answer = instance.runtime.handle(site, script.sha256, source, request)
+    answer = _site_cookies(instance, site, answer, host, https)
     headers, body = _as_sent(answer, accept_encoding)
     return HandlerAnswer(answer.status, headers, answer.cookies, body)
 
@@ -277,6 +288,8 @@ def _site_cookies(instance: Instance, site: str, answer: JsResponse, host: str |
                   https: bool) -> JsResponse:
     """The handler's cookies as the site may set them (see runtime/response.py), or
     fazt's error with the reason in the site's log."""
+    if not answer.cookies:
+        return answer
     name = host_name(host)
     admin_hosts = (f"{ADMIN}.{instance.domain}", f"{ADMIN}.localhost")
     try:

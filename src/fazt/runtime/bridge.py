@@ -14,6 +14,7 @@ import threading
 from typing import Any
 
 from fazt.errors import FaztError, ReadOnly
+from fazt.runtime import env as site_env
 from fazt.runtime.env import SiteEnv
 from fazt.runtime.kv import KvError, KvStore
 from fazt.runtime.logs import SiteLogs
@@ -80,3 +81,52 @@ class Bridge:
         if op == "kv.list":
             return {"value": self.kv.list(self.site, args[0])}
         raise KvError(f"fazt: unknown operation {op!r}.")
+
+
+class LoopBridge(Bridge):
+    """The bridge of a context on the event loop's thread, which must never wait.
+
+    fazt.kv reads and writes the database, so on the loop it is not done at all: the
+    call marks the request `moved` and fails, and the runtime drops whatever the script
+    did next and runs the request again from the start on a thread. For that to be
+    invisible, nothing a run on the loop does may leave it before it is known to have
+    stayed: console lines wait in `lines` until `end`, and `fazt.env` and the redaction
+    of secrets use the values the runtime found in RAM when the request began."""
+
+    MAX_LINES = 200  # a request's console lines kept until it ends (a site's ring holds 200)
+
+    def __init__(self, site: str, kv: KvStore, logs: SiteLogs, env: SiteEnv | None = None):
+        super().__init__(site, kv, logs, env)
+        self.moved = False
+        self.lines: list[tuple[str, str]] = []
+        self.values: dict[str, str] = {}
+
+    def begin(self, values: dict[str, str]) -> None:
+        """A request starts, with the site's secrets as they are in RAM now."""
+        self.moved = False
+        self.lines = []
+        self.values = values
+
+    def end(self) -> None:
+        """The request stays on the loop: its console lines go to the site's log."""
+        for level, message in self.lines:
+            self.logs.add(self.site, level, message)
+        self.lines = []
+
+    def redact(self, text: str) -> str:
+        return site_env.redact(self.values, text)
+
+    def log(self, level: str, message: str) -> None:
+        if len(self.lines) < self.MAX_LINES:
+            self.lines.append((level, self.redact(message)))
+
+    def __call__(self, op: str, args_json: str) -> str:
+        if op != "log" and op != "env":
+            self.moved = True  # never answered here: the request starts over on a thread
+            return json.dumps({"error": f"{op}: not on this thread", "type": "Error"})
+        return super().__call__(op, args_json)
+
+    def _dispatch(self, op: str, args: list) -> Any:
+        if op == "env":
+            return {"value": self.values}
+        return super()._dispatch(op, args)

@@ -33,6 +33,12 @@ class SiteEnv:
                     self._values[site] = values
         return values
 
+    def peek(self, site: str) -> dict[str, str] | None:
+        """The site's secrets from RAM alone (the event loop never waits on the database):
+        None until a request on a thread has read them."""
+        with self._lock:
+            return self._values.get(site)
+
     def forget(self) -> None:
         """A secret changed somewhere: read them again when next needed."""
         with self._lock:
@@ -41,7 +47,12 @@ class SiteEnv:
 
     def redact(self, site: str, text: str) -> str:
         """`text` with every secret value of the site replaced, longest first."""
-        values = [v for v in self.get(site).values() if len(v) >= REDACT_MIN]
-        for value in sorted(values, key=len, reverse=True):
-            text = text.replace(value, REDACTED)
-        return text
+        return redact(self.get(site), text)
+
+
+def redact(values: dict[str, str], text: str) -> str:
+    """`text` with each of the secret `values` replaced, longest first."""
+    kept = [v for v in values.values() if len(v) >= REDACT_MIN]
+    for value in sorted(kept, key=len, reverse=True):
+        text = text.replace(value, REDACTED)
+    return text

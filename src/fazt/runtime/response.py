@@ -64,12 +64,36 @@ def bad_response(bridge: Bridge, message: str) -> JsResponse:
     return error_response(500, "bad_response", message)
 
 
+# The checked status, headers and cookies of answers seen before, by their JSON: a handler
+# answers with the same few most of the time, and checking them cost as much as running a
+# trivial handler. Plain tuples of strings; bounded in count and in each entry's size.
+_CHECKED: dict[str, tuple[int, tuple, tuple]] = {}
+_CHECKED_COUNT = 1024
+_CHECKED_META = 1024  # characters; longer descriptions are checked every time
+
+
 def read_answer(answer: Any, bridge: Bridge) -> JsResponse:
     """Check what the handler returned (the prelude's JSON, a newline, the body) and make
     it a response."""
     if not isinstance(answer, str):
         return bad_response(bridge, "handler's answer could not be read.")
     meta, _, body = answer.partition("\n")
+    checked = _CHECKED.get(meta)
+    if checked is None:
+        checked = _check(meta, bridge)
+        if isinstance(checked, JsResponse):
+            return checked
+        if len(meta) <= _CHECKED_META:
+            if len(_CHECKED) >= _CHECKED_COUNT:
+                _CHECKED.clear()
+            _CHECKED[meta] = checked
+    status, headers, cookies = checked
+    return JsResponse(status, dict(headers), body.encode("utf-8", "replace"),
+                      cookies=list(cookies))
+
+
+def _check(meta: str, bridge: Bridge) -> "tuple[int, tuple, tuple] | JsResponse":
+    """(status, headers, cookies) of an answer's description, or its bad_response."""
     data = json.loads(meta)
     if "problem" in data:
         return bad_response(bridge, data["problem"])
@@ -97,7 +121,7 @@ def read_answer(answer: Any, bridge: Bridge) -> JsResponse:
     if not any(name.lower() == "content-type" for name in headers):
         headers["Content-Type"] = ("application/json" if data.get("json")
                                    else "text/plain; charset=utf-8")
-    return JsResponse(status, headers, body.encode("utf-8", "replace"), cookies=cookies)
+    return status, tuple(headers.items()), tuple(cookies)
 
 
 def _unsendable(value: Any) -> str | None:

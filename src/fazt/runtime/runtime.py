@@ -24,16 +24,38 @@ context is made there, and is not kept after:
   context's key changes, or `forget` bumps the generation).
 The memory limit of each context is still `js_memory_mb`, and the slots still
 bound how many run at once.
+
+Quick handlers on the event loop (`handle_on_loop`). Most handlers answer in
+tens of microseconds, and handing such a request to a thread and its answer
+back cost several times that (issue 16: a trivial handler answered at a
+quarter of a static file's rate). So the loop runs a site's handler itself,
+as Cloudflare Workers run isolates on their event loop, while it stays quick
+and harmless there:
+- it runs under a budget of LOOP_CPU_SECONDS of the process's CPU, not the
+  site's timeout; past it the script is interrupted;
+- fazt.kv (the database) is not called on the loop: see `LoopBridge`;
+- the run takes a slot like any other, so the 429 semaphore stays exact.
+A run that hit the budget, touched fazt.kv, ran out of memory, or made the
+context unusable left nothing visible (its console lines wait until it ends,
+its context is dropped), so the request starts over on a thread with the
+site's real limits, and the site's handler stays off the loop for
+OFF_LOOP_SECONDS. So does a handler whose runs average more than
+QUICK_SECONDS of the loop's CPU. The loop keeps one warm context, as every
+site thread does (the ledger counts it), and loads one at most every
+LOOP_LOAD_SECONDS (0.3-1 ms each), so sites taking turns go to threads
+rather than reloading on the loop. Only what is in RAM is used: a script or
+secrets not yet read by a thread send the request to one.
 """
 
 import os
 import threading
+import time
 from collections.abc import Callable
 
 from fazt.constants import MB
 from fazt.errors import Busy
 from fazt.runtime import engine
-from fazt.runtime.bridge import Bridge, take_refusal
+from fazt.runtime.bridge import Bridge, LoopBridge, take_refusal
 from fazt.runtime.engine import Limits, Loaded
 from fazt.runtime.env import SiteEnv
 from fazt.runtime.kv import KvStore
@@ -44,6 +66,16 @@ from fazt.runtime.slots import Slots
 from fazt.store.database import Database
 
 WARM_RUNS = 1000  # requests one context serves before a fresh one takes over
+LOOP_CPU_SECONDS = 0.002  # the process's CPU a run on the event loop may use
+QUICK_SECONDS = 0.0005  # a handler whose runs on the loop average more goes to threads
+OFF_LOOP_SECONDS = 60.0  # how long a handler that could not stay on the loop runs on threads
+LOOP_LOAD_SECONDS = 0.05  # the loop loads a context at most this often
+_QUICK_WEIGHT = 0.25  # of the newest run in the average of the loop's runs
+# A run on the loop is timed, and its context's heap measured, every this many runs (the
+# clock and QuickJS's count of its heap cost 2-6 µs each, a fair share of a quick run);
+# the server's sweep measures the loop's context once a second as well.
+LOOP_SAMPLE_EVERY = 8
+_MOVED = "moved"  # a run on the loop that must start over on a thread
 
 class JsBusy(Busy):
     """Every JS slot is taken: come back in a second."""
@@ -85,11 +117,20 @@ class Runtime:
         self._warm = threading.local()  # .key, .source, .loaded: this thread's context
         self._warm_bytes = int(warm_mb * MB)
         self._generation = 0
+        self._loop_limits = self._make_loop_limits()
+        self._loop_loaded_at = 0.0
+        self._loop_runs = 0
+        # (site, script sha) -> [average CPU a run on the loop, off the loop until]
+        self._on_loop: dict[tuple[str, str], list[float]] = {}
 
     def _make_limits(self, slots: int, memory_mb: float, timeout_ms: int) -> Limits:
         factor = cpu_factor(slots, self._cpus)
         return Limits(memory_bytes=int(memory_mb * MB), timeout_ms=int(timeout_ms),
                       cpu_seconds=timeout_ms / 1000 * factor)
+
+    def _make_loop_limits(self) -> Limits:
+        return Limits(memory_bytes=self._limits.memory_bytes, timeout_ms=self._limits.timeout_ms,
+                      cpu_seconds=LOOP_CPU_SECONDS)
 
     def handle(self, site: str, script_sha: str, source: str | Callable[[], str],
                request: dict) -> JsResponse:
@@ -104,9 +145,58 @@ class Runtime:
             raise JsBusy(self._slots.why_refused(site))
         take_refusal()
         try:
-            answer, warm = self._run(site, script_sha, source, request)
+            self.env.get(site)  # in RAM from now on, for the loop (handle_on_loop)
+            answer, warm = self._run(site, script_sha, source, request, self._limits)
         finally:
             self._slots.release(site)
+        self._count(answer, warm)
+        refused = take_refusal()
+        if refused is not None:  # a follower: the script tried to write
+            raise refused
+        return answer
+
+    def handle_on_loop(self, site: str, script_sha: str, source: Callable[[], str | None],
+                       request: dict) -> JsResponse | None:
+        """On the event loop's thread: run a quick handler right there (see the module's
+        docstring), or None when a thread must run the request (nothing it did shows).
+
+        `source` reads the script from RAM alone (None when it is not there). JsBusy
+        (429) as `handle`: a run on the loop takes a slot like any other."""
+        if not self._warm_bytes:
+            return None  # no warm contexts: each run would load one on the loop
+        key = (site, script_sha)
+        seen = self._on_loop.get(key)
+        if seen is not None and seen[1] > time.monotonic():
+            return None
+        values = self.env.peek(site)
+        if values is None:
+            return None  # a thread reads the secrets from the database first
+        if not self._slots.try_acquire(site):
+            raise JsBusy(self._slots.why_refused(site))
+        self._loop_runs += 1
+        timed = self._loop_runs % LOOP_SAMPLE_EVERY == 0
+        began = time.thread_time() if timed else 0.0
+        try:
+            answer, warm = self._run(site, script_sha, source, request, self._loop_limits,
+                                     values)
+        finally:
+            self._slots.release(site)
+        if answer is None:
+            return None  # no context to run it in here (and none loaded just now)
+        if seen is None:
+            if len(self._on_loop) >= 4096:  # sites come and go: forget what is old
+                self._on_loop.clear()
+            seen = self._on_loop[key] = [0.0, 0.0]
+        if timed and warm:  # (a run that loaded its context also paid for the load, once)
+            seen[0] += (time.thread_time() - began - seen[0]) * _QUICK_WEIGHT
+        if answer is _MOVED or seen[0] > QUICK_SECONDS:
+            seen[0], seen[1] = 0.0, time.monotonic() + OFF_LOOP_SECONDS
+        if answer is _MOVED:
+            return None
+        self._count(answer, warm)
+        return answer
+
+    def _count(self, answer: JsResponse, warm: bool) -> None:
         with self._lock:
             self._counts["runs"] += 1
             self._counts["warm_runs"] += warm
@@ -114,41 +204,82 @@ class Runtime:
                 self._counts["timeouts"] += 1
             elif answer.error:
                 self._counts["errors"] += 1
-        refused = take_refusal()
-        if refused is not None:  # a follower: the script tried to write
-            raise refused
-        return answer
 
-    def _run(self, site: str, script_sha: str, source: str | Callable[[], str], request: dict
-             ) -> tuple[JsResponse, bool]:
-        """(the answer, whether a warm context gave it), on this thread's context."""
-        limits = self._limits
-        key = (site, script_sha, limits.memory_bytes, self._generation)
+    def _run(self, site: str, script_sha: str, source: str | Callable[[], str | None],
+             request: dict, limits: Limits, loop_values: dict[str, str] | None = None
+             ) -> tuple[JsResponse | str | None, bool]:
+        """(the answer, whether a warm context gave it), on this thread's context.
+
+        With `loop_values` (the site's secrets), on the event loop: the answer may then
+        also be None (no context here, and none may be loaded now) or _MOVED (the run must
+        start over on a thread; its context is gone)."""
+        on_loop = loop_values is not None
+        key = (site, script_sha, limits.memory_bytes, self._generation, on_loop)
         here = self._warm
         loaded: Loaded | None = getattr(here, "loaded", None)
-        here.loaded = None  # taken: whatever happens below, nothing stale stays behind
         given = isinstance(source, str)  # else the sha alone vouches for the text
-        if loaded is not None and (here.key != key or (given and here.source != source)):
-            del loaded  # another site or version: freed before a new context is made
-            loaded = None
-        answer = None
-        warm = loaded is not None
-        if loaded is not None:
-            answer = engine.invoke(loaded, request, limits)
-            if answer is None:  # the script broke the clock's restart: start afresh
-                loaded = None
-                warm = False
-        if answer is None:
-            source = source if given else source()
-            made = engine.load(source, limits, Bridge(site, self.kv, self.logs_ring,
-                                                      self.env))
-            if isinstance(made, JsResponse):
-                answer, loaded = made, None
-            else:
-                loaded = made
-                answer = engine.invoke(loaded, request, limits)
-        if (loaded is not None and answer.error is None and loaded.runs < WARM_RUNS
-                and loaded.memory_bytes() <= self._warm_bytes):
+        if loaded is None or here.key != key or (given and here.source != source):
+            text = self._source_to_load(source, on_loop)
+            if text is None:
+                return None, False  # on the loop: the warm context stays for its site
+            here.loaded = loaded = None  # another site or version: freed before a new one
+            return self._run_fresh(site, text, request, limits, key, loop_values)
+        here.loaded = None  # taken: whatever happens below, nothing stale stays behind
+        if on_loop:
+            loaded.bridge.begin(loop_values)
+        answer = engine.invoke(loaded, request, limits)
+        if answer is None:  # the script broke the clock's restart: start afresh
+            del loaded
+            if on_loop:
+                return _MOVED, False
+            text = source if given else source()
+            return self._run_fresh(site, text, request, limits, key, loop_values)
+        return self._after(loaded, answer, key, source, loop_values), True
+
+    def _source_to_load(self, source: str | Callable[[], str | None], on_loop: bool
+                        ) -> str | None:
+        """The script's text for a new context; on the loop, None when it is not in RAM or
+        the loop loaded a context too recently."""
+        if not on_loop:
+            return source if isinstance(source, str) else source()
+        now = time.monotonic()
+        if now - self._loop_loaded_at < LOOP_LOAD_SECONDS:
+            return None
+        text = source()
+        if text is not None:
+            self._loop_loaded_at = now
+        return text
+
+    def _run_fresh(self, site: str, source: str, request: dict, limits: Limits, key: tuple,
+                   loop_values: dict[str, str] | None) -> tuple[JsResponse | str, bool]:
+        """Load the script in a new context and run the request in it."""
+        if loop_values is None:
+            bridge = Bridge(site, self.kv, self.logs_ring, self.env)
+        else:
+            bridge = LoopBridge(site, self.kv, self.logs_ring, self.env)
+            bridge.begin(loop_values)
+        made = engine.load(source, limits, bridge)
+        if isinstance(made, JsResponse):
+            if loop_values is not None:
+                return _MOVED, False  # a thread loads it with the site's own limits
+            return made, False
+        answer = engine.invoke(made, request, limits)  # a first run never restarts a clock
+        return self._after(made, answer, key, source, loop_values), False
+
+    def _after(self, loaded: Loaded, answer: JsResponse, key: tuple,
+               source: str | Callable[[], str | None], loop_values: dict[str, str] | None
+               ) -> JsResponse | str:
+        """Keep the context warm for the next request of its site, or drop it."""
+        bridge = loaded.bridge
+        if loop_values is not None and (bridge.moved or answer.error in ("js_timeout",
+                                                                        "js_memory_limit")):
+            # Past the loop's budget, into the database, or out of memory (a thread trims
+            # the heap after that; see memory.py): the context goes, a thread starts over.
+            return _MOVED
+        here = self._warm
+        measured = loop_values is None or loaded.runs % LOOP_SAMPLE_EVERY == 1
+        if (answer.error is None and loaded.runs < WARM_RUNS
+                and (not measured or loaded.memory_bytes() <= self._warm_bytes)):
             if isinstance(source, str):  # (reused warm with a reader: it keeps its text)
                 here.source = source
             here.key, here.loaded = key, loaded
@@ -156,7 +287,16 @@ class Runtime:
             del loaded
             if answer.error == "js_memory_limit":
                 release_free_memory()  # the context is gone by now; see memory.py
-        return answer, warm
+        if loop_values is not None:
+            bridge.end()
+        return answer
+
+    def check_loop_context(self) -> None:
+        """On the event loop's thread, once a second: drop its warm context if its heap
+        grew past `js_warm_mb` (its runs measure it only now and then)."""
+        loaded = getattr(self._warm, "loaded", None)
+        if loaded is not None and loaded.memory_bytes() > self._warm_bytes:
+            self._warm.loaded = None
 
     def forget(self) -> None:
         """A site was deployed or removed: no thread runs its old context again."""
@@ -170,6 +310,7 @@ class Runtime:
                warm_mb: float = 1) -> None:
         """Soft restart: new limits for the next invocations; running ones keep theirs."""
         self._limits = self._make_limits(slots, memory_mb, timeout_ms)
+        self._loop_limits = self._make_loop_limits()
         self._warm_bytes = int(warm_mb * MB)
         self._slots.resize(slots)
 

@@ -306,7 +306,14 @@ class Connection:
         parser = self.parser
         server = self.server
         job = server.js_job(self, parser)  # a back end's request: the fast path has no answer
-        answer = server.fastpath(self, parser) if job is None and server.fastpath else None
+        if job is not None:
+            quick = job.path.on_loop(self, parser)  # a quick handler, run right here
+            if quick is not None:
+                self.send(quick[0])
+                return self.finished(quick[1])
+            answer = None
+        else:
+            answer = server.fastpath(self, parser) if server.fastpath else None
         if answer is not None:
             keep = responses.keeps_alive(parser.version, parser.headers.get("CONNECTION", ""))
             self.send(answer)

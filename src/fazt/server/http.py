@@ -122,6 +122,8 @@ class HTTPServer:
                 conn.abort()
         self.admission.trim()
         self.admission.forget_idle_addresses()
+        if self.jspath is not None:
+            self.jspath.sweep()
 
     def log_request(self, conn: Connection, status: int) -> None:
         """The request log line of an answer the loop gave itself."""
@@ -162,4 +164,5 @@ class HTTPServer:
         """For the status page (read from another thread: plain counters, no locks)."""
         return {**self.admission.stats(),
                 "fast_path_answers": self.fastpath.answered if self.fastpath else 0,
-                "js_direct_answers": self.jspath.answered if self.jspath else 0}
+                "js_direct_answers": self.jspath.answered if self.jspath else 0,
+                "js_loop_answers": self.jspath.on_loop_answers if self.jspath else 0}

@@ -17,11 +17,18 @@ unusual is left to the WSGI app, decided on the loop (HTTP/1.0, a chunked body, 
 plain port while HTTPS redirects, trusted proxies) or on the thread before the
 handler runs (maintenance, a path outside ASCII or that does not clean, a site
 without a back end).
+
+A quick handler does not even go to a thread: `on_loop` runs it on the event
+loop when all it needs is in RAM (see Runtime.handle_on_loop for what keeps it
+harmless there), through the same `_respond`. The per-request work is kept
+small for both ways (a path cleaned once, header names spelled once): on the
+loop it is most of what a handler's answer costs beside the handler.
 """
 
 import sys
 import time
 import traceback
+from functools import lru_cache
 
 import falcon
 from falcon.util.uri import parse_query_string
@@ -31,19 +38,33 @@ from fazt.constants import SCRIPT
 from fazt.errors import FaztError
 from fazt.hosts import SITE
 from fazt.https import hsts
-from fazt.instance import MAINTENANCE, Instance
+from fazt.instance import MAINTENANCE, NORMAL, Instance
 from fazt.requestlog import RequestLog, line
 from fazt.server import responses
 from fazt.server.bridge import Job
 from fazt.sites import SiteResource, handler_request, js_body_limit, run_handler
+from fazt.store.sites import FileInfo
 
 _KEEP_BLANK = falcon.RequestOptions().keep_blank_qs_values  # as the sites' Falcon app parses
 _DROPPED = frozenset({"X_FORWARDED_PROTO", "FORWARDED"})  # fazt.proxies drops them
 _BODILESS = (204, 304)
 
 
+@lru_cache(maxsize=1024)
 def _spell(name: str) -> str:
     return "-".join(part.capitalize() for part in name.split("-"))
+
+
+@lru_cache(maxsize=4096)
+def _api_path(raw: str) -> str | None:
+    """The cleaned path of a request for a site's back end (under api/), or None."""
+    if not raw.isascii():
+        return None  # Falcon decodes it from Latin-1: let it
+    try:
+        path = SiteResource._relative(raw)
+    except falcon.HTTPError:
+        return None
+    return path if path == "api" or path.startswith("api/") else None
 
 
 class JsPath:
@@ -51,6 +72,9 @@ class JsPath:
         self.instance = instance
         self.log = log
         self.answered = 0
+        self.on_loop_answers = 0  # of those, answered on the event loop
+        self._scripts: dict[str, FileInfo] = {}  # site -> script, for the loop
+        self._scripts_generation = -1
 
     def wants(self, conn, parser) -> bool:
         """On the loop: whether the request looks like one for a site's back end."""
@@ -73,27 +97,69 @@ class JsPath:
         instance.refresh()  # what any writer committed is served from this request on
         if instance.mode == MAINTENANCE or instance.config["trusted_proxies"]:
             return None
-        raw = parser.path
-        if raw.startswith("/"):
-            raw = "/" + raw.lstrip("/")  # Waitress's PATH_INFO
-        if not raw.isascii():
-            return None  # Falcon decodes it from Latin-1: let it
-        try:
-            path = SiteResource._relative(raw)
-        except falcon.HTTPError:
+        found = self._script(conn, parser, instance.vfs.find)
+        if found is None:
             return None
-        if not (path == "api" or path.startswith("api/")):
+        return self._respond(conn, parser, *found, began, on_loop=False)
+
+    def on_loop(self, conn, parser) -> tuple[bytes, bool] | None:
+        """On the event loop: the same, when the site's handler is quick enough to run
+        right here (Runtime.handle_on_loop) and all it needs is in RAM; None: a thread
+        answers (`answer`), and nothing was run, or nothing that shows."""
+        began = time.monotonic()
+        instance = self.instance
+        if not instance.is_current() or instance.mode != NORMAL:
+            return None  # a thread brings the state up to date
+        body = parser.body_rcv.buf if parser.body_rcv is not None else None
+        if body is not None and getattr(body, "on_disk", True):
+            return None  # a body on disk is read on a thread
+        found = self._script(conn, parser, self._known_script)
+        if found is None:
+            return None
+        return self._respond(conn, parser, *found, began, on_loop=True)
+
+    def sweep(self) -> None:
+        """On the loop, once a second (the server's sweep)."""
+        self.instance.runtime.check_loop_context()
+
+    def _known_script(self, site: str, name: str) -> FileInfo | None:
+        """`vfs.known` for the script, remembered until a site changes."""
+        vfs = self.instance.vfs
+        if self._scripts_generation != vfs.generation:
+            self._scripts.clear()
+            self._scripts_generation = vfs.generation
+        script = self._scripts.get(site)
+        if script is None:
+            script = vfs.known(site, name)
+            if script is not None:
+                if len(self._scripts) >= 1024:
+                    self._scripts.clear()
+                self._scripts[site] = script
+        return script
+
+    @staticmethod
+    def _script(conn, parser, find) -> tuple[str, str, FileInfo] | None:
+        """(the path as Waitress gives it, the site, its script), or None when the request
+        is not plainly one for the site's back end (the WSGI app explains)."""
+        raw = parser.path
+        if raw.startswith("//"):
+            raw = "/" + raw.lstrip("/")  # Waitress's PATH_INFO
+        if _api_path(raw) is None:
             return None
         site = conn.target.site
-        script = instance.vfs.find(site, SCRIPT)
-        if script is None:
-            return None
-        instance.rate.hit()
+        script = find(site, SCRIPT)
+        return None if script is None else (raw, site, script)
+
+    def _respond(self, conn, parser, raw: str, site: str, script: FileInfo, began: float,
+                 on_loop: bool) -> tuple[bytes, bool] | None:
+        instance = self.instance
         headers = parser.headers
         method = parser.command.upper()
         tls = conn.listener.scheme == "https"
         try:
-            answer = self._run(parser, method, raw, site, script, tls)
+            answer = self._run(parser, method, raw, site, script, tls, on_loop)
+            if answer is None:
+                return None
             status, sent, body = answer.status, answer.headers, answer.body
             sent = {name.lower(): (name, value) for name, value in sent}
             cookies = answer.cookies
@@ -108,28 +174,33 @@ class JsPath:
             status, sent, body = self._error(raw, headers, 500, "internal_error",
                                              "Something went wrong on the server; it is logged.")
             cookies = []
+        instance.rate.hit()
         if tls and instance.https_port:
             for name, value in hsts(instance.config):
                 sent[name.lower()] = (name, value)
         close = headers.get("CONNECTION", "").lower() == "close"
         data = self._render(status, sent, cookies, body, method, close)
         self.answered += 1
+        self.on_loop_answers += on_loop
         if self.log is not None:
             self.log.write(line(conn.ip, headers.get("HOST"), method, raw, str(status),
                                 (time.monotonic() - began) * 1000))
         return data, close
 
-    def _run(self, parser, method: str, path: str, site: str, script, tls: bool):
+    def _run(self, parser, method: str, path: str, site: str, script: FileInfo, tls: bool,
+             on_loop: bool):
         headers = parser.headers
         limit = js_body_limit(self.instance.config)
         length = int(headers.get("CONTENT_LENGTH") or 0)
         body = parser.get_body_stream().read(min(length, limit + 1)) if length > 0 else b""
+        query = parser.query
         request = handler_request(
-            method, path, parse_query_string(parser.query, keep_blank=_KEEP_BLANK, csv=False),
+            method, path,
+            parse_query_string(query, keep_blank=_KEEP_BLANK, csv=False) if query else {},
             {k.replace("_", "-").lower(): v for k, v in headers.items() if k not in _DROPPED},
             body, limit)
         return run_handler(self.instance, site, script, request, headers.get("HOST"), tls,
-                           headers.get("ACCEPT_ENCODING"))
+                           headers.get("ACCEPT_ENCODING"), on_loop)
 
     @staticmethod
     def _error(path: str, headers: dict, status: int, code: str, message: str,

@@ -29,7 +29,7 @@ var FAZT_READ_AHEAD_MB = 8;  // the most all downloads together hold read ahead 
 // The file cache also remembers where files live (and the fast path's rendered answers):
 // FOUND_SHARE of its size on top (vfs.py).
 var FAZT_FOUND_SHARE = 0.10;
-var FAZT_WARM_POOL_MB = 8;   // warm JavaScript contexts, all site threads together
+var FAZT_WARM_POOL_MB = 8;   // warm JavaScript contexts, all threads together
 /* A large download: the chunk being sent and the one after it, and its socket's send
  * buffer, which the kernel books at twice what is asked (measured 1.9 MB a download,
  * the shared read-ahead aside). */
@@ -95,8 +95,10 @@ var FAZT_SCHEMA = [
   {
     key: "js_warm_mb", unit: "MB", label: "Warm JavaScript context", integer: false,
     min: 0, max: 64,
-    description: "Each site thread keeps the last handler's context for that site's next " +
-      "request when its heap is at most this (0: a fresh context every time); 1 MB " +
+    description: "Each site thread, and the event loop (which runs quick handlers itself), " +
+      "keeps the last handler's context for that site's next " +
+      "request when its heap is at most this (0: a fresh context every time, and no " +
+      "handler runs on the loop); 1 MB " +
       "where the JavaScript budget spares it, less or 0 on hosts too small for it."
   },
   {
@@ -254,6 +256,11 @@ function fazt_schema_entry(key) {
   return null;
 }
 
+/* Warm JavaScript contexts kept between requests: one a site thread, one for the loop. */
+function fazt_warm_contexts(user_threads) {
+  return user_threads + 1;
+}
+
 /* Only the threshold keys, computed from the machine. */
 function fazt_compute(machine) {
   var m = fazt_machine(machine);
@@ -296,7 +303,8 @@ function fazt_compute(machine) {
     fazt_connections_mb(connection_limit, user_threads + cockpit_threads, max_streams,
       m.ram_mb);
 
-  // Warm contexts (one a site thread, see runtime.py) come out of the JavaScript budget,
+  // Warm contexts (one a site thread and one for the event loop, see runtime.py: quick
+  // handlers run on the loop) come out of the JavaScript budget,
   // when it can spare them beside one slot of 4 MB: a pool of FAZT_WARM_POOL_MB (a tenth
   // of the share on big hosts), at most 1 MB a thread. The pool grows no faster than the
   // share and does not change when a thread is added, so more RAM never gives a handler
@@ -305,7 +313,8 @@ function fazt_compute(machine) {
   var warm_pool = fazt_clamp(js_share - 4 - FAZT_WARM_POOL_MB, 0,
     Math.max(FAZT_WARM_POOL_MB, js_share * 0.1));
   var js_budget = js_share - warm_pool;
-  var js_warm_mb = Math.min(1, Math.floor(warm_pool / user_threads * 100) / 100);
+  var js_warm_mb = Math.min(1, Math.floor(warm_pool / fazt_warm_contexts(user_threads) * 100) /
+    100);
   // Fewer slots rather than starved ones: a handler gets 16 MB when the budget allows.
   var js_memory_mb = fazt_clamp(Math.max(Math.floor(js_budget / js_slots_by_cpu),
     Math.min(16, Math.floor(js_budget))), 4, 64);
@@ -314,7 +323,8 @@ function fazt_compute(machine) {
   var sqlite_cache_mb = fazt_clamp(fazt_quarter(rest * 0.1 / connections), 0.25, 64);
 
   // The cache takes its share, but never more than what the others left.
-  var left = rest - max_concurrent_js * js_memory_mb - js_warm_mb * user_threads -
+  var left = rest - max_concurrent_js * js_memory_mb -
+    js_warm_mb * fazt_warm_contexts(user_threads) -
     sqlite_cache_mb * connections;
   // The cache also pays for remembering where files live: FAZT_FOUND_SHARE on top.
   var vfs_cache_mb = fazt_clamp(Math.floor(Math.min(rest * 0.15, left) / (1 + FAZT_FOUND_SHARE)),
@@ -379,8 +389,9 @@ function fazt_ledger(thresholds, machine) {
     pinned: FAZT_PINNED_MB,
     vfs_cache: fazt_round2(t.vfs_cache_mb * (1 + FAZT_FOUND_SHARE)),  // with its locations
     sqlite: fazt_round2(t.sqlite_cache_mb * threads),
-    // Running handlers, and the context each site thread keeps warm between requests.
-    js: fazt_round2(t.max_concurrent_js * t.js_memory_mb + t.js_warm_mb * t.user_threads),
+    // Running handlers, and the context each site thread (and the loop) keeps warm.
+    js: fazt_round2(t.max_concurrent_js * t.js_memory_mb +
+      t.js_warm_mb * fazt_warm_contexts(t.user_threads)),
     threads: fazt_round2(FAZT_THREAD_MB * threads),
     buffers: fazt_connections_mb(t.connection_limit, t.user_threads + t.cockpit_threads,
       t.max_streams, m.ram_mb),
@@ -421,7 +432,8 @@ function fazt_safe(thresholds, machine) {
     js_memory_mb: [4, t.js_memory_mb + Math.floor(headroom / t.max_concurrent_js)],
     js_timeout_ms: [100, 30000],
     sqlite_cache_mb: [0.25, t.sqlite_cache_mb + fazt_quarter(headroom / connections)],
-    js_warm_mb: [0, Math.min(16, t.js_warm_mb + fazt_quarter(headroom / t.user_threads))],
+    js_warm_mb: [0, Math.min(16, t.js_warm_mb +
+      fazt_quarter(headroom / fazt_warm_contexts(t.user_threads)))],
     user_threads: [2, Math.min(t.user_threads + Math.floor(headroom / (per_thread + t.js_warm_mb)),
       Math.floor(m.cpus * 64))],
     cockpit_threads: [1, Math.min(t.cockpit_threads + Math.floor(headroom / per_thread), 16)],

@@ -55,6 +55,7 @@ _FINGERPRINT = re.compile(
     r"\.[A-Za-z0-9]+$")
 
 
+@functools.lru_cache(maxsize=256)  # asked per handler answer, of a few types
 def compressible(mime: str) -> bool:
     """Whether a type is worth compressing (text, scripts, JSON, SVG, fonts without
     their own compression); images, video, archives and woff2 already are."""

@@ -164,6 +164,7 @@ class Admission:
         self.address_rps = address_rps
         self.max_upload_bytes = max_upload_bytes
         self.js_body_bytes = js_body_bytes
+        self.js_rule = BodyRule(js_body_bytes)  # every back-end request asks: made once
 
     @property
     def bodies_limit(self) -> int:
@@ -336,7 +337,7 @@ class Admission:
             return NO_BODY
         if kind == SITE:
             if path == "/api" or path.startswith("/api/"):
-                return BodyRule(self.js_body_bytes)
+                return self.js_rule
             if method not in STATIC_METHODS:
                 return BodyRule(0, refusal=Refusal(
                     405, "method_not_allowed", "Static files answer GET and HEAD only."))

@@ -342,9 +342,10 @@ def section_js(s: Setup, plan: Plan) -> c.Section:
                                "socket errors"], rows))
     sec.notes.append(f"wrk -c{conns} (= the {s.slots} JS slots) -d{plan.seconds:g}s, "
                      f"{plan.rounds} round(s) alternated. fazt answers the static file from "
-                     "its event loop (the fast path); a handler runs on a thread, so the bare "
-                     "WSGI peer (the same 4 KiB from a Waitress thread) is what any threaded "
-                     "answer costs here.")
+                     "its event loop (the fast path), and the trivial handler there too (a "
+                     "quick handler runs on the loop: Runtime.handle_on_loop); the bare WSGI "
+                     "peer (the same 4 KiB from a Waitress thread) is what a threaded answer "
+                     "costs here.")
     # Overload: 4 × slots clients on a handler that busy-loops 50 ms.
     clients = 4 * s.slots
     seconds = 3 if plan.smoke else 15

@@ -67,7 +67,7 @@ from fazt.store.database import Database
 
 WARM_RUNS = 1000  # requests one context serves before a fresh one takes over
 LOOP_CPU_SECONDS = 0.002  # the process's CPU a run on the event loop may use
-QUICK_SECONDS = 0.0005  # a handler whose runs on the loop average more goes to threads
+QUICK_SECONDS = 0.00025  # a handler whose runs on the loop average more goes to threads
 OFF_LOOP_SECONDS = 60.0  # how long a handler that could not stay on the loop runs on threads
 LOOP_LOAD_SECONDS = 0.05  # the loop loads a context at most this often
 _QUICK_WEIGHT = 0.25  # of the newest run in the average of the loop's runs

@@ -168,3 +168,14 @@ def test_the_slots_count_runs_on_the_loop(db_path, tmp_path):
         assert done == ["slow"]
         assert server.get("/api/q?i=2", host="quick.localhost").status_code == 200
         assert loop_answers(admin) > before
+
+
+def test_a_large_script_runs_on_threads(module_server, module_db, tmp_path):
+    """Compiling it would hold the loop (LOOP_SCRIPT_BYTES): its requests go to threads."""
+    server, admin = module_server, Admin(module_server)
+    big = "// " + "padding " * 9000 + "\n" + QUICK
+    deploy(module_db, make_site(tmp_path, "large", big), "large")
+    before = loop_answers(admin)
+    for i in range(5):
+        assert server.get(f"/api/q?i={i}", host="large.localhost").json() == {"i": str(i)}
+    assert loop_answers(admin) == before

@@ -31,6 +31,7 @@ from fazt.negotiation import (
     static_headers,
 )
 from fazt.runtime.response import JsResponse, error_response, site_cookie
+from fazt.runtime.runtime import LOOP_SCRIPT_BYTES
 from fazt.siterules import RULE_FILES, Rule, SiteRules
 from fazt.store.sites import Body, FileInfo
 from fazt.vfs import Stale
@@ -268,6 +269,8 @@ def run_handler(instance: Instance, site: str, script: FileInfo, request: dict,
     (see Runtime.handle_on_loop)."""
     if on_loop:
         def source() -> str | None:
+            if script.identity.size > LOOP_SCRIPT_BYTES:
+                return None
             held = instance.vfs.held(site, script.path, IDENTITY, script.identity.sha256)
             return None if held is None else held.decode("utf-8", errors="replace")
 

@@ -42,8 +42,9 @@ site's real limits, and the site's handler stays off the loop for
 OFF_LOOP_SECONDS. So does a handler whose runs average more than
 QUICK_SECONDS of the loop's CPU. The loop keeps one warm context, as every
 site thread does (the ledger counts it), and loads one at most every
-LOOP_LOAD_SECONDS (0.3-1 ms each), so sites taking turns go to threads
-rather than reloading on the loop. Only what is in RAM is used: a script or
+LOOP_LOAD_SECONDS (0.3-1 ms each; a script over LOOP_SCRIPT_BYTES, whose
+compilation alone would hold the loop, never), so sites taking turns go to
+threads rather than reloading on the loop. Only what is in RAM is used: a script or
 secrets not yet read by a thread send the request to one.
 """
 
@@ -70,6 +71,7 @@ LOOP_CPU_SECONDS = 0.002  # the process's CPU a run on the event loop may use
 QUICK_SECONDS = 0.00025  # a handler whose runs on the loop average more goes to threads
 OFF_LOOP_SECONDS = 60.0  # how long a handler that could not stay on the loop runs on threads
 LOOP_LOAD_SECONDS = 0.05  # the loop loads a context at most this often
+LOOP_SCRIPT_BYTES = 64 * 1024  # a larger script compiles too long for the loop: threads
 _QUICK_WEIGHT = 0.25  # of the newest run in the average of the loop's runs
 # A run on the loop is timed, and its context's heap measured, every this many runs (the
 # clock and QuickJS's count of its heap cost 2-6 µs each, a fair share of a quick run);

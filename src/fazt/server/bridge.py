@@ -98,7 +98,11 @@ class Job:
                     path=self.request.path, version=task.version))
         finally:
             self.request.close()  # the spooled body, if any
-            self.conn.loop.call_soon_threadsafe(self.conn.task_done, close)
+            try:
+                if self.conn.admin:  # the owner's answer does not wait for the loop's turn
+                    self.conn.send_from_thread()
+            finally:
+                self.conn.loop.call_soon_threadsafe(self.conn.task_done, close)
 
     def cancel(self) -> None:
         """Shutdown with the request still queued: it gets no thread."""

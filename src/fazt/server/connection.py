@@ -13,7 +13,10 @@
   SPOOL_MEMORY, then an unnamed file beside the database, never $TMPDIR),
   at BODY_MIN_RATE or 408.
 - task: a lane thread runs the application (bridge.py); the socket is not
-  read meanwhile, so a pipelining client waits in the kernel's buffer.
+  read meanwhile, so a pipelining client waits in the kernel's buffer. A
+  cockpit task sends its own small answer when nothing else waits to go out
+  (`send_from_thread`), so the owner's answer never waits for the loop's next
+  turn; the loop still does the bookkeeping (`task_done`).
 - writing: what the task queued goes out as the client takes it; a stream
   (a large file) is pulled piece by piece, and a stream waiting for its next
   chunk leaves the connection asleep until the reader rings the loop.
@@ -98,7 +101,7 @@ class Connection:
                  "since", "parser", "inbuf", "wire", "out", "queued", "cond", "events",
                  "admin", "reserve", "over_share", "in_body", "body_limit", "body_bytes",
                  "served", "closed", "close_after", "task_running", "last_write", "began",
-                 "stalled", "eof", "target", "counted", "client")
+                 "stalled", "eof", "target", "counted", "client", "direct")
 
     def __init__(self, server, sock: socket.socket, addr, transport, listener):
         self.server = server
@@ -134,6 +137,7 @@ class Connection:
         self.eof = False  # the client will send nothing more
         self.target = None  # what the last request's Host named (admission classifies it)
         self.counted = False  # admission counts it (from arrival until closed or evicted)
+        self.direct = False  # its running task may send its own answer (send_from_thread)
 
     # -- events -----------------------------------------------------------------
 
@@ -324,6 +328,9 @@ class Connection:
             return self.finished(not keep)
         self.state, self.since = TASK, time.monotonic()
         self.task_running = True
+        # Nothing of an earlier answer waits to go out: the loop will not touch the socket
+        # or the transport until the task is done, so the task may send its answer itself.
+        self.direct = not (self.wire or self.out)
         self._update_events()
         server.lanes.add_task(job or server.job(self, parser), self.admin)
 
@@ -401,6 +408,36 @@ class Connection:
             with self.cond:
                 while self.queued > OUT_HIGH and not self.closed:
                     self.cond.wait(1.0)
+
+    def send_from_thread(self) -> None:
+        """On a task's thread, once its whole answer is queued: send it now instead of a
+        turn of the loop later (under a flood a turn takes milliseconds).
+
+        Only while the loop has had no reason to touch the connection since `dispatch`:
+        nothing was waiting to go out then (`direct`), and the task queued neither a stream
+        nor enough bytes to ring the loop (WAKE_BYTES). Until `task_done` the socket and
+        the transport are then this thread's, except that the loop may abort the
+        connection: `abort` closes the socket under `cond`'s lock, which is held here, so
+        the descriptor cannot be closed (and reused by another connection) mid-send.
+        What the socket does not take is left in `wire` for the loop."""
+        with self.cond:
+            if self.closed or not self.direct or not self.out or self.queued >= WAKE_BYTES \
+                    or any(type(item) is not bytes for item in self.out):
+                return
+            self.direct = False
+            try:
+                wire = self.transport.wrap(b"".join(self.out))
+            except TransportFailure:  # the loop meets it again when it sends, and closes
+                return
+            self.out.clear()
+            self.queued = 0
+            try:
+                sent = self.sock.send(wire)
+            except OSError:  # full, or broken: the loop sends (or finds it broken) itself
+                sent = 0
+            if sent:
+                self.last_write = time.monotonic()
+            self.wire = wire[sent:]
 
     def _stream_begins(self) -> None:
         """On the loop: bound what the kernel holds for this stream, then send."""
@@ -550,17 +587,18 @@ class Connection:
     def abort(self) -> None:
         if self.closed:
             return
-        self.closed = True  # a running task notices it at its next write
         if self.events:
             try:
                 self.loop.selector.unregister(self.sock)
             except (KeyError, ValueError):
                 pass
             self.events = 0
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        with self.cond:  # never while a task sends on it (send_from_thread)
+            self.closed = True  # a running task notices it at its next write
+            try:
+                self.sock.close()
+            except OSError:
+                pass
         if self.parser is not None and not self.task_running:
             self.parser.close()
         for item in self.out:

@@ -23,6 +23,7 @@ import requests
 from conftest import (
     PASSWORD,
     USERNAME,
+    Admin,
     DatabaseLock,
     Server,
     copy_db,
@@ -255,16 +256,33 @@ def test_the_cockpit_count_returns_to_zero_whatever_happens():
     assert lanes.cockpit_tasks == 0
 
 
+def thread_nices(pid: int) -> list[int]:
+    """The nice value of each of a process's threads, from /proc."""
+    nices = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        nices.append(int(stat.rsplit(")", 1)[1].split()[16]))  # field 19: nice
+    return nices
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="raising a priority needs root or CAP_SYS_NICE")
-def test_cockpit_threads_run_at_a_higher_priority(live: Server, db_path):
-    from fazt.server.lanes import COCKPIT_NICE
+def test_cockpit_threads_alone_run_at_a_higher_priority(live: Server, db_path):
+    from fazt.server.priority import RAISED
 
     assert live.get("/", host="mysite.localhost").status_code == 200
-    tasks = Path(f"/proc/{live.proc.pid}/task")
-    nices = []
-    for task in tasks.iterdir():
-        stat = (task / "stat").read_text()
-        nices.append(int(stat.rsplit(")", 1)[1].split()[16]))  # field 19: nice
-    expected = int(fazt("config", "get", "cockpit_threads", "--db", str(db_path)).stdout)
-    assert nices.count(COCKPIT_NICE) == expected and COCKPIT_NICE < 0
+    raised = int(fazt("config", "get", "cockpit_threads", "--db", str(db_path)).stdout)
+    nices = thread_nices(live.proc.pid)
+    assert nices.count(RAISED) == raised and RAISED < 0
     assert nices.count(0) >= 2  # the event loop and the site threads are left alone
+    # More user threads, made by a cockpit thread (a raised one): they start at the normal
+    # priority, not the one of the thread that made them.
+    admin = Admin(live)
+    threads = int(admin.get("/api/config").json()["values"]["user_threads"]) + 2
+    answer = admin.put("/api/config", json={"user_threads": threads, "break_glass": True})
+    assert answer.status_code == 200, answer.text
+    assert eventually(lambda: len(thread_nices(live.proc.pid)) >= len(nices) + 2)
+    nices = thread_nices(live.proc.pid)
+    assert nices.count(RAISED) == raised

@@ -9,6 +9,7 @@
     bridge.py      a request on a lane thread (Waitress's WSGITask into a connection)
     jspath.py      a site's back-end request on a lane thread without WSGI or Falcon
     lanes.py       the cockpit's and the sites' thread pools
+    priority.py    the cockpit's threads run first; every new thread at the normal one
     responses.py   the answers the loop writes itself, shaped like the threads'
     http.py        listeners + connections + the once-a-second sweep of timeouts
     boot.py        `fazt server start`: the quiet window, then bind and run

@@ -25,6 +25,7 @@ from fazt.hosts import classify, host_name
 from fazt.https import hsts
 from fazt.instance import Instance
 from fazt.requestlog import RequestLog
+from fazt.server import priority
 from fazt.server.admission import Admission
 from fazt.server.fastpath import FastPath
 from fazt.server.http import HTTPServer
@@ -153,6 +154,7 @@ def run(db_path: str, host: str, port: int | None, https_port: int | None = None
     # log line per request. A queue is expected under load.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     _raise_descriptor_limit()
+    priority.reset_new_threads()  # before any thread is raised, so none inherits it
     held = claim_for_server(db_path)  # `fazt restore` refuses a database a server holds
     instance = _follower(db_path, follow) if follow else _primary(db_path)
     # A follower cannot order or renew certificates (that writes): TLS goes in front of it.

@@ -10,7 +10,7 @@ Each lane resizes at run time (recalibration).
 Reserved threads are not enough on their own: under load a cockpit thread
 still shares the CPUs with everything else, and a sign-in is mostly scrypt,
 which runs outside Python's lock. So cockpit threads ask the kernel for a
-higher CPU priority (nice COCKPIT_NICE) when the process may have it
+higher CPU priority (priority.py: nice -10) when the process may have it
 (root, or CAP_SYS_NICE); otherwise they run at the normal one. Measured with
 JavaScript slots busy on every CPU: a sign-in's p99 was 2.0-2.1x its idle p99
 at nice -5, 1.4-1.5x at -10 (bench/ section 4). The price: a long cockpit task
@@ -23,21 +23,18 @@ The event loop must also let go (see `boot.py`'s LOOP_YIELD): `contended()` tell
 a cockpit request is in flight or several site requests want Python's lock.
 """
 
-import contextlib
-import os
 import threading
 
 from waitress.task import ThreadedTaskDispatcher
 
-COCKPIT_NICE = -10
+from fazt.server import priority
 
 
 class _PriorityDispatcher(ThreadedTaskDispatcher):
     """A lane whose threads the kernel runs first when CPUs are scarce."""
 
     def handler_thread(self, thread_no: int) -> None:
-        with contextlib.suppress(AttributeError, OSError):  # not permitted: normal priority
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), COCKPIT_NICE)
+        priority.raise_this_thread()  # not permitted: the normal priority
         super().handler_thread(thread_no)
 
 

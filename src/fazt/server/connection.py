@@ -101,7 +101,7 @@ class Connection:
                  "since", "parser", "inbuf", "wire", "out", "queued", "cond", "events",
                  "admin", "reserve", "over_share", "in_body", "body_limit", "body_bytes",
                  "served", "closed", "close_after", "task_running", "last_write", "began",
-                 "stalled", "eof", "target", "counted", "client", "direct")
+                 "stalled", "eof", "target", "counted", "client", "direct", "watcher")
 
     def __init__(self, server, sock: socket.socket, addr, transport, listener):
         self.server = server
@@ -121,6 +121,7 @@ class Connection:
         self.queued = 0  # bytes a task queued that are not sent yet (its flow control)
         self.cond = threading.Condition(threading.Lock())
         self.events = 0
+        self.watcher = None  # the loop's selector that watches it while `events`
         self.admin = False  # it has spoken to the cockpit: never closed to make room
         self.reserve = False  # accepted past the limit: only the cockpit is served on it
         self.over_share = False  # its address holds all it may
@@ -160,13 +161,15 @@ class Connection:
     def _want(self, events: int) -> None:
         if events == self.events or self.closed:
             return
-        selector = self.loop.selector
         if not events:
-            selector.unregister(self.sock)
+            self.watcher.unregister(self.sock)
         elif not self.events:
-            selector.register(self.sock, events, self)
+            # The cockpit's connections are among the loop's urgent events (loop.py); one
+            # that turns out to be the cockpit's moves there the next time it is watched.
+            self.watcher = self.loop.urgent if self.admin else self.loop.selector
+            self.watcher.register(self.sock, events, self)
         else:
-            selector.modify(self.sock, events, self)
+            self.watcher.modify(self.sock, events, self)
         self.events = events
 
     def _reading(self) -> int:
@@ -589,7 +592,7 @@ class Connection:
             return
         if self.events:
             try:
-                self.loop.selector.unregister(self.sock)
+                self.watcher.unregister(self.sock)
             except (KeyError, ValueError):
                 pass
             self.events = 0

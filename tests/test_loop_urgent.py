@@ -1,0 +1,97 @@
+"""The loop's urgent events (listeners, the doorbell, the cockpit's connections) are looked
+at before every chunk of ordinary ones, and ordinary ones still get every turn's share."""
+
+import selectors
+import socket
+
+import pytest
+
+from fazt.server.loop import URGENT_EVERY, Loop
+
+
+class Recorder:
+    """A socket pair's readable end: on each event, note it in `seen` and drain it."""
+
+    def __init__(self, loop: Loop, selector, seen: list, name, then=None):
+        self.ours, self.peer = socket.socketpair()
+        self.ours.setblocking(False)
+        self.seen, self.name, self.then = seen, name, then
+        selector.register(self.ours, selectors.EVENT_READ, self)
+
+    def ring(self) -> None:
+        self.peer.send(b"x")
+
+    def handle_event(self, mask: int) -> None:
+        self.seen.append(self.name)
+        self.ours.recv(100)
+        if self.then is not None:
+            self.then()
+
+    def close(self) -> None:
+        self.ours.close()
+        self.peer.close()
+
+
+@pytest.fixture
+def loop():
+    loop = Loop()
+    yield loop
+    loop.close()
+
+
+def test_an_urgent_event_waits_for_one_chunk_not_the_whole_turn(loop):
+    seen = []
+    urgent = Recorder(loop, loop.urgent, seen, "urgent")
+    # The third ordinary handler makes the urgent one ready, as a new connection arriving
+    # mid-turn does: it is handled before the next chunk, in the same turn.
+    ordinary = [Recorder(loop, loop.selector, seen, i, urgent.ring if i == 2 else None)
+                for i in range(4 * URGENT_EVERY)]
+    try:
+        for r in ordinary:
+            r.ring()
+        loop.run_once(timeout=1)
+        assert len(seen) == len(ordinary) + 1
+        assert URGENT_EVERY <= seen.index("urgent") <= URGENT_EVERY + 1
+    finally:
+        for r in [urgent, *ordinary]:
+            r.close()
+
+
+def test_busy_urgent_events_leave_ordinary_ones_their_share(loop):
+    seen = []
+    urgent = Recorder(loop, loop.urgent, seen, "urgent")
+    urgent.handle_event = lambda mask: seen.append("urgent")  # never drained: always ready
+    urgent.ring()
+    ordinary = [Recorder(loop, loop.selector, seen, i) for i in range(3 * URGENT_EVERY)]
+    chunks = []
+    loop.between_chunks = lambda: chunks.append(len(seen))
+    try:
+        for r in ordinary:
+            r.ring()
+        loop.run_once(timeout=1)
+        assert sorted(x for x in seen if x != "urgent") == list(range(len(ordinary)))
+        assert seen.count("urgent") == 3 and len(chunks) == 3  # once before each chunk
+    finally:
+        for r in [urgent, *ordinary]:
+            r.close()
+
+
+def test_a_quiet_loop_wakes_for_an_urgent_event(loop):
+    seen = []
+    urgent = Recorder(loop, loop.urgent, seen, "urgent")
+    try:
+        loop.run_once(timeout=0)
+        assert seen == []
+        urgent.ring()
+        loop.run_once(timeout=5)
+        assert seen == ["urgent"]
+    finally:
+        urgent.close()
+
+
+def test_the_doorbell_is_urgent(loop):
+    ran = []
+    loop.call_soon_threadsafe(ran.append, 1)
+    assert [key.data for key, _ in loop.urgent.select(0)] == [loop]
+    loop.run_once(timeout=1)
+    assert ran == [1]

@@ -20,7 +20,8 @@ Python's lock and starved of CPU stalls everyone waiting for that lock
 (static throughput fell tenfold).
 
 The event loop must also let go (see `boot.py`'s LOOP_YIELD): `contended()` tells it when
-a cockpit request is in flight or several site requests want Python's lock.
+a cockpit request is in flight or several site requests want Python's lock, and while
+`cockpit_tasks` it also pauses between chunks of a turn (boot.py's `cockpit_first`).
 """
 
 import threading

@@ -286,3 +286,44 @@ def test_cockpit_threads_alone_run_at_a_higher_priority(live: Server, db_path):
     assert eventually(lambda: len(thread_nices(live.proc.pid)) >= len(nices) + 2)
     nices = thread_nices(live.proc.pid)
     assert nices.count(RAISED) == raised
+
+
+def test_the_cockpit_answers_whole_while_a_flood_keeps_the_loop_busy(live: Server):
+    """Many keep-alive connections keep every turn of the loop full; the cockpit's answers
+    (sent by its own threads, on fresh connections and on a keep-alive one) come back
+    whole and in order, and the flood's answers are whole too."""
+    admin = Admin(live)
+    asset = admin.get("/app.js")
+    assert asset.status_code == 200 and len(asset.content) > 16 * 1024
+    stop = threading.Event()
+    flood_answers: list[int] = []
+
+    def flood() -> None:
+        with requests.Session() as s:
+            while not stop.is_set():
+                try:
+                    r = s.get(live.url("/"), headers={"Host": "mysite.localhost"}, timeout=30)
+                except requests.RequestException:
+                    flood_answers.append(0)
+                    continue
+                assert r.status_code != 200 or "hello from fazt" in r.text
+                flood_answers.append(r.status_code)
+
+    crowd = [threading.Thread(target=flood, daemon=True) for _ in range(24)]
+    for t in crowd:
+        t.start()
+    try:
+        assert eventually(lambda: len(flood_answers) > 200, timeout=30)
+        cookie = admin.session.cookies["fazt_session"]
+        for _ in range(20):
+            fresh = live.request("GET", "/api/system/status",
+                                 cookies={"fazt_session": cookie})
+            assert fresh.status_code == 200 and fresh.json()["mode"] == "normal"
+            kept = admin.get("/app.js")  # the same connection each time (keep-alive)
+            assert kept.status_code == 200 and kept.content == asset.content
+            assert admin.status()["mode"] == "normal"
+    finally:
+        stop.set()
+        for t in crowd:
+            t.join(30)
+    assert set(flood_answers) <= {200, 429, 503}, set(flood_answers)

@@ -17,6 +17,7 @@ class Server:
 
     def __init__(self):
         self.loop = SimpleNamespace(selector=selectors.DefaultSelector(),
+                                    urgent=selectors.DefaultSelector(),
                                     call_soon_threadsafe=lambda *a: None)
         self.stalled = set()
         self.admission = SimpleNamespace(is_closable=lambda conn: True)

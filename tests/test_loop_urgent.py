@@ -95,3 +95,29 @@ def test_the_doorbell_is_urgent(loop):
     assert [key.data for key, _ in loop.urgent.select(0)] == [loop]
     loop.run_once(timeout=1)
     assert ran == [1]
+
+
+def test_a_connection_is_urgent_until_its_first_request_shows_it_is_not_the_cockpits(loop):
+    from types import SimpleNamespace
+
+    from fazt.server.connection import READ, Connection
+    from fazt.server.transport import plain
+
+    ours, peer = socket.socketpair()
+    try:
+        conn = Connection(SimpleNamespace(loop=loop), ours, ("127.0.0.1", 1), plain(), None)
+        conn._want(READ)  # new: its request may be the owner's
+        assert loop.urgent.get_key(ours).data is conn
+        conn.target = SimpleNamespace(kind="site")  # its first request was for a site
+        conn._want(0)  # while a thread answers it
+        conn._want(READ)
+        assert loop.selector.get_key(ours).data is conn
+        with pytest.raises(KeyError):
+            loop.urgent.get_key(ours)
+        conn.admin = True  # it spoke to the cockpit: urgent from its next watch on
+        conn._want(0)
+        conn._want(READ)
+        assert loop.urgent.get_key(ours).data is conn
+    finally:
+        ours.close()
+        peer.close()

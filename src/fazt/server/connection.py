@@ -164,9 +164,11 @@ class Connection:
         if not events:
             self.watcher.unregister(self.sock)
         elif not self.events:
-            # The cockpit's connections are among the loop's urgent events (loop.py); one
-            # that turns out to be the cockpit's moves there the next time it is watched.
-            self.watcher = self.loop.urgent if self.admin else self.loop.selector
+            # Among the loop's urgent events (loop.py): the cockpit's connections, and a new
+            # one until its first request says whose it is (the owner's next request may be
+            # on it). Either moves the next time it is watched.
+            urgent = self.admin or self.target is None
+            self.watcher = self.loop.urgent if urgent else self.loop.selector
             self.watcher.register(self.sock, events, self)
         else:
             self.watcher.modify(self.sock, events, self)

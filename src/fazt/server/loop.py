@@ -9,9 +9,10 @@ epoll, not poll(2): measured here on a poll loop, the CPU per new connection
 grew from 0.64 ms with 500 connections held to 1.76 ms with 2,000, because
 every turn walks every socket; epoll's cost follows the sockets that are ready.
 
-Some events go first: the listening sockets (the owner's next request may be on
-a new connection), the doorbell (answers the threads finished) and the
-connections that have spoken to the cockpit. Under a flood one turn handles
+Some events go first: the listening sockets and new connections until their
+first request's headers are in (the owner's next request may be on a new
+connection), the doorbell (answers the threads finished) and the connections
+that have spoken to the cockpit. Under a flood one turn handles
 every ready connection, which took 4 ms of CPU and, on CPUs shared with busy
 JavaScript, about 12 ms of wall time (bench section 4): an event that became
 ready meanwhile waited for the next turn, then for its place in it (epoll
@@ -39,7 +40,7 @@ log = logging.getLogger("fazt")
 # URGENT_EVERY ordinary events, so newcomers drain the backlog quickly without taking
 # whole turns from the connections already open.
 ACCEPTS_AT_ONCE = 32
-URGENT_EVERY = 16  # ordinary events handled between two looks at the urgent ones
+URGENT_EVERY = 8  # ordinary events handled between two looks at the urgent ones
 
 
 class Timer:

@@ -60,12 +60,14 @@ class Loop:
     def __init__(self, after_turn: Callable[[], None] | None = None,
                  on_wake: Callable[[], None] | None = None,
                  between_chunks: Callable[[], None] | None = None):
-        self.selector = selectors.EpollSelector()  # every connection's events
-        # Listeners, the doorbell and the cockpit's connections: looked at first, and again
-        # between chunks of ordinary events (the module's docstring). Its own descriptor is
-        # watched by `selector` so that a quiet loop wakes for it too.
+        self.selector = selectors.EpollSelector()  # the ordinary connections' events
+        # Listeners, the doorbell, new connections and the cockpit's: looked at first, and
+        # again between chunks of ordinary events (the module's docstring). The loop waits
+        # on this one, which watches `selector`'s own descriptor too (as a handler of None):
+        # a turn with only urgent events ready (a handshake flood: all new connections)
+        # then costs one epoll_wait, not two.
         self.urgent = selectors.EpollSelector()
-        self.selector.register(self.urgent.fileno(), selectors.EVENT_READ, self.urgent)
+        self.urgent.register(self.selector.fileno(), selectors.EVENT_READ, None)
         self.after_turn = after_turn  # runs after every turn (the lanes' lock pause)
         self.on_wake = on_wake  # runs after the doorbell rang (stalled streams resume)
         self.between_chunks = between_chunks  # between chunks of events (the cockpit's pause)
@@ -124,12 +126,16 @@ class Loop:
         if timers:
             timeout = max(0.0, min(timeout, timers[0][0] - time.monotonic()))
         urgent = self.urgent
-        ready = [event for event in self.selector.select(timeout) if event[0].data is not urgent]
-        for first in range(0, max(1, len(ready)), URGENT_EVERY):
-            self._handle(self.urgent.select(0))
-            if self.between_chunks is not None:
-                self.between_chunks()
-            self._handle(ready[first:first + URGENT_EVERY])
+        events = urgent.select(timeout)
+        self._handle(events)
+        if any(key.data is None for key, _ in events):  # ordinary events are ready too
+            ready = self.selector.select(0)
+            for first in range(0, len(ready), URGENT_EVERY):
+                if first:
+                    self._handle(urgent.select(0))
+                if self.between_chunks is not None:
+                    self.between_chunks()
+                self._handle(ready[first:first + URGENT_EVERY])
         if timers:
             now = time.monotonic()
             while timers and timers[0][0] <= now:
@@ -146,6 +152,8 @@ class Loop:
     def _handle(events: list) -> None:
         for key, mask in events:
             handler = key.data
+            if handler is None:  # the ordinary events' epoll, among the urgent ones
+                continue
             try:
                 handler.handle_event(mask)
             except Exception:  # a bug in one connection must not stop the others

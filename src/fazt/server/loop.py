@@ -16,11 +16,14 @@ that have spoken to the cockpit. Under a flood one turn handles
 every ready connection, which took 4 ms of CPU and, on CPUs shared with busy
 JavaScript, about 12 ms of wall time (bench section 4): an event that became
 ready meanwhile waited for the next turn, then for its place in it (epoll
-reports in the order things became ready). So these are watched by a second
-epoll (`urgent`), itself watched by the first, and it is looked at before
-every URGENT_EVERY ordinary events: the owner waits for a few connections'
-work, not a turn's. Ordinary events still get a share of every turn, however
-busy the urgent ones are.
+reports in the order things became ready). So these are watched by an epoll
+of their own (`urgent`), which the loop waits on and which also watches the
+ordinary epoll's descriptor; a turn handles the urgent events first, then the
+ordinary ones in chunks of URGENT_EVERY with a look at the urgent ones before
+each: the owner waits for a few connections' work, not a turn's. Ordinary
+events still get a share of every turn, however busy the urgent ones are.
+(Plain epoll cannot order them: a descriptor that becomes ready joins the tail
+of the ready list, and maxevents only cuts the list.)
 """
 
 import heapq

@@ -121,15 +121,9 @@ def make_server(instance: Instance, log: RequestLog | None = None) -> HTTPServer
         if lanes.contended():
             time.sleep(LOOP_YIELD)
 
-    def cockpit_first() -> None:
-        """Within a turn too, while a cockpit request runs: a turn under a flood holds
-        Python's lock for milliseconds, and the owner's thread would wait for its end."""
-        if lanes.cockpit_tasks:
-            time.sleep(LOOP_YIELD)
-
     server = HTTPServer(Router(instance, log=log), lanes, admission,
                         spool_folder=os.path.dirname(os.path.abspath(instance.db_path)),
-                        log=log, after_turn=pause, between_chunks=cockpit_first)
+                        log=log, after_turn=pause)
 
     def resize(user_threads: int, cockpit_threads: int, connection_limit: int) -> None:
         lanes.resize(user_threads, cockpit_threads)

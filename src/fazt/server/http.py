@@ -30,15 +30,13 @@ MAX_HEADER_BYTES = 32 * 1024
 class HTTPServer:
     def __init__(self, application, lanes: LaneDispatcher, admission: Admission,
                  spool_folder: str, log: RequestLog | None = None,
-                 after_turn: Callable[[], None] | None = None,
-                 between_chunks: Callable[[], None] | None = None):
+                 after_turn: Callable[[], None] | None = None):
         self.application = application
         self.lanes = lanes
         self.admission = admission
         self.spool_folder = spool_folder
         self.log = log
-        self.loop = Loop(after_turn=after_turn, on_wake=self.resume_stalled,
-                         between_chunks=between_chunks)
+        self.loop = Loop(after_turn=after_turn, on_wake=self.resume_stalled)
         self.connections: set[Connection] = set()
         self.stalled: set[Connection] = set()
         self.listeners: list[Listener] = []

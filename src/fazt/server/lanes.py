@@ -20,8 +20,10 @@ Python's lock and starved of CPU stalls everyone waiting for that lock
 (static throughput fell tenfold).
 
 The event loop must also let go (see `boot.py`'s LOOP_YIELD): `contended()` tells it when
-a cockpit request is in flight or several site requests want Python's lock, and while
-`cockpit_tasks` it also pauses between chunks of a turn (boot.py's `cockpit_first`).
+a cockpit request is in flight or several site requests want Python's lock. A pause
+between chunks of a turn as well, while a cockpit request runs, was measured and dropped:
+no gain on a status read, and static throughput beside back-to-back sign-ins fell from
+14,700-16,800 to 8,700-9,100 req/s.
 """
 
 import threading

@@ -61,8 +61,7 @@ class Timer:
 
 class Loop:
     def __init__(self, after_turn: Callable[[], None] | None = None,
-                 on_wake: Callable[[], None] | None = None,
-                 between_chunks: Callable[[], None] | None = None):
+                 on_wake: Callable[[], None] | None = None):
         self.selector = selectors.EpollSelector()  # the ordinary connections' events
         # Listeners, the doorbell, new connections and the cockpit's: looked at first, and
         # again between chunks of ordinary events (the module's docstring). The loop waits
@@ -73,7 +72,6 @@ class Loop:
         self.urgent.register(self.selector.fileno(), selectors.EVENT_READ, None)
         self.after_turn = after_turn  # runs after every turn (the lanes' lock pause)
         self.on_wake = on_wake  # runs after the doorbell rang (stalled streams resume)
-        self.between_chunks = between_chunks  # between chunks of events (the cockpit's pause)
         self._timers: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
         self._soon: deque = deque()
@@ -136,8 +134,6 @@ class Loop:
             for first in range(0, len(ready), URGENT_EVERY):
                 if first:
                     self._handle(urgent.select(0))
-                if self.between_chunks is not None:
-                    self.between_chunks()
                 self._handle(ready[first:first + URGENT_EVERY])
         if timers:
             now = time.monotonic()

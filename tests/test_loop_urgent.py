@@ -107,8 +107,7 @@ def test_a_connection_is_urgent_until_its_first_request_shows_it_is_not_the_cock
         conn._want(READ)  # new: its request may be the owner's
         assert loop.urgent.get_key(ours).data is conn
         conn.target = SimpleNamespace(kind="site")  # its first request was for a site
-        conn._want(0)  # while a thread answers it
-        conn._want(READ)
+        conn._want(READ)  # answered at once (the fast path): still read, but not first
         assert loop.selector.get_key(ours).data is conn
         with pytest.raises(KeyError):
             loop.urgent.get_key(ours)

@@ -162,17 +162,22 @@ class Connection:
             self.read()
 
     def _want(self, events: int) -> None:
-        if events == self.events or self.closed:
+        if self.closed:
+            return
+        # Among the loop's urgent events (loop.py): the cockpit's connections, and a new one
+        # until its first request says whose it is (the owner's next request may be on it).
+        loop = self.loop
+        watcher = loop.urgent if self.admin or self.target is None else loop.selector
+        if self.events and watcher is not self.watcher:  # its request said whose it is
+            self.watcher.unregister(self.sock)
+            self.events = 0
+        if events == self.events:
             return
         if not events:
             self.watcher.unregister(self.sock)
         elif not self.events:
-            # Among the loop's urgent events (loop.py): the cockpit's connections, and a new
-            # one until its first request says whose it is (the owner's next request may be
-            # on it). Either moves the next time it is watched.
-            urgent = self.admin or self.target is None
-            self.watcher = self.loop.urgent if urgent else self.loop.selector
-            self.watcher.register(self.sock, events, self)
+            self.watcher = watcher
+            watcher.register(self.sock, events, self)
         else:
             self.watcher.modify(self.sock, events, self)
         self.events = events

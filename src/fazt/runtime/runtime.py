@@ -72,7 +72,11 @@ QUICK_SECONDS = 0.00025  # a handler whose runs on the loop average more goes to
 OFF_LOOP_SECONDS = 60.0  # how long a handler that could not stay on the loop runs on threads
 LOOP_LOAD_SECONDS = 0.05  # the loop loads a context at most this often
 LOOP_SCRIPT_BYTES = 64 * 1024  # a larger script compiles too long for the loop: threads
-_QUICK_WEIGHT = 0.25  # of the newest run in the average of the loop's runs
+# The average of the loop's runs moves by a sixteenth of each measured run, counted at
+# most 4 x QUICK_SECONDS: a collection of Python's garbage or a preemption in one run does
+# not send a quick handler to threads, a handler slow every time goes within ~20 samples.
+_QUICK_WEIGHT = 1 / 16
+_QUICK_CAP = 4
 # A run on the loop is timed, and its context's heap measured, every this many runs (the
 # clock and QuickJS's count of its heap cost 2-6 µs each, a fair share of a quick run);
 # the server's sweep measures the loop's context once a second as well.
@@ -190,7 +194,8 @@ class Runtime:
                 self._on_loop.clear()
             seen = self._on_loop[key] = [0.0, 0.0]
         if timed and warm:  # (a run that loaded its context also paid for the load, once)
-            seen[0] += (time.thread_time() - began - seen[0]) * _QUICK_WEIGHT
+            spent = min(time.thread_time() - began, _QUICK_CAP * QUICK_SECONDS)
+            seen[0] += (spent - seen[0]) * _QUICK_WEIGHT
         if answer is _MOVED or seen[0] > QUICK_SECONDS:
             seen[0], seen[1] = 0.0, time.monotonic() + OFF_LOOP_SECONDS
         if answer is _MOVED:

@@ -5,6 +5,7 @@
     connection.py  one connection's states: handshake -> headers -> body -> task -> writing
     admission.py   who gets in: connection limit, each address's share, the cockpit's
                    reserve, body limits per route; 503/429/413/411/405 with reasons
+    heads.py       request heads seen before: Waitress's parse of the same bytes, copied
     fastpath.py    cache hits answered from the loop with pre-rendered headers
     bridge.py      a request on a lane thread (Waitress's WSGITask into a connection)
     jspath.py      a site's back-end request on a lane thread without WSGI or Falcon
@@ -26,7 +27,9 @@ when Waitress is upgraded):
   ValueError from `urlsplit`), `query`, `version`, `get_body_stream()`,
   `content_length`, `chunked`, `expect_continue`, `connection_close`,
   `body_rcv` (its `.buf` is replaced by our Spool, which offers `append`,
-  `getfile`, `__len__`, `close`), `close()`.
+  `getfile`, `__len__`, `close`), `close()`, `adj`, `header_bytes_received`, and
+  its whole state in the instance's `__dict__` once a bodiless head is parsed
+  (heads.py copies it for the same bytes; tests/test_heads.py checks the copy).
 - `waitress.task.WSGITask(channel, request)`: `service()`, `close_on_finish`,
   `wrote_header`, `version`, `has_body`, `request`, and `set_close_on_finish()`
   (overridden: no close after a 304/204 on HTTP/1.1); it reads `channel.server.application`,

@@ -235,17 +235,26 @@ class Connection:
     def parse(self) -> None:
         while self.inbuf and not self.closed and not self.close_after and \
                 self.state in (IDLE, HEADERS, BODY):
+            known = None
             if self.parser is None:
-                self.parser = HTTPRequestParser(self.listener_info.adj)
+                adj = self.listener_info.adj
+                known = self.server.heads.parser_for(adj, self.inbuf)  # heads.py
+                self.parser = HTTPRequestParser(adj) if known is None else known[0]
                 self.state = HEADERS
                 self.since = self.began = time.monotonic()
                 self.server.admission.quiet_again(self)  # most recently active
             parser = self.parser
-            try:
-                consumed = parser.received(self.inbuf)
-            except ValueError:  # Waitress lets urlsplit's errors out ("GET http://[::1 ...")
-                self.server.admission.busy(self)
-                return self.refuse(Refusal(400, "bad_request", "Bad Request: Bad URI."))
+            if known is not None:
+                consumed = known[1]
+            else:
+                fresh = self.state == HEADERS and not parser.header_bytes_received
+                try:
+                    consumed = parser.received(self.inbuf)
+                except ValueError:  # Waitress lets urlsplit's errors out ("GET http://[::1")
+                    self.server.admission.busy(self)
+                    return self.refuse(Refusal(400, "bad_request", "Bad Request: Bad URI."))
+                if fresh and parser.completed:
+                    self.server.heads.remember(parser.adj, self.inbuf, consumed, parser)
             self.inbuf = self.inbuf[consumed:]
             if self.state == HEADERS:
                 if parser.completed or parser.headers_finished:

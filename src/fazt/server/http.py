@@ -17,6 +17,7 @@ from fazt.requestlog import RequestLog, line
 from fazt.server.admission import Admission
 from fazt.server.bridge import Job, ServerInfo
 from fazt.server.connection import Connection
+from fazt.server.heads import KnownHeads
 from fazt.server.jspath import JsJob, JsPath
 from fazt.server.lanes import LaneDispatcher
 from fazt.server.loop import Listener, Loop
@@ -38,6 +39,7 @@ class HTTPServer:
         self.log = log
         self.loop = Loop(after_turn=after_turn, on_wake=self.resume_stalled)
         self.connections: set[Connection] = set()
+        self.heads = KnownHeads()  # request heads parsed before (heads.py)
         self.stalled: set[Connection] = set()
         self.listeners: list[Listener] = []
         self.listener_info: dict[Listener, ServerInfo] = {}
@@ -165,4 +167,5 @@ class HTTPServer:
         return {**self.admission.stats(),
                 "fast_path_answers": self.fastpath.answered if self.fastpath else 0,
                 "js_direct_answers": self.jspath.answered if self.jspath else 0,
-                "js_loop_answers": self.jspath.on_loop_answers if self.jspath else 0}
+                "js_loop_answers": self.jspath.on_loop_answers if self.jspath else 0,
+                "heads_reused": self.heads.hits}

@@ -40,8 +40,11 @@ context unusable left nothing visible (its console lines wait until it ends,
 its context is dropped), so the request starts over on a thread with the
 site's real limits, and the site's handler stays off the loop for
 OFF_LOOP_SECONDS. So does a handler whose runs average more than
-QUICK_SECONDS of the loop's CPU. The loop keeps one warm context, as every
-site thread does (the ledger counts it), and loads one at most every
+QUICK_SECONDS of the loop's CPU, or that answered more than LOOP_ANSWER_BYTES
+(its answer still goes out from the loop that once: copying large answers
+between QuickJS, Python and the socket is work for a thread). The loop keeps
+one warm context, as every site thread does (the ledger counts it), and loads
+one at most every
 LOOP_LOAD_SECONDS (0.3-1 ms each; a script over LOOP_SCRIPT_BYTES, whose
 compilation alone would hold the loop, never), so sites taking turns go to
 threads rather than reloading on the loop. Only what is in RAM is used: a script or
@@ -72,6 +75,7 @@ QUICK_SECONDS = 0.00025  # a handler whose runs on the loop average more goes to
 OFF_LOOP_SECONDS = 60.0  # how long a handler that could not stay on the loop runs on threads
 LOOP_LOAD_SECONDS = 0.05  # the loop loads a context at most this often
 LOOP_SCRIPT_BYTES = 64 * 1024  # a larger script compiles too long for the loop: threads
+LOOP_ANSWER_BYTES = 64 * 1024  # a handler that answered more runs on threads (copies cost)
 # The average of the loop's runs moves by a sixteenth of each measured run, counted at
 # most 4 x QUICK_SECONDS: a collection of Python's garbage or a preemption in one run does
 # not send a quick handler to threads, a handler slow every time goes within ~20 samples.
@@ -196,7 +200,7 @@ class Runtime:
         if timed and warm:  # (a run that loaded its context also paid for the load, once)
             spent = min(time.thread_time() - began, _QUICK_CAP * QUICK_SECONDS)
             seen[0] += (spent - seen[0]) * _QUICK_WEIGHT
-        if answer is _MOVED or seen[0] > QUICK_SECONDS:
+        if answer is _MOVED or seen[0] > QUICK_SECONDS or len(answer.body) > LOOP_ANSWER_BYTES:
             seen[0], seen[1] = 0.0, time.monotonic() + OFF_LOOP_SECONDS
         if answer is _MOVED:
             return None

@@ -337,7 +337,9 @@ def test_runtime_resize_while_a_script_runs(rt):
     rt.resize(slots=1, memory_mb=32, timeout_ms=TIMEOUT_MS)
     result = {}
     running = threading.Thread(
-        target=lambda: result.setdefault("a", rt.handle("alpha", "s", SLOW % 500, request())))
+        # 300 ms: within the timeout itself, so the CPU budget holds even while other
+        # threads of this process burn CPU beside it (the budget is the process's CPU)
+        target=lambda: result.setdefault("a", rt.handle("alpha", "s", SLOW % 300, request())))
     running.start()
     assert eventually(lambda: rt.stats()["in_use"] == 1, timeout=10, every=0.01)
     with pytest.raises(JsBusy):

@@ -11,7 +11,7 @@ from conftest import Server, eventually, fazt, init_db
 
 from fazt.heap import keep_free_heap
 from fazt.store.database import create_database
-from fazt.store.files import CHUNK_SIZE, put_blob
+from fazt.store.files import CHUNK_SIZE, put_blob, read_chunks
 from fazt.vfs import HEAP_KEEP_FACTOR, READ_AHEAD, READ_AHEAD_MB, ChunkStream, StreamLoop
 
 SIZE = 9 * CHUNK_SIZE + 12345  # ten chunks, the last one short
@@ -249,5 +249,123 @@ def test_each_stream_keeps_the_least_busy_reader(stored):
         second.close()
         third.close()
         assert loop.stream_loop._streams == [0, 0]
+    finally:
+        loop.stream_loop.shutdown()
+
+
+def test_read_chunks_hands_each_chunk_over_as_it_is_read(stored):
+    """A stream's reader hands chunks to the loop one by one, in one short transaction,
+    and stops early (ending the transaction) when the stream is gone."""
+    db, blob_id, data = stored
+    got = []
+
+    def take(n: int, chunk: bytes) -> bool:
+        got.append((n, chunk))
+        return len(got) < 3
+
+    with db.read() as conn:
+        assert read_chunks(conn, blob_id, 2, 7, take) == []
+        assert not conn.in_transaction
+    assert [n for n, _ in got] == [2, 3, 4]
+    assert b"".join(c for _, c in got) == data[2 * CHUNK_SIZE:5 * CHUNK_SIZE]
+
+
+def test_the_reader_reads_on_without_the_loop(stored):
+    """Once the loop has asked, the reader fetches batch after batch by itself (the loop
+    never waits for a read it could have had started earlier), and stops at the window."""
+    db, blob_id, data = stored
+    loop = Loop()
+    loop.stream_loop.ahead_limit = 6 * CHUNK_SIZE  # a window of 6 chunks: batches of 3
+    stream = ChunkStream(db, blob_id, 0, SIZE, loop.stream_loop)
+    try:
+        assert loop.stream_loop.window() == 6
+        while not stream.read(1):  # the loop asks once, waits, and takes chunk 0
+            assert loop.rang.wait(10)
+            loop.rang.clear()
+        # Chunks 0-2 were asked for, 3-5 followed unasked; 6-8 would pass the window.
+        assert eventually(lambda: stream._fetching is None and
+                          sorted(stream._ready) == [1, 2, 3, 4, 5])
+        assert loop.stream_loop.ahead == 5 * CHUNK_SIZE
+        stream.seek(2 * CHUNK_SIZE)
+        assert stream.read(10) == data[2 * CHUNK_SIZE:2 * CHUNK_SIZE + 10]  # chunk 2: 6-8 next
+        assert eventually(lambda: stream._fetching is None and max(stream._ready) == 8)
+        assert loop.stream_loop.ahead <= loop.stream_loop.ahead_limit
+        assert loop.drain(stream, CHUNK_SIZE) == data[2 * CHUNK_SIZE + 10:]
+    finally:
+        stream.close()
+        loop.stream_loop.shutdown()
+
+
+def test_streams_share_the_read_ahead_fairly(stored):
+    """A stream's window is its share of the shared limit: the first download of two does
+    not take it all and leave the second none."""
+    db, blob_id, data = stored
+    loop = Loop()
+    loop.stream_loop.ahead_limit = 8 * CHUNK_SIZE
+    first = ChunkStream(db, blob_id, 0, SIZE, loop.stream_loop)
+    second = ChunkStream(db, blob_id, 0, SIZE, loop.stream_loop)
+    try:
+        assert loop.stream_loop.window() == 4
+        for stream in (first, second):
+            while not stream.read(1):
+                assert loop.rang.wait(10)
+                loop.rang.clear()
+        for stream in (first, second):
+            assert eventually(lambda s=stream: s._fetching is None and len(s._ready) >= 2)
+            assert max(stream._ready) <= 4  # past chunk 0: its window, not the whole limit
+        assert loop.stream_loop.ahead <= 8 * CHUNK_SIZE
+        assert loop.drain(first, CHUNK_SIZE) == data[1:]
+        assert loop.drain(second, 3 * CHUNK_SIZE) == data[1:]
+    finally:
+        first.close()
+        second.close()
+        loop.stream_loop.shutdown()
+
+
+def test_seeks_on_the_loop_path_read_from_the_new_place(stored):
+    """Back into chunks already sent and forward past the read-ahead: the bytes are the
+    file's, and what was read ahead for the old place is given back."""
+    db, blob_id, data = stored
+    loop = Loop()
+    stream = ChunkStream(db, blob_id, 0, SIZE, loop.stream_loop)
+    try:
+        assert loop.drain(stream, CHUNK_SIZE) == data  # to the end, read ahead on the way
+        for at in (100, 3 * CHUNK_SIZE + 5, SIZE - 3, CHUNK_SIZE, 0):
+            stream.seek(at)
+            out = bytearray()
+            while len(out) < min(3 * CHUNK_SIZE, SIZE - at):
+                piece = stream.read(70_000)
+                if not piece:
+                    assert stream.waiting and loop.rang.wait(10)
+                    loop.rang.clear()
+                    continue
+                out += piece
+            assert bytes(out) == data[at:at + len(out)], at
+    finally:
+        stream.close()
+        loop.stream_loop.shutdown()
+    assert eventually(lambda: loop.stream_loop.ahead == 0)
+
+
+@pytest.mark.parametrize("after", [0, 1, 2 * CHUNK_SIZE])
+def test_a_closed_stream_gives_its_read_ahead_back(stored, after):
+    """Closed before its first chunk came, while its reader is mid-read, or with chunks
+    read ahead: nothing of the shared limit stays held, and no read starts after."""
+    db, blob_id, _ = stored
+    loop = Loop()
+    stream = ChunkStream(db, blob_id, 0, SIZE, loop.stream_loop)
+    try:
+        got = 0
+        while got < after:
+            piece = stream.read(after - got)
+            if not piece:
+                assert loop.rang.wait(10)
+                loop.rang.clear()
+            got += len(piece)
+        if not after:
+            assert stream.read(1) == b"" and stream.waiting  # its first read is on the way
+        stream.close()
+        assert eventually(lambda: stream._fetching is None and loop.stream_loop.ahead == 0)
+        assert not stream._ready
     finally:
         loop.stream_loop.shutdown()

@@ -268,6 +268,32 @@ def test_a_warm_file_and_a_refusal_keep_https_rules(shared, ca):
     assert r.headers["Location"] == f"https://blog.{DOMAIN}:{srv.https_port}/form?x=1"
 
 
+def test_the_owners_status_read_keeps_https_rules(shared, ca):
+    """The loop answers a signed-in status read itself (server/statuspath.py): over TLS
+    with HSTS, as the cockpit's thread does; the plain port still redirects."""
+    srv = shared
+    admin = srv.connect(f"admin.{DOMAIN}", ca.cert_pem.bytes())
+    r, body = admin.request("POST", "/api/login", json.dumps(
+        {"username": USERNAME, "password": PASSWORD}).encode(),
+        {"Content-Type": "application/json", "X-Fazt-Request": "1"})
+    assert r.status == 200, body
+    cookie = r.getheader("Set-Cookie").split(";")[0]
+    counts = []
+    for _ in range(3):
+        r, body = admin.request("GET", "/api/system/status", headers={"Cookie": cookie})
+        assert r.status == 200, body
+        assert r.getheader("Strict-Transport-Security") == "max-age=31536000"
+        assert r.getheader("Cache-Control") == "no-store"
+        counts.append(json.loads(body)["connections"]["status_loop_answers"])
+    assert counts[2] == counts[1] + 1  # the second read came from the loop
+    admin.close()
+    r = requests.get(f"http://127.0.0.1:{srv.server.port}/api/system/status",
+                     headers={"Host": f"admin.{DOMAIN}", "Cookie": cookie},
+                     allow_redirects=False)
+    assert r.status_code == 308
+    assert r.headers["Location"] == f"https://admin.{DOMAIN}:{srv.https_port}/api/system/status"
+
+
 def test_the_owner_signs_in_over_https_while_a_crowd_is_handshaking(shared, ca):
     srv = shared
     root = ca.cert_pem.bytes()

@@ -7,6 +7,7 @@
                    reserve, body limits per route; 503/429/413/411/405 with reasons
     heads.py       request heads seen before: Waitress's parse of the same bytes, copied
     fastpath.py    cache hits answered from the loop with pre-rendered headers
+    statuspath.py  the owner's status read answered from the loop (RAM only)
     bridge.py      a request on a lane thread (Waitress's WSGITask into a connection)
     jspath.py      a site's back-end request on a lane thread without WSGI or Falcon
     lanes.py       the cockpit's and the sites' thread pools

@@ -31,6 +31,7 @@ from fazt.server.fastpath import FastPath
 from fazt.server.http import HTTPServer
 from fazt.server.jspath import JsPath
 from fazt.server.lanes import LaneDispatcher
+from fazt.server.statuspath import StatusPath
 from fazt.stability import thresholds
 from fazt.store.claim import claim_for_server
 from fazt.vfs import HEAP_KEEP_FACTOR, StreamLoop
@@ -169,6 +170,7 @@ def run(db_path: str, host: str, port: int | None, https_port: int | None = None
     if os.environ.get("FAZT_FASTPATH", "on") != "off":  # off: every request takes WSGI
         server.fastpath = FastPath(instance, requests_log)
         server.jspath = JsPath(instance, requests_log)
+        server.statuspath = StatusPath(instance, requests_log)
     server.listen(bind(host, port))
     if autocert is not None:
         instance.https_port = https_port or 443  # the plain port now redirects there

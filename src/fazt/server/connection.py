@@ -344,6 +344,8 @@ class Connection:
             answer = None
         else:
             answer = server.fastpath(self, parser) if server.fastpath else None
+            if answer is None and server.statuspath is not None:
+                answer = server.statuspath(self, parser)  # the owner's status read
         if answer is not None:
             keep = responses.keeps_alive(parser.version, parser.headers.get("CONNECTION", ""))
             self.send(answer)

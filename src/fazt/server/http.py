@@ -45,6 +45,7 @@ class HTTPServer:
         self.listener_info: dict[Listener, ServerInfo] = {}
         self.fastpath: Callable | None = None  # (connection, parser) -> response bytes or None
         self.jspath: JsPath | None = None  # site back ends without WSGI, set at boot
+        self.statuspath: Callable | None = None  # the owner's status read (statuspath.py)
         # Headers for every answer the loop writes itself over TLS (HSTS), set at boot.
         self.tls_headers: Callable[[], list[tuple[str, str]]] = list
         self.stopping = False
@@ -168,4 +169,5 @@ class HTTPServer:
                 "fast_path_answers": self.fastpath.answered if self.fastpath else 0,
                 "js_direct_answers": self.jspath.answered if self.jspath else 0,
                 "js_loop_answers": self.jspath.on_loop_answers if self.jspath else 0,
+                "status_loop_answers": self.statuspath.answered if self.statuspath else 0,
                 "heads_reused": self.heads.hits}

@@ -10,6 +10,7 @@ import falcon
 
 from fazt import http_errors, proxies, requestlog
 from fazt.cockpit.app import cockpit_app
+from fazt.cockpit.resources import QuickStatus
 from fazt.hosts import ADMIN, SITE, classify
 from fazt.instance import Instance
 from fazt.requestlog import RequestLog
@@ -47,6 +48,7 @@ class Router:
         self.sites = sites_app(instance)
         self.unknown = unknown_app(instance)
         self.log = log
+        self.quick_status = QuickStatus(instance)  # the loop's status read (server/statuspath.py)
 
     def __call__(self, environ: dict, start_response):
         self.instance.refresh()  # what any writer committed is served from this request on

@@ -11,7 +11,13 @@ import falcon
 
 from fazt import settings, tokens
 from fazt.auth import new_session_key
-from fazt.cockpit.session import clear_session_cookie, session_cookie, set_session_cookie
+from fazt.cockpit.headers import HEADERS
+from fazt.cockpit.session import (
+    clear_session_cookie,
+    session_cookie,
+    session_from_header,
+    set_session_cookie,
+)
 from fazt.deploy import ADMIN_SITE, check_site_name
 from fazt.errors import FaztError, NotFound
 from fazt.http_errors import http_error
@@ -109,6 +115,29 @@ class Status:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = self.instance.status()
+
+
+_JSON = falcon.media.JSONHandler()  # Falcon's default, as `resp.media` above uses it
+_API_HEADERS = (("Cache-Control", "no-store"), *HEADERS.items(),
+                ("Content-Type", falcon.MEDIA_JSON))
+
+
+class QuickStatus:
+    """The status read without Falcon, for the event loop (server/statuspath.py): the
+    answer `Status` gives through the middleware (Authentication's session check, the
+    security headers), from RAM only. Only for a plain session-cookie read: the
+    caller leaves anything else to the app."""
+
+    PATH = "/api/system/status"
+
+    def __init__(self, instance: Instance):
+        self.instance = instance
+
+    def __call__(self, cookie_header: str | None) -> tuple[tuple, bytes] | None:
+        """(headers, JSON body) when the Cookie header carries a valid session, else None."""
+        if not self.instance.auth.check_session(session_from_header(cookie_header)):
+            return None
+        return _API_HEADERS, _JSON.serialize(self.instance.status(), falcon.MEDIA_JSON)
 
 
 class Recalibrate:

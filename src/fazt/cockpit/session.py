@@ -13,6 +13,7 @@ session.
 """
 
 import falcon
+from falcon import request_helpers
 
 from fazt.auth import SESSION_SECONDS
 from fazt.cockpit.headers import is_api
@@ -37,6 +38,15 @@ def bearer(req: falcon.Request) -> str | None:
 
 def session_cookie(req: falcon.Request) -> str | None:
     values = req.get_cookie_values(COOKIE)
+    return values[0] if values else None
+
+
+def session_from_header(cookie_header: str | None) -> str | None:
+    """`session_cookie` from the raw Cookie header, parsed by the same Falcon function
+    `get_cookie_values` uses (private in Falcon 4: tests/test_statuspath.py compares)."""
+    if not cookie_header:
+        return None
+    values = request_helpers._parse_cookie_header(cookie_header).get(COOKIE)
     return values[0] if values else None
 
 

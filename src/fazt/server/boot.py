@@ -170,7 +170,8 @@ def run(db_path: str, host: str, port: int | None, https_port: int | None = None
     if os.environ.get("FAZT_FASTPATH", "on") != "off":  # off: every request takes WSGI
         server.fastpath = FastPath(instance, requests_log)
         server.jspath = JsPath(instance, requests_log)
-        server.statuspath = StatusPath(instance, requests_log)
+        status = server.application.quick_status
+        server.statuspath = StatusPath(instance, status, status.PATH, requests_log)
     server.listen(bind(host, port))
     if autocert is not None:
         instance.https_port = https_port or 443  # the plain port now redirects there

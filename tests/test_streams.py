@@ -369,3 +369,38 @@ def test_a_closed_stream_gives_its_read_ahead_back(stored, after):
         assert not stream._ready
     finally:
         loop.stream_loop.shutdown()
+
+
+def test_a_download_asks_for_the_send_buffer_its_link_needs():
+    """stream_sndbuf: the bandwidth-delay product from the kernel's round trip, between
+    STREAM_SNDBUF_LEAST (loopback: bytes left waiting in a socket go cold in the cache)
+    and STREAM_SNDBUF (the ledger's figure); STREAM_SNDBUF when the kernel does not say."""
+    import socket
+    import struct
+
+    from fazt.server import connection as cn
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        with socket.create_connection(listener.getsockname()) as client:
+            served, _ = listener.accept()
+            with served:
+                client.sendall(b"GET / HTTP/1.1\r\n\r\n")
+                served.recv(100)
+                served.sendall(b"x" * 10000)
+                client.recv(10000)
+                assert cn.stream_sndbuf(served) == cn.STREAM_SNDBUF_LEAST  # microseconds
+    left, right = socket.socketpair()  # not TCP: no round trip to go by
+    with left, right:
+        assert cn.stream_sndbuf(left) == cn.STREAM_SNDBUF
+
+    class Link:
+        def __init__(self, rtt_us: int):
+            self.info = bytearray(104)
+            struct.pack_into("I", self.info, cn._TCPI_RTT, rtt_us)
+
+        def getsockopt(self, *args):
+            return bytes(self.info)
+
+    assert cn.stream_sndbuf(Link(200)) == 200 * cn.STREAM_RATE // 1_000_000  # a LAN
+    assert cn.STREAM_SNDBUF_LEAST < cn.stream_sndbuf(Link(200)) < cn.STREAM_SNDBUF
+    assert cn.stream_sndbuf(Link(40_000)) == cn.STREAM_SNDBUF  # across the internet

@@ -50,7 +50,7 @@ def cockpit_app(instance: Instance) -> falcon.App:
         "/api/logout": r.Logout(instance),
         "/api/logout-all": r.LogoutAll(instance),
         "/api/session": r.Session(instance),
-        "/api/system/status": r.Status(instance),
+        r.QuickStatus.PATH: r.Status(instance),  # the loop answers it too (QuickStatus)
         "/api/system/recalibrate": r.Recalibrate(instance),
         "/api/config": r.Config(instance),
         "/api/config/reset": r.ConfigReset(instance),

@@ -84,6 +84,7 @@ def stream_sndbuf(sock: socket.socket) -> int:
         return STREAM_SNDBUF
     return max(STREAM_SNDBUF_LEAST, min(STREAM_SNDBUF, rtt * STREAM_RATE // 1_000_000))
 
+
 class Spool:
     """A request body as Waitress's body receivers fill it (`append`, `getfile`, len):
     in RAM while small, then in an unnamed file in the database's folder (the database's
@@ -476,12 +477,8 @@ class Connection:
                 return
             self.out.clear()
             self.queued = 0
-            try:
-                sent = self.sock.send(wire)
-            except OSError:  # full, or broken: the loop sends (or finds it broken) itself
-                sent = 0
-            if sent:
-                self.last_write = time.monotonic()
+            # Full, or broken (None): the loop sends the rest (or finds it broken) itself.
+            sent = self._send(self.sock.send, wire) or 0
             self.wire = wire[sent:]
 
     def _stream_begins(self) -> None:

@@ -48,6 +48,16 @@ def _render(status: str, headers: list[tuple[str, str]]) -> bytes:
     return ("\r\n".join(lines) + "\r\nServer: fazt\r\n").encode("latin-1")
 
 
+def for_threads(instance: Instance, conn) -> bool:
+    """Requests no answer from the loop may take (the fast path's, the status read's): on
+    the plain port while HTTPS is on (the thread redirects once the host has a
+    certificate), and a trusted proxy's (the thread names the client behind it)."""
+    if instance.https_port and conn.listener.scheme != "https":
+        return True
+    trusted = instance.config["trusted_proxies"]
+    return bool(trusted) and proxies.is_trusted(conn.ip, proxies.networks(tuple(trusted)))
+
+
 # One file's answers for one Accept-Encoding, rendered once: a plain tuple of strings and
 # bytes, (path, encoding, sha256, etag, 200's head, 304's head), which CPython's cyclic
 # collector stops tracking (an object would be walked at every full collection, on the
@@ -78,12 +88,9 @@ class FastPath:
             return None  # another writer committed: a thread brings the state up to date
         if instance.mode != NORMAL:
             return None
+        if for_threads(instance, conn):
+            return None
         tls = conn.listener.scheme == "https"
-        if instance.https_port and not tls:
-            return None  # the plain port redirects to HTTPS once the host has a certificate
-        trusted = instance.config["trusted_proxies"]
-        if trusted and proxies.is_trusted(conn.ip, proxies.networks(tuple(trusted))):
-            return None  # the thread path names the client behind the proxy
         target = conn.target  # admission classified the Host
         if target is None or target.kind != SITE:
             return None

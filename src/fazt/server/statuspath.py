@@ -19,12 +19,12 @@ another writer changed (the thread brings it up to date).
 import time
 from collections.abc import Callable
 
-from fazt import proxies
 from fazt.hosts import ADMIN
 from fazt.https import hsts
 from fazt.instance import Instance
 from fazt.requestlog import RequestLog, line
 from fazt.server import responses
+from fazt.server.fastpath import for_threads
 
 # (Cookie header) -> (headers, body) for a valid session, else None: app.Router.quick_status
 Answer = Callable[[str | None], tuple[tuple, bytes] | None]
@@ -49,19 +49,13 @@ class StatusPath:
                 or "AUTHORIZATION" in headers:
             return None
         instance = self.instance
-        tls = conn.listener.scheme == "https"
-        if instance.https_port and not tls:
-            return None  # the plain port may redirect (fazt.https)
-        trusted = instance.config["trusted_proxies"]
-        if trusted and proxies.is_trusted(conn.ip, proxies.networks(tuple(trusted))):
-            return None
-        if not instance.is_current():
+        if for_threads(instance, conn) or not instance.is_current():
             return None
         answer = self.answer(headers.get("COOKIE"))
         if answer is None:
             return None
         sent, body = answer
-        if tls:
+        if conn.listener.scheme == "https":
             sent = (*sent, *hsts(instance.config))
         keep = responses.keeps_alive(parser.version, headers.get("CONNECTION", ""))
         self.answered += 1

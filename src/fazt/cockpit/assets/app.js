@@ -107,10 +107,14 @@ async function route() {
   if (view === "settings") return loadSettings();
 }
 
-function signedOut() {
+function stopPolling() {
   state.signedIn = false;
   clearInterval(state.timer);
   state.timer = null;
+}
+
+function signedOut() {
+  stopPolling();
   $("maintenance-banner").hidden = true;
   show("login");
 }
@@ -612,6 +616,9 @@ async function login(event) {
 
 async function logout(everywhere) {
   if (everywhere && !window.confirm("Sign out every browser and device, this one included?")) return;
+  // No status poll from here on: one sent while the sign-out is on its way could reach
+  // the server after it and come back 401.
+  stopPolling();
   await guarded(() => api("POST", everywhere ? "/api/logout-all" : "/api/logout"));
   signedOut();
 }

@@ -1,5 +1,6 @@
 """Request heads parsed once (fazt.server.heads): a reused parse is exactly Waitress's own,
-and only heads of bodiless, faultless requests are reused."""
+for the same head and for a head of the same shape (another target, another Host), and
+only heads of bodiless, faultless requests are reused."""
 
 import socket
 
@@ -22,7 +23,8 @@ def waitress_parse(adj: Adjustments, data: bytes) -> tuple[HTTPRequestParser, in
 def state(parser: HTTPRequestParser) -> dict:
     names = ("command", "path", "query", "version", "headers", "completed", "error", "empty",
              "body_rcv", "chunked", "content_length", "expect_continue", "connection_close",
-             "url_scheme", "request_uri", "headers_finished")
+             "url_scheme", "request_uri", "headers_finished", "proxy_scheme",
+             "proxy_netloc", "fragment", "first_line", "header_bytes_received", "header_plus")
     return {name: getattr(parser, name) for name in names}
 
 
@@ -45,8 +47,54 @@ def test_another_listener_or_other_bytes_miss():
     parser, consumed = waitress_parse(adj, HEAD)
     heads.remember(adj, HEAD, consumed, parser)
     assert heads.parser_for(Adjustments(url_scheme="https"), HEAD) is None
-    assert heads.parser_for(adj, HEAD.replace(b"/docs/", b"/docs/x")) is None
+    assert heads.parser_for(adj, HEAD.replace(b"GET", b"HEAD")) is None
+    assert heads.parser_for(adj, HEAD.replace(b"HTTP/1.1", b"HTTP/1.0")) is None
+    assert heads.parser_for(adj, HEAD.replace(b"gzip", b"br")) is None
     assert heads.parser_for(adj, HEAD[:-2]) is None  # not a whole head yet
+
+
+TARGETS = [b"/", b"/docs/x", b"/a%20b/%2F?q=%41&r#frag", b"//double/slash?x", b"*",
+           b"http://other.example:8080/p?q", b"/\xff\x80", b"/?", b"/#", b"/a b",
+           b"http://[::1/", b"/x\ry", b"http://%zz/", b""]
+HOSTS = [b"Host: site.localhost", b"host:s9.localhost", b"HOST: \t a.b \t", b"Host:",
+         b"Host: bad\x01value", b"Host: x\ry", None]
+LINES = [b"GET %s HTTP/1.1", b"GET %s HTTP/1.0", b"HEAD %s HTTP/1.1", b"get %s HTTP/1.1",
+         b"GET %s", b"GET %s HTTP/1.1   ", b"GET  %s HTTP/1.1"]
+
+
+def head_of(line: bytes, target: bytes, host: bytes | None, rest: bytes) -> bytes:
+    return line.replace(b"%s", target) + b"\r\n" + (b"" if host is None else host + b"\r\n") + rest
+
+
+@pytest.mark.parametrize("rest", [
+    b"Accept-Encoding: gzip\r\nConnection: keep-alive\r\n\r\n",
+    b"\r\n",
+    b" folded\r\nAccept: */*\r\n\r\n",  # continues the Host line
+    b"Host: second\r\n\r\n",  # a second Host line joins the first
+    b"Connection: close\r\n\r\n",
+])
+def test_a_head_of_a_known_shape_gives_waitress_own_parse_of_its_bytes(rest):
+    """Every pairing of request line, target and Host line: a reuse is exactly what
+    Waitress makes of the new bytes, and whatever Waitress refuses is never a reuse."""
+    adj, heads = Adjustments(), KnownHeads(heads=100_000)
+    heads_seen = [head_of(line, target, host, rest)
+                  for line in LINES for target in TARGETS for host in HOSTS]
+    for data in heads_seen:
+        try:
+            parser, consumed = waitress_parse(adj, data)
+        except ValueError:
+            continue  # Waitress lets urlsplit's errors out; the connection answers 400
+        heads.remember(adj, data, consumed, parser)
+    reused = 0
+    for data in heads_seen:
+        known = heads.parser_for(adj, data + b"GET /next HTTP/1.1\r\n")
+        if known is None:
+            continue
+        reused += 1
+        parser, consumed = waitress_parse(adj, data)
+        assert parser.error is None and known[1] == consumed == len(data)
+        assert state(known[0]) == state(parser), data
+    assert reused >= (45 if rest.startswith(b"Host") else 180)  # the valid pairings, at least
 
 
 @pytest.mark.parametrize("data", [
@@ -64,9 +112,20 @@ def test_heads_with_a_body_a_fault_or_odd_framing_are_not_kept(data):
     assert heads.parser_for(adj, data) is None
 
 
+def test_every_file_of_every_site_is_one_shape():
+    """A client asking for many files of many sites sends one shape: one parse serves all."""
+    adj, heads = Adjustments(), KnownHeads()
+    datas = [HEAD.replace(b"/docs/?a=1&b=%20", f"/f{i % 10}.bin".encode())
+             .replace(b"site", f"s{i}".encode()) for i in range(5000)]
+    heads.remember(adj, datas[0], *waitress_parse(adj, datas[0])[::-1])
+    for data in datas:
+        assert state(heads.parser_for(adj, data)[0]) == state(waitress_parse(adj, data)[0])
+    assert heads.hits == len(datas)
+
+
 def test_a_full_memory_starts_over():
     adj, heads = Adjustments(), KnownHeads(heads=2)
-    datas = [HEAD.replace(b"/docs/", f"/p{i}".encode()) for i in range(3)]
+    datas = [HEAD.replace(b"gzip", f"g{i}".encode()) for i in range(3)]
     for data in datas:
         heads.remember(adj, data, *waitress_parse(adj, data)[::-1])
     assert heads.parser_for(adj, datas[2]) is not None

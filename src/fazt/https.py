@@ -9,6 +9,7 @@ in place; a host still waiting for one is served plainly meanwhile. Responses th
 HTTPS carry `Strict-Transport-Security`.
 """
 
+import functools
 import urllib.parse
 from collections.abc import Mapping
 
@@ -41,6 +42,18 @@ def hsts(config: Mapping) -> list[tuple[str, str]]:
     thread's, the fast path's and the loop's own refusals alike."""
     max_age = int(config.get("hsts_max_age") or 0)
     return [("Strict-Transport-Security", f"max-age={max_age}")] if max_age else []
+
+
+def hsts_lines(config: Mapping) -> bytes:
+    """hsts() as the header lines the event loop's own answers append, made once per value
+    (rendering them was about 2% of the loop's time per hot file over HTTPS)."""
+    return _hsts_lines(config.get("hsts_max_age"))
+
+
+@functools.lru_cache(maxsize=8)
+def _hsts_lines(max_age) -> bytes:
+    return b"".join(f"{name}: {value}\r\n".encode("latin-1")
+                    for name, value in hsts({"hsts_max_age": max_age}))
 
 
 class HttpsPolicy:

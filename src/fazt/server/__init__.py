@@ -5,7 +5,7 @@
     connection.py  one connection's states: handshake -> headers -> body -> task -> writing
     admission.py   who gets in: connection limit, each address's share, the cockpit's
                    reserve, body limits per route; 503/429/413/411/405 with reasons
-    heads.py       request heads seen before: Waitress's parse of the same bytes, copied
+    heads.py       request heads of a shape seen before: Waitress's parse of it, copied
     fastpath.py    cache hits answered from the loop with pre-rendered headers
     statuspath.py  the owner's status read answered from the loop (RAM only)
     bridge.py      a request on a lane thread (Waitress's WSGITask into a connection)
@@ -30,7 +30,10 @@ when Waitress is upgraded):
   `body_rcv` (its `.buf` is replaced by our Spool, which offers `append`,
   `getfile`, `__len__`, `close`), `close()`, `adj`, `header_bytes_received`, and
   its whole state in the instance's `__dict__` once a bodiless head is parsed
-  (heads.py copies it for the same bytes; tests/test_heads.py checks the copy).
+  (heads.py copies it for a head of the same shape, and works out again the fields
+  from the target and the Host line with `waitress.parser.crack_first_line`,
+  `split_uri` and `waitress.rfc7230.HEADER_FIELD_RE`; tests/test_heads.py checks the
+  copy against Waitress's own parse).
 - `waitress.task.WSGITask(channel, request)`: `service()`, `close_on_finish`,
   `wrote_header`, `version`, `has_body`, `request`, and `set_close_on_finish()`
   (overridden: no close after a 304/204 on HTTP/1.1); it reads `channel.server.application`,

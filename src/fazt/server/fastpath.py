@@ -24,7 +24,7 @@ import time
 from fazt import proxies
 from fazt.deploy import hidden_part
 from fazt.hosts import SITE
-from fazt.https import hsts
+from fazt.https import hsts_lines
 from fazt.instance import NORMAL, Instance
 from fazt.negotiation import etag, etag_matches, pick, static_headers
 from fazt.requestlog import RequestLog, line
@@ -120,8 +120,8 @@ class FastPath:
         else:
             status, answer = "200", prepared[OK]
         answer += self._date_line()
-        for name, value in hsts(instance.config) if tls else ():
-            answer += f"{name}: {value}\r\n".encode("latin-1")
+        if tls:
+            answer += hsts_lines(instance.config)
         if headers.get("CONNECTION", "").lower() == "close":
             answer += b"Connection: close\r\n"
         answer += b"\r\n"

@@ -32,8 +32,8 @@ when Waitress is upgraded):
   its whole state in the instance's `__dict__` once a bodiless head is parsed
   (heads.py copies it for a head of the same shape, and works out again the fields
   from the target and the Host line with `waitress.parser.crack_first_line`,
-  `split_uri` and `waitress.rfc7230.HEADER_FIELD_RE`; tests/test_heads.py checks the
-  copy against Waitress's own parse).
+  `waitress.parser.split_uri` and `waitress.rfc7230.HEADER_FIELD_RE`;
+  tests/test_heads.py checks the copy against Waitress's own parse).
 - `waitress.task.WSGITask(channel, request)`: `service()`, `close_on_finish`,
   `wrote_header`, `version`, `has_body`, `request`, and `set_close_on_finish()`
   (overridden: no close after a 304/204 on HTTP/1.1); it reads `channel.server.application`,

@@ -112,6 +112,15 @@ def test_heads_with_a_body_a_fault_or_odd_framing_are_not_kept(data):
     assert heads.parser_for(adj, data) is None
 
 
+def test_a_head_of_a_known_shape_too_long_for_the_listener_gets_waitress_431():
+    adj, heads = Adjustments(max_request_header_size=len(HEAD) + 1), KnownHeads()
+    heads.remember(adj, HEAD, *waitress_parse(adj, HEAD)[::-1])
+    longer = HEAD.replace(b"/docs/", b"/docs/longer/")
+    assert heads.parser_for(adj, HEAD) is not None
+    assert heads.parser_for(adj, longer) is None
+    assert waitress_parse(adj, longer)[0].error.code == 431
+
+
 def test_every_file_of_every_site_is_one_shape():
     """A client asking for many files of many sites sends one shape: one parse serves all."""
     adj, heads = Adjustments(), KnownHeads()

@@ -110,6 +110,8 @@ class KnownHeads:
         if end < 0:
             return None
         end += len(_END)
+        if end >= adj.max_request_header_size:
+            return None  # too long for this listener: Waitress's 431 (a longer target)
         split = _split(data[:end])
         if split is None:
             return None

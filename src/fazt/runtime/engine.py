@@ -6,9 +6,12 @@ has no way to reset a context (a script can change any global, any builtin
 prototype, any closure kept by the prelude), so a context is only ever reused
 for the same site and script version, never across sites; runtime.py decides
 when (`load` makes one, `invoke` runs the handler in it, again and again). A
-context is created, used and freed on one thread: the binding's contexts must
-not move between threads (QuickJS checks its stack depth against the thread
-that made it; used from another, every call overflows). Measured here
+context is created, used and freed on one thread (each thread keeps its own
+warm context: runtime.py). Older bindings required that (QuickJS checked its
+stack depth against the thread that made it: used from another, every call
+overflowed); quickjs-ng 0.17 does not (a context made on one thread recursed
+to half its depth limit from another), so contexts shared by a site's threads
+are possible, though not built. Measured here
 (`bench/js_bench.py`, 2 vCPUs): a fresh context with the prelude and a small
 script costs 0.3-1.1 ms, calling the handler again in a loaded one about
 0.03 ms, the CPU clock's restart and the heap's size included.

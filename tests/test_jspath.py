@@ -27,6 +27,10 @@ function handler(request) {
   if (request.path === "/api/server") {
     return { headers: { Server: "mine", Date: "Thu, 01 Jan 1970 00:00:00 GMT" }, body: "s" };
   }
+  if (request.path === "/api/braces") {  // the direct way keeps heads as format strings
+    return { headers: { "X-Brace": "{length} {date} {{x}} {0} }{", "Content-Type": "a/{b}" },
+             body: "{}" };
+  }
   if (request.path === "/api/throw") {
     throw new Error("boom");
   }
@@ -74,8 +78,8 @@ def requests_to_send() -> list[bytes]:
     for target in ("/api/echo?a=1&a=2&blank=&flag&x=%C3%A9", "//api/echo", "/api",
                    "/api/status?code=204", "/api/status?code=304", "/api/status?code=299",
                    "/api/status?code=503&body=x", "/api/cookies", "/api/bad-cookie",
-                   "/api/big", "/api/server", "/api/throw", "/api/bad-status", "/api/promise",
-                   "/api/nothing", "/api/../api/echo", "/api/caf%C3%A9"):
+                   "/api/big", "/api/server", "/api/braces", "/api/throw", "/api/bad-status",
+                   "/api/promise", "/api/nothing", "/api/../api/echo", "/api/caf%C3%A9"):
         for method in ("GET", "HEAD"):
             for extra in ("", "Accept-Encoding: gzip\r\n", "Connection: close\r\n"):
                 out.append(f"{method} {target} HTTP/1.1\r\n{host}{extra}\r\n".encode())

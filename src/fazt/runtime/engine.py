@@ -71,6 +71,12 @@ from fazt.runtime.response import JsResponse, error_response, read_answer
 STACK_BYTES = 512 * 1024  # deep recursion becomes a clean error; thread stacks are 8 MB
 CHECK_MEMORY_BYTES = 64 * MB  # for compiling a script at deploy
 CHECK_SECONDS = 2.0
+_JSON = json.JSONEncoder()
+# The request's JSON, with an encoder made once: json.dumps makes one per call, which was
+# half of the 2.3 µs it took (the text differs only in leaving out the separators' spaces).
+_ENCODER = json.encoder.c_make_encoder and json.encoder.c_make_encoder(
+    None, _JSON.default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False,
+    True)
 _LINE = re.compile(r"at <input>:(\d+)")
 _PRELUDE_FRAME = re.compile(r"\n\s+at __fazt_\w+ \([^)\n]*\)")  # prelude.py names them so
 _FRAME = re.compile(r"^\s+at (\S+) \((?:<input>|api/main\.js):(\d+)", re.M)
@@ -144,7 +150,7 @@ def invoke(loaded: Loaded, request: dict, limits: Limits) -> JsResponse | None:
             return None
     loaded.runs += 1
     try:
-        answer = step(json.dumps(request))
+        answer = step(encode_request(request))
         if _clock_kept(clock):
             return None
         if answer == PENDING:
@@ -166,22 +172,51 @@ def invoke(loaded: Loaded, request: dict, limits: Limits) -> JsResponse | None:
         return error_response(500, "js_error", "The script's answer could not be read.")
 
 
-def _clock_kept(clock: weakref.finalize | None) -> bool:
+def encode_request(request: dict) -> str:
+    """The request as JSON text for the prelude's step."""
+    return "".join(_ENCODER(request, 0)) if _ENCODER else json.dumps(request)
+
+
+def _clock_kept(clock: "weakref.ref[ClockOff] | None") -> bool:
     """Whether the limit was never switched off during the step (the script kept the
     callable). Then every call into Python was refused, so nothing the step did left
     its context: the context is dropped and a fresh one runs the request."""
-    if clock is not None and clock.alive:
-        clock.detach()
+    token = clock() if clock is not None else None
+    if token is not None:
+        token.ctx = None  # its end, whenever it comes, switches nothing off any more
         return True
     return False
 
 
-def arm_cpu_clock(ctx: quickjs.Context, seconds: float) -> weakref.finalize:
+class ClockOff:
+    """The callable armed as `__fazt_clock`: its end switches the context's limit off.
+
+    Its own `__del__` rather than a `weakref.finalize` (which registers every token in
+    a global table): arming and dropping it is one of the few things a warm request
+    costs besides the handler (about 1.3 µs instead of 2.2). It holds the context
+    until then; `_clock_kept` lets go of it when a script keeps the callable."""
+
+    __slots__ = ("ctx", "__weakref__")
+
+    def __init__(self, ctx: quickjs.Context):
+        self.ctx = ctx
+
+    def __call__(self) -> None:
+        return None
+
+    def __del__(self) -> None:
+        ctx = self.ctx
+        if ctx is not None:
+            self.ctx = None
+            ctx.set_time_limit(-1)
+
+
+def arm_cpu_clock(ctx: quickjs.Context, seconds: float) -> "weakref.ref[ClockOff]":
     """Start the CPU-time budget of `ctx` and give it `__fazt_clock`, a callable whose
     end (the JavaScript that runs next drops it) switches the limit off (see above)."""
     ctx.set_time_limit(seconds)
-    token = lambda: None  # noqa: E731 - any callable with a weakref will do
-    switched_off = weakref.finalize(token, ctx.set_time_limit, -1)
+    token = ClockOff(ctx)
+    switched_off = weakref.ref(token)
     ctx.add_callable("__fazt_clock", token)
     return switched_off
 
@@ -190,8 +225,7 @@ def start_cpu_clock(ctx: quickjs.Context, seconds: float) -> None:
     """Start the CPU-time budget of `ctx` and still allow calls into Python (see above)."""
     switched_off = arm_cpu_clock(ctx, seconds)
     ctx.eval("globalThis.__fazt_clock = undefined")
-    if switched_off.alive:
-        switched_off.detach()
+    if _clock_kept(switched_off):
         raise RuntimeError("this quickjs binding kept a deleted callable alive; "
                            "fazt cannot enforce JS time limits with it")
 

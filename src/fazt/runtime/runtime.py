@@ -81,10 +81,12 @@ LOOP_ANSWER_BYTES = 64 * 1024  # a handler that answered more runs on threads (c
 # not send a quick handler to threads, a handler slow every time goes within ~20 samples.
 _QUICK_WEIGHT = 1 / 16
 _QUICK_CAP = 4
-# A run on the loop is timed, and its context's heap measured, every this many runs (the
-# clock and QuickJS's count of its heap cost 2-6 µs each, a fair share of a quick run);
-# the server's sweep measures the loop's context once a second as well.
+# A run on the loop is timed every LOOP_SAMPLE_EVERY runs, and its context's heap measured
+# every LOOP_MEMORY_EVERY (the clock costs about 2 µs, QuickJS's count of its heap, a dict
+# of 30 numbers, about 6: a fair share of a quick run); the server's sweep measures the
+# loop's context once a second as well.
 LOOP_SAMPLE_EVERY = 8
+LOOP_MEMORY_EVERY = 32
 _MOVED = "moved"  # a run on the loop that must start over on a thread
 
 class JsBusy(Busy):
@@ -288,7 +290,7 @@ class Runtime:
             # the heap after that; see memory.py): the context goes, a thread starts over.
             return _MOVED
         here = self._warm
-        measured = loop_values is None or loaded.runs % LOOP_SAMPLE_EVERY == 1
+        measured = loop_values is None or loaded.runs % LOOP_MEMORY_EVERY == 1
         if (answer.error is None and loaded.runs < WARM_RUNS
                 and (not measured or loaded.memory_bytes() <= self._warm_bytes)):
             if isinstance(source, str):  # (reused warm with a reader: it keeps its text)

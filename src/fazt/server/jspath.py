@@ -216,23 +216,50 @@ class JsPath:
     def _render(status: int, sent: dict, cookies: list[str], body: bytes, method: str,
                 close: bool) -> bytes:
         """Status line, headers and body, framed as Falcon and Waitress frame them."""
-        headers = [(_spell(name), value) for name, value in sent.values()]
-        headers += [("Set-Cookie", cookie) for cookie in cookies]
-        if status in _BODILESS:
-            body = b""
+        bodiless = status in _BODILESS
+        if cookies:  # a cookie is often one visitor's: not worth remembering
+            head = _head(status, sent, cookies, bodiless, close)
         else:
-            headers.append(("Content-Length", str(len(body))))
-            if method == "HEAD":
-                body = b""
-        if close:
-            headers.append(("Connection", "close"))
-        headers.append(("Via", "fazt") if "server" in sent else ("Server", "fazt"))
-        if "date" not in sent:
-            headers.append(("Date", responses.http_date()))
-        headers.sort(key=lambda h: h[0])
-        lines = [f"HTTP/1.1 {falcon.code_to_http_status(status)}"]
-        lines += [f"{name}: {value}" for name, value in headers]
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+            key = (status, tuple(sent.values()), bodiless, close)
+            head = _HEADS.get(key)
+            if head is None:
+                head = _head(status, sent, cookies, bodiless, close)
+                if len(head) <= _HEADS_SIZE:
+                    if len(_HEADS) >= _HEADS_COUNT:
+                        _HEADS.clear()
+                    _HEADS[key] = head
+        data = head.format(length=len(body), date=responses.http_date()).encode("latin-1")
+        return data if bodiless or method == "HEAD" else data + body
+
+
+# Rendered heads by status, headers and framing, as format strings with the length and the
+# date left out: a handler answers with the same few heads most of the time, and spelling,
+# sorting and joining them cost more than the handler's own run on the loop.
+_HEADS: dict[tuple, str] = {}
+_HEADS_COUNT = 1024
+_HEADS_SIZE = 2048  # characters; a longer head is rendered every time
+
+
+def _head(status: int, sent: dict, cookies: list[str], bodiless: bool, close: bool) -> str:
+    """The head of an answer, as a format string with fields {length} and {date}."""
+    headers = [(_spell(name), _literal(value)) for name, value in sent.values()]
+    headers += [("Set-Cookie", _literal(cookie)) for cookie in cookies]
+    if not bodiless:
+        headers.append(("Content-Length", "{length}"))
+    if close:
+        headers.append(("Connection", "close"))
+    headers.append(("Via", "fazt") if "server" in sent else ("Server", "fazt"))
+    if "date" not in sent:
+        headers.append(("Date", "{date}"))
+    headers.sort(key=lambda h: h[0])
+    lines = [f"HTTP/1.1 {falcon.code_to_http_status(status)}"]
+    lines += [f"{name}: {value}" for name, value in headers]
+    return "\r\n".join(lines) + "\r\n\r\n"
+
+
+def _literal(text: str) -> str:
+    """`text` as it reads in a format string."""
+    return text.replace("{", "{{").replace("}", "}}")
 
 
 class JsJob(Job):

@@ -6,7 +6,7 @@ the first matching rule, and last the site's `404.html` (or fazt's page).
 """
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 from urllib.parse import quote
 
@@ -224,7 +224,7 @@ class SiteResource:
                              came_over_https(req), req.get_header("Accept-Encoding"))
         resp.status = falcon.code_to_http_status(answer.status)
         resp.data = answer.body
-        _set_headers(resp, answer.headers)
+        _set_headers(resp, answer.headers.values())
         for cookie in answer.cookies:
             resp.append_header("Set-Cookie", cookie)
 
@@ -234,7 +234,7 @@ class HandlerAnswer(NamedTuple):
     after `_as_sent`, the cookies after `site_cookie`."""
 
     status: int
-    headers: list[tuple[str, str]]
+    headers: dict[str, tuple[str, str]]  # lowercased name -> (name, value)
     cookies: list[str]
     body: bytes
 
@@ -309,7 +309,7 @@ def _join(path: str, name: str) -> str:
 
 
 def _as_sent(answer: JsResponse, accept_encoding: str | None
-             ) -> tuple[list[tuple[str, str]], bytes]:
+             ) -> tuple[dict[str, tuple[str, str]], bytes]:
     """A handler's headers and body as they go out: `no-store` unless the handler says
     otherwise (an answer may be personal: no shared cache should keep it), and an answer
     of 1 KiB to ON_THE_FLY_MAX in a compressible type compressed for a client that takes
@@ -328,9 +328,9 @@ def _as_sent(answer: JsResponse, accept_encoding: str | None
             if worth_it(len(body), len(packed)):
                 headers["content-encoding"] = ("Content-Encoding", coding)
                 body = packed
-    return list(headers.values()), body
+    return headers, body
 
 
-def _set_headers(resp: falcon.Response, headers: list[tuple[str, str]]) -> None:
+def _set_headers(resp: falcon.Response, headers: Iterable[tuple[str, str]]) -> None:
     for name, value in headers:
         resp.set_header(name, value)

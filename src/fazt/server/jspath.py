@@ -160,8 +160,7 @@ class JsPath:
             answer = self._run(parser, method, raw, site, script, tls, on_loop)
             if answer is None:
                 return None
-            status, sent, body = answer.status, answer.headers, answer.body
-            sent = {name.lower(): (name, value) for name, value in sent}
+            status, sent, body = answer.status, answer.headers, answer.body  # sent: its own
             cookies = answer.cookies
         except FaztError as exc:
             status, sent, body = self._error(raw, headers, http_errors.status_of(exc),

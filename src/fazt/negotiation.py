@@ -56,7 +56,6 @@ _FINGERPRINT = re.compile(
 
 
 @functools.lru_cache(maxsize=256)  # asked per handler answer, of a few types
-@functools.lru_cache(maxsize=256)  # asked for every handler's answer of 1 KiB or more
 def compressible(mime: str) -> bool:
     """Whether a type is worth compressing (text, scripts, JSON, SVG, fonts without
     their own compression); images, video, archives and woff2 already are."""

@@ -160,7 +160,8 @@ class JsPath:
             answer = self._run(parser, method, raw, site, script, tls, on_loop)
             if answer is None:
                 return None
-            status, sent, body = answer.status, answer.headers, answer.body  # sent: its own
+            # `sent` is this answer's own dict (made by _as_sent): HSTS is added to it below
+            status, sent, body = answer.status, answer.headers, answer.body
             cookies = answer.cookies
         except FaztError as exc:
             status, sent, body = self._error(raw, headers, http_errors.status_of(exc),

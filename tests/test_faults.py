@@ -114,6 +114,73 @@ def test_disk_full_during_deploy_keeps_the_old_version(tmp_path):
         subprocess.run(["umount", "-l", str(small)], capture_output=True)
 
 
+@pytest.mark.parametrize("where", ["missing folder", "a folder", "full disk"])
+def test_a_backup_that_cannot_be_written_says_why_and_leaves_nothing(tmp_path, where):
+    db = init_db(tmp_path / "data.db")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "big.bin").write_bytes(os.urandom(1 << 20) * 8)
+    fazt("deploy", str(site), "--site", "blog", "--db", str(db))
+    small = tmp_path / "small"
+    if where == "missing folder":
+        out = tmp_path / "no" / "such" / "backup.db"
+    elif where == "a folder":
+        out = tmp_path / "folder"
+        out.mkdir()
+    else:
+        if not _mount_tmpfs(small, 2):
+            pytest.skip("cannot mount a small tmpfs here")
+        out = small / "backup.db"
+    try:
+        result = fazt("backup", str(out), "--db", str(db), check=False)
+        assert result.returncode == 1, result.stdout
+        assert "Traceback" not in result.stderr
+        assert f"Could not write the backup to {out}" in result.stderr
+        if where == "a folder":
+            assert out.is_dir() and not any(out.iterdir())
+        else:
+            assert not out.exists()
+        assert not Path(str(out) + ".partial").exists()
+        assert _integrity(db) == "ok"
+    finally:
+        if small.exists():
+            subprocess.run(["umount", "-l", str(small)], capture_output=True)
+
+
+def test_a_full_disk_under_the_log_and_the_database_still_serves(tmp_path):
+    """The deploy leaves no room at all on the disk that holds the database and the
+    server's log: the server starts and serves anyway (its lines are dropped), a cockpit
+    backup is a 503 that says why and leaves nothing behind, and it stops cleanly."""
+    small = tmp_path / "small"
+    if not _mount_tmpfs(small, 24):
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        db = init_db(small / "data.db")
+        site = tmp_path / "site"
+        site.mkdir()
+        (site / "index.html").write_text("still here")
+        for i in range(14):  # the database and its WAL fill the 24 MB
+            (site / f"f{i}.bin").write_bytes(os.urandom(1 << 20))
+        fazt("deploy", str(site), "--site", "blog", "--db", str(db))
+        assert os.statvfs(small).f_bavail * os.statvfs(small).f_frsize < 1 << 20
+        srv = Server(db)  # its log is on the full disk: db.parent
+        try:
+            assert srv.get("/", host="blog.localhost").text == "still here"
+            admin = Admin(srv)
+            r = admin.get("/api/backup")
+            assert r.status_code == 503, r.status_code
+            assert "Could not write the backup" in r.json()["error"]["message"]
+            assert not [p.name for p in small.iterdir() if ".backup-" in p.name]
+            admin.status()  # the cockpit answers on
+            assert srv.get("/f3.bin", host="blog.localhost").content == \
+                (site / "f3.bin").read_bytes()
+        finally:
+            assert srv.stop() == 0
+        assert _integrity(db) == "ok"
+    finally:
+        subprocess.run(["umount", "-l", str(small)], capture_output=True)
+
+
 def test_locked_database_with_downloads_in_flight(tmp_path):
     """Another process locks the whole database while large downloads run: the cockpit
     answers throughout (4 s of it), sites answer 503 or wait, and nothing hangs."""

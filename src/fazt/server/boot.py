@@ -25,7 +25,7 @@ from fazt.hosts import classify, host_name
 from fazt.https import hsts
 from fazt.instance import Instance
 from fazt.requestlog import RequestLog
-from fazt.server import priority
+from fazt.server import logstream, priority
 from fazt.server.admission import Admission
 from fazt.server.fastpath import FastPath
 from fazt.server.http import HTTPServer
@@ -149,6 +149,7 @@ def run(db_path: str, host: str, port: int | None, https_port: int | None = None
         follow: str | None = None) -> None:
     """Boot, serve until SIGINT/SIGTERM, stop cleanly. With `follow` (a replica URL),
     serve read-only from a copy of that replica that Litestream keeps current."""
+    logstream.install()  # a full disk under the log must not stop the server (logstream.py)
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
                         format="%(name)s: %(message)s")
     # Waitress warns on every request queued behind busy threads: under a flood that is a

@@ -13,6 +13,7 @@ its PRAGMAs the next time its thread takes it.
 """
 
 import contextlib
+import errno
 import mmap
 import os
 import sqlite3
@@ -240,9 +241,18 @@ class Database:
                 dst.close()
                 src.close()
             os.replace(tmp, out_path)
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+            # A sentence, not a traceback. No room (SQLite says "database or disk is full")
+            # is the server's state: Unavailable (503 from the cockpit); a path that cannot
+            # be written (no such folder, a folder's name) is the caller's.
+            why = f"Could not write the backup to {out_path}: "
+            if isinstance(exc, sqlite3.Error) or (
+                    isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)):
+                raise Unavailable(why + f"{getattr(exc, 'strerror', None) or exc}.") from None
+            if isinstance(exc, OSError):
+                raise FaztError(why + f"{exc.strerror or exc}.") from None
             raise
 
 

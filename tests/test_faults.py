@@ -181,6 +181,27 @@ def test_a_full_disk_under_the_log_and_the_database_still_serves(tmp_path):
         subprocess.run(["umount", "-l", str(small)], capture_output=True)
 
 
+def test_init_on_a_full_disk_says_so_and_leaves_nothing_in_the_way(tmp_path):
+    small = tmp_path / "small"
+    if not _mount_tmpfs(small, 1):
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        filler = small / "filler"
+        filler.write_bytes(bytes(900_000))
+        db = small / "data.db"
+        args = ("server", "init", "--db", str(db), "--domain", "localhost",
+                "--username", "admin", "--password", "change-me-now")
+        result = fazt(*args, check=False)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert f"Could not create the database at {db}" in result.stderr
+        assert sorted(p.name for p in small.iterdir()) == ["filler"]
+        filler.unlink()  # room again: the next init is not refused by a half-made file
+        fazt(*args)
+        assert _integrity(db) == "ok"
+    finally:
+        subprocess.run(["umount", "-l", str(small)], capture_output=True)
+
+
 def test_locked_database_with_downloads_in_flight(tmp_path):
     """Another process locks the whole database while large downloads run: the cockpit
     answers throughout (4 s of it), sites answer 503 or wait, and nothing hangs."""

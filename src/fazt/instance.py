@@ -159,7 +159,10 @@ def init_database(path: str, *, domain: str, username: str, password: str,
         raise FaztError(f"A database already exists at {path}; refusing to touch it.")
     machine = probe(path, memory_mb=memory_mb, cpus=cpus)
     thresholds = th.thresholds_for(machine)
-    db = create_database(path)
+    try:
+        db = create_database(path)
+    except (sqlite3.Error, OSError) as exc:  # e.g. no room: create_database left nothing
+        raise FaztError(f"Could not create the database at {path}: {exc}.") from None
     try:
         with db.write() as conn:
             save_config(conn, {**thresholds, "domain": domain.lower(), "port": port,
@@ -169,11 +172,13 @@ def init_database(path: str, *, domain: str, username: str, password: str,
             save_secret(conn, "password_hash", hash_password(password))
             save_secret(conn, "session_key", new_session_key())
         refresh_admin_assets(db)
-    except BaseException:
+    except BaseException as exc:
         db.close()
         for suffix in ("", "-wal", "-shm"):
             if os.path.exists(path + suffix):
                 os.unlink(path + suffix)
+        if isinstance(exc, (sqlite3.Error, OSError)):
+            raise FaztError(f"Could not create the database at {path}: {exc}.") from None
         raise
     db.close()
     return {"db": path, "domain": domain, "machine": machine.as_dict(), "thresholds": thresholds}

@@ -173,7 +173,8 @@ def migrate(conn: sqlite3.Connection) -> int:
             )
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite already rolled back a COMMIT that found no room
+                conn.execute("ROLLBACK")
             raise
     return len(MIGRATIONS)
 

@@ -159,6 +159,9 @@ def test_a_full_disk_under_the_log_and_the_database_still_serves(tmp_path):
         site = tmp_path / "site"
         site.mkdir()
         (site / "index.html").write_text("still here")
+        (site / "api").mkdir()
+        (site / "api" / "main.js").write_text(
+            'function handler(request) { fazt.kv.set("n", 1); return {body: "kept"}; }')
         for i in range(14):  # the database and its WAL fill the 24 MB
             (site / f"f{i}.bin").write_bytes(os.urandom(1 << 20))
         fazt("deploy", str(site), "--site", "blog", "--db", str(db))
@@ -171,6 +174,15 @@ def test_a_full_disk_under_the_log_and_the_database_still_serves(tmp_path):
             assert r.status_code == 503, r.status_code
             assert "Could not write the backup" in r.json()["error"]["message"]
             assert not [p.name for p in small.iterdir() if ".backup-" in p.name]
+            # Writes say why they wrote nothing; an upload is answered, never reset.
+            r = admin.put("/api/config", json={"vfs_cache_mb": 50})
+            assert r.status_code == 503 and "disk is full" in r.json()["error"]["message"]
+            r = srv.get("/api/x", host="blog.localhost")
+            assert r.status_code == 500 and "kv.set: The disk is full" in r.text
+            upload = zip_of({"index.html": os.urandom(100_000)})  # spooled: over 16 KiB
+            r = admin.post("/api/deploy?site=other", data=upload,
+                           headers={"Content-Type": "application/zip"})
+            assert r.status_code == 503 and "no room" in r.json()["error"]["message"], r.text
             admin.status()  # the cockpit answers on
             assert srv.get("/f3.bin", host="blog.localhost").content == \
                 (site / "f3.bin").read_bytes()

@@ -275,6 +275,11 @@ class Connection:
                 except ValueError:  # Waitress lets urlsplit's errors out ("GET http://[::1")
                     self.server.admission.busy(self)
                     return self.refuse(Refusal(400, "bad_request", "Bad Request: Bad URI."))
+                except OSError as exc:  # a body's spool file found no room on the disk
+                    self.server.admission.busy(self)
+                    return self.refuse(Refusal(503, "unavailable", "There is no room on the "
+                                               f"disk for this request's body: "
+                                               f"{exc.strerror or exc}."))
                 if fresh and parser.completed:
                     self.server.heads.remember(parser.adj, self.inbuf, consumed, parser)
             self.inbuf = self.inbuf[consumed:]

@@ -131,7 +131,7 @@ class Database:
         `sqlite_cache_mb`: streams read each chunk once, and caching what will
         not be read again would only spend the budget.
         """
-        with _translate_busy():
+        with _as_fazt_errors():
             yield self._reader(cache_mb)
 
     def release_reader(self) -> None:
@@ -159,7 +159,7 @@ class Database:
         if self.read_only:
             raise ReadOnly()
         with self._write_lock:
-            with _translate_busy():
+            with _as_fazt_errors():
                 if self._writer is None:
                     self._writer = self._connect(self.limits.busy_ms)
                     self._writer_generation = self._generation
@@ -234,7 +234,7 @@ class Database:
             src = self._connect(self.limits.busy_ms)
             dst = sqlite3.connect(tmp)
             try:
-                with _translate_busy():
+                with _as_fazt_errors():
                     src.backup(dst, pages=1024)
                 dst.execute("PRAGMA journal_mode=DELETE")
             finally:
@@ -247,12 +247,14 @@ class Database:
             # A sentence, not a traceback. No room (SQLite says "database or disk is full")
             # is the server's state: Unavailable (503 from the cockpit); a path that cannot
             # be written (no such folder, a folder's name) is the caller's.
-            why = f"Could not write the backup to {out_path}: "
+            why = f"Could not write the backup to {out_path}"
+            if isinstance(exc, Unavailable):  # busy, or no room (_as_fazt_errors)
+                raise Unavailable(f"{why}. {exc.message}") from None
             if isinstance(exc, sqlite3.Error) or (
                     isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)):
-                raise Unavailable(why + f"{getattr(exc, 'strerror', None) or exc}.") from None
+                raise Unavailable(f"{why}: {getattr(exc, 'strerror', None) or exc}.") from None
             if isinstance(exc, OSError):
-                raise FaztError(why + f"{exc.strerror or exc}.") from None
+                raise FaztError(f"{why}: {exc.strerror or exc}.") from None
             raise
 
 
@@ -273,7 +275,8 @@ def _shm_map(path: str) -> mmap.mmap:
 
 
 @contextlib.contextmanager
-def _translate_busy() -> Iterator[None]:
+def _as_fazt_errors() -> Iterator[None]:
+    """SQLite's errors that a user can act on, as their sentences: busy, no room."""
     try:
         yield
     except sqlite3.OperationalError as exc:
@@ -282,6 +285,9 @@ def _translate_busy() -> Iterator[None]:
         # process) after its own ~10 s of retries, whatever busy_timeout says.
         if "locked" in text or "busy" in text or "locking protocol" in text:
             raise Unavailable("The database is busy; try again shortly.") from exc
+        if "disk is full" in text:  # SQLITE_FULL: the transaction was rolled back whole
+            raise Unavailable("The disk is full: nothing changed. Free some space and "
+                              "try again.") from exc
         raise
 
 

@@ -125,7 +125,7 @@ class Server:
     """`fazt server start` in a subprocess on a free port."""
 
     def __init__(self, db: Path, env: dict | None = None, port: int | None = None,
-                 args: tuple[str, ...] = ()):
+                 args: tuple[str, ...] = (), preexec=None):
         self.db = db
         self.port = port or free_port()
         self.log_path = db.parent / f"server-{self.port}.log"
@@ -133,7 +133,8 @@ class Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fazt", "server", "start", "--db", str(db), "--host",
              "127.0.0.1", "--port", str(self.port), *args],
-            stdout=self._log, stderr=subprocess.STDOUT, env=env or fazt_env())
+            stdout=self._log, stderr=subprocess.STDOUT, env=env or fazt_env(),
+            preexec_fn=preexec)
         self.wait_ready()
 
     def wait_ready(self, timeout: float = 30) -> None:

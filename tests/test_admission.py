@@ -46,9 +46,9 @@ def status_of(port: int, request: bytes, timeout: float = 10) -> int | str:
         return "timeout"
 
 
-def sign_in(srv: Server) -> tuple[int, float]:
+def sign_in(srv: Server, timeout: float = 10) -> tuple[int, float]:
     began = time.monotonic()
-    r = requests.post(srv.url("/api/login"), json=CREDENTIALS, timeout=10,
+    r = requests.post(srv.url("/api/login"), json=CREDENTIALS, timeout=timeout,
                       headers={"Host": "admin.localhost", **CSRF})
     return r.status_code, time.monotonic() - began
 
@@ -216,6 +216,43 @@ def test_two_thousand_idle_connections_and_a_sign_in_within_a_second(live: Serve
     finally:
         for s in crowd:
             s.close()
+
+
+@pytest.mark.parametrize("descriptors", [256, 64])
+def test_few_file_descriptors_a_crowd_and_the_owner_still_gets_in(db_path, descriptors):
+    """connection_limit (100,000 on a roomy host) above what `ulimit -n` allows: the server
+    says so and admits no more than the descriptors hold, so a crowd of silent connections
+    is evicted as usual instead of running the process out of descriptors (then accept
+    failed, the loop spun on the listener and the owner's sign-in timed out). At 64 the
+    floor of 16 connections still exceeds them: the listener waits instead of spinning."""
+    import re
+    import resource
+
+    def few():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (descriptors, descriptors))
+
+    with Server.running(db_path, preexec=few) as srv:
+        said = re.search(rb"allow (\d+) connections", srv.log_path.read_bytes())
+        assert said, srv.log()
+        allowed = int(said.group(1))
+        assert 16 <= allowed < descriptors
+        crowd = []
+        try:
+            for _ in range(descriptors + 150):
+                crowd.append(socket.create_connection(("127.0.0.1", srv.port)))
+            server = psutil.Process(srv.proc.pid)
+            assert eventually(lambda: server.num_fds() >= min(descriptors, allowed + 16),
+                              timeout=10)
+            assert server.cpu_percent(1.0) < 50  # not spinning on a listener it cannot serve
+            signed, took = sign_in(srv, timeout=30)
+            assert signed == 200, signed
+            admission = Admin(srv).status()["connections"]
+            assert admission["limit"] == allowed and admission["open"] <= allowed
+            assert admission["evicted"] > 0
+        finally:
+            for s in crowd:
+                s.close()
+        assert srv.get("/_fazt/health").status_code == 200
 
 
 @pytest.mark.client_timeout(4)  # a body's rate is checked after 4 s instead of 10

@@ -15,6 +15,7 @@
     responses.py   the answers the loop writes itself, shaped like the threads'
     http.py        listeners + connections + the once-a-second sweep of timeouts
     logstream.py   the server's standard error: a full disk drops lines, never the server
+    descriptors.py connections no more than `ulimit -n` allows (the smaller limit wins)
     boot.py        `fazt server start`: the quiet window, then bind and run
 
 Waitress internals this package touches (pinned by a contract test; check them

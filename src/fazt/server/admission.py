@@ -2,7 +2,8 @@
 
 The rules, in the order a connection meets them:
 
-1. Accepting. Past `connection_limit` open connections (a TLS connection counts
+1. Accepting. Past `connection_limit` open connections (or fewer, when the process's
+   file descriptors allow fewer: descriptors.py; a TLS connection counts
    as two, its memory being twice an idle plain one's: tls.py), room is made by
    closing a connection *between requests*, never one whose request has
    arrived and never one that has spoken to the cockpit: first one that has
@@ -60,6 +61,8 @@ USER_QUEUE_LIMIT = 256  # site requests waiting for a thread before new ones get
 BODY_MIN_RATE = 1024  # bytes a second a body must average, after BODY_GRACE seconds
 BODY_GRACE = CLIENT_TIMEOUT
 BODIES_MIN = 8  # bodies read at once however low connection_limit is (capacity.js charges them)
+BODIES_SHARE = 8  # one connection in this many may send a body at once (bodies_limit)
+LINGERING_SHARE = 8  # and one in this many may linger half-closed (lingering_limit)
 LOGIN_BODY = 8 * 1024  # a sign-in is a few hundred bytes
 JSON_BODY = 64 * 1024  # the admin API's JSON bodies (cockpit/resources.py's JSON_LIMIT)
 
@@ -168,7 +171,12 @@ class Admission:
 
     @property
     def bodies_limit(self) -> int:
-        return max(BODIES_MIN, self.connection_limit // 8)
+        return max(BODIES_MIN, self.connection_limit // BODIES_SHARE)
+
+    @property
+    def lingering_limit(self) -> int:
+        """Half-closed connections kept reading at once (HTTPServer.linger)."""
+        return max(BODIES_MIN, self.connection_limit // LINGERING_SHARE)
 
     @property
     def address_bodies_limit(self) -> int:

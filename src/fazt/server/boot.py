@@ -9,7 +9,6 @@ import errno
 import gc
 import logging
 import os
-import resource
 import signal
 import socket
 import sys
@@ -25,7 +24,7 @@ from fazt.hosts import classify, host_name
 from fazt.https import hsts
 from fazt.instance import Instance
 from fazt.requestlog import RequestLog
-from fazt.server import logstream, priority
+from fazt.server import descriptors, logstream, priority
 from fazt.server.admission import Admission
 from fazt.server.fastpath import FastPath
 from fazt.server.http import HTTPServer
@@ -64,8 +63,9 @@ def bind(host: str, port: int, option: str = "--port") -> socket.socket:
     return sock
 
 
-def admission_for(instance: Instance) -> Admission:
-    admission = Admission(host_classifier(instance), **_admission_limits(instance.config))
+def admission_for(instance: Instance, fds: descriptors.Descriptors | None = None
+                  ) -> Admission:
+    admission = Admission(host_classifier(instance), **_admission_limits(instance.config, fds))
     admission.trusted = lambda: proxies.networks(tuple(instance.config["trusted_proxies"]))
     return admission
 
@@ -90,10 +90,14 @@ def host_classifier(instance: Instance, entries: int = 1024):
     return classify_host
 
 
-def _admission_limits(c: dict) -> dict:
+def _admission_limits(c: dict, fds: descriptors.Descriptors | None) -> dict:
+    """The thresholds admission applies; connections no more than descriptors allow."""
+    limit = int(c["connection_limit"])
+    if fds is not None:
+        limit = min(limit, fds.connections(int(c["user_threads"]) + int(c["cockpit_threads"])))
     return {
-        "connection_limit": int(c["connection_limit"]),
-        "address_connections": int(c["address_connections"]),
+        "connection_limit": limit,
+        "address_connections": min(int(c["address_connections"]), limit),
         "address_rps": float(c["address_requests_per_s"]),
         "max_upload_bytes": int(float(c["max_upload_mb"]) * MB),
         "js_body_bytes": int(min(float(c["max_upload_mb"]), float(c["js_memory_mb"])) * MB),
@@ -104,7 +108,13 @@ def make_server(instance: Instance, log: RequestLog | None = None) -> HTTPServer
     """A server with no socket yet (see `HTTPServer.listen`), not yet running."""
     c = instance.config
     lanes = LaneDispatcher(int(c["user_threads"]), int(c["cockpit_threads"]))
-    admission = admission_for(instance)
+    fds = descriptors.Descriptors()  # before the lanes' threads open their readers
+    admission = admission_for(instance, fds)
+    if admission.connection_limit < int(c["connection_limit"]):
+        sys.stderr.write(f"fazt: {fds.soft} file descriptors (ulimit -n) allow "
+                         f"{admission.connection_limit} connections, fewer than "
+                         f"connection_limit ({c['connection_limit']}): admission uses "
+                         f"{admission.connection_limit}\n")
 
     def pause() -> None:
         """The loop gives Python's lock away while the lanes are busy.
@@ -128,21 +138,10 @@ def make_server(instance: Instance, log: RequestLog | None = None) -> HTTPServer
 
     def resize(user_threads: int, cockpit_threads: int, connection_limit: int) -> None:
         lanes.resize(user_threads, cockpit_threads)
-        admission.resize(**_admission_limits(instance.config))
+        admission.resize(**_admission_limits(instance.config, fds))
 
     instance.resize_lanes = resize
     return server
-
-
-def _raise_descriptor_limit() -> None:
-    """Every connection is a file descriptor: allow as many as the system lets us."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY
-                                                        else 1 << 20, hard))
-        except (ValueError, OSError):
-            pass
 
 
 def run(db_path: str, host: str, port: int | None, https_port: int | None = None,
@@ -155,7 +154,7 @@ def run(db_path: str, host: str, port: int | None, https_port: int | None = None
     # Waitress warns on every request queued behind busy threads: under a flood that is a
     # log line per request. A queue is expected under load.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
-    _raise_descriptor_limit()
+    descriptors.raise_limit()
     priority.reset_new_threads()  # before any thread is raised, so none inherits it
     held = claim_for_server(db_path)  # `fazt restore` refuses a database a server holds
     instance = _follower(db_path, follow) if follow else _primary(db_path)

@@ -69,7 +69,7 @@ HEADER_TIMEOUT = CLIENT_TIMEOUT  # seconds from a request's first byte to its la
 FIRST_REQUEST_TIMEOUT = CLIENT_TIMEOUT  # a new connection that says nothing is closed after this
 KEEPALIVE_TIMEOUT = 30.0  # an idle keep-alive connection is closed after this
 WRITE_TIMEOUT = 60.0  # a client that takes no byte of its answer for this long is gone
-LINGER = 2.0  # seconds a closing connection reads and drops what still arrives
+LINGER = 2.0  # seconds a closing connection reads and drops what still arrives (HTTPServer.linger)
 SPOOL_MEMORY = 16 * 1024  # a body above this goes to a file
 
 
@@ -617,6 +617,7 @@ class Connection:
         self.server.release(self)
         self.state, self.since = CLOSING, time.monotonic()
         self._want(READ)
+        self.server.linger(self)
 
     def evict(self) -> None:
         """Closed to make room, only ever between requests (admission's closable orders).

@@ -9,6 +9,7 @@ a sweep checks every connection's timeouts.
 import logging
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 from waitress.adjustments import Adjustments
@@ -39,6 +40,9 @@ class HTTPServer:
         self.log = log
         self.loop = Loop(after_turn=after_turn, on_wake=self.resume_stalled)
         self.connections: set[Connection] = set()
+        # Half-closed connections reading what still arrives (Connection._begin_close),
+        # oldest first. Uncounted by admission, so bounded here: each holds a descriptor.
+        self.lingering: OrderedDict[Connection, None] = OrderedDict()
         self.heads = KnownHeads()  # request heads parsed before (heads.py)
         self.stalled: set[Connection] = set()
         self.listeners: list[Listener] = []
@@ -98,9 +102,20 @@ class HTTPServer:
 
     def forget(self, conn: Connection) -> None:
         """A connection closed."""
+        self.lingering.pop(conn, None)
         if conn in self.connections:
             self.connections.discard(conn)
             self.release(conn)
+
+    def linger(self, conn: Connection) -> None:
+        """`conn` half-closed and now lingers. Past lingering_limit (a crowd evicted faster
+        than LINGER lets them go) the oldest is closed outright: its client was answered
+        or evicted a while ago, and a descriptor held for it could lock out a newcomer
+        (descriptors.py counts on this bound)."""
+        self.lingering[conn] = None
+        while len(self.lingering) > self.admission.lingering_limit:
+            oldest, _ = self.lingering.popitem(last=False)
+            oldest.abort()
 
     def release(self, conn: Connection) -> None:
         """It no longer counts against the limits (closed, or closing)."""

@@ -26,6 +26,7 @@ events still get a share of every turn, however busy the urgent ones are.
 of the ready list, and maxevents only cuts the list.)
 """
 
+import errno
 import heapq
 import itertools
 import logging
@@ -44,6 +45,7 @@ log = logging.getLogger("fazt")
 # whole turns from the connections already open.
 ACCEPTS_AT_ONCE = 32
 URGENT_EVERY = 8  # ordinary events handled between two looks at the urgent ones
+RETRY_ACCEPT = 0.1  # seconds before a listener out of descriptors tries again
 
 
 class Timer:
@@ -196,18 +198,27 @@ class Listener:
             self.paused = False
             self.loop.urgent.register(self.sock, selectors.EVENT_READ, self)
 
+    def _pause(self) -> None:
+        self.paused = True
+        self.loop.urgent.unregister(self.sock)
+
     def handle_event(self, mask: int) -> None:
         for _ in range(ACCEPTS_AT_ONCE):
             if not self.has_room():  # newcomers wait in the kernel's backlog meanwhile
-                self.paused = True
-                self.loop.urgent.unregister(self.sock)
+                self._pause()
                 return
             try:
                 conn, addr = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:  # out of descriptors, or the peer gave up in the backlog
-                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    # Out of descriptors (descriptors.py keeps admission below that): the
+                    # socket stays readable, so watching it would spin the loop. Look again
+                    # when a connection closes (the server resumes its listeners) or soon.
+                    self._pause()
+                    self.loop.call_later(RETRY_ACCEPT, self.resume)
+                return  # or the peer gave up while in the backlog
             conn.setblocking(False)
             self.on_accept(conn, addr, self.transport(), self)
 

@@ -91,127 +91,124 @@ def _mount_tmpfs(where: Path, size_mb: int) -> bool:
     return done.returncode == 0
 
 
-def test_disk_full_during_deploy_keeps_the_old_version(tmp_path):
-    small = tmp_path / "small"
-    if not _mount_tmpfs(small, 24):
-        pytest.skip("cannot mount a small tmpfs here")
-    try:
-        db = init_db(small / "data.db")
-        site = tmp_path / "site"
-        site.mkdir()
-        (site / "index.html").write_text("old version")
-        fazt("deploy", str(site), "--site", "blog", "--db", str(db))
-        for i in range(40):
-            (site / f"f{i}.bin").write_bytes(os.urandom(1 << 20))
-        (site / "index.html").write_text("new version")
-        result = fazt("deploy", str(site), "--site", "blog", "--db", str(db), check=False)
-        assert result.returncode == 1 and "Traceback" not in result.stderr
-        assert "nothing changed" in result.stderr
-        assert _integrity(db) == "ok"
-        with Server.running(db) as srv:
-            assert srv.get("/", host="blog.localhost").text == "old version"
-    finally:
-        subprocess.run(["umount", "-l", str(small)], capture_output=True)
+@pytest.fixture
+def small_disk(tmp_path):
+    """`small_disk(size_mb)`: a tmpfs that small, unmounted after the test (which is skipped
+    where one cannot be mounted)."""
+    mounted: list[Path] = []
+
+    def mount(size_mb: int) -> Path:
+        where = tmp_path / f"small{len(mounted)}"
+        if not _mount_tmpfs(where, size_mb):
+            pytest.skip("cannot mount a small tmpfs here")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def test_disk_full_during_deploy_keeps_the_old_version(tmp_path, small_disk):
+    small = small_disk(24)
+    db = init_db(small / "data.db")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("old version")
+    fazt("deploy", str(site), "--site", "blog", "--db", str(db))
+    for i in range(40):
+        (site / f"f{i}.bin").write_bytes(os.urandom(1 << 20))
+    (site / "index.html").write_text("new version")
+    result = fazt("deploy", str(site), "--site", "blog", "--db", str(db), check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "nothing changed" in result.stderr
+    assert _integrity(db) == "ok"
+    with Server.running(db) as srv:
+        assert srv.get("/", host="blog.localhost").text == "old version"
 
 
 @pytest.mark.parametrize("where", ["missing folder", "a folder", "full disk"])
-def test_a_backup_that_cannot_be_written_says_why_and_leaves_nothing(tmp_path, where):
+def test_a_backup_that_cannot_be_written_says_why_and_leaves_nothing(tmp_path, where,
+                                                                    small_disk):
     db = init_db(tmp_path / "data.db")
     site = tmp_path / "site"
     site.mkdir()
     (site / "big.bin").write_bytes(os.urandom(1 << 20) * 8)
     fazt("deploy", str(site), "--site", "blog", "--db", str(db))
-    small = tmp_path / "small"
     if where == "missing folder":
         out = tmp_path / "no" / "such" / "backup.db"
     elif where == "a folder":
         out = tmp_path / "folder"
         out.mkdir()
     else:
-        if not _mount_tmpfs(small, 2):
-            pytest.skip("cannot mount a small tmpfs here")
-        out = small / "backup.db"
-    try:
-        result = fazt("backup", str(out), "--db", str(db), check=False)
-        assert result.returncode == 1, result.stdout
-        assert "Traceback" not in result.stderr
-        assert f"Could not write the backup to {out}" in result.stderr
-        if where == "a folder":
-            assert out.is_dir() and not any(out.iterdir())
-        else:
-            assert not out.exists()
-        assert not Path(str(out) + ".partial").exists()
-        assert _integrity(db) == "ok"
-    finally:
-        if small.exists():
-            subprocess.run(["umount", "-l", str(small)], capture_output=True)
+        out = small_disk(2) / "backup.db"
+    result = fazt("backup", str(out), "--db", str(db), check=False)
+    assert result.returncode == 1, result.stdout
+    assert "Traceback" not in result.stderr
+    assert f"Could not write the backup to {out}" in result.stderr
+    if where == "a folder":
+        assert out.is_dir() and not any(out.iterdir())
+    else:
+        assert not out.exists()
+    assert not Path(str(out) + ".partial").exists()
+    assert _integrity(db) == "ok"
 
 
-def test_a_full_disk_under_the_log_and_the_database_still_serves(tmp_path):
+def test_a_full_disk_under_the_log_and_the_database_still_serves(tmp_path, small_disk):
     """The deploy leaves no room at all on the disk that holds the database and the
     server's log: the server starts and serves anyway (its lines are dropped), a cockpit
     backup is a 503 that says why and leaves nothing behind, and it stops cleanly."""
-    small = tmp_path / "small"
-    if not _mount_tmpfs(small, 24):
-        pytest.skip("cannot mount a small tmpfs here")
+    small = small_disk(24)
+    db = init_db(small / "data.db")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("still here")
+    (site / "api").mkdir()
+    (site / "api" / "main.js").write_text(
+        'function handler(request) { fazt.kv.set("n", 1); return {body: "kept"}; }')
+    for i in range(14):  # the database and its WAL fill the 24 MB
+        (site / f"f{i}.bin").write_bytes(os.urandom(1 << 20))
+    fazt("deploy", str(site), "--site", "blog", "--db", str(db))
+    assert os.statvfs(small).f_bavail * os.statvfs(small).f_frsize < 1 << 20
+    srv = Server(db)  # its log is on the full disk: db.parent
     try:
-        db = init_db(small / "data.db")
-        site = tmp_path / "site"
-        site.mkdir()
-        (site / "index.html").write_text("still here")
-        (site / "api").mkdir()
-        (site / "api" / "main.js").write_text(
-            'function handler(request) { fazt.kv.set("n", 1); return {body: "kept"}; }')
-        for i in range(14):  # the database and its WAL fill the 24 MB
-            (site / f"f{i}.bin").write_bytes(os.urandom(1 << 20))
-        fazt("deploy", str(site), "--site", "blog", "--db", str(db))
-        assert os.statvfs(small).f_bavail * os.statvfs(small).f_frsize < 1 << 20
-        srv = Server(db)  # its log is on the full disk: db.parent
-        try:
-            assert srv.get("/", host="blog.localhost").text == "still here"
-            admin = Admin(srv)
-            r = admin.get("/api/backup")
-            assert r.status_code == 503, r.status_code
-            assert "Could not write the backup" in r.json()["error"]["message"]
-            assert not [p.name for p in small.iterdir() if ".backup-" in p.name]
-            # Writes say why they wrote nothing; an upload is answered, never reset.
-            r = admin.put("/api/config", json={"vfs_cache_mb": 50})
-            assert r.status_code == 503 and "disk is full" in r.json()["error"]["message"]
-            r = srv.get("/api/x", host="blog.localhost")
-            assert r.status_code == 500 and "kv.set: The disk is full" in r.text
-            upload = zip_of({"index.html": os.urandom(100_000)})  # spooled: over 16 KiB
-            r = admin.post("/api/deploy?site=other", data=upload,
-                           headers={"Content-Type": "application/zip"})
-            assert r.status_code == 503 and "no room" in r.json()["error"]["message"], r.text
-            admin.status()  # the cockpit answers on
-            assert srv.get("/f3.bin", host="blog.localhost").content == \
-                (site / "f3.bin").read_bytes()
-        finally:
-            assert srv.stop() == 0
-        assert _integrity(db) == "ok"
+        assert srv.get("/", host="blog.localhost").text == "still here"
+        admin = Admin(srv)
+        r = admin.get("/api/backup")
+        assert r.status_code == 503, r.status_code
+        assert "Could not write the backup" in r.json()["error"]["message"]
+        assert not [p.name for p in small.iterdir() if ".backup-" in p.name]
+        # Writes say why they wrote nothing; an upload is answered, never reset.
+        r = admin.put("/api/config", json={"vfs_cache_mb": 50})
+        assert r.status_code == 503 and "disk is full" in r.json()["error"]["message"]
+        r = srv.get("/api/x", host="blog.localhost")
+        assert r.status_code == 500 and "kv.set: The disk is full" in r.text
+        upload = zip_of({"index.html": os.urandom(100_000)})  # spooled: over 16 KiB
+        r = admin.post("/api/deploy?site=other", data=upload,
+                       headers={"Content-Type": "application/zip"})
+        assert r.status_code == 503 and "no room" in r.json()["error"]["message"], r.text
+        admin.status()  # the cockpit answers on
+        assert srv.get("/f3.bin", host="blog.localhost").content == \
+            (site / "f3.bin").read_bytes()
     finally:
-        subprocess.run(["umount", "-l", str(small)], capture_output=True)
+        assert srv.stop() == 0
+    assert _integrity(db) == "ok"
 
 
-def test_init_on_a_full_disk_says_so_and_leaves_nothing_in_the_way(tmp_path):
-    small = tmp_path / "small"
-    if not _mount_tmpfs(small, 1):
-        pytest.skip("cannot mount a small tmpfs here")
-    try:
-        filler = small / "filler"
-        filler.write_bytes(bytes(900_000))
-        db = small / "data.db"
-        args = ("server", "init", "--db", str(db), "--domain", "localhost",
-                "--username", "admin", "--password", "change-me-now")
-        result = fazt(*args, check=False)
-        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
-        assert f"Could not create the database at {db}" in result.stderr
-        assert sorted(p.name for p in small.iterdir()) == ["filler"]
-        filler.unlink()  # room again: the next init is not refused by a half-made file
-        fazt(*args)
-        assert _integrity(db) == "ok"
-    finally:
-        subprocess.run(["umount", "-l", str(small)], capture_output=True)
+def test_init_on_a_full_disk_says_so_and_leaves_nothing_in_the_way(tmp_path, small_disk):
+    small = small_disk(1)
+    filler = small / "filler"
+    filler.write_bytes(bytes(900_000))
+    db = small / "data.db"
+    args = ("server", "init", "--db", str(db), "--domain", "localhost",
+            "--username", "admin", "--password", "change-me-now")
+    result = fazt(*args, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"Could not create the database at {db}" in result.stderr
+    assert sorted(p.name for p in small.iterdir()) == ["filler"]
+    filler.unlink()  # room again: the next init is not refused by a half-made file
+    fazt(*args)
+    assert _integrity(db) == "ok"
 
 
 def test_locked_database_with_downloads_in_flight(tmp_path):

@@ -208,11 +208,12 @@ def run(db_path: str, host: str, port: int | None, https_port: int | None = None
     instance.start_sampler()  # status reads take a snapshot: no I/O on the cockpit lane
     d = instance.domain
     role = f"as a read-only follower of {follow}, " if follow else ""
+    at = f"[{host}]" if ":" in host else host  # an IPv6 address, as a URL spells it
     sys.stderr.write(
-        f"fazt serving on http://{host}:{port} {role}in {instance.mode} mode "
+        f"fazt serving on http://{at}:{port} {role}in {instance.mode} mode "
         f"(sites: http://NAME.{d}:{port}, cockpit: http://admin.{d}:{port})\n")
     if autocert is not None:
-        sys.stderr.write(f"HTTPS on {host}:{instance.https_port}; the plain port answers ACME "
+        sys.stderr.write(f"HTTPS on {at}:{instance.https_port}; the plain port answers ACME "
                          "checks and health, and redirects the rest (`fazt cert list`)\n")
     elif https_port:
         sys.stderr.write("--https-port is ignored: the setting https is off\n")

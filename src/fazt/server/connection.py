@@ -633,6 +633,16 @@ class Connection:
         else:
             self._begin_close()
 
+    def drop_input(self) -> None:
+        """Read and drop what the client has sent (a few reads at most), so that a close
+        right after does not find unread input and reset the connection."""
+        for _ in range(16):
+            try:
+                if not self.sock.recv(65536):
+                    return
+            except OSError:  # nothing more for now, or the socket is gone
+                return
+
     def abort(self) -> None:
         if self.closed:
             return

@@ -115,6 +115,7 @@ class HTTPServer:
         self.lingering[conn] = None
         while len(self.lingering) > self.admission.lingering_limit:
             oldest, _ = self.lingering.popitem(last=False)
+            oldest.drop_input()  # a close with unread input would answer with a reset
             oldest.abort()
 
     def release(self, conn: Connection) -> None:

@@ -211,6 +211,22 @@ def test_init_on_a_full_disk_says_so_and_leaves_nothing_in_the_way(tmp_path, sma
     assert _integrity(db) == "ok"
 
 
+def test_started_with_its_standard_descriptors_closed_it_serves(db_path):
+    """`fazt server start <&- >&- 2>&-`: Python then has no stderr, and the first sockets
+    would take descriptors 0-2, where C code writes its messages. /dev/null takes them."""
+
+    def close_standard():
+        for fd in (0, 1, 2):
+            os.close(fd)
+
+    with Server.running(db_path, preexec=close_standard) as srv:
+        assert srv.get("/_fazt/health").status_code == 200
+        Admin(srv).status()
+        for fd in (0, 1, 2):
+            assert os.readlink(f"/proc/{srv.proc.pid}/fd/{fd}") == os.devnull
+        assert srv.get("/nope", host="admin.localhost").status_code in (401, 404)
+
+
 def test_locked_database_with_downloads_in_flight(tmp_path):
     """Another process locks the whole database while large downloads run: the cockpit
     answers throughout (4 s of it), sites answer 503 or wait, and nothing hangs."""

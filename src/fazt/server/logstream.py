@@ -7,9 +7,11 @@ room), and a start-up message that cannot be written stopped the server with
 exit status 1 before it served anything; an unexpected error's report that
 cannot be written turned one request's 500 into a dropped connection. Lines are
 worth less than serving: what cannot be written is dropped and counted, and
-writing resumes by itself once there is room.
+writing resumes by itself once there is room. A server started with its standard
+descriptors closed gets /dev/null in their place (`install`).
 """
 
+import os
 import sys
 from typing import TextIO
 
@@ -41,6 +43,23 @@ class UnfailingStream:
 
 def install() -> UnfailingStream:
     """Make `sys.stderr` unfailing for the rest of the process; returns it."""
+    _fill_closed_standard_descriptors()
+    if sys.stderr is None:  # started with descriptor 2 closed: Python has no stderr
+        sys.stderr = open(os.devnull, "w")  # kept for the life of the process
     if not isinstance(sys.stderr, UnfailingStream):
         sys.stderr = UnfailingStream(sys.stderr)
     return sys.stderr
+
+
+def _fill_closed_standard_descriptors() -> None:
+    """Started with 0, 1 or 2 closed (`2>&-`, some supervisors): the next socket or file
+    opened would take that number, and whatever writes to "standard error" at the C
+    level would write into a client's connection. /dev/null takes them first."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)

@@ -2,9 +2,9 @@
 
 `connection_limit` comes from memory (capacity.js), and a host with plenty of RAM gets
 100,000; the descriptor limit is a separate budget (`ulimit -n`; 1,024 on many hosts,
-20,000 in this CI). Past it `accept` fails with EMFILE: the new connection stays in the
-kernel's backlog, the listening socket stays readable, and the loop spun on it at full
-CPU while the owner's sign-in waited in that backlog behind a crowd of idle
+20,000 where this was measured). Past it `accept` fails with EMFILE: the new connection
+stays in the kernel's backlog, the listening socket stays readable, and the loop spun on
+it at full CPU while the owner's sign-in waited in that backlog behind a crowd of idle
 connections (measured at `ulimit -n 256` with 400 silent connections: the sign-in
 timed out). Admission only makes room for newcomers once `connection_limit` is reached,
 so that limit must be reached before the descriptors run out: the server uses the

@@ -4,8 +4,8 @@
 message, warnings, the request log, tracebacks of unexpected errors) on a disk
 that may fill up, often the database's. A write there then raises OSError (no
 room), and a start-up message that cannot be written stopped the server with
-exit status 1 before it served anything; an unexpected error's report that
-cannot be written turned one request's 500 into a dropped connection. Lines are
+exit status 1 before it served anything; the report of an unexpected error
+would have raised again, inside the request it was about. Lines are
 worth less than serving: what cannot be written is dropped and counted, and
 writing resumes by itself once there is room. A server started with its standard
 descriptors closed gets /dev/null in their place (`install`).

@@ -73,8 +73,8 @@ def phase(port: int, request: bytes, log: str, reads: int) -> list[tuple]:
             for (conn, to_first, after, total), srv in zip(client, server, strict=True)]
 
 
-def start(tmp: str) -> tuple[subprocess.Popen, int, str, int]:
-    """fazt with section 4's site: (process, port, log path, JS slots)."""
+def start(tmp: str) -> tuple[subprocess.Popen, int, str]:
+    """fazt with section 4's site: (process, port, log path)."""
     site = os.path.join(tmp, "site")
     c.write_file(os.path.join(site, "file.bin"), 4096)
     c.write_file(os.path.join(site, "big.bin"), 64 * c.MB)
@@ -86,8 +86,7 @@ def start(tmp: str) -> tuple[subprocess.Popen, int, str, int]:
            "--password", c.PASSWORD, db=db)
     c.fazt("deploy", site, "--site", "bench", db=db)
     c.lift_address_limits(db)
-    slots = int(c.fazt("config", "get", "max_concurrent_js", db=db))
-    return c.start_fazt(db, port, log), port, log, slots
+    return c.start_fazt(db, port, log), port, log
 
 
 def main(argv: list[str]) -> int:
@@ -97,7 +96,7 @@ def main(argv: list[str]) -> int:
     wrk = c.need("wrk")
     proc = flood = load = None
     try:
-        proc, port, log, slots = start(tempfile.mkdtemp(prefix="fazt-split-"))
+        proc, port, log = start(tempfile.mkdtemp(prefix="fazt-split-"))
         code, _, cookie = c.login(port)
         if code != 200:
             raise RuntimeError(f"sign-in answered {code}")
@@ -109,7 +108,7 @@ def main(argv: list[str]) -> int:
             [wrk, "-t", "2", "-c", "64", "-d", "600s", "-H", f"Host: {c.SITE_HOST}",
              f"http://127.0.0.1:{port}/file.bin"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        load = b.UserLoad(port, 4 * slots, 8)
+        load = b.UserLoad(port, b.COCKPIT_JS_CLIENTS, 8)
         time.sleep(1)
         rows["full load (section 4)"] = phase(port, request, log, args.reads)
     finally:

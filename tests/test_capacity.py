@@ -114,8 +114,11 @@ def test_a_small_vps_gets_sensible_numbers():
     assert 10 <= t["vfs_cache_mb"] < 100
     tiny = thresholds.compute({"ram_mb": 64, "cpus": 1, "disk_gb": 1})
     assert (tiny["user_threads"], tiny["cockpit_threads"], tiny["max_concurrent_js"]) == (2, 2, 1)
+    # a slot for every CPU but the event loop's, and site threads for them and the files
     big = thresholds.compute({"ram_mb": 1024 * 1024, "cpus": 4, "disk_gb": 1000})
-    assert big["user_threads"] == 8 and big["max_concurrent_js"] == 4
+    assert big["user_threads"] == 7 and big["max_concurrent_js"] == 3
+    two = thresholds.compute({"ram_mb": 8192, "cpus": 2, "disk_gb": 100})
+    assert two["max_concurrent_js"] == 1 and two["user_threads"] == 3
 
 
 def test_maintenance_threshold_is_ram_times_ratio():

@@ -267,8 +267,12 @@ function fazt_compute(machine) {
   var usable = fazt_usable_mb(m.ram_mb);
   var cpus = m.cpus;
 
-  // JavaScript burns CPU: more slots than CPUs only make each one slower.
-  var js_slots_by_cpu = Math.max(1, Math.floor(cpus));
+  // JavaScript burns CPU: more slots than CPUs only make each one slower. And one CPU is
+  // the event loop's, which serves every other site, admission and the cockpit's front
+  // door: with a slot per CPU, handlers spinning on both CPUs of a 2-CPU host left the
+  // loop 46% of one, and the owner's status read waited for it (its p99 6.6-6.8 ms under
+  // bench section 4's load, 3.3-4.3 ms with one slot less; same load, side by side).
+  var js_slots_by_cpu = Math.max(1, Math.floor(cpus) - 1);
   // Site threads: enough for every JS slot plus one per CPU for files. More runnable
   // threads than that only queue for Python's lock, and the cockpit queues behind them
   // (measured on 2 CPUs under a static flood: 32 site threads made a sign-in 9.8x

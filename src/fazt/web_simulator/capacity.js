@@ -84,8 +84,9 @@ var FAZT_SCHEMA = [
   {
     key: "max_concurrent_js", unit: "slots", label: "JavaScript at once", integer: true,
     min: 1, max: 1024,
-    description: "Handlers running at once (more get 429); one per CPU at most, because " +
-      "JavaScript burns CPU and more slots only make each one slower."
+    description: "Handlers running at once (more get 429); one per CPU but one at most " +
+      "(one at least), because JavaScript burns CPU, more slots only make each one " +
+      "slower, and one CPU is the event loop's, which serves everything else."
   },
   {
     key: "js_memory_mb", unit: "MB", label: "JavaScript memory", integer: true, min: 1, max: 4096,

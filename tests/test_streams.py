@@ -388,7 +388,9 @@ def test_a_download_asks_for_the_send_buffer_its_link_needs():
                 served.recv(100)
                 served.sendall(b"x" * 10000)
                 client.recv(10000)
-                assert cn.stream_sndbuf(served) == cn.STREAM_SNDBUF_LEAST  # microseconds
+                # Loopback's round trip is tens of microseconds, a few hundred on a busy
+                # host (145 µs seen in CI): near the floor, far below the ledger's bound.
+                assert cn.STREAM_SNDBUF_LEAST <= cn.stream_sndbuf(served) < cn.STREAM_SNDBUF
     left, right = socket.socketpair()  # not TCP: no round trip to go by
     with left, right:
         assert cn.stream_sndbuf(left) == cn.STREAM_SNDBUF

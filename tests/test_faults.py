@@ -227,6 +227,29 @@ def test_started_with_its_standard_descriptors_closed_it_serves(db_path):
         assert srv.get("/nope", host="admin.localhost").status_code in (401, 404)
 
 
+def test_a_disk_that_refuses_writes_is_a_503_and_serving_goes_on(tmp_path, site_dir):
+    """The database's files turn immutable under a running server (`chattr +i`, which root
+    obeys too): a write fails inside SQLite with "disk I/O error". It is a 503 that says
+    so, reads go on, and writes work again once the disk takes them."""
+    db = init_db(tmp_path / "data.db")
+    fazt("deploy", str(site_dir), "--site", "blog", "--db", str(db))
+    files = [str(db), str(db) + "-wal"]
+    with Server.running(db) as srv:
+        admin = Admin(srv)
+        if subprocess.run(["chattr", "+i", *files], capture_output=True).returncode != 0:
+            pytest.skip("chattr +i is not available on this filesystem")
+        try:
+            r = admin.put("/api/config", json={"vfs_cache_mb": 50})
+            assert r.status_code == 503, r.text
+            assert "refused a write" in r.json()["error"]["message"]
+            assert admin.get("/api/sites").status_code == 200
+            assert srv.get("/", host="blog.localhost").status_code == 200
+        finally:
+            subprocess.run(["chattr", "-i", *files], capture_output=True)
+        assert admin.put("/api/config", json={"vfs_cache_mb": 50}).status_code == 200
+    assert _integrity(db) == "ok"
+
+
 def test_locked_database_with_downloads_in_flight(tmp_path):
     """Another process locks the whole database while large downloads run: the cockpit
     answers throughout (4 s of it), sites answer 503 or wait, and nothing hangs."""

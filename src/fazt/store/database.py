@@ -276,7 +276,8 @@ def _shm_map(path: str) -> mmap.mmap:
 
 @contextlib.contextmanager
 def _as_fazt_errors() -> Iterator[None]:
-    """SQLite's errors that a user can act on, as their sentences: busy, no room."""
+    """SQLite's errors that a user can act on, as their sentences: busy, no room, a disk
+    that fails or will not be written. Each leaves the transaction rolled back."""
     try:
         yield
     except sqlite3.OperationalError as exc:
@@ -288,6 +289,9 @@ def _as_fazt_errors() -> Iterator[None]:
         if "disk is full" in text:  # SQLITE_FULL: the transaction was rolled back whole
             raise Unavailable("The disk is full: nothing changed. Free some space and "
                               "try again.") from exc
+        if "disk i/o error" in text or "readonly database" in text:  # IOERR, READONLY
+            raise Unavailable(f"The database's disk refused a write ({exc}): nothing "
+                              "changed. Check the disk, then try again.") from exc
         raise
 
 

@@ -85,21 +85,29 @@ def plan_for(args) -> Plan:
 # -- setup ---------------------------------------------------------------------------
 
 
-def setup(tmp: str, plan: Plan) -> Setup:
+def bench_site(tmp: str, large_mb: int) -> tuple[str, str]:
+    """Sections 1-4's site (a 4 KiB file, a large one, a page, the trivial and slow
+    handlers) deployed as `bench` into a new database, per-address limits lifted:
+    (site folder, database)."""
     site = os.path.join(tmp, "site")
     c.write_file(os.path.join(site, "file.bin"), 4096)
-    c.write_file(os.path.join(site, "big.bin"), plan.large_mb * c.MB)
+    c.write_file(os.path.join(site, "big.bin"), large_mb * c.MB)
     with open(os.path.join(site, "index.html"), "w") as f:
         f.write("<!doctype html><title>bench</title><p>bench</p>\n")
     os.makedirs(os.path.join(site, "api"))
     with open(os.path.join(site, "api", "main.js"), "w") as f:
         f.write(c.JS_SOURCE)
-    s = Setup(tmp, site, os.path.join(tmp, "bench.db"), c.free_port(),
-              os.path.join(tmp, "fazt.log"))
+    db = os.path.join(tmp, "bench.db")
     c.fazt("server", "init", "--domain", "example.test", "--username", c.USERNAME,
-           "--password", c.PASSWORD, db=s.db)
-    c.fazt("deploy", site, "--site", "bench", db=s.db)
-    c.lift_address_limits(s.db)
+           "--password", c.PASSWORD, db=db)
+    c.fazt("deploy", site, "--site", "bench", db=db)
+    c.lift_address_limits(db)
+    return site, db
+
+
+def setup(tmp: str, plan: Plan) -> Setup:
+    site, db = bench_site(tmp, plan.large_mb)
+    s = Setup(tmp, site, db, c.free_port(), os.path.join(tmp, "fazt.log"))
     s.slots = int(c.fazt("config", "get", "max_concurrent_js", db=s.db))
     threads = int(c.fazt("config", "get", "user_threads", db=s.db))
     s.proc = c.start_fazt(s.db, s.port, s.log)

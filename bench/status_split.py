@@ -75,17 +75,8 @@ def phase(port: int, request: bytes, log: str, reads: int) -> list[tuple]:
 
 def start(tmp: str) -> tuple[subprocess.Popen, int, str]:
     """fazt with section 4's site: (process, port, log path)."""
-    site = os.path.join(tmp, "site")
-    c.write_file(os.path.join(site, "file.bin"), 4096)
-    c.write_file(os.path.join(site, "big.bin"), 64 * c.MB)
-    os.makedirs(os.path.join(site, "api"))
-    with open(os.path.join(site, "api", "main.js"), "w") as f:
-        f.write(c.JS_SOURCE)
-    db, log, port = os.path.join(tmp, "bench.db"), os.path.join(tmp, "fazt.log"), c.free_port()
-    c.fazt("server", "init", "--domain", "example.test", "--username", c.USERNAME,
-           "--password", c.PASSWORD, db=db)
-    c.fazt("deploy", site, "--site", "bench", db=db)
-    c.lift_address_limits(db)
+    _, db = b.bench_site(tmp, 64)
+    port, log = c.free_port(), os.path.join(tmp, "fazt.log")
     return c.start_fazt(db, port, log), port, log
 
 

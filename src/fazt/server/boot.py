@@ -63,8 +63,7 @@ def bind(host: str, port: int, option: str = "--port") -> socket.socket:
     return sock
 
 
-def admission_for(instance: Instance, fds: descriptors.Descriptors | None = None
-                  ) -> Admission:
+def admission_for(instance: Instance, fds: descriptors.Descriptors) -> Admission:
     admission = Admission(host_classifier(instance), **_admission_limits(instance.config, fds))
     admission.trusted = lambda: proxies.networks(tuple(instance.config["trusted_proxies"]))
     return admission
@@ -90,11 +89,10 @@ def host_classifier(instance: Instance, entries: int = 1024):
     return classify_host
 
 
-def _admission_limits(c: dict, fds: descriptors.Descriptors | None) -> dict:
+def _admission_limits(c: dict, fds: descriptors.Descriptors) -> dict:
     """The thresholds admission applies; connections no more than descriptors allow."""
-    limit = int(c["connection_limit"])
-    if fds is not None:
-        limit = min(limit, fds.connections(int(c["user_threads"]) + int(c["cockpit_threads"])))
+    limit = min(int(c["connection_limit"]),
+                fds.connections(int(c["user_threads"]) + int(c["cockpit_threads"])))
     return {
         "connection_limit": limit,
         "address_connections": min(int(c["address_connections"]), limit),

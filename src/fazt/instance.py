@@ -161,25 +161,23 @@ def init_database(path: str, *, domain: str, username: str, password: str,
     thresholds = th.thresholds_for(machine)
     try:
         db = create_database(path)
-    except (sqlite3.Error, OSError) as exc:  # e.g. no room: create_database left nothing
+        try:
+            with db.write() as conn:
+                save_config(conn, {**thresholds, "domain": domain.lower(), "port": port,
+                                   "declared_memory_mb": memory_mb, "declared_cpus": cpus,
+                                   "owner_keys": []})
+                save_secret(conn, "username", username)
+                save_secret(conn, "password_hash", hash_password(password))
+                save_secret(conn, "session_key", new_session_key())
+            refresh_admin_assets(db)
+        except BaseException:
+            db.close()
+            for suffix in ("", "-wal", "-shm"):
+                if os.path.exists(path + suffix):
+                    os.unlink(path + suffix)
+            raise
+    except (sqlite3.Error, OSError) as exc:  # e.g. no room: nothing is left behind
         raise FaztError(f"Could not create the database at {path}: {exc}.") from None
-    try:
-        with db.write() as conn:
-            save_config(conn, {**thresholds, "domain": domain.lower(), "port": port,
-                               "declared_memory_mb": memory_mb, "declared_cpus": cpus,
-                               "owner_keys": []})
-            save_secret(conn, "username", username)
-            save_secret(conn, "password_hash", hash_password(password))
-            save_secret(conn, "session_key", new_session_key())
-        refresh_admin_assets(db)
-    except BaseException as exc:
-        db.close()
-        for suffix in ("", "-wal", "-shm"):
-            if os.path.exists(path + suffix):
-                os.unlink(path + suffix)
-        if isinstance(exc, (sqlite3.Error, OSError)):
-            raise FaztError(f"Could not create the database at {path}: {exc}.") from None
-        raise
     db.close()
     return {"db": path, "domain": domain, "machine": machine.as_dict(), "thresholds": thresholds}
 

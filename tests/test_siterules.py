@@ -25,6 +25,39 @@ def test_forced_rules_are_kept_apart():
     assert r.forced("/x")[0].target == "/y" and r.forced("/z") is None
 
 
+def test_a_forced_rule_does_not_jump_ahead_of_an_earlier_one():
+    """First match wins among the rules that apply: where no file answers, every rule
+    applies, and the forced one below an ordinary one comes second."""
+    r = rules("/a  /x  302\n/a  /y  302!\n/*  /index.html  200\n/b/*  /z  302!\n")
+    assert r.fallback("/a")[0].target == "/x" and r.forced("/a")[0].target == "/y"
+    assert r.fallback("/b/q")[0].target == "/index.html" and r.forced("/b/q")[0].target == "/z"
+
+
+def test_comments_begin_a_line_or_follow_a_space_so_fragments_stay():
+    r = rules("# moved\n/frag  /about.html#team  302\n/b  https://x.example/#install  302  "
+              "# with a note\n")
+    assert r.fallback("/frag")[0].destination({}) == "/about.html#team"
+    rule = r.fallback("/b")[0]
+    assert (rule.status, rule.target) == (302, "https://x.example/#install")
+
+
+def test_a_percent_encoded_path_matches_the_request_it_names():
+    """Netlify's own example: the request's path is matched decoded, so FROM is too."""
+    r = rules("/authors/c%C3%A9line  /authors/about-c%C3%A9line\n/sp%20ace  /space  302\n"
+              "/raw/café  /cafe  302\n")
+    assert r.fallback("/authors/céline")[0].target == "/authors/about-c%C3%A9line"
+    assert r.fallback("/sp ace")[0].status == 302 and r.fallback("/raw/café") is not None
+
+
+def test_a_colon_inside_a_target_is_text_unless_it_names_a_placeholder():
+    r = rules("/help  https://en.wikipedia.org/wiki/Help:Contents  301\n"
+              "/s  /search?q=tag:news  302\n/u/:id  /users/:id/profile:id  302\n")
+    assert r.fallback("/help")[0].destination({}) == "https://en.wikipedia.org/wiki/Help:Contents"
+    assert r.fallback("/s")[0].destination({}) == "/search?q=tag:news"
+    rule, params = r.fallback("/u/7")
+    assert rule.destination(params) == "/users/7/profile7"
+
+
 def test_headers_from_every_matching_block_are_merged():
     r = rules(headers="/*\n  X-A: 1\n  Link: </a.css>\n/docs/*\n  Link: </b.css>\n"
                       "  # a comment\n  X-B: 2\n")
@@ -41,6 +74,7 @@ def test_headers_from_every_matching_block_are_merged():
     ("/a/*/b /c\n", 1, "only end a path"),
     ("/a b\n", 1, "must be a path"),
     ("/a/:id /b/:name\n", 1, "':name'"),
+    ("/a/:id /b/x/:nmae/c\n", 1, "':nmae'"),
     ("/a/:id/:id /b\n", 1, "used twice"),
     ("/a https://x.example/ 200\n", 1, "proxying"),
 ])
@@ -57,10 +91,22 @@ def test_bad_redirect_lines(text, line, words):
     ("/a\n/b\n  X-A: 1\n", 1, "no headers"),
     ("/a /b\n  X-A: 1\n", 1, "one path"),
     ("/a\n  X-A: bad\x01value\n", 2, "control character"),
+    ("/a\n  X-A: \u2713\n", 2, "outside Latin-1"),
+    ("/a\n  Date: Thu, 01 Jan 1970 00:00:00 GMT\n", 2, "cannot be set"),
+    ("/a\n  Server: mine\n", 2, "cannot be set"),
+    ("/a\n  Last-Modified: Thu, 01 Jan 1970 00:00:00 GMT\n", 2, "cannot be set"),
+    ("/a\n  Strict-Transport-Security: max-age=1\n", 2, "cannot be set"),
 ])
 def test_bad_header_lines(text, line, words):
     with pytest.raises(FaztError, match=f"^_headers line {line}: .*{words}"):
         parse_headers(text)
+
+
+def test_an_older_headers_file_loses_only_the_names_fazt_owns():
+    """A `_headers` deployed before a name was refused still applies, without that name
+    (sent twice, a Date or a Server would contradict fazt's own)."""
+    text = "/*\n  Date: yesterday\n  X-A: 1\n  Server: mine\n"
+    assert parse_headers(text, strict=False)[0].headers == (("X-A", "1"),)
 
 
 def test_files_saved_by_windows_editors_parse():

@@ -6,6 +6,7 @@ import http.client
 import json
 import os
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -30,6 +31,16 @@ REDIRECTS = """\
 /hidden.html    /new.html            301!
 /pretty         /new.html            200
 /gone/*         /404.html            404
+"""
+LICENSE = "Permission is hereby granted, free of charge, to any person.\n" * 80
+EDGE_REDIRECTS = """\
+/frag                  /new.html#team      302
+/a                     /x.html             302
+/a                     /y.html             302!
+/authors/c%C3%A9line   /new.html           302
+/sp%20ace              /new.html           307
+/help                  https://en.wikipedia.org/wiki/Help:Contents  301
+/to-blog               /blog               200
 """
 HEADERS = """\
 /*
@@ -75,6 +86,11 @@ def srv(tmp_path_factory):
     spa = write(tmp / "spa", {"index.html": HTML, "app.js": JS,
                               "_redirects": "/*  /index.html  200\n"})
     fazt("deploy", str(spa), "--site", "spa", "--db", str(db))
+    edges = write(tmp / "edges", {
+        "LICENSE": LICENSE, "LICENSE.txt": LICENSE, "new.html": "<p>new</p>",
+        "blog/index.html": "<p>blog</p>", "x.html": "<p>x</p>", "y.html": "<p>y</p>",
+        "_redirects": EDGE_REDIRECTS})
+    fazt("deploy", str(edges), "--site", "edges", "--db", str(db))
     with Server.running(db) as server:
         yield server
 
@@ -257,6 +273,8 @@ def test_headers_file_and_rule_files_are_never_served(srv):
     ("_redirects", "/* https://elsewhere.example/ 200\n", 1),
     ("_headers", "/*\n  X-A: 1\n  Content-Length: 5\n", 3),
     ("_headers", "  X-A: 1\n", 1),
+    ("_headers", "/*\n  Date: Thu, 01 Jan 1970 00:00:00 GMT\n", 2),
+    ("_headers", "/*\n  X-A: 1\n  Server: evil\n", 3),
 ])
 def test_a_bad_rule_line_refuses_the_deploy_and_the_old_version_serves(srv, tmp_path, name,
                                                                       text, line):
@@ -309,3 +327,53 @@ def test_an_outside_linter_finds_nothing_to_warn_about(srv, path, accept):
                             capture_output=True, check=True).stdout.decode()
     problems = [line for line in report.splitlines() if "[WARN]" in line or "[BAD]" in line]
     assert not problems, report
+
+
+def test_a_type_fazt_does_not_compress_is_sent_as_it_is_whatever_shares_its_bytes(srv):
+    """`LICENSE` (no extension: application/octet-stream) holds the bytes of LICENSE.txt,
+    whose compressed copies are stored: it gets none of them, and says no Vary."""
+    _, h, body = fetch(srv, "/LICENSE.txt", host="edges.localhost", Accept_Encoding="gzip")
+    assert h["content-encoding"] == "gzip" and h["vary"] == "Accept-Encoding"
+    for accept in ("gzip", "br", "gzip, br"):
+        _, h, body = fetch(srv, "/LICENSE", host="edges.localhost", Accept_Encoding=accept)
+        assert body == LICENSE.encode() and "content-encoding" not in h and "vary" not in h
+
+
+@pytest.mark.parametrize("path,status,location", [
+    ("/frag", 302, "/new.html#team"),  # a fragment is not a comment
+    ("/a", 302, "/x.html"),  # the first rule, though a forced one follows
+    ("/authors/c%C3%A9line", 302, "/new.html"),  # FROM written percent-encoded
+    ("/sp%20ace", 307, "/new.html"),
+    ("/help", 301, "https://en.wikipedia.org/wiki/Help:Contents"),
+    ("/blog?utm=1", 301, "/blog/?utm=1"),  # a folder's redirect keeps the query too
+])
+def test_redirect_rules_as_netlify_reads_them(srv, path, status, location):
+    got, h, _ = fetch(srv, path, host="edges.localhost")
+    assert (got, h.get("location")) == (status, location)
+
+
+def test_a_rewrite_to_a_folder_serves_its_index(srv):
+    status, _, body = fetch(srv, "/to-blog", host="edges.localhost")
+    assert (status, body) == (200, b"<p>blog</p>")
+
+
+def test_a_query_with_control_characters_is_encoded_in_the_location(srv):
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as s:
+        s.sendall(b'GET /a?x=\x01b%20c&d=\x7f"<e> HTTP/1.1\r\nHost: edges.localhost\r\n'
+                  b"Connection: close\r\n\r\n")
+        answer = b"".join(iter(lambda: s.recv(65536), b""))
+    head = answer.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+    assert head.startswith("HTTP/1.1 302 ")
+    assert "\r\nLocation: /x.html?x=%01b%20c&d=%7F%22%3Ce%3E\r\n" in head, head
+
+
+@pytest.mark.parametrize("rule", ["/api/old  /api/new  301!", "/api/*  /index.html  200",
+                                  "/api  /elsewhere  302"])
+def test_a_rule_under_api_is_refused_when_the_site_has_a_back_end(srv, tmp_path, rule):
+    site = write(tmp_path / "site", {"index.html": "x", "api/main.js": API,
+                                     "_redirects": f"/ok  /index.html  302\n{rule}\n"})
+    result = fazt("deploy", str(site), "--site", "apirules", "--db", str(srv.db), check=False)
+    assert result.returncode == 1 and "_redirects line 2: " in result.stderr
+    assert "back end" in result.stderr and "Traceback" not in result.stderr
+    (site / "api" / "main.js").unlink()  # without a back end, the same rule is fine
+    fazt("deploy", str(site), "--site", "apirules", "--db", str(srv.db))

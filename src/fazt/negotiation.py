@@ -48,9 +48,11 @@ IMMUTABLE_CACHE = "max-age=31536000, immutable"
 # A content hash in the name: the name changes whenever the content does, so the file can
 # be kept for a year unasked. Hex of 8+ digits and letters ("app.3f9a1c2e.js": webpack,
 # Parcel, Angular), or Vite's 8 base64url characters ("index-BwOPSdeb.js"), told from a
-# word ("app-MyWidget.js", "bundle-version2.js") by mixed case with a digit or three capitals.
+# word ("app-MyWidget.js", "bundle-version2.js") by mixed case with a digit or three capitals;
+# a word and a number ("logo-iPhone15.svg", "bg-decade10.css") is a name, not a hash.
 _FINGERPRINT = re.compile(
-    r"[.-](?:(?=[0-9a-f]*[0-9])(?=[0-9a-f]*[a-f])[0-9a-f]{8,}"
+    r"[.-](?![A-Za-z]+[0-9]+\.|[0-9]+[A-Za-z]+\.)"
+    r"(?:(?=[0-9a-f]*[0-9])(?=[0-9a-f]*[a-f])[0-9a-f]{8,}"
     r"|(?=[\w-]*[a-z])(?=[\w-]*[A-Z])(?=[\w-]*[0-9]|(?:[\w-]*?[A-Z]){3})[A-Za-z0-9_-]{8})"
     r"\.[A-Za-z0-9]+$")
 
@@ -117,7 +119,9 @@ def _choose(header: str, offered: tuple[str, ...]) -> str:
 def pick(info: FileInfo, accept_encoding: str | None, ranged: bool = False) -> Body:
     """The body to send for `info`: a variant when the client takes one, else identity.
     `ranged`: the request has a Range header, which always gets identity."""
-    if ranged or not info.variants:
+    if ranged or not info.variants or not compressible(info.mime):
+        # (a variant is stored per content: the same bytes under a name of a type fazt
+        # does not compress, "LICENSE", get none, and no Vary says they might)
         return info.identity
     coding = choose(accept_encoding, tuple(v.encoding for v in info.variants))
     for variant in info.variants:

@@ -2,11 +2,18 @@
 
 `_redirects`: one rule a line, `FROM TO [STATUS][!]`, first match wins.
 FROM is a path whose segments may be `:name` placeholders and whose end may
-be a `*` splat; TO may use those as `:name` and `:splat`. STATUS is 301 (the
+be a `*` splat, written plain or percent-encoded (`/caf%C3%A9` is `/café`, as
+the request's path is matched decoded); TO may use those as `:name` and
+`:splat` (any other `:word`, as in `/wiki/Help:Contents`, is left as it is). A
+`#` begins a comment at the start of a line or after a space, so a TO may
+hold a fragment (`/about#team`). STATUS is 301 (the
 default), 302, 303, 307 or 308 for a redirect (TO may then be a full URL), and
 200 or 404 to answer with TO's file instead (a rewrite: `/*  /index.html  200`
 is a single-page app's fallback). As on Netlify, a rule applies only when no
-file answers the path, unless its status ends with `!`.
+file answers the path, unless its status ends with `!`; among the rules that
+apply, the first one wins. When the site has a back end (`api/main.js`), a
+rule for a path under `/api` never applies (the handler answers there): the
+deploy refuses it rather than leave it silently dead.
 
 `_headers`: a path line (placeholders and splat as above), then indented
 `Name: value` lines; every block whose path matches adds its headers to a
@@ -19,7 +26,9 @@ number, so the previous version keeps serving. Neither is ever served itself.
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
+from fazt.constants import SCRIPT
 from fazt.errors import FaztError
 from fazt.store.sites import NewFile
 
@@ -29,14 +38,18 @@ RULE_FILES = (REDIRECTS, HEADERS)
 MAX_FILE_BYTES = 256 * 1024  # rules are matched one by one on a request: keep them few
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 REWRITE_CODES = frozenset({200, 404})
-# fazt owns these: framing, validators and the negotiation's Vary
+# fazt owns these: framing, validators, the negotiation's Vary, the ones every answer
+# carries once (Date, Server) and HTTPS's HSTS (the https settings)
 RESERVED_HEADERS = frozenset({
     "content-length", "content-encoding", "content-range", "transfer-encoding", "connection",
-    "keep-alive", "upgrade", "trailer", "te", "etag", "vary", "accept-ranges", "set-cookie",
+    "keep-alive", "upgrade", "trailer", "te", "etag", "last-modified", "vary", "accept-ranges",
+    "set-cookie", "date", "server", "strict-transport-security",
 })
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _VALUE = re.compile(r"^[\t\x20-\x7e\x80-\xff]*$")
 _PLACEHOLDER = re.compile(r":([A-Za-z_][A-Za-z0-9_]*)")
+_SEGMENT_PLACEHOLDER = re.compile(r"(?:^|/):([A-Za-z_][A-Za-z0-9_]*)")
+_COMMENT = re.compile(r"(?:^|\s)#")
 
 
 @dataclass(frozen=True)
@@ -65,8 +78,9 @@ class Rule:
         return self.status in REWRITE_CODES
 
     def destination(self, params: dict[str, str]) -> str:
-        """TO with the placeholders filled in from the matched path."""
-        return _PLACEHOLDER.sub(lambda m: params.get(m.group(1), ""), self.target)
+        """TO with the placeholders filled in from the matched path (a `:word` FROM
+        does not define stays as it is)."""
+        return _PLACEHOLDER.sub(lambda m: params.get(m.group(1), m.group(0)), self.target)
 
 
 @dataclass(frozen=True)
@@ -90,11 +104,11 @@ class SiteRules:
         return cls(redirects, header_blocks, tuple(r for r in redirects if r.force))
 
     def forced(self, path: str) -> tuple[Rule, dict[str, str]] | None:
-        """A `!` rule for `path`: it applies even where a file exists."""
+        """The first `!` rule for `path`: the rule for a path a file answers."""
         return _first(self._forced, path)
 
     def fallback(self, path: str) -> tuple[Rule, dict[str, str]] | None:
-        """The first rule for a path no file answers."""
+        """The first rule for a path no file answers, forced or not."""
         return _first(self.redirects, path)
 
     def headers_for(self, path: str) -> list[tuple[str, str]]:
@@ -137,7 +151,7 @@ def _pattern(text: str, file: str, line: int) -> Pattern:
             names.add(m.group(1))
             regex += f"/(?P<{m.group(1)}>[^/]+)"
         else:
-            regex += "/" + re.escape(segment)
+            regex += "/" + re.escape(unquote(segment))
     if splat:
         names.add("splat")
         regex += "(?P<splat>.*)"
@@ -160,7 +174,7 @@ def _lines(text: str) -> list[str]:
 def parse_redirects(text: str) -> tuple[Rule, ...]:
     rules = []
     for number, raw in enumerate(_lines(text), start=1):
-        fields = raw.split("#", 1)[0].split() if not raw.lstrip().startswith("#") else []
+        fields = _COMMENT.split(raw, maxsplit=1)[0].split()
         if not fields:
             continue
         if len(fields) < 2:
@@ -184,15 +198,17 @@ def parse_redirects(text: str) -> tuple[Rule, ...]:
         if external and status in REWRITE_CODES:
             raise _bad(REDIRECTS, number, "a 200 or 404 rule serves a file of this site; "
                        "proxying to another server is not supported")
-        for name in _PLACEHOLDER.findall(target):
-            if name not in source.names:
+        for name in _SEGMENT_PLACEHOLDER.findall(target.split("?", 1)[0]):
+            if name not in source.names:  # a typo, most likely: ':word' elsewhere is text
                 raise _bad(REDIRECTS, number, f"the target uses ':{name}', which the path "
                            f"{source.text!r} does not define")
         rules.append(Rule(number, source, target, status, force))
     return tuple(rules)
 
 
-def parse_headers(text: str) -> tuple[HeaderBlock, ...]:
+def parse_headers(text: str, strict: bool = True) -> tuple[HeaderBlock, ...]:
+    """The blocks of a `_headers` file. Not `strict` (a file deployed by an older fazt,
+    which allowed more names): a header fazt owns is left out instead of refused."""
     blocks: list[HeaderBlock] = []
     source: Pattern | None = None
     start, headers = 0, []
@@ -220,10 +236,13 @@ def parse_headers(text: str) -> tuple[HeaderBlock, ...]:
         if not colon or not _TOKEN.match(name):
             raise _bad(HEADERS, number, "a header line reads 'Name: value'")
         if name.lower() in RESERVED_HEADERS:
+            if not strict:
+                continue
             raise _bad(HEADERS, number, f"{name} cannot be set here (fazt sets it, "
                        "or a static file should not)")
         if not _VALUE.match(value):
-            raise _bad(HEADERS, number, f"the value of {name} holds a control character")
+            raise _bad(HEADERS, number, f"the value of {name} holds a control character or "
+                       "a character outside Latin-1 (percent-encode it)")
         headers.append((name, value))
     close()
     return tuple(blocks)
@@ -233,13 +252,27 @@ def check_rules(files: list[NewFile]) -> list[NewFile]:
     """The deploy-time check: parse the site's rule files, refusing the deploy with
     the first bad line. Their pieces may be single-use, so the read bytes replace them."""
     out = []
+    backend = any(f.path == SCRIPT for f in files)
     for f in files:
         if f.path in RULE_FILES:
             text, f = f.read_text(MAX_FILE_BYTES, "bad_rules")
             if f.path == REDIRECTS:
-                parse_redirects(text)
+                rules = parse_redirects(text)
+                if backend:
+                    _check_api_rules(rules)
             else:
                 parse_headers(text)
         out.append(f)
     return out
+
+
+def _check_api_rules(rules: Sequence[Rule]) -> None:
+    """With a back end, the handler answers every path under /api (before any rule is
+    looked at): a rule written for one of them would never apply."""
+    for rule in rules:
+        text = rule.source.text
+        if text in ("/api", "/api/", "/api/*") or text.startswith("/api/"):
+            raise _bad(REDIRECTS, rule.line, f"the path {text!r} is under /api, where the "
+                       f"site's back end ({SCRIPT}) answers every request; no rule applies "
+                       "there")
 

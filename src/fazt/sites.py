@@ -1,8 +1,9 @@
 """Serving user sites: static files from the VFS, and `/api/...` through the runtime.
 
-A static path is answered, in this order, by a forced (`!`) rule of the
-site's `_redirects`, its file, a folder's redirect to its trailing slash,
-the first matching rule, and last the site's `404.html` (or fazt's page).
+A static path is answered by the first rule of the site's `_redirects` that
+applies (where a file or a folder answers the path, only a forced `!` rule
+does), else by its file, a folder's redirect to its trailing slash, and last
+the site's `404.html` (or fazt's page).
 """
 
 import re
@@ -101,19 +102,19 @@ class SiteResource:
         vfs = self.instance.vfs
         rules = vfs.rules(site)
         url = "/" + path + ("/" if path and req.path.endswith("/") else "")
-        forced = rules.forced(url)
-        if forced is not None:
-            return self._apply(req, resp, site, rules, url, *forced)
         info = self._find(site, path, req.path)
+        folder = (info is None and path and not req.path.endswith("/")
+                  and vfs.find(site, _join(path, "index.html")) is not None)
+        # A path something answers takes only a forced rule; any other the first rule.
+        rule = rules.forced(url) if info is not None or folder else rules.fallback(url)
+        if rule is not None:
+            return self._apply(req, resp, site, rules, url, *rule)
         if info is not None:
             return self._send(req, resp, site, info, rules.headers_for(url))
-        if path and not req.path.endswith("/") and vfs.find(site, _join(path, "index.html")):
+        if folder:
             # req.path is decoded: a name outside ASCII ("café/", "✓/") goes out as UTF-8
             # percent-escapes, never as a raw byte or a character HTTP cannot carry.
-            raise _redirect(301, quote(req.path) + "/")
-        fallback = rules.fallback(url)
-        if fallback is not None:
-            return self._apply(req, resp, site, rules, url, *fallback)
+            raise _redirect(301, quote(req.path) + "/" + _query(req.query_string))
         self._not_found(req, resp, site, rules.headers_for(url))
 
     def _apply(self, req: falcon.Request, resp: falcon.Response, site: str, rules: SiteRules,
@@ -123,11 +124,14 @@ class SiteResource:
             # placeholders arrive decoded: encode them, then whatever the rule itself holds
             location = quote(rule.destination({k: quote(v) for k, v in params.items()}),
                              safe=":/?#[]@!$&'()*+,;=%~")
-            if req.query_string and "?" not in location:
-                location += "?" + req.query_string
+            if "?" not in location:
+                location += _query(req.query_string)
             raise _redirect(rule.status, location)
         target = rule.destination(params).split("?", 1)[0].split("#", 1)[0]
-        info = self._find(site, self._relative(target), target)
+        relative = self._relative(target)
+        info = self._find(site, relative, target)
+        if info is None and relative and not target.endswith("/"):
+            info = self._find(site, relative, target + "/")  # a folder: its index.html
         if info is None:
             return self._not_found(req, resp, site, rules.headers_for(url))
         if rule.status == 404:
@@ -306,6 +310,15 @@ def _site_cookies(instance: Instance, site: str, answer: JsResponse, host: str |
 
 def _join(path: str, name: str) -> str:
     return f"{path}/{name}" if path else name
+
+
+def _query(query_string: str) -> str:
+    """The request's query string for a Location ("?..."), or "": what a header cannot
+    carry (a control character, a space, a byte outside ASCII) percent-encoded, the
+    escapes the client sent kept as they are."""
+    if not query_string:
+        return ""
+    return "?" + quote(query_string, safe="!#$%&'()*+,/:;=?@[]~")
 
 
 def _as_sent(answer: JsResponse, accept_encoding: str | None

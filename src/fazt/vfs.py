@@ -27,6 +27,7 @@
   download in flight; that content is collected once the stream is closed.
 """
 
+import functools
 import io
 import threading
 from collections import Counter, OrderedDict
@@ -414,7 +415,8 @@ def _unpacked(packed: tuple) -> FileInfo:
 def _parsed(redirects: str, headers: str) -> SiteRules:
     if not redirects and not headers:
         return EMPTY
-    return SiteRules.of(_lenient(parse_redirects, redirects), _lenient(parse_headers, headers))
+    return SiteRules.of(_lenient(parse_redirects, redirects),
+                        _lenient(functools.partial(parse_headers, strict=False), headers))
 
 
 def _lenient(parse, text: str) -> tuple:

@@ -78,6 +78,9 @@ def test_expected_failures_are_one_sentence(db_path, site_dir, tmp_path):
     assert "not a valid site name" in _fails("deploy", str(site_dir), "--site", "Bad_Name",
                                              "--db", str(db_path))
     assert "reserved" in _fails("deploy", str(site_dir), "--site", "admin", "--db", str(db_path))
+    for name in ("evil\n", "admin\n"):  # Python's '$' matches before a final newline
+        assert "not a valid site name" in _fails("deploy", str(site_dir), "--site", name,
+                                                 "--db", str(db_path))
     assert "no site named" in _fails("site", "remove", "ghost", "--db", str(db_path))
     assert "at least 8" in _fails("server", "init", "--db", str(tmp_path / "n.db"), "--domain",
                                   "x.test", "--username", "u", "--password", "short")

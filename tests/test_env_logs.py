@@ -119,7 +119,7 @@ def test_site_logs_follow_and_outlive_a_restart(tmp_path, db_path):
 def test_env_commands_refuse_what_they_cannot_do(db_path, site_dir):
     fazt("deploy", str(site_dir), "--site", "blog", "--db", str(db_path))
     for args, stdin in ((["blog", "EMPTY"], ""), (["blog", "bad-name", "x"], None),
-                        (["nosuch", "KEY", "x"], None)):
+                        (["blog", "KEY\n", "x"], None), (["nosuch", "KEY", "x"], None)):
         failed = fazt("site", "env", "set", *args, "--db", str(db_path), check=False,
                       input=stdin)
         assert failed.returncode == 1 and failed.stderr.count("\n") == 1, failed.stderr

@@ -72,6 +72,26 @@ def test_a_logged_out_session_stays_out_after_a_restart(db_path):
         assert as_owner(server, "GET", "/api/session", kept).status_code == 401
 
 
+def test_a_cookie_a_site_tosses_at_the_whole_domain_cannot_sign_the_owner_out(module_server):
+    """JavaScript on a site's page can set `fazt_session` for the whole domain with a longer
+    path; the browser sends it first, before the owner's own. The valid one still counts,
+    for the API, the loop's status read, and logout."""
+    server = module_server
+    cookie = sign_in(server)
+    for tossed in ("junk", "b3duZXI.1.x.forged", cookie + "x"):
+        header = f"fazt_session={tossed}; fazt_session={cookie}"
+        for path in ("/api/session", "/api/system/status"):
+            r = server.request("GET", path, headers={"Cookie": header, "X-Fazt-Request": "1"})
+            assert r.status_code == 200, (path, r.text)
+    r = server.request("POST", "/api/logout", headers={
+        "Cookie": f"fazt_session=junk; fazt_session={cookie}", "X-Fazt-Request": "1"})
+    assert r.status_code == 200
+    assert as_owner(server, "GET", "/api/session", cookie).status_code == 401  # it ended
+    r = server.request("GET", "/api/session", headers={"Cookie": "fazt_session=junk",
+                                                       "X-Fazt-Request": "1"})
+    assert r.status_code == 401
+
+
 def test_a_forged_cookie_or_name_outside_ascii_is_refused_not_a_crash(module_server):
     server = module_server
     forged = "fazt_session=b3duZXI.1.x.sign\u00e9ture".encode("latin-1")
@@ -239,6 +259,40 @@ def test_zip_bombs_of_any_shape_are_refused_with_flat_memory(shop):
     assert growth < 25, f"RSS grew by {growth:.0f} MB on the archive cases"
 
 
+def test_a_zip_with_two_directories_is_counted_by_the_one_zipfile_reads(shop):
+    """The plain end record names a one-record directory (whose comment covers the ZIP64
+    records); the ZIP64 record, which zipfile reads whenever its locator is there, names
+    100,001 entries. Counted by the plain one, they got past zip_max_entries and zipfile
+    built them all (RSS grew about six times the upload)."""
+    many = raw_zip([(b"index.html", deflated(b"v2"), zlib.crc32(b"v2"), 2)]
+                   + [(f".h{i}".encode(), deflated(b""), 0, 0) for i in range(100_001)])
+    end = many.rindex(b"PK\x06\x06")
+    body, directory_at = many[:end], struct.unpack_from("<Q", many, end + 48)[0]
+    cover = struct.pack("<4s6H3I5H2I", b"PK\x01\x02", 20, 20, 0, 0, 0, 0, 0, 0, 0, 2, 0, 76,
+                        0, 0, 0, 0) + b"x/"
+    directory = body[directory_at:] + cover
+    count = 100_003
+    upload = (body[:directory_at] + directory
+              + struct.pack("<4sQ2H2I4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, count, count,
+                            len(directory), directory_at)
+              + struct.pack("<4sIQI", b"PK\x06\x07", 0, directory_at + len(directory), 1)
+              + struct.pack("<4s4H2IH", b"PK\x05\x06", 0, 0, 1, 1, len(cover) + 76, 12345, 0))
+    assert len(zipfile.ZipFile(io.BytesIO(upload)).infolist()) == count  # as zipfile reads it
+    before = shop.rss()
+    assert "zip_max_entries" in refused(shop, upload, 413)
+    assert (shop.rss() - before) / 2**20 < 25
+
+
+def test_a_zip_of_hidden_files_alone_is_refused_as_a_folder_of_them_is(shop, tmp_path):
+    upload = zip_of({".env": "SECRET=1", ".site/index.html": "v2"})
+    assert "no files to deploy" in refused(shop, upload, 400)
+    (tmp_path / "dots").mkdir()
+    (tmp_path / "dots" / ".env").write_text("SECRET=1")
+    result = fazt("deploy", str(tmp_path / "dots"), "--site", "shop", "--db", str(shop.db),
+                  check=False)
+    assert result.returncode == 1 and "no files to deploy" in result.stderr
+
+
 def test_corrupt_zip_data_is_a_400_naming_the_entry(shop):
     page = b"<h1>v2</h1>" * 100
     good = deflated(page)
@@ -346,11 +400,19 @@ function handler(request) {
     split: { headers: { "X-Name": "a\r\nSet-Cookie: fazt_session=x" } },
     status: { status: 1000 },
     hop: { headers: { "Upgrade": "h2c", "Keep-Alive": "timeout=5" } },
+    newline: { headers: { "X-A\n": "b" } },
+    tossed: { headers: { "Set-Cookie\n": "fazt_session=evil; Domain=localhost" } },
+    secret: { headers: { "Set-Cookie": fazt.env.KEY || "unset" } },
+    secretdomain: { headers: { "Set-Cookie": "a=1; Domain=" + (fazt.env.KEY || "x") + ".com" } },
+    secretname: { headers: { ["X K " + (fazt.env.KEY || "")]: "v" } },
   };
   const answer = cases[request.query.case];
   return { status: answer.status || 200, headers: answer.headers || {}, body: "ok" };
 }
 """
+
+
+SECRET = "supersecretvalue123"
 
 
 @pytest.fixture(scope="module")
@@ -364,6 +426,7 @@ def shop_api(tmp_path_factory):
     (root / "index.html").write_text("<p>shop</p>")
     (root / "api" / "main.js").write_text(HANDLER)
     fazt("deploy", str(root), "--site", "shop", "--db", str(db))
+    fazt("site", "env", "set", "shop", "KEY", SECRET, "--db", str(db))
     with Server.running(db) as server:
         assert server.get("/", host="shop.localhost").ok
         yield server
@@ -404,17 +467,24 @@ def test_cookies_are_secure_over_https(instance, client, tmp_path):
     ("control", "U+0001"),
     ("split", "U+000D"),
     ("status", "status 1000"),
+    ("newline", "invalid header name 'X-A\\n'"),  # Python's '$' matched before a final \n
+    ("tossed", "invalid header name 'Set-Cookie\\n'"),
+    ("secret", "no valid name=value pair"),
+    ("secretdomain", "Domain=[secret].com"),
+    ("secretname", "'X K [secret]'"),
 ])
+@pytest.mark.parametrize("path", ["/api/x", "/api/%C3%A9"])  # the direct way, and the WSGI app's
 def test_malformed_handler_answers_are_fazt_errors_with_the_reason_logged(shop_api, case,
-                                                                          reason):
-    r = answer(shop_api, case)
+                                                                          reason, path):
+    r = shop_api.get(f"{path}?case={case}", host="shop.localhost")
     assert r.status_code == 500
     assert r.json()["error"]["code"] == "bad_response"
     assert reason in r.json()["error"]["message"]
-    assert "Set-Cookie" not in r.headers
+    assert "Set-Cookie" not in r.headers and SECRET not in r.text
     admin = Admin(shop_api)
     lines = admin.get("/api/sites/shop/logs").json()["lines"]
     assert any(reason in line["message"] for line in lines), lines
+    assert not any(SECRET in line["message"] for line in lines)
 
 
 def test_hop_by_hop_headers_from_a_handler_are_dropped(shop_api):

@@ -75,6 +75,9 @@ def files_from_zip(fileobj: BinaryIO, limits: ArchiveLimits) -> Source:
     except (zipfile.BadZipFile, OSError, ValueError, EOFError):
         raise FaztError("The upload is not a valid zip archive.") from None
     members = archive.infolist()
+    if len(members) > limits.max_entries:  # _count_entries walked what zipfile read
+        raise TooLarge(f"The zip holds more than {limits.max_entries} entries, over "
+                       "zip_max_entries.")
     for m in members:
         _check_name(m.orig_filename, limits)
     members = [m for m in members if not m.is_dir()]
@@ -92,6 +95,9 @@ def files_from_zip(fileobj: BinaryIO, limits: ArchiveLimits) -> Source:
             skipped.append(hidden)
             continue
         files.append(NewFile(rel, mime_type(rel), _inflate(archive, m)))
+    if not files:  # as a folder of hidden files: nothing would serve
+        raise FaztError("The zip archive holds no files to deploy (hidden ones are never "
+                        f"deployed: {', '.join(sorted(set(skipped))[:5])}).")
     return Source(files, sorted(set(skipped)))
 
 
@@ -129,34 +135,56 @@ def _count_entries(fileobj: BinaryIO, limits: ArchiveLimits) -> int:
 
 
 def _central_directory(fileobj: BinaryIO, size: int) -> tuple[int, int]:
-    """(start, length) of the central directory, found as zipfile finds it."""
-    tail_length = min(size, _EOCD.size + 0xFFFF)
-    fileobj.seek(size - tail_length)
-    tail = fileobj.read(tail_length)
-    at = tail.rfind(b"PK\x05\x06")
-    if at < 0 or len(tail) - at < _EOCD.size:
-        raise FaztError("The upload is not a valid zip archive.")
-    eocd = size - tail_length + at
-    fields = _EOCD.unpack_from(tail, at)
-    entries, length, offset = fields[4], fields[5], fields[6]
+    """(start, length) of the central directory, found exactly as zipfile finds it
+    (`zipfile._EndRecData`): the end record in the last 22 bytes, else the last one in
+    the last 64 KiB; then the ZIP64 record whenever its locator sits right before, whatever
+    the end record says (a zip carrying both must be counted by the one zipfile reads)."""
+    eocd = size - _EOCD.size
+    fileobj.seek(max(0, eocd))
+    last = fileobj.read(_EOCD.size)
+    if eocd >= 0 and last[:4] == b"PK\x05\x06" and last[-2:] == b"\x00\x00":
+        fields = _EOCD.unpack(last)
+    else:
+        tail_start = max(0, size - _EOCD.size - (1 << 16))
+        fileobj.seek(tail_start)
+        tail = fileobj.read()
+        at = tail.rfind(b"PK\x05\x06")
+        if at < 0 or len(tail) - at < _EOCD.size:
+            raise FaztError("The upload is not a valid zip archive.")
+        eocd = tail_start + at
+        fields = _EOCD.unpack_from(tail, at)
+    length = fields[5]
     start = eocd - length
-    if entries == 0xFFFF or 0xFFFFFFFF in (length, offset):  # a ZIP64 archive
-        locator_at = eocd - _EOCD64_LOCATOR.size
-        fileobj.seek(max(0, locator_at))
-        locator = fileobj.read(_EOCD64_LOCATOR.size)
-        if locator_at < 0 or len(locator) < _EOCD64_LOCATOR.size or \
-                locator[:4] != b"PK\x06\x07":
-            raise FaztError("The upload is not a valid zip archive (broken ZIP64 record).")
-        record_at = locator_at - _EOCD64.size
-        fileobj.seek(max(0, record_at))
-        record = fileobj.read(_EOCD64.size)
-        if record_at < 0 or len(record) < _EOCD64.size or record[:4] != b"PK\x06\x06":
-            raise FaztError("The upload is not a valid zip archive (broken ZIP64 record).")
-        length = _EOCD64.unpack(record)[8]
+    record = _zip64_record(fileobj, eocd)
+    if record is not None:
+        record_at, length = record
         start = record_at - length
     if start < 0:
         raise FaztError("The upload is not a valid zip archive (broken central directory).")
     return start, length
+
+
+def _zip64_record(fileobj: BinaryIO, eocd: int) -> tuple[int, int] | None:
+    """(where, central directory length) of the ZIP64 end record zipfile would use, or
+    None when it would use the plain one (`zipfile._EndRecData64`)."""
+    locator_at = eocd - _EOCD64_LOCATOR.size
+    if locator_at < 0:
+        return None
+    fileobj.seek(locator_at)
+    locator = fileobj.read(_EOCD64_LOCATOR.size)
+    if len(locator) < _EOCD64_LOCATOR.size or locator[:4] != b"PK\x06\x07":
+        return None
+    _, disk, _, disks = _EOCD64_LOCATOR.unpack(locator)
+    if disk != 0 or disks > 1:
+        raise FaztError("The upload is not a valid zip archive (it spans several disks).")
+    record_at = locator_at - _EOCD64.size
+    if record_at < 0:
+        return None
+    fileobj.seek(record_at)
+    record = fileobj.read(_EOCD64.size)
+    if len(record) < _EOCD64.size or record[:4] != b"PK\x06\x06":
+        return None
+    return record_at, _EOCD64.unpack(record)[8]
 
 
 def _check_name(raw: str, limits: ArchiveLimits) -> None:

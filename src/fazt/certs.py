@@ -15,7 +15,7 @@ from fazt.pem import check_pair
 from fazt.store import Database
 from fazt.store import certs as store
 
-_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
 
 
 def check_host(host: str, *, wildcard: bool = False) -> str:

@@ -23,7 +23,7 @@ from fazt.errors import FaztError
 from fazt.store import Database
 from fazt.store.sites import NewFile, replace_site
 
-SITE_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+SITE_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 RESERVED = frozenset({"admin", "api", "www", "fazt", "localhost"})
 ADMIN_SITE = "admin"  # the cockpit's assets are stored as this reserved site
 WELL_KNOWN = ".well-known"  # RFC 8615: the one hidden folder a site may serve

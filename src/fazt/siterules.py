@@ -45,8 +45,8 @@ RESERVED_HEADERS = frozenset({
     "keep-alive", "upgrade", "trailer", "te", "etag", "last-modified", "vary", "accept-ranges",
     "set-cookie", "date", "server", "strict-transport-security",
 })
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-_VALUE = re.compile(r"^[\t\x20-\x7e\x80-\xff]*$")
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+_VALUE = re.compile(r"^[\t\x20-\x7e\x80-\xff]*\Z")
 _PLACEHOLDER = re.compile(r":([A-Za-z_][A-Za-z0-9_]*)")
 _SEGMENT_PLACEHOLDER = re.compile(r"(?:^|/):([A-Za-z_][A-Za-z0-9_]*)")
 _COMMENT = re.compile(r"(?:^|\s)#")
@@ -159,7 +159,7 @@ def _pattern(text: str, file: str, line: int) -> Pattern:
         regex = regex[:-1] + "/?"  # "/blog/" and "/blog" are one path, as on Netlify
     else:
         regex += "/?"
-    return Pattern(text, re.compile(f"^{regex or '/'}$"), frozenset(names))
+    return Pattern(text, re.compile(rf"^{regex or '/'}\Z"), frozenset(names))
 
 
 def _bad(file: str, line: int, why: str) -> FaztError:

@@ -37,7 +37,7 @@ from fazt.siterules import RULE_FILES, Rule, SiteRules
 from fazt.store.sites import Body, FileInfo
 from fazt.vfs import Stale
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)\Z")
 NOT_FOUND_PAGE = "404.html"
 _REDIRECT = {301: falcon.HTTPMovedPermanently, 302: falcon.HTTPFound, 303: falcon.HTTPSeeOther,
              307: falcon.HTTPTemporaryRedirect, 308: falcon.HTTPPermanentRedirect}
@@ -301,8 +301,8 @@ def _site_cookies(instance: Instance, site: str, answer: JsResponse, host: str |
     admin_hosts = (f"{ADMIN}.{instance.domain}", f"{ADMIN}.localhost")
     try:
         answer.cookies = [site_cookie(raw, name, admin_hosts, https) for raw in answer.cookies]
-    except ValueError as exc:
-        message = f"handler set a cookie it may not: {exc}."
+    except ValueError as exc:  # the cookie may hold a secret: not in the log, not sent
+        message = instance.runtime.env.redact(site, f"handler set a cookie it may not: {exc}.")
         instance.runtime.logs_ring.add(site, "error", f"bad_response: {message}")
         return error_response(500, "bad_response", message)
     return answer

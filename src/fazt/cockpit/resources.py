@@ -78,7 +78,7 @@ class Logout:
         self.instance = instance
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        cookie = session_cookie(req)
+        cookie = session_cookie(req, self.instance.auth)
         if cookie and self.instance.auth.revoke(cookie):
             self.instance.save_revoked_sessions()
         clear_session_cookie(req, resp)
@@ -135,7 +135,7 @@ class QuickStatus:
 
     def __call__(self, cookie_header: str | None) -> tuple[tuple, bytes] | None:
         """(headers, JSON body) when the Cookie header carries a valid session, else None."""
-        if not self.instance.auth.check_session(session_from_header(cookie_header)):
+        if session_from_header(cookie_header, self.instance.auth) is None:
             return None
         return _API_HEADERS, _JSON.serialize(self.instance.status(), falcon.MEDIA_JSON)
 

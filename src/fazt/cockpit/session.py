@@ -15,7 +15,7 @@ session.
 import falcon
 from falcon import request_helpers
 
-from fazt.auth import SESSION_SECONDS
+from fazt.auth import SESSION_SECONDS, Auth
 from fazt.cockpit.headers import is_api
 from fazt.http_errors import http_error
 from fazt.instance import Instance
@@ -23,6 +23,7 @@ from fazt.instance import Instance
 COOKIE = "fazt_session"
 SESSION = "session"
 TOKEN = "token"
+MAX_VALUES = 8  # session cookies of the same name looked at in one request
 PUBLIC = {("POST", "/api/login")}  # the one API call made before signing in
 TOKEN_DENIED = ("/api/tokens", "/api/backup")  # reads a token must not make
 
@@ -36,18 +37,32 @@ def bearer(req: falcon.Request) -> str | None:
     return value.strip() if scheme.lower() == "bearer" else ""
 
 
-def session_cookie(req: falcon.Request) -> str | None:
-    values = req.get_cookie_values(COOKIE)
-    return values[0] if values else None
+def session_cookie(req: falcon.Request, auth: Auth) -> str | None:
+    """The request's valid session token, if it carries one (see `valid_session`)."""
+    return valid_session(auth, req.get_cookie_values(COOKIE) or [])
 
 
-def session_from_header(cookie_header: str | None) -> str | None:
+def session_from_header(cookie_header: str | None, auth: Auth) -> str | None:
     """`session_cookie` from the raw Cookie header, parsed by the same Falcon function
     `get_cookie_values` uses (private in Falcon 4: tests/test_statuspath.py compares)."""
     if not cookie_header:
         return None
-    values = request_helpers._parse_cookie_header(cookie_header).get(COOKIE)
-    return values[0] if values else None
+    return valid_session(auth, request_helpers._parse_cookie_header(cookie_header).get(COOKIE)
+                         or [])
+
+
+def valid_session(auth: Auth, values: list[str]) -> str | None:
+    """The first of the cookie's values that is a valid session.
+
+    A site under D may set a cookie of this name for the whole domain (JavaScript on
+    its page can: `document.cookie = "fazt_session=x; domain=D; path=/api"`), and the
+    browser then sends it before the owner's own, the longer path first. Only the first
+    value was read, so any site could sign the owner out of the cockpit for good. A
+    handful are looked at (a check is an HMAC): a real browser sends two or three."""
+    for value in values[:MAX_VALUES]:
+        if auth.check_session(value):
+            return value
+    return None
 
 
 def token_may(method: str, path: str) -> bool:
@@ -87,6 +102,6 @@ class Authentication:
                                  "API tokens may deploy and read; this call needs a session.")
             req.context.caller = TOKEN
             return
-        if not self.instance.auth.check_session(session_cookie(req)):
+        if session_cookie(req, self.instance.auth) is None:
             raise http_error(401, "unauthorized", "Sign in first: no valid session.")
         req.context.caller = SESSION

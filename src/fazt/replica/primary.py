@@ -18,7 +18,7 @@ from fazt.replica import litestream, target
 from fazt.replica.supervisor import Child
 
 LAG_WARN_S = 30.0  # seconds without a confirmed sync before the status warns
-_RFC3339 = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$")
+_RFC3339 = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)\Z")
 
 
 def parse_time(text: str | None) -> float | None:

@@ -27,7 +27,7 @@ from fazt.runtime.bridge import Bridge
 COOKIE = "fazt_session"  # the cockpit's session cookie: never a site's to set
 MAX_HEADERS = 64
 MAX_HEADER_VALUE = 8 * 1024
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 # Control characters (tab aside) and anything past Latin-1 cannot be sent in a header.
 _UNSENDABLE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]|[^\x00-\xff]")
 _SERVER_HEADERS = frozenset({  # the connection and framing are the server's to set
@@ -59,7 +59,9 @@ def error_response(status: int, code: str, message: str, line: int | None = None
 
 
 def bad_response(bridge: Bridge, message: str) -> JsResponse:
-    """A handler's answer that cannot be sent: the reason goes to the site's log."""
+    """A handler's answer that cannot be sent: the reason goes to the site's log, and to
+    the visitor, without the site's secrets (a header's name or a cookie may hold one)."""
+    message = bridge.redact(message)
     bridge.log("error", f"bad_response: {message}")
     return error_response(500, "bad_response", message)
 

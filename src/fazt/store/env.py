@@ -10,7 +10,7 @@ import time
 
 from fazt.errors import FaztError
 
-KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
 MAX_VALUE_BYTES = 32 * 1024
 
 

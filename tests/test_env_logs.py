@@ -5,6 +5,7 @@ import select
 import subprocess
 import sys
 
+import pytest
 from conftest import Admin, Server, eventually, fazt, fazt_env, zip_of
 
 SECRET = "sk_live_4f9a8b7c6d5e"
@@ -114,6 +115,40 @@ def test_site_logs_follow_and_outlive_a_restart(tmp_path, db_path):
         assert [line["message"] for line in lines][-3:] == ["calling upstream with undefined"] * 3
     missing = fazt("site", "logs", "nosuch", "--db", str(db_path), check=False)
     assert missing.returncode == 1 and "no site named" in missing.stderr
+
+
+TELLING = r"""
+function handler(request) {
+  const k = fazt.env.TOKEN;
+  if (request.path === "/api/long") throw new Error("x".repeat(480) + k);
+  if (request.path === "/api/json") { console.log(JSON.stringify({k: k})); return {body: "ok"}; }
+  throw new Error("bad token " + k);
+}
+"""
+
+
+@pytest.mark.parametrize("value", ["abcdefghijklmnopqrstuvwxyz0123456789SECRETTAIL",
+                                   'line-one\nline-two"q', "caf\u00e9-\u2713-secret"])
+def test_a_secret_is_masked_however_the_handler_lets_it_out(db_path, tmp_path, value):
+    """Cut at 500 characters, cut at its own newline, or written by JSON.stringify: a
+    secret in an error or a log line is still masked."""
+    with Server.running(db_path) as srv:
+        admin = Admin(srv)
+        assert admin.post("/api/deploy?site=tell",
+                          data=zip_of({"api/main.js": TELLING, "index.html": "x"})
+                          ).status_code == 200
+        assert admin.put("/api/sites/tell/env/TOKEN", json={"value": value}).status_code == 200
+        parts = [p for p in value.replace("\n", " ").split() if len(p) >= 4]
+        for path in ("/api/throw", "/api/long"):
+            r = _call(srv, "tell", path)
+            message = r.json()["error"]["message"]
+            assert r.status_code == 500 and "[secret]" in message, message
+            assert not any(part[:10] in message for part in parts), message
+        assert _call(srv, "tell", "/api/json").text == "ok"
+        logs = eventually(lambda: fazt("site", "logs", "tell", "--json", "--db",
+                                       str(db_path)).stdout.count("[secret]") >= 3)
+        text = fazt("site", "logs", "tell", "--json", "--db", str(db_path)).stdout
+        assert logs and not any(part[:10] in text.replace("x" * 10, "") for part in parts), text
 
 
 def test_env_commands_refuse_what_they_cannot_do(db_path, site_dir):

@@ -52,6 +52,45 @@ def test_restore_onto_a_fresh_machine(db_path, tmp_path):
         Admin(srv)  # the owner of the backup signs in
 
 
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "text"])
+def test_restore_replaces_a_damaged_database_and_keeps_it_aside(db_path, site_dir, tmp_path,
+                                                                damage):
+    """Replacing a broken database is what a restore is for: the damaged file cannot be
+    checkpointed, so it is set aside as it is (kept: it may hold what the backup does
+    not), and nothing else is left behind."""
+    fazt("deploy", str(site_dir), "--site", "blog", "--db", str(db_path))
+    backup = tmp_path / "backup.db"
+    fazt("backup", str(backup), "--db", str(db_path))
+    before = _sites(db_path)
+    broken = tmp_path / "broken.db"
+    if damage == "truncated":
+        broken.write_bytes(db_path.read_bytes()[:100_000])
+    else:
+        broken.write_bytes(os.urandom(300_000) if damage == "garbage" else b"notes\n" * 999)
+    done = fazt("restore", str(backup), "--db", str(broken))
+    assert "integrity ok" in done.stdout and "damaged database" in done.stdout, done.stdout
+    assert _sites(broken) == before
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("broken.db"))
+    assert left[0] == "broken.db" and len(left) == 2 and left[1].startswith("broken.db.damaged-")
+    assert str(tmp_path / left[1]) in done.stdout
+
+
+def test_paths_with_uri_characters_restore_where_they_say(db_path, tmp_path):
+    """`#`, `?` and `%` end or change a `file:` URI: the backup read and the file proven
+    are the ones named, and no stray file appears."""
+    odd = tmp_path / "odd #1?x%20"
+    odd.mkdir()
+    backup = odd / "b#1?.db"
+    fazt("backup", str(backup), "--db", str(db_path))
+    target = odd / "t#1%20.db"
+    done = fazt("restore", str(backup), "--db", str(target))
+    assert "integrity ok" in done.stdout
+    assert _sites(target) == _sites(db_path)
+    assert sorted(p.name for p in odd.iterdir()) == ["b#1?.db", "t#1%20.db"]
+    stray = {p.name for p in tmp_path.iterdir()} - {"odd #1?x%20"}  # as "odd " (cut at '#')
+    assert stray <= {"data.db", "data.db-wal", "data.db-shm"}, stray
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "corrupt", "not_fazt", "missing"])
 def test_a_bad_backup_is_refused_and_nothing_changes(db_path, tmp_path, damage):
     backup = tmp_path / "backup.db"

@@ -552,9 +552,13 @@ def cmd_restore(args) -> int:
     else:
         result = restore_file(args.backup, _db(args))
         source = args.backup
+    if result["kept"]:
+        after = (f"; the damaged database it replaced is kept at {result['kept']} (delete it "
+                 "when you no longer need it).")
+    else:
+        after = "; the database it replaced is gone." if result["replaced"] else "."
     print(f"Restored {source} ({result['sites']} sites, {result['bytes']:,} bytes, "
-          f"integrity ok) into {result['db']}"
-          + ("; the database it replaced is gone." if result["replaced"] else "."))
+          f"integrity ok) into {result['db']}{after}")
     return 0
 
 

@@ -9,9 +9,12 @@ The order is what makes it safe:
 3. The backup is copied beside the target (same disk, created 0600), flushed
    to disk and checked again there.
 4. The current database, if any, is checkpointed (its WAL folded in) and
-   renamed aside; the copy is renamed into place.
+   renamed aside; the copy is renamed into place. A current database too damaged
+   to checkpoint (the usual reason to restore) is renamed aside as it is, with
+   its side files.
 5. The new file is proven: it opens as a fazt database and passes the
-   integrity check. Only then is the replaced file deleted; if the proof
+   integrity check. Only then is the replaced file deleted (a damaged one is
+   kept, for whatever it may still hold, and its name is said); if the proof
    fails, the replaced file goes back where it was.
 
 `restore_file` is the whole of it after the backup is on local disk, so a
@@ -22,6 +25,7 @@ import contextlib
 import os
 import sqlite3
 import time
+import urllib.parse
 
 from fazt.errors import FaztError
 from fazt.store.claim import try_claim
@@ -39,7 +43,7 @@ def check_backup(path: str) -> dict:
         if f.read(16) != b"SQLite format 3\x00":
             raise FaztError(f"{path} is not a SQLite database.")
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+        conn = sqlite3.connect(_read_only(path), uri=True, isolation_level=None)
     except sqlite3.Error as exc:
         raise FaztError(f"{path} cannot be opened: {exc}.") from None
     try:
@@ -86,10 +90,10 @@ def restore_file(backup: str, target: str, *, consume: bool = False) -> dict:
         try:
             _place_copy(backup, incoming, consume=consume)
             _integrity(incoming)
+            replaced, damaged = _set_aside(target) if os.path.exists(target) else (None, False)
         except BaseException:
-            _remove(incoming)
+            _remove(incoming)  # nothing but the copy was made: nothing else to undo
             raise
-        replaced = _set_aside(target) if os.path.exists(target) else None
         os.replace(incoming, target)
         _fsync_dir(folder)
         try:
@@ -100,11 +104,12 @@ def restore_file(backup: str, target: str, *, consume: bool = False) -> dict:
                 _move(replaced, target)
                 _fsync_dir(folder)
             raise
-        if replaced is not None:
+        if replaced is not None and not damaged:
             _remove(replaced)
     finally:
         held.release()
-    return {**info, "db": target, "replaced": replaced is not None}
+    return {**info, "db": target, "replaced": replaced is not None,
+            "kept": replaced if damaged else None}
 
 
 def _place_copy(backup: str, incoming: str, *, consume: bool) -> None:
@@ -118,7 +123,7 @@ def _place_copy(backup: str, incoming: str, *, consume: bool) -> None:
     if consume and os.stat(backup).st_dev == os.stat(folder).st_dev:
         _move(backup, incoming)
     else:
-        src = sqlite3.connect(f"file:{backup}?mode=ro", uri=True)
+        src = sqlite3.connect(_read_only(backup), uri=True)
         dst = sqlite3.connect(incoming)
         try:
             src.backup(dst, pages=4096)
@@ -135,8 +140,13 @@ def _place_copy(backup: str, incoming: str, *, consume: bool) -> None:
         os.fsync(f.fileno())
 
 
+def _read_only(path: str) -> str:
+    """A read-only URI for `path`, whatever it holds (`#`, `?`, `%` end or change a URI)."""
+    return "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+
+
 def _integrity(path: str) -> None:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    conn = sqlite3.connect(_read_only(path), uri=True, isolation_level=None)
     try:
         verdict = [r[0] for r in conn.execute("PRAGMA integrity_check")]
     finally:
@@ -146,20 +156,24 @@ def _integrity(path: str) -> None:
                         "nothing was changed.")
 
 
-def _set_aside(target: str) -> str:
-    """Fold the current database's WAL into it and rename it aside, whole."""
+def _set_aside(target: str) -> tuple[str, bool]:
+    """Fold the current database's WAL into it and rename it aside, whole: (where it is
+    now, whether it was too damaged to checkpoint, and so moved as it was)."""
+    damaged = False
     try:
         conn = sqlite3.connect(target, isolation_level=None, timeout=5)
         try:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             conn.close()
-    except sqlite3.Error as exc:
+    except sqlite3.OperationalError as exc:  # locked or busy: someone else has it open
         raise FaztError(f"The current database at {target} cannot be checkpointed ({exc}); "
                         "nothing was changed.") from None
-    aside = f"{target}.replaced-{int(time.time())}"
+    except sqlite3.DatabaseError:  # malformed, or not a database at all
+        damaged = True
+    aside = f"{target}.{'damaged' if damaged else 'replaced'}-{int(time.time())}"
     _move(target, aside)
-    return aside
+    return aside, damaged
 
 
 def _move(src: str, dst: str) -> None:

@@ -314,7 +314,7 @@ def _check_context() -> quickjs.Context:
     return ctx
 
 
-def _first_line(exc: BaseException) -> str:
+def _first_line(exc: BaseException | str) -> str:
     return str(exc).split("\n", 1)[0].strip()
 
 
@@ -348,7 +348,10 @@ def _failure(exc: quickjs.JSException, limits: Limits, bridge: Bridge) -> JsResp
         message = f"The script ran out of memory (limit {limits.memory_bytes // MB} MB)."
     else:
         status, code = 500, "js_error"
-        message = bridge.redact(first[:500])  # a script may throw a secret: never to visitors
+        # A script may throw a secret: never to visitors. Redacted whole before the first
+        # line is cut to 500 characters (a value cut in two, or one holding a newline, would
+        # not match after that).
+        message = _first_line(bridge.redact(str(exc)))[:500]
     line = script_line(text)
     where = f"{SCRIPT}:{line}: " if line is not None else ""
     bridge.log("error", f"{where}{code}: {text}" if code != "js_error" else f"{where}{text}")

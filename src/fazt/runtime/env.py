@@ -5,6 +5,7 @@ Values are read from the database at a site's first request after a change
 made by another process), so a request never waits on the database for them.
 """
 
+import json
 import threading
 
 from fazt.store import Database
@@ -51,8 +52,14 @@ class SiteEnv:
 
 
 def redact(values: dict[str, str], text: str) -> str:
-    """`text` with each of the secret `values` replaced, longest first."""
-    kept = [v for v in values.values() if len(v) >= REDACT_MIN]
+    """`text` with each of the secret `values` replaced, longest first, as they are and as
+    JSON writes them inside a string (a handler may log `JSON.stringify` of a secret that
+    holds a quote, a backslash, a newline or a character outside ASCII)."""
+    kept = {form for v in values.values() if len(v) >= REDACT_MIN for form in _forms(v)}
     for value in sorted(kept, key=len, reverse=True):
         text = text.replace(value, REDACTED)
     return text
+
+
+def _forms(value: str) -> set[str]:
+    return {value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]}

@@ -91,6 +91,8 @@ def test_config_reset_returns_to_what_the_probe_computes(server, db_path):
     assert r.json()["owner_keys"] == []
     assert admin.post("/api/config/reset", json={"all": True}).status_code == 200
     assert admin.post("/api/config/reset", json={}).status_code == 400
+    both = {"all": True, "keys": ["keep_versions"]}  # the command line takes one or the other
+    assert admin.post("/api/config/reset", json=both).status_code == 400
     assert admin.post("/api/config/reset", json={"keys": ["domain"]}).status_code == 400
 
 

@@ -74,6 +74,9 @@ def test_a_secret_reaches_its_handler_only_and_is_never_shown(tmp_path, db_path)
         assert _call(srv, "one", "/api/x").json()["key"] is None
         assert admin.session.delete(srv.url("/api/sites/one/env/API_KEY")).status_code == 404
         assert admin.put("/api/sites/one/env/bad-name", json={"value": "x"}).status_code == 400
+        lone = admin.session.put(srv.url("/api/sites/one/env/SURR"), data='{"value": "\\ud800abc"}',
+                                 headers={"Content-Type": "application/json"})
+        assert lone.status_code == 400 and "surrogate" in lone.text, lone.text
         assert admin.put("/api/sites/nope/env/K", json={"value": "x"}).status_code == 404
     assert SECRET not in srv.log()
 

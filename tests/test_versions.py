@@ -44,7 +44,7 @@ def test_cli_versions_and_rollback_reach_a_running_server(module_server, module_
     fazt("site", "rollback", "blog", "3", "--db", str(db_path))  # forward again
     assert eventually(lambda: served() == "v3")
 
-    for bad in (["blog", "9"], ["nosuch"]):
+    for bad in (["blog", "9"], ["nosuch"], ["blog", "99999999999999999999999"]):
         failed = fazt("site", "rollback", *bad, "--db", str(db_path), check=False)
         assert failed.returncode == 1 and failed.stderr.count("\n") == 1, failed.stderr
     fazt("site", "rollback", "blog", "1", "--db", str(db_path))
@@ -68,6 +68,13 @@ def test_api_versions_and_instant_rollback(module_server):
     r = admin.post("/api/sites/app/rollback", json={"version": 7})
     assert r.status_code == 404 and "no version 7" in r.json()["error"]["message"]
     assert admin.post("/api/sites/app/rollback", json={"version": "x"}).status_code == 400
+    r = admin.post("/api/sites/app/rollback", json={"version": 99999999999999999999999})
+    assert r.status_code == 404, r.text  # past SQLite's integers: a version that is not there
+    r = admin.session.delete(server.url("/api/tokens/99999999999999999999999"))
+    assert r.status_code == 404, r.text
+    failed = fazt("token", "revoke", "99999999999999999999999", "--db", str(server.db),
+                  check=False)
+    assert failed.returncode == 1 and failed.stderr.count("\n") == 1, failed.stderr
     assert admin.get("/api/sites/nope/versions").status_code == 404
     sites = {site["name"]: site for site in admin.get("/api/sites").json()["sites"]}
     assert sites["app"]["version"] == 2

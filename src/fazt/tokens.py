@@ -5,6 +5,7 @@ import time
 from fazt.auth import new_token, token_hash
 from fazt.errors import FaztError
 from fazt.store import Database
+from fazt.store.sites import fits_integer
 
 
 def create_token(db: Database, name: str) -> str:
@@ -27,6 +28,8 @@ def list_tokens(db: Database) -> list[dict]:
 
 def revoke_token(db: Database, token_id: int) -> str | None:
     """Revoke a token; return its hash (to drop from RAM), or None when there is none."""
+    if not fits_integer(token_id):
+        return None
     with db.write() as conn:
         row = conn.execute("SELECT token_hash FROM tokens WHERE id = ? AND revoked_at IS NULL",
                            (token_id,)).fetchone()

@@ -195,7 +195,9 @@ class ConfigReset:
         keys = body.get("keys")
         if body.get("all") is True and keys is None:
             keys = None
-        elif not (isinstance(keys, list) and keys and all(isinstance(k, str) for k in keys)):
+        elif "all" in body or not (isinstance(keys, list) and keys
+                                   and all(isinstance(k, str) for k in keys)):
+            # one or the other, as the command line takes one KEY or --all
             raise http_error(400, "bad_request",
                              'Send {"keys": ["name", ...]} or {"all": true}.')
         self.instance.reset_config(keys)

@@ -26,7 +26,12 @@ def set_var(conn: sqlite3.Connection, site: str, key: str, value: str) -> float:
     check_key(key)
     if not isinstance(value, str) or not value:
         raise FaztError("A secret's value must be text, and not empty.")
-    if len(value.encode("utf-8", "surrogatepass")) > MAX_VALUE_BYTES:
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800" in JSON): SQLite cannot store it
+        raise FaztError("A secret's value must be valid Unicode text (it holds a lone "
+                        "surrogate).") from None
+    if size > MAX_VALUE_BYTES:
         raise FaztError(f"A secret's value may be {MAX_VALUE_BYTES // 1024} KiB at most.")
     now = time.time()
     conn.execute(

@@ -150,6 +150,12 @@ def list_versions(conn: sqlite3.Connection, name: str) -> list[dict]:
              "live": bool(r[4])} for r in rows]
 
 
+def fits_integer(n: int) -> bool:
+    """Whether SQLite can hold `n` (a larger Python int is an OverflowError when bound: a
+    version or an id typed by hand is then simply one that does not exist)."""
+    return -(2**63) <= n < 2**63
+
+
 def rollback_site(conn: sqlite3.Connection, name: str, version: int | None = None) -> dict:
     """Serve a kept version again: one pointer changes, nothing is uploaded or copied.
 
@@ -168,7 +174,7 @@ def rollback_site(conn: sqlite3.Connection, name: str, version: int | None = Non
                               "back to.")
     else:
         row = conn.execute("SELECT id, version FROM deploys WHERE site = ? AND version = ?",
-                           (name, version)).fetchone()
+                           (name, version)).fetchone() if fits_integer(version) else None
         if row is None:
             raise LookupError(f"Site {name!r} has no version {version}; see "
                               f"`fazt site versions {name}`.")

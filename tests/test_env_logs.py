@@ -238,3 +238,33 @@ def test_follow_with_no_past_lines_prints_only_new_ones(tmp_path, db_path):
             follow.wait(timeout=10)
     negative = fazt("site", "logs", "chatty", "-n", "-5", "--db", str(db_path), check=False)
     assert negative.returncode == 2 and "0 or more" in negative.stderr
+
+
+def test_the_api_reads_the_lines_the_command_line_reads(tmp_path):
+    """The cockpit's view of a site's log is the database's (what `fazt site logs` prints)
+    and then the lines not written yet: a site past the RAM rings' count, or one removed
+    and deployed again by another process, reads the same both ways."""
+    from conftest import init_db
+
+    from fazt.runtime import logs as site_logs
+    from fazt.store import open_database
+    from fazt.store.logs import read_lines
+
+    db = open_database(str(init_db(tmp_path / "data.db")))
+    ring = site_logs.SiteLogs(max_sites=2)
+    ring._db = db  # what persist_to sets, without its thread: this test flushes itself
+    for site in ("a", "b", "c"):
+        ring.add(site, "log", f"hello {site}")
+    assert [line["message"] for line in ring.lines("a")] == ["hello a"]  # not written yet
+    assert ring.flush() == 3
+    ring.add("a", "warn", "again")
+    assert [line["message"] for line in ring.lines("a")] == ["hello a", "again"]
+    ring.flush()
+    with db.read() as conn:
+        stored = [{k: line[k] for k in ("time", "level", "message")}
+                  for line in read_lines(conn, "a")]
+    assert ring.lines("a") == stored and len(stored) == 2
+    with db.write() as conn:  # another process removed the site and its lines
+        conn.execute("DELETE FROM site_logs WHERE site = 'a'")
+    assert ring.lines("a") == []
+    db.close()

@@ -49,6 +49,12 @@ function handler(request) {
   for (;;) { parts.push("x".repeat(1 << 20) + parts.length); }
 }
 """
+CHATTY = """
+function handler(request) {
+  for (var i = 0; i < 300; i++) console.log("r" + request.query.r + " line " + i);
+  return { body: "ok" };
+}
+"""
 SECRET = """
 function handler(request) {
   console.log("the key is " + fazt.env.API_KEY);
@@ -92,6 +98,25 @@ def test_fazt_kv_moves_the_request_to_a_thread_once(module_server, module_db, tm
     lines = eventually(lambda: [m for m in site_lines(admin, "counter") if "before kv" in m]
                        if len(site_lines(admin, "counter")) >= 6 else None)
     assert sorted(lines) == [f"before kv {i}" for i in range(6)]  # once each, not twice
+
+
+def test_a_handler_logs_every_line_wherever_it_runs(module_server, module_db, tmp_path):
+    """Past the lines a run on the loop keeps (LoopBridge.MAX_LINES), the request moves to a
+    thread, which logs them all: the same handler logs the same lines on either."""
+    server = module_server
+    deploy(module_db, make_site(tmp_path, "chatty", CHATTY), "chatty")
+    for r in range(3):
+        assert server.get(f"/api/x?r={r}", host="chatty.localhost").text == "ok"
+
+    def stored() -> list[str]:
+        out = fazt("site", "logs", "chatty", "-n", "2000", "--db", str(module_db)).stdout
+        return [line for line in out.splitlines() if " line " in line]
+
+    lines = eventually(lambda: stored() if len(stored()) >= 900 else None)
+    assert lines and len(lines) == 900, len(stored())
+    for r in range(3):
+        assert sum(f"r{r} line " in line for line in lines) == 300
+        assert sum(line.endswith(f"r{r} line 299") for line in lines) == 1
 
 
 def test_a_script_that_catches_the_refusal_still_stores_once(module_server, module_db,

@@ -94,6 +94,8 @@ class LoopBridge(Bridge):
     of secrets use the values the runtime found in RAM when the request began."""
 
     MAX_LINES = 200  # a request's console lines kept until it ends (a site's ring holds 200)
+    # ...and one more moves the request to a thread, which logs them all: the same handler
+    # must log the same lines wherever it runs.
 
     def __init__(self, site: str, kv: KvStore, logs: SiteLogs, env: SiteEnv | None = None):
         super().__init__(site, kv, logs, env)
@@ -119,6 +121,8 @@ class LoopBridge(Bridge):
     def log(self, level: str, message: str) -> None:
         if len(self.lines) < self.MAX_LINES:
             self.lines.append((level, self.redact(message)))
+        else:
+            self.moved = True  # dropped with the run: the thread's run logs every line
 
     def __call__(self, op: str, args_json: str) -> str:
         if op != "log" and op != "env":

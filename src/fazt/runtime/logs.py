@@ -44,6 +44,7 @@ class SiteLogs:
         self._lock = threading.Lock()
         self._rings: OrderedDict[str, deque] = OrderedDict()
         self._unsaved: deque[tuple[str, float, str, str]] = deque(maxlen=unsaved_lines)
+        self._writing: list[tuple[str, float, str, str]] = []  # the batch being written
         self._dropped = 0
         self._db: Database | None = None
         self._stop = threading.Event()
@@ -71,7 +72,24 @@ class SiteLogs:
                 self._unsaved.append((site, line["time"], level, message))
 
     def lines(self, site: str) -> list[dict]:
-        """A copy of the site's lines, oldest first."""
+        """The site's last lines, oldest first: once they are written to a database, the
+        ones stored there (what `fazt site logs` reads: a site past the rings' `max_sites`,
+        or removed and deployed again by another process, reads the same both ways), then
+        those not written yet. The ring in RAM without a database, or while it cannot be
+        read."""
+        if self._db is not None:
+            try:
+                with self._db.read() as conn:
+                    stored = read_lines(conn, site, last=self.lines_per_site)
+            except FaztError:
+                stored = None
+            if stored is not None:
+                with self._lock:
+                    waiting = [{"time": t, "level": level, "message": message}
+                               for s, t, level, message in (*self._writing, *self._unsaved)
+                               if s == site]
+                lines = [{k: line[k] for k in ("time", "level", "message")} for line in stored]
+                return (lines + waiting)[-self.lines_per_site:]
         with self._lock:
             return [dict(line) for line in self._rings.get(site, ())]
 
@@ -118,7 +136,7 @@ class SiteLogs:
         """Write the lines not yet written; they wait for the next try if the database
         is busy. Returns how many were written."""
         with self._lock:
-            batch = list(self._unsaved)
+            batch = self._writing = list(self._unsaved)
             self._unsaved.clear()
             dropped, self._dropped = self._dropped, 0
         if not batch:
@@ -131,11 +149,14 @@ class SiteLogs:
                 append_lines(conn, note + batch)
         except FaztError:
             with self._lock:  # back in front of newer lines, within the bound
+                self._writing = []
                 room = self._unsaved.maxlen - len(self._unsaved)
                 self._dropped += dropped + max(0, len(batch) - max(room, 0))
                 if room > 0:
                     self._unsaved.extendleft(reversed(batch[-room:]))
             return 0
+        with self._lock:
+            self._writing = []
         return len(batch)
 
     def _flush_loop(self) -> None:

@@ -100,6 +100,44 @@ def test_keep_versions_bounds_history_and_unused_files_go(db_path, tmp_path):
     assert shared == 2 and same == 1  # two versions, one stored copy
 
 
+def test_lowering_keep_versions_bounds_the_history_at_once(db_path, tmp_path):
+    """From the command line, and from the API beside a running server: the versions past
+    the new count go now, not at each site's next deploy, and their content with them."""
+    root = tmp_path / "site"
+    root.mkdir()
+    for n in range(1, 6):
+        (root / "each.bin").write_bytes(os.urandom(1000 + n))
+        _deploy(db_path, root, f"v{n}")
+        _deploy(db_path, root, f"w{n}", site="other")
+
+    def kept(site: str) -> list[int]:
+        listed = fazt("site", "versions", site, "--json", "--db", str(db_path)).stdout
+        return [v["version"] for v in json.loads(listed)["versions"]]
+
+    assert kept("blog") == [5, 4, 3, 2, 1]
+    fazt("config", "set", "keep_versions", "3", "--db", str(db_path))
+    assert kept("blog") == [5, 4, 3] and kept("other") == [5, 4, 3]
+    conn = sqlite3.connect(db_path)
+    assert unreferenced_blobs(conn) == set()
+    conn.close()
+    with Server.running(db_path) as server:
+        admin = Admin(server)
+        r = admin.put("/api/config", json={"keep_versions": 1})
+        assert r.status_code == 200, r.text
+        versions = admin.get("/api/sites/blog/versions").json()["versions"]
+        assert [v["version"] for v in versions] == [5]
+        assert server.get("/", host="blog.localhost").text == "v5"
+
+        def unused() -> set:
+            conn = sqlite3.connect(db_path)
+            try:
+                return unreferenced_blobs(conn)
+            finally:
+                conn.close()
+
+        assert eventually(lambda: unused() == set())
+
+
 def test_a_download_in_flight_survives_rollback_and_collection(tmp_path):
     """Stream the newer version's large file slowly; meanwhile roll back, deploy twice
     (the streamed version is pruned from history, once over HTTP and once by the command

@@ -453,13 +453,15 @@ def cmd_config_get(args) -> int:
 
 
 def cmd_config_set(args) -> int:
-    from fazt.instance import machine_for, read_config, update_config
+    from fazt.instance import collect_unserved, machine_for, read_config, update_config
 
     with _database(args) as db:
         with db.read() as conn:
             config = read_config(conn)
         machine = machine_for(config, db.path)
         config = update_config(db, machine, {args.key: args.value}, args.break_glass)
+        if args.key == "keep_versions":
+            collect_unserved(db)  # the content of versions dropped just now
     print(f"{args.key} = {json.dumps(config[args.key])}"
           + (" (break glass: recorded)" if args.break_glass else ""))
     return 0

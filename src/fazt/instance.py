@@ -238,6 +238,7 @@ def update_config(db: Database, machine: Machine, values: dict,
             raise Conflict(" ".join(o[3] for o in overrides), code="break_glass_required")
         owner_keys = sorted(set(config.get("owner_keys") or []) | (set(coerced) & keys))
         save_config(conn, {**coerced, "owner_keys": owner_keys})
+        _bound_history(conn, config, coerced)
         for key in safe_again:
             undo_overrides(conn, key)
         for key, old, new, message in overrides:
@@ -275,9 +276,18 @@ def reset_config(db: Database, machine: Machine, keys: list[str] | None) -> dict
         config = read_config(conn)
         owner_keys = sorted(set(config.get("owner_keys") or []) - set(values))
         save_config(conn, {**values, "owner_keys": owner_keys})
+        _bound_history(conn, config, values)
         for key in values:
             undo_overrides(conn, key)
     return {**config, **values, "owner_keys": owner_keys}
+
+
+def _bound_history(conn, before: dict, changed: dict) -> None:
+    """A lower keep_versions drops the versions past it at once (their content is collected
+    afterwards, as after a deploy)."""
+    keep = changed.get("keep_versions")
+    if keep is not None and int(keep) < int(before["keep_versions"]):
+        sites_store.prune_all(conn, int(keep))
 
 
 def recalibrate_database(db: Database, memory_mb: float | None = None,
@@ -418,6 +428,8 @@ class Instance:
             update_config(self.db, self.machine, values, break_glass)
             self._reload(force=True)
             config = self.config
+        if "keep_versions" in values:
+            self.collect()  # the content of versions dropped just now
         if config.get(replica_target.URL_KEY) != before:
             self.keep_replicating()
         return config
@@ -427,7 +439,10 @@ class Instance:
         with self._lock:
             reset_config(self.db, self.machine, keys)
             self._reload(force=True)
-            return self.config
+            config = self.config
+        if keys is None or "keep_versions" in keys:
+            self.collect()  # the content of versions dropped just now, if any
+        return config
 
     def recalibrate(self) -> None:
         """Re-probe, rewrite the thresholds, soft-restart (the button, the API, SIGHUP)."""

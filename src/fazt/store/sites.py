@@ -127,6 +127,13 @@ def _switch(conn: sqlite3.Connection, name: str, deploy_id: int, now: float) -> 
     )
 
 
+def prune_all(conn: sqlite3.Connection, keep: int) -> None:
+    """`keep` versions of every site at most, now (keep_versions was lowered: the history
+    is bounded at once, not at each site's next deploy). Call inside db.write()."""
+    for (name,) in conn.execute("SELECT name FROM sites").fetchall():
+        _prune(conn, name, keep)
+
+
 def _prune(conn: sqlite3.Connection, name: str, keep: int) -> None:
     """Forget all but the newest `keep` versions; the live one always stays."""
     doomed = [r[0] for r in conn.execute(

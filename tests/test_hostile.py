@@ -140,6 +140,18 @@ def test_a_request_line_the_parser_half_read_is_a_400_and_one_log_line(server, t
     assert len(lines) == 1 and " 400 " in lines[0], lines
 
 
+@pytest.mark.parametrize("request_bytes", [
+    b"GET / HTTP/1.1\nHost: hello.localhost\n\n",
+    b"GET / HTTP/1.1\r\nHost: hello.localhost\n\n",
+])
+def test_header_lines_ended_by_a_bare_lf_are_a_400_at_once(module_server, request_bytes):
+    """Not the header timeout's 408 ten seconds later: Waitress waits for CRLF CRLF."""
+    with socket.create_connection(("127.0.0.1", module_server.port), timeout=15) as s:
+        s.sendall(request_bytes)
+        answer = s.recv(65536)  # (the timeout's answer would be a 408)
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"bare LF" in answer, answer
+
+
 def test_content_length_beside_transfer_encoding_is_refused_and_closed(module_server):
     server = module_server
     # A proxy in front that reads Content-Length would take the rest as a second request.

@@ -25,7 +25,7 @@ CONTRACT = [
     ("waitress.parser.HTTPRequestParser", "attrs: received, completed, headers_finished, "
      "empty, error, headers, command, path, request_uri, version, content_length, chunked, "
      "expect_continue, connection_close, body_rcv, close, first_line, proxy_scheme, "
-     "proxy_netloc, query, fragment, header_bytes_received, url_scheme"),
+     "proxy_netloc, query, fragment, header_bytes_received, header_plus, url_scheme"),
     ("waitress.parser.crack_first_line", "params: line"),
     ("waitress.parser.split_uri", "params: uri"),
     ("waitress.rfc7230.HEADER_FIELD_RE", "attrs: match, groupindex"),

@@ -280,6 +280,13 @@ class Connection:
                     return self.refuse(Refusal(503, "unavailable", "There is no room on the "
                                                f"disk for this request's body: "
                                                f"{exc.strerror or exc}."))
+                if not parser.completed and parser.body_rcv is None and \
+                        b"\n\n" in parser.header_plus[-len(self.inbuf) - 1:]:
+                    # Lines ended by a bare LF: Waitress waits for CRLF CRLF, which never
+                    # comes, and the client would wait for the header timeout's 408.
+                    self.server.admission.busy(self)
+                    return self.refuse(Refusal(400, "bad_request", "Bad Request: a header "
+                                               "line ends in a bare LF; HTTP wants CRLF."))
                 if fresh and parser.completed:
                     self.server.heads.remember(parser.adj, self.inbuf, consumed, parser)
             self.inbuf = self.inbuf[consumed:]

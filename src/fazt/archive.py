@@ -168,23 +168,27 @@ def _zip64_record(fileobj: BinaryIO, eocd: int) -> tuple[int, int] | None:
     """(where, central directory length) of the ZIP64 end record zipfile would use, or
     None when it would use the plain one (`zipfile._EndRecData64`)."""
     locator_at = eocd - _EOCD64_LOCATOR.size
-    if locator_at < 0:
+    locator = _record_at(fileobj, locator_at, _EOCD64_LOCATOR, b"PK\x06\x07")
+    if locator is None:
         return None
-    fileobj.seek(locator_at)
-    locator = fileobj.read(_EOCD64_LOCATOR.size)
-    if len(locator) < _EOCD64_LOCATOR.size or locator[:4] != b"PK\x06\x07":
-        return None
-    _, disk, _, disks = _EOCD64_LOCATOR.unpack(locator)
+    _, disk, _, disks = locator
     if disk != 0 or disks > 1:
         raise FaztError("The upload is not a valid zip archive (it spans several disks).")
     record_at = locator_at - _EOCD64.size
-    if record_at < 0:
+    record = _record_at(fileobj, record_at, _EOCD64, b"PK\x06\x06")
+    return None if record is None else (record_at, record[8])
+
+
+def _record_at(fileobj: BinaryIO, at: int, shape: struct.Struct, signature: bytes
+               ) -> tuple | None:
+    """The record of `shape` at offset `at` if it is there (its signature first)."""
+    if at < 0:
         return None
-    fileobj.seek(record_at)
-    record = fileobj.read(_EOCD64.size)
-    if len(record) < _EOCD64.size or record[:4] != b"PK\x06\x06":
+    fileobj.seek(at)
+    raw = fileobj.read(shape.size)
+    if len(raw) < shape.size or raw[:4] != signature:
         return None
-    return record_at, _EOCD64.unpack(record)[8]
+    return shape.unpack(raw)
 
 
 def _check_name(raw: str, limits: ArchiveLimits) -> None:

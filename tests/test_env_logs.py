@@ -4,6 +4,7 @@ import json
 import select
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import Admin, Server, eventually, fazt, fazt_env, zip_of
@@ -181,7 +182,7 @@ def test_unstored_log_lines_are_bounded_and_the_loss_is_said(tmp_path):
     from fazt.store import open_database
     from fazt.store.logs import read_lines
 
-    db = open_database(str(init_db(tmp_path / "data.db")))
+    db = open_database(str(_with_sites(init_db(tmp_path / "data.db"), tmp_path, "blog")))
     ring = site_logs.SiteLogs(unsaved_lines=5)
     ring._db = db  # what persist_to sets, without its thread: this test flushes itself
     real_write = db.write
@@ -250,7 +251,8 @@ def test_the_api_reads_the_lines_the_command_line_reads(tmp_path):
     from fazt.store import open_database
     from fazt.store.logs import read_lines
 
-    db = open_database(str(init_db(tmp_path / "data.db")))
+    db = open_database(str(_with_sites(init_db(tmp_path / "data.db"), tmp_path, "a", "b",
+                                       "c")))
     ring = site_logs.SiteLogs(max_sites=2)
     ring._db = db  # what persist_to sets, without its thread: this test flushes itself
     for site in ("a", "b", "c"):
@@ -264,7 +266,18 @@ def test_the_api_reads_the_lines_the_command_line_reads(tmp_path):
         stored = [{k: line[k] for k in ("time", "level", "message")}
                   for line in read_lines(conn, "a")]
     assert ring.lines("a") == stored and len(stored) == 2
-    with db.write() as conn:  # another process removed the site and its lines
-        conn.execute("DELETE FROM site_logs WHERE site = 'a'")
-    assert ring.lines("a") == []
+    ring.add("a", "log", "said just before another process removed the site")
+    fazt("site", "remove", "a", "--db", str(tmp_path / "data.db"))
+    _with_sites(tmp_path / "data.db", tmp_path, "a")  # and made it again
+    ring.flush()
+    assert ring.lines("a") == []  # the new site starts clean
     db.close()
+
+
+def _with_sites(db: Path, tmp_path: Path, *names: str) -> Path:
+    folder = tmp_path / "one-page"
+    folder.mkdir(exist_ok=True)
+    (folder / "index.html").write_text("a page")
+    for name in names:
+        fazt("deploy", str(folder), "--site", name, "--db", str(db))
+    return db

@@ -72,6 +72,27 @@ def test_a_smaller_cache_keeps_its_most_recently_used_entries():
     assert lru.get("a") is not None  # growing evicts nothing
 
 
+def test_a_lower_large_file_mb_lets_go_of_the_files_now_over_it(db_path, tmp_path):
+    """SPEC: files larger than large_file_mb are never held in RAM. One cached before the
+    threshold came down is streamed from the next request, not answered from the cache."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "big.bin").write_bytes(b"\x01" * (3 << 20))
+    fazt("deploy", str(site), "--site", "big", "--db", str(db_path))
+    with Server.running(db_path) as srv:
+        admin = Admin(srv)
+        for _ in range(3):
+            assert len(srv.get("/big.bin", host="big.localhost").content) == 3 << 20
+        assert admin.status()["cache"]["bytes"] >= 3 << 20
+        fazt("config", "set", "large_file_mb", "1", "--db", str(db_path))
+        answers = admin.status()["connections"]["fast_path_answers"]
+        for _ in range(3):
+            assert len(srv.get("/big.bin", host="big.localhost").content) == 3 << 20
+        status = admin.status()
+        assert status["cache"]["bytes"] < 1 << 20, status["cache"]
+        assert status["connections"]["fast_path_answers"] == answers
+
+
 def test_revocation_holds_on_every_thread_while_others_reload_and_save(db_path, instance,
                                                                        client):
     """The old race: a watcher thread re-read the tokens just before a revocation and

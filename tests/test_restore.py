@@ -127,10 +127,20 @@ def test_restore_refuses_a_database_a_running_server_holds(server, db_path, tmp_
     fazt("restore", str(backup), "--db", str(db_path))  # stopped: now it may
 
 
-def test_a_second_server_on_the_same_database_is_refused(server, db_path):
+def test_a_second_server_on_the_same_database_is_refused(server, db_path, tmp_path):
     second = fazt("server", "start", "--db", str(db_path), "--port", "1", check=False,
                   timeout=30)
     assert second.returncode == 1 and "Another fazt server" in second.stderr
+    # A hard link is another name for the same file: each name would get a WAL of its own,
+    # and one server's writes would be lost.
+    link = tmp_path / "linked.db"
+    os.link(db_path, link)
+    second = fazt("server", "start", "--db", str(link), "--port", "1", check=False, timeout=30)
+    assert second.returncode == 1 and "Another fazt server" in second.stderr
+    backup = tmp_path / "backup.db"
+    fazt("backup", str(backup), "--db", str(db_path))
+    failed = fazt("restore", str(backup), "--db", str(link), check=False)
+    assert failed.returncode == 1 and "running fazt server" in failed.stderr
 
 
 def test_the_replaced_file_returns_when_the_new_one_fails_its_proof(db_path, tmp_path,

@@ -124,11 +124,14 @@ class ByteLRU:
                 _, evicted = self._items.popitem(last=False)
                 self.bytes -= len(evicted)
 
-    def resize(self, limit_bytes: int) -> None:
+    def resize(self, limit_bytes: int, largest: int | None = None) -> None:
         """Re-cap (a soft restart): the most recently used entries that fit stay, and
-        so do the counters."""
+        so do the counters; an entry over `largest` bytes goes whatever room is left."""
         with self._lock:
             self.limit_bytes = limit_bytes
+            if largest is not None:
+                for key in [k for k, data in self._items.items() if len(data) > largest]:
+                    self.bytes -= len(self._items.pop(key))
             while self.bytes > limit_bytes:
                 _, evicted = self._items.popitem(last=False)
                 self.bytes -= len(evicted)
@@ -386,7 +389,8 @@ class VFS:
                            self.loop, on_close=ended)
 
     def resize(self, cache_bytes: int, large_file_bytes: int) -> None:
-        self.cache.resize(cache_bytes)
+        # a file now over large_file_mb is streamed from here on, never held (SPEC)
+        self.cache.resize(cache_bytes, largest=large_file_bytes)
         self._found_limit = found_entries(cache_bytes)
         self.large_file_bytes = large_file_bytes
 

@@ -1,7 +1,8 @@
 """A claim on a database path: how a restore knows a running server holds the database.
 
 The claim is a Linux abstract-namespace Unix socket named after the database's
-real path. Binding it is atomic, only one process can hold it, and the kernel
+real path, and another named after its inode (a hard link is another path to
+it). Binding it is atomic, only one process can hold it, and the kernel
 drops it the moment its holder dies (even by SIGKILL), so a stale claim cannot
 outlive a crash. Nothing is written beside the database, and no descriptor of
 the database file is opened: POSIX drops every lock a process holds on a file
@@ -21,10 +22,20 @@ import time
 from fazt.errors import FaztError
 
 
-def _address(db_path: str, brief: bool = False) -> bytes:
+def _addresses(db_path: str, brief: bool = False) -> list[bytes]:
+    """The names a claim on `db_path` binds: its real path's, and, when the file exists,
+    its inode's (a hard link is another path to the same file: two servers through two
+    names would each keep a WAL of their own, and one's writes would be lost)."""
     real = os.path.realpath(db_path)
-    name = hashlib.sha256(real.encode()).hexdigest()[:40] + ("-brief" if brief else "")
-    return b"\0fazt-db-" + name.encode()
+    keys = [real]
+    try:
+        found = os.stat(real)
+        keys.append(f"inode:{found.st_dev}:{found.st_ino}")
+    except OSError:
+        pass  # not there yet (a restore onto a new path): its path is its only name
+    suffix = "-brief" if brief else ""
+    return [b"\0fazt-db-" + (hashlib.sha256(key.encode()).hexdigest()[:40] + suffix).encode()
+            for key in keys]
 
 
 class Claim:
@@ -54,15 +65,14 @@ def try_claim(db_path: str, *, brief: bool = False) -> Claim | None:
     A brief claim (a restore, a collection) also marks itself as brief, so a
     server that starts meanwhile waits for it instead of giving up.
     """
-    marker = _bind(_address(db_path, brief=True)) if brief else None
-    if brief and marker is None:
-        return None
-    sock = _bind(_address(db_path))
-    if sock is None:
-        if marker is not None:
-            marker.close()
-        return None
-    return Claim(sock, *([marker] if marker else []))
+    bound: list[socket.socket] = []
+    for address in (_addresses(db_path, brief=True) if brief else []) + _addresses(db_path):
+        sock = _bind(address)
+        if sock is None:
+            Claim(*bound).release()
+            return None
+        bound.append(sock)
+    return Claim(*bound)
 
 
 def is_claimed(db_path: str) -> bool:
@@ -80,9 +90,9 @@ def claim_for_server(db_path: str) -> Claim:
         held = try_claim(db_path)
         if held is not None:
             return held
-        marker = _bind(_address(db_path, brief=True))
-        if marker is not None:  # no brief holder: another server has it
-            marker.close()
+        markers = [_bind(address) for address in _addresses(db_path, brief=True)]
+        Claim(*(m for m in markers if m is not None)).release()
+        if all(m is not None for m in markers):  # no brief holder: another server has it
             if is_claimed(db_path):
                 raise FaztError(f"Another fazt server is running on {db_path}; "
                                 "stop it first.")

@@ -11,9 +11,12 @@ KEPT_PER_SITE = 1000
 
 def append_lines(conn: sqlite3.Connection, lines: list[tuple[str, float, str, str]]) -> None:
     """(site, time, level, message) rows, then each touched site cut to KEPT_PER_SITE.
-    Call inside db.write()."""
-    conn.executemany("INSERT INTO site_logs (site, time, level, message) VALUES (?, ?, ?, ?)",
-                     lines)
+    A line of a site that no longer exists, or that was made again after the line (removed
+    by another process while its lines waited to be written), is left out: a new site of
+    that name starts clean. Call inside db.write()."""
+    conn.executemany(
+        "INSERT INTO site_logs (site, time, level, message) SELECT ?1, ?2, ?3, ?4"
+        " WHERE EXISTS (SELECT 1 FROM sites WHERE name = ?1 AND created_at <= ?2)", lines)
     for site in {line[0] for line in lines}:
         conn.execute(
             "DELETE FROM site_logs WHERE site = ?1 AND id <= (SELECT id FROM site_logs"

@@ -1,12 +1,13 @@
 """One source of truth: what any writer commits is served from the next request; a
 token change touches only the tokens; revocations and saves hold under concurrency."""
 
+import os
 import subprocess
 import sys
 import threading
 
 import pytest
-from conftest import PASSWORD, USERNAME, Admin, Server, fazt, fazt_env
+from conftest import PASSWORD, USERNAME, Admin, Server, fazt, fazt_env, zip_of
 
 from fazt.vfs import ByteLRU
 
@@ -70,6 +71,37 @@ def test_a_smaller_cache_keeps_its_most_recently_used_entries():
     assert lru.bytes == 40 and lru.hits == hits + 2
     lru.resize(200)
     assert lru.get("a") is not None  # growing evicts nothing
+
+
+ECHO = "function handler(r) { return {body: 'handled by ' + r.headers.host + ' ' + r.body}; }"
+
+
+def test_what_the_loop_decides_alone_follows_another_process_at_once(db_path, tmp_path):
+    """Hosts and limits the event loop applies before any thread runs (a request body's
+    admission, a site's back end answered on the loop): a change committed by another
+    process holds from the next request, not from the server's next look a second later."""
+    site = tmp_path / "shop"
+    (site / "api").mkdir(parents=True)
+    (site / "index.html").write_text("shop")
+    (site / "api" / "main.js").write_text(ECHO)
+    fazt("deploy", str(site), "--site", "shop", "--db", str(db_path))
+    fazt("config", "set", "max_upload_mb", "1", "--db", str(db_path))
+    with Server.running(db_path) as srv:
+        for _ in range(3):  # the handler's context warm, on the loop
+            assert srv.get("/api/x", host="shop.localhost").status_code == 200
+        for n in range(3):
+            host = f"www{n}.shop.test"
+            fazt("site", "domain", "add", "shop", host, "--db", str(db_path))
+            r = srv.request("POST", "/api/order", host=host, data=b"x" * 10)
+            assert r.status_code == 200 and r.text == f"handled by {host} " + "x" * 10, r.text
+            fazt("site", "domain", "remove", "shop", host, "--db", str(db_path))
+            assert srv.get("/api/x", host=host).status_code == 404
+        admin = Admin(srv)
+        big = zip_of({"index.html": "big", "pad.bin": os.urandom(3 << 20)})
+        assert admin.post("/api/deploy?site=big", data=big).status_code == 413
+        fazt("config", "set", "max_upload_mb", "10", "--db", str(db_path))
+        r = admin.post("/api/deploy?site=big", data=big)
+        assert r.status_code == 200, r.text
 
 
 def test_a_lower_large_file_mb_lets_go_of_the_files_now_over_it(db_path, tmp_path):

@@ -162,6 +162,10 @@ def run(db_path: str, host: str, port: int | None, https_port: int | None = None
     autocert = start_certificates(instance) if https_on else None
     requests_log = RequestLog().start()
     server = make_server(instance, requests_log)
+    # (no WAL header to compare, say on a file system that refuses the -shm map: the loop
+    # judges by the state it has, and the threads keep it current, as before)
+    server.state_current = lambda: instance.is_current() or not instance.db.wal_header()
+    server.state_refresh = instance.refresh
     server.tls_headers = lambda: hsts(instance.config)
     if autocert is not None:
         server.admission.redirected = lambda host: autocert.serves(host_name(host))

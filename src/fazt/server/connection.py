@@ -123,7 +123,8 @@ class Connection:
                  "since", "parser", "inbuf", "wire", "out", "queued", "cond", "events",
                  "admin", "reserve", "over_share", "in_body", "body_limit", "body_bytes",
                  "served", "closed", "close_after", "task_running", "last_write", "began",
-                 "stalled", "eof", "target", "counted", "client", "direct", "watcher")
+                 "stalled", "eof", "target", "counted", "client", "direct", "watcher",
+                 "parked_rounds")
 
     def __init__(self, server, sock: socket.socket, addr, transport, listener):
         self.server = server
@@ -161,6 +162,7 @@ class Connection:
         self.target = None  # what the last request's Host named (admission classifies it)
         self.counted = False  # admission counts it (from arrival until closed or evicted)
         self.direct = False  # its running task may send its own answer (send_from_thread)
+        self.parked_rounds = 0  # reads of the state its parked request waited for
 
     # -- events -----------------------------------------------------------------
 
@@ -312,13 +314,20 @@ class Connection:
     def listener_info(self):
         return self.server.listener_info[self.listener]
 
-    def headers_done(self) -> None:
+    def headers_done(self, fresh: bool = False) -> None:
         parser = self.parser
         if parser.empty:  # blank lines between requests
             self.parser = None
             self.state = IDLE
             return
         self.server.admission.busy(self)
+        if not fresh and not self.server.state_current():
+            # Another writer committed since the state was read: a host, a limit may have
+            # changed. A thread reads it; the request goes on then (resume_headers).
+            self.parked_rounds = 0
+            self.state, self.since = TASK, time.monotonic()
+            self._update_events()
+            return self.server.after_refresh(self)
         if parser.error is None and ((parser.chunked and "CONTENT_LENGTH" in parser.headers)
                                      or "TRANSFER_ENCODING" in parser.headers):
             # Two framings (RFC 9112 6.1, 6.3): Waitress would follow Transfer-Encoding
@@ -351,6 +360,14 @@ class Connection:
         self.state, self.since = BODY, time.monotonic()
         if parser.expect_continue:
             self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def resume_headers(self) -> None:
+        """On the loop, once the state was read again: the parked request goes on."""
+        self.state = HEADERS
+        self._update_events()
+        self.headers_done(fresh=True)
+        if self.inbuf and self.state == BODY:
+            self.parse()  # what arrived of the body with the headers
 
     def body_done(self) -> None:
         self.server.admission.body_ended(self)

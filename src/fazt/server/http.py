@@ -8,6 +8,7 @@ a sweep checks every connection's timeouts.
 
 import logging
 import socket
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from fazt.server.loop import Listener, Loop
 from fazt.server.transport import TransportFactory, plain
 
 SWEEP_SECONDS = 1.0
+PARKED_ROUNDS = 2  # reads of the state a request waits for at most (after_refresh)
 log = logging.getLogger("fazt")
 MAX_HEADER_BYTES = 32 * 1024
 
@@ -53,6 +55,13 @@ class HTTPServer:
         # Headers for every answer the loop writes itself over TLS (HSTS), set at boot.
         self.tls_headers: Callable[[], list[tuple[str, str]]] = list
         self.stopping = False
+        # Whether the state the loop judges requests by (hosts, limits) is what the database
+        # holds, and how a thread reads it again: Instance.is_current and .refresh, at boot.
+        self.state_current: Callable[[], bool] = lambda: True
+        self.state_refresh: Callable[[], None] = lambda: None
+        self.parked: list[Connection] = []  # requests waiting for that (after_refresh)
+        self._refresh_wanted = threading.Event()
+        self._refresher: threading.Thread | None = None
         self.loop.call_later(SWEEP_SECONDS, self.sweep)
 
     def listen(self, sock: socket.socket, transport: TransportFactory = plain,
@@ -90,6 +99,45 @@ class HTTPServer:
         self.connections.add(conn)
         self.admission.arrived(conn)
         conn.start()
+
+    def after_refresh(self, conn: Connection) -> None:
+        """Go on with `conn`'s request once a thread has read what was committed since the
+        state was last read (another process added a host, raised a limit): admission
+        must judge it by that, and the loop never waits on the database itself."""
+        self.parked.append(conn)
+        if self._refresher is None:
+            self._refresher = threading.Thread(target=self._refresh_when_wanted,
+                                               name="fazt-refresh", daemon=True)
+            self._refresher.start()
+        self._refresh_wanted.set()
+
+    def _refresh_when_wanted(self) -> None:
+        while True:
+            self._refresh_wanted.wait()
+            self._refresh_wanted.clear()
+            try:
+                self.state_refresh()
+            except Exception:  # a background duty must never die
+                log.exception("could not read the committed state")
+            self.loop.call_soon_threadsafe(self._resume_parked)
+
+    def _resume_parked(self) -> None:
+        """On the loop: go on with the parked requests, once the state is current; a
+        request parked while the read ran waits for the next one, but never for more than
+        PARKED_ROUNDS (a busy database leaves the state as it was)."""
+        current = self.state_current()
+        waiting = []
+        for conn in self.parked:
+            conn.parked_rounds += 1
+            if conn.closed:
+                continue
+            if current or conn.parked_rounds >= PARKED_ROUNDS:
+                conn.resume_headers()
+            else:
+                waiting.append(conn)
+        self.parked = waiting
+        if waiting:
+            self._refresh_wanted.set()
 
     def js_job(self, conn: Connection, request) -> JsJob | None:
         """The direct job for a request to a site's back end (jspath.py), or None."""

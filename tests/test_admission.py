@@ -255,6 +255,37 @@ def test_few_file_descriptors_a_crowd_and_the_owner_still_gets_in(db_path, descr
         assert srv.get("/_fazt/health").status_code == 200
 
 
+def test_saying_host_admin_earns_a_crowd_nothing(live: Server, db_path):
+    """Connections that speak to the cockpit without proving the owner (a 401, the sign-in
+    page) are anyone's: closable to make room, within the address's share, never holding
+    the reserve, and their later site requests take no cockpit thread. The owner, past
+    them all, signs in; sites still answer."""
+    _config(live, db_path, connection_limit=64, address_connections=100000)
+    squat = []
+    try:
+        for _ in range(200):
+            s = socket.create_connection(("127.0.0.1", live.port))
+            s.sendall(b"GET /api/system/status HTTP/1.1\r\nHost: admin.localhost\r\n"
+                      b"X-Fazt-Request: 1\r\n\r\n")
+            squat.append(s)
+        answers = []
+        for s in squat:
+            s.settimeout(10)
+            try:
+                answers.append(s.recv(4096).split(b" ")[1])
+            except (TimeoutError, ConnectionResetError):
+                answers.append(b"silence")
+        assert set(answers) <= {b"401", b"503", b"429"}, set(answers)
+        for _ in range(3):  # once quiet a moment, the squatters make room for the owner
+            signed, took = sign_in(live)
+            assert signed == 200 and took < 2.0, (signed, took)
+            assert status_of(live.port, b"GET /style.css HTTP/1.1\r\n"
+                                        b"Host: mysite.localhost\r\n\r\n") in (200, 503)
+    finally:
+        for s in squat:
+            s.close()
+
+
 @pytest.mark.client_timeout(4)  # a body's rate is checked after 4 s instead of 10
 def test_slow_bodies_do_not_hold_the_owner_or_the_sites(live: Server, db_path):
     """Connections that announce a body and trickle it: the owner signs in and sites

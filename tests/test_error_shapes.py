@@ -35,9 +35,12 @@ def _length(reply: bytes) -> int:
     ("unparsable", b"GET / HTTP/1.1\r\nHost: admin.localhost\r\nContent-Length: x\r\n\r\n", 400),
     ("headers too large", b"GET /api/session HTTP/1.1\r\nHost: admin.localhost\r\n"
      + b"X-Padding: " + b"a" * 70_000 + b"\r\n\r\n", 431),
-    ("body too large", b"POST /api/deploy?site=big HTTP/1.1\r\nHost: admin.localhost\r\n"
+    ("body too large", b"POST /api/login HTTP/1.1\r\nHost: admin.localhost\r\n"
+     b"Content-Type: application/json\r\nContent-Length: 99999999999\r\n\r\n", 413),
+    # a token that proves nobody: the API's 401 before the body, not after reading it
+    ("not the owner", b"POST /api/deploy?site=big HTTP/1.1\r\nHost: admin.localhost\r\n"
      b"Authorization: Bearer fazt_x\r\nContent-Type: application/zip\r\n"
-     b"Content-Length: 99999999999\r\n\r\n", 413),
+     b"Content-Length: 99999999999\r\n\r\n", 401),
 ])
 def test_protocol_errors_have_fazts_shape(module_server, name, request_bytes, status):
     got, headers, body = raw(module_server, request_bytes)

@@ -11,6 +11,7 @@ import falcon
 from fazt import http_errors, proxies, requestlog
 from fazt.cockpit.app import cockpit_app
 from fazt.cockpit.resources import QuickStatus
+from fazt.cockpit.session import session_from_header
 from fazt.hosts import ADMIN, SITE, classify
 from fazt.instance import Instance
 from fazt.requestlog import RequestLog
@@ -49,6 +50,15 @@ class Router:
         self.unknown = unknown_app(instance)
         self.log = log
         self.quick_status = QuickStatus(instance)  # the loop's status read (server/statuspath.py)
+
+    def owner(self, cookie: str | None, authorization: str | None) -> bool:
+        """Whether a request's Cookie and Authorization prove the owner, as the cockpit's
+        Authentication middleware judges them (a bearer token, else the session cookie),
+        from RAM alone: for the event loop's admission (server/admission.py)."""
+        if authorization:
+            scheme, _, value = authorization.partition(" ")
+            return scheme.lower() == "bearer" and self.instance.check_token(value.strip())
+        return session_from_header(cookie, self.instance.auth) is not None
 
     def __call__(self, environ: dict, start_response):
         self.instance.refresh()  # what any writer committed is served from this request on

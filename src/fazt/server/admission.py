@@ -39,8 +39,14 @@ The rules, in the order a connection meets them:
    must arrive at BODY_MIN_RATE (else 408; see the connection).
 4. The user lane's queue: past USER_QUEUE_LIMIT waiting requests, 503.
 
-The cockpit (`admin.D`) is exempt from 2 and 4 and served from the reserve in
-1: the owner always gets in.
+The cockpit (`admin.D`) is served from the reserve in 1: the owner always gets in.
+A connection whose request proves the owner (a valid session cookie or API token,
+checked in RAM) is the cockpit's from then on: exempt from 2 and 4, never closed to
+make room. Any other cockpit request (the dashboard's page) is served, but under 2
+like anyone's (the sign-in apart: its own limiter locks out an address that guesses),
+and on a reserve connection that connection closes once answered: speaking to the
+cockpit, or saying `Host: admin.D`, earns nothing. Every cockpit request runs on the
+cockpit's lane, and no site request does, whatever its connection said before.
 """
 
 import math
@@ -85,10 +91,16 @@ class BodyRule:
     limit: int
     needs_length: bool = False
     refusal: Refusal | None = None  # answered before the body, whatever it is
+    exempt: bool = False  # a sign-in's few bytes: not held to the shares of bodies in flight
 
 
 NO_BODY = BodyRule(0)
+LOGIN_RULE = BodyRule(LOGIN_BODY, exempt=True)  # the owner's way in, from any address
 STATIC_METHODS = ("GET", "HEAD")
+# A cockpit API call that changes something, from a connection that proved nobody: the
+# Authentication middleware's answer, before any body (a 30 MB deploy was read, then 401).
+UNPROVEN = BodyRule(0, refusal=Refusal(401, "unauthorized", "Sign in first: no valid "
+                                       "session or API token."))
 
 
 class Address:
@@ -149,6 +161,9 @@ class Admission:
         self.redirected: Callable[[str | None], bool] = lambda host: False
         # The `trusted_proxies` setting, parsed (set at boot; read for every request)
         self.trusted: Callable[[], tuple[proxies.Network, ...]] = tuple
+        # (Cookie, Authorization) -> whether they prove the owner: a valid session or API
+        # token, checked in RAM (set at boot). Only such a connection is the cockpit's.
+        self.owner: Callable[[str | None, str | None], bool] = lambda cookie, auth: False
         self.open = 0
         self.charged = 0  # open connections weighed by their memory (TLS counts double)
         self.bodies = 0
@@ -231,6 +246,19 @@ class Admission:
             address = self.addresses[client] = Address(self.address_rps * 2)
         return address
 
+    def _rate(self, address: "Address") -> Refusal | None:
+        """The address's requests per second (a token bucket, two seconds of burst)."""
+        now = time.monotonic()
+        rate = self.address_rps
+        address.tokens = min(rate * 2, address.tokens + (now - address.stamp) * rate)
+        address.stamp = now
+        if address.tokens < 1:
+            wait = max(1, math.ceil((1 - address.tokens) / rate))
+            return Refusal(429, "too_many_requests",
+                           "This address sends requests faster than its share; slow down.", wait)
+        address.tokens -= 1
+        return None
+
     def trim(self) -> None:
         """Back under the limit once the newcomers that went past it are quiet enough (the
         server's sweep, every second): the reserve is for moments, not for good."""
@@ -294,15 +322,37 @@ class Admission:
     # -- requests -----------------------------------------------------------------
 
     def admit(self, conn, method: str, path: str, host: str | None, queue_depth: int,
-              forwarded_for: str | None = None) -> Refusal | BodyRule:
+              forwarded_for: str | None = None, cookie: str | None = None,
+              authorization: str | None = None) -> Refusal | BodyRule:
         """A request's headers are in: refuse it, or say how much body it may send."""
         target = self.classify(host)
         conn.target = target
         conn.client = conn.ip
         if target.kind == ADMIN:
-            if not conn.admin:  # from now on outside the address's share, never closable
+            if not conn.admin and self.owner(cookie, authorization):
+                # The owner, proven: from now on outside the address's share, never closable.
                 conn.admin = True
                 self.addresses[conn.ip].connections -= 1
+            if conn.admin:
+                return self._body_rule(target.kind, method, path)
+            # Not proven (yet): a sign-in, the dashboard's page. Served from the reserve
+            # too (how the owner gets in when the server is full), but as anyone's request
+            # (the address's share and rate), and a reserve connection closes once answered,
+            # so that nobody holds the reserve by speaking to the cockpit.
+            # The sign-in itself is exempt (its own limiter locks out an address guessing
+            # passwords), so the owner gets in from an address a crowd shares.
+            conn.close_when_answered = conn.reserve
+            if path == "/api/login":
+                return self._body_rule(target.kind, method, path)
+            if conn.over_share:
+                return Refusal(429, "too_many_connections",
+                               "This address has too many connections open; close some and "
+                               "try again.", 2, close=True)
+            refusal = self._rate(self._client(conn, forwarded_for))
+            if refusal is not None:
+                return refusal
+            if method not in STATIC_METHODS and path.startswith("/api/"):
+                return UNPROVEN  # the API's own answer, without reading a body for it
             return self._body_rule(target.kind, method, path)
         if conn.reserve and (self.charged <= self.connection_limit
                              or self._close(self.closable)):
@@ -316,16 +366,9 @@ class Admission:
             return Refusal(429, "too_many_connections",
                            "This address has too many connections open; close some and "
                            "try again.", 2, close=True)
-        address = self._client(conn, forwarded_for)
-        now = time.monotonic()
-        rate = self.address_rps
-        address.tokens = min(rate * 2, address.tokens + (now - address.stamp) * rate)
-        address.stamp = now
-        if address.tokens < 1:
-            wait = max(1, math.ceil((1 - address.tokens) / rate))
-            return Refusal(429, "too_many_requests",
-                           "This address sends requests faster than its share; slow down.", wait)
-        address.tokens -= 1
+        refusal = self._rate(self._client(conn, forwarded_for))
+        if refusal is not None:
+            return refusal
         if queue_depth >= USER_QUEUE_LIMIT:
             return Refusal(503, "overloaded",
                            "The server is busy with other requests; try again shortly.", 1)
@@ -339,7 +382,7 @@ class Admission:
             if path == "/api/deploy":
                 return BodyRule(self.max_upload_bytes, needs_length=method == "POST")
             if path == "/api/login":
-                return BodyRule(LOGIN_BODY)
+                return LOGIN_RULE
             if path.startswith("/api/"):
                 return BodyRule(JSON_BODY)
             return NO_BODY
@@ -370,7 +413,7 @@ class Admission:
         if chunked and not rule.limit:
             return Refusal(413, "too_large", "This address takes no request body.")
         address = self.addresses[conn.client]
-        if not conn.admin:
+        if not (conn.admin or rule.exempt):
             if address.bodies >= self.address_bodies_limit:
                 return Refusal(429, "too_many_uploads",
                                "This address is already sending as many bodies as it may; "

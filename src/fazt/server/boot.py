@@ -133,6 +133,7 @@ def make_server(instance: Instance, log: RequestLog | None = None) -> HTTPServer
     server = HTTPServer(Router(instance, log=log), lanes, admission,
                         spool_folder=os.path.dirname(os.path.abspath(instance.db_path)),
                         log=log, after_turn=pause)
+    admission.owner = server.application.owner
 
     def resize(user_threads: int, cockpit_threads: int, connection_limit: int) -> None:
         lanes.resize(user_threads, cockpit_threads)

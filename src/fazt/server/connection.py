@@ -38,6 +38,7 @@ from collections import deque
 from waitress.parser import HTTPRequestParser
 from waitress.utilities import BadRequest
 
+from fazt.hosts import ADMIN
 from fazt.server import responses
 from fazt.server.admission import BODY_GRACE, BODY_MIN_RATE, Refusal
 from fazt.server.timeouts import CLIENT_TIMEOUT
@@ -124,7 +125,7 @@ class Connection:
                  "admin", "reserve", "over_share", "in_body", "body_limit", "body_bytes",
                  "served", "closed", "close_after", "task_running", "last_write", "began",
                  "stalled", "eof", "target", "counted", "client", "direct", "watcher",
-                 "parked_rounds")
+                 "parked_rounds", "close_when_answered")
 
     def __init__(self, server, sock: socket.socket, addr, transport, listener):
         self.server = server
@@ -163,6 +164,7 @@ class Connection:
         self.counted = False  # admission counts it (from arrival until closed or evicted)
         self.direct = False  # its running task may send its own answer (send_from_thread)
         self.parked_rounds = 0  # reads of the state its parked request waited for
+        self.close_when_answered = False  # a reserve connection's unproven cockpit request
 
     # -- events -----------------------------------------------------------------
 
@@ -345,7 +347,8 @@ class Connection:
         headers = parser.headers
         verdict = self.server.admission.admit(
             self, parser.command, parser.path, headers.get("HOST"),
-            self.server.lanes.user_queue_depth(), headers.get("X_FORWARDED_FOR"))
+            self.server.lanes.user_queue_depth(), headers.get("X_FORWARDED_FOR"),
+            headers.get("COOKIE"), headers.get("AUTHORIZATION"))
         if isinstance(verdict, Refusal):
             return self.refuse(verdict)
         refusal = self.server.admission.check_body(self, verdict, parser.content_length,
@@ -407,7 +410,9 @@ class Connection:
         # or the transport until the task is done, so the task may send its answer itself.
         self.direct = not (self.wire or self.out)
         self._update_events()
-        server.lanes.add_task(job or server.job(self, parser), self.admin)
+        # The cockpit's lane for the cockpit's requests (a sign-in included), whatever the
+        # connection said before: a site's request never takes a cockpit thread.
+        server.lanes.add_task(job or server.job(self, parser), self.target.kind == ADMIN)
 
     def refuse(self, refusal: Refusal) -> None:
         """Answer from the loop; close unless the request is whole (no unread body)."""
@@ -429,6 +434,7 @@ class Connection:
 
     def finished(self, close: bool) -> None:
         """The answer is queued: next request, or close once it is sent."""
+        close = close or self.close_when_answered
         if self.parser is not None:
             self.parser.close()
             self.parser = None

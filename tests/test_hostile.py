@@ -152,6 +152,42 @@ def test_header_lines_ended_by_a_bare_lf_are_a_400_at_once(module_server, reques
     assert answer.startswith(b"HTTP/1.1 400 ") and b"bare LF" in answer, answer
 
 
+def test_pipelined_requests_that_are_never_read_hold_one_answer(tmp_path):
+    """A client that pipelines thirty requests for a 2 MB cached file and reads nothing:
+    the next request waits for the answer before it to reach the kernel, so the server
+    holds about one answer (it held all thirty: 60 MB), and the kernel a bounded send
+    buffer. Read at last, every answer arrives whole and in order."""
+    db = init_db(tmp_path / "data.db")
+    site = tmp_path / "files"
+    site.mkdir()
+    body = os.urandom(2 << 20)
+    (site / "two.bin").write_bytes(body)
+    fazt("deploy", str(site), "--site", "files", "--db", str(db))
+    with Server.running(db) as server:
+        for _ in range(3):  # cached, and answered from the loop
+            assert server.get("/two.bin", host="files.localhost").content == body
+        rss = psutil.Process(server.proc.pid).memory_info().rss
+        request = b"GET /two.bin HTTP/1.1\r\nHost: files.localhost\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", server.port)) as s:
+            s.sendall(request * 30)
+            assert eventually(lambda: server.get("/_fazt/health").status_code == 200)
+            for _ in range(10):  # a moment for anything the server would pile up
+                server.get("/_fazt/health")
+            grown = (psutil.Process(server.proc.pid).memory_info().rss - rss) / 2**20
+            assert grown < 20, f"RSS grew {grown:.0f} MB"
+            s.settimeout(30)
+            data = bytearray()
+            while len(data) < 30 * len(body):
+                piece = s.recv(1 << 20)
+                assert piece, "closed early"
+                data += piece
+            while data.count(b"HTTP/1.1 200 OK") < 30 or not data.endswith(body):
+                piece = s.recv(1 << 20)
+                assert piece, "closed early"
+                data += piece
+        assert data.count(body) == 30
+
+
 def test_content_length_beside_transfer_encoding_is_refused_and_closed(module_server):
     server = module_server
     # A proxy in front that reads Content-Length would take the rest as a second request.

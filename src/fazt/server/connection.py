@@ -209,7 +209,17 @@ class Connection:
         self.events = events
 
     def _reading(self) -> int:
-        return 0 if self.state == TASK or self.eof else READ
+        if self.state == TASK or self.eof:
+            return 0
+        if self.inbuf and self._answer_pending():
+            return 0  # a pipelined request waits for the answer before it: read no more
+        return READ
+
+    def _answer_pending(self) -> bool:
+        """Between requests, with the last answer not yet all handed to the kernel: the
+        next pipelined request waits (each queued answer was memory a client that pipelines
+        and never reads could pile up: 4.5 MB files, twenty at a time)."""
+        return self.parser is None and bool(self.wire or self.out)
 
     def _writing(self) -> int:
         return WRITE if (self.wire or self.out) and not self.stalled else 0
@@ -262,6 +272,8 @@ class Connection:
         while self.inbuf and not self.closed and not self.close_after and \
                 self.state in (IDLE, HEADERS, BODY):
             known = None
+            if self._answer_pending():
+                break  # flush() goes on once the answer before it is sent
             if self.parser is None:
                 adj = self.listener_info.adj
                 known = self.server.heads.parser_for(adj, self.inbuf)  # heads.py
@@ -470,7 +482,11 @@ class Connection:
     # -- writing --------------------------------------------------------------------
 
     def send(self, data: bytes) -> None:
-        """On the loop: plaintext to the client, sent now as far as the socket takes it."""
+        """On the loop: plaintext to the client, sent now as far as the socket takes it.
+        A large answer (a cached file) bounds what the kernel holds for it, as a stream
+        does: a slow reader's socket would otherwise grow its buffer to megabytes."""
+        if len(data) > SEND_PIECE:
+            self._bound_sndbuf()
         self.out.append(data)
         self.flush()
 
@@ -518,13 +534,16 @@ class Connection:
 
     def _stream_begins(self) -> None:
         """On the loop: bound what the kernel holds for this stream, then send."""
+        self._bound_sndbuf()
+        self.flush()
+
+    def _bound_sndbuf(self) -> None:
         if not self.closed:
             try:
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
                                      stream_sndbuf(self.sock))
             except OSError:
                 pass
-        self.flush()
 
     def _send_wire(self, data: bytes) -> None:
         if data:
@@ -597,6 +616,8 @@ class Connection:
         if not (self.wire or out) and self.state == IDLE and not self.task_running:
             if self.close_after:
                 self._begin_close()
+            elif self.parser is None and self.inbuf:
+                self.parse()  # the pipelined request that waited for this answer
             elif self.parser is None and not self.server.admission.is_closable(self):
                 self.since = time.monotonic()  # answered: idle from now, and closable
                 self.server.admission.quiet_again(self)

@@ -20,6 +20,8 @@ PROXY = "10.0.0.5"
     (PROXY, "10.0.0.8, 10.0.0.7", "10.0.0.8"),
     (PROXY, "unknown", "unknown"),
     ("2001:db8::1", "198.51.100.1", "198.51.100.1"),
+    ("::ffff:10.0.0.5", "198.51.100.1", "198.51.100.1"),  # IPv4 on a dual-stack listener
+    ("::ffff:203.0.113.9", "198.51.100.1", "::ffff:203.0.113.9"),
 ])
 def test_the_client_is_the_rightmost_untrusted_hop(peer, header, expected):
     assert client_address(peer, header, networks(("10.0.0.0/8", "2001:db8::/32"))) == expected

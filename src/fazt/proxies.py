@@ -28,6 +28,8 @@ def is_trusted(address: str, trusted: tuple[Network, ...]) -> bool:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # an IPv4 peer on a dual-stack listener ("::ffff:127.0.0.1")
     return any(ip in network for network in trusted)
 
 

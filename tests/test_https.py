@@ -175,15 +175,21 @@ def test_cert_import_checks_everything_before_writing(db_path, tmp_path, ca):
     assert set(certs(db_path)) == {"*.other.org"}  # nothing else was written
 
 
-def test_cert_import_refuses_a_key_the_tls_port_could_not_serve(db_path, tmp_path):
+@pytest.mark.parametrize("kind, says", [("rsa1024", "RSA of 1024 bits"),
+                                         ("ed25519", "Ed25519PrivateKey"),
+                                         ("dsa", "DSAPrivateKey")])
+def test_cert_import_refuses_a_key_the_tls_port_could_not_serve(db_path, tmp_path, kind,
+                                                                says):
     import datetime
 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.asymmetric import dsa, ed25519, rsa
     from cryptography.x509.oid import NameOID
 
-    key = rsa.generate_private_key(65537, 1024)
+    key = {"rsa1024": lambda: rsa.generate_private_key(65537, 1024),
+           "ed25519": ed25519.Ed25519PrivateKey.generate,
+           "dsa": lambda: dsa.generate_private_key(2048)}[kind]()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "weak.org")])
     now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
@@ -191,14 +197,14 @@ def test_cert_import_refuses_a_key_the_tls_port_could_not_serve(db_path, tmp_pat
             .not_valid_before(now - datetime.timedelta(days=1))
             .not_valid_after(now + datetime.timedelta(days=30))
             .add_extension(x509.SubjectAlternativeName([x509.DNSName("weak.org")]), False)
-            .sign(key, hashes.SHA256()))
+            .sign(key, None if kind == "ed25519" else hashes.SHA256()))
     (tmp_path / "weak.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     (tmp_path / "weak.key").write_bytes(key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()))
     r = fazt("cert", "import", "weak.org", "--cert", str(tmp_path / "weak.pem"), "--key",
              str(tmp_path / "weak.key"), "--db", str(db_path), check=False)
-    assert r.returncode == 1 and "RSA of 1024 bits" in r.stderr, r.stderr
+    assert r.returncode == 1 and says in r.stderr, r.stderr
     assert certs(db_path) == {}
 
 

@@ -102,6 +102,11 @@ def check_pair(host: str, chain_pem: bytes, key_pem: bytes, now: float) -> CertI
     if isinstance(key, rsa.RSAPrivateKey) and key.key_size < RSA_MIN_BITS:
         raise FaztError(f"The key is RSA of {key.key_size} bits; TLS needs at least "
                         f"{RSA_MIN_BITS}.")
+    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+        # (DSA signs no TLS 1.2+ handshake fazt offers; browsers take no Ed25519 server
+        # certificate: every handshake would fail after an import that said "Installed")
+        raise FaztError(f"The key is {type(key).__name__.removeprefix('_')}; TLS clients "
+                        "take RSA or ECDSA certificates.")
     if not info.covers(host):
         raise FaztError(f"The certificate is for {', '.join(info.names) or 'no DNS name'}, "
                         f"not {host}.")

@@ -88,6 +88,16 @@ def live(db_path: Path, request):
     srv.stop()
 
 
+def crowd(port: int, count: int, request: bytes) -> list[socket.socket]:
+    """`count` connections that each sent `request` (and read nothing yet)."""
+    opened = []
+    for _ in range(count):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(request)
+        opened.append(s)
+    return opened
+
+
 def _config(srv: Server, db_path: Path, **values) -> None:
     for key, value in values.items():
         fazt("config", "set", key, str(value), "--break-glass", "--db", str(db_path))
@@ -263,11 +273,8 @@ def test_saying_host_admin_earns_a_crowd_nothing(live: Server, db_path):
     _config(live, db_path, connection_limit=64, address_connections=100000)
     squat = []
     try:
-        for _ in range(200):
-            s = socket.create_connection(("127.0.0.1", live.port))
-            s.sendall(b"GET /api/system/status HTTP/1.1\r\nHost: admin.localhost\r\n"
-                      b"X-Fazt-Request: 1\r\n\r\n")
-            squat.append(s)
+        squat += crowd(live.port, 200, b"GET /api/system/status HTTP/1.1\r\nHost: "
+                                       b"admin.localhost\r\nX-Fazt-Request: 1\r\n\r\n")
         answers = []
         for s in squat:
             s.settimeout(10)
@@ -294,11 +301,9 @@ def test_slow_bodies_do_not_hold_the_owner_or_the_sites(live: Server, db_path):
     _config(live, db_path, address_connections=400)  # a share of 400 / 8 = 50 bodies at once
     trickles = []
     try:
-        for _ in range(120):
-            s = socket.create_connection(("127.0.0.1", live.port))
-            s.sendall(b"POST /api/echo HTTP/1.1\r\nHost: mysite.localhost\r\n"
-                      b"Content-Type: text/plain\r\nContent-Length: 100000\r\n\r\nx")
-            trickles.append(s)
+        trickles += crowd(live.port, 120, b"POST /api/echo HTTP/1.1\r\nHost: mysite.localhost"
+                                          b"\r\nContent-Type: text/plain\r\n"
+                                          b"Content-Length: 100000\r\n\r\nx")
         for _ in range(3):
             signed, took = sign_in(live)
             assert signed == 200 and took < 1.0

@@ -246,6 +246,14 @@ class Admission:
             address = self.addresses[client] = Address(self.address_rps * 2)
         return address
 
+    def _share(self, conn, forwarded_for: str | None) -> Refusal | None:
+        """The address's share: its connections, then its requests per second."""
+        if conn.over_share:
+            return Refusal(429, "too_many_connections",
+                           "This address has too many connections open; close some and "
+                           "try again.", 2, close=True)
+        return self._rate(self._client(conn, forwarded_for))
+
     def _rate(self, address: "Address") -> Refusal | None:
         """The address's requests per second (a token bucket, two seconds of burst)."""
         now = time.monotonic()
@@ -344,11 +352,7 @@ class Admission:
             conn.close_when_answered = conn.reserve
             if path == "/api/login":
                 return self._body_rule(target.kind, method, path)
-            if conn.over_share:
-                return Refusal(429, "too_many_connections",
-                               "This address has too many connections open; close some and "
-                               "try again.", 2, close=True)
-            refusal = self._rate(self._client(conn, forwarded_for))
+            refusal = self._share(conn, forwarded_for)
             if refusal is not None:
                 return refusal
             if method not in STATIC_METHODS and path.startswith("/api/"):
@@ -362,11 +366,7 @@ class Admission:
             return Refusal(503, "over_capacity",
                            "The server is at its connection limit; try again shortly.", 2,
                            close=True)
-        if conn.over_share:
-            return Refusal(429, "too_many_connections",
-                           "This address has too many connections open; close some and "
-                           "try again.", 2, close=True)
-        refusal = self._rate(self._client(conn, forwarded_for))
+        refusal = self._share(conn, forwarded_for)
         if refusal is not None:
             return refusal
         if queue_depth >= USER_QUEUE_LIMIT:

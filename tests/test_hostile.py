@@ -140,6 +140,12 @@ def test_a_request_line_the_parser_half_read_is_a_400_and_one_log_line(server, t
     assert len(lines) == 1 and " 400 " in lines[0], lines
 
 
+def test_two_host_headers_are_a_400(module_server):
+    answer = exchange(module_server, b"GET / HTTP/1.1\r\nHost: hello.localhost\r\n"
+                                     b"Host: admin.localhost\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"more than one Host" in answer, answer
+
+
 @pytest.mark.parametrize("request_bytes", [
     b"GET / HTTP/1.1\nHost: hello.localhost\n\n",
     b"GET / HTTP/1.1\r\nHost: hello.localhost\n\n",

@@ -351,6 +351,10 @@ class Connection:
             # error, the connection closes after the answer.
             parser.error = BadRequest("both Content-Length and Transfer-Encoding, or "
                                       "Transfer-Encoding in HTTP/1.0")
+        elif parser.error is None and "," in parser.headers.get("HOST", ""):
+            # Waitress joins repeated headers with ", ": two Host lines (RFC 9112 3.2: 400),
+            # which a proxy in front may have read the other way
+            parser.error = BadRequest("more than one Host header")
         if parser.error is not None:
             error = parser.error
             code = {400: "bad_request", 413: "too_large", 431: "headers_too_large",

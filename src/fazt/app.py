@@ -11,7 +11,7 @@ import falcon
 from fazt import http_errors, proxies, requestlog
 from fazt.cockpit.app import cockpit_app
 from fazt.cockpit.resources import QuickStatus
-from fazt.cockpit.session import session_from_header
+from fazt.cockpit.session import proves_owner
 from fazt.hosts import ADMIN, SITE, classify
 from fazt.instance import Instance
 from fazt.requestlog import RequestLog
@@ -55,10 +55,7 @@ class Router:
         """Whether a request's Cookie and Authorization prove the owner, as the cockpit's
         Authentication middleware judges them (a bearer token, else the session cookie),
         from RAM alone: for the event loop's admission (server/admission.py)."""
-        if authorization:
-            scheme, _, value = authorization.partition(" ")
-            return scheme.lower() == "bearer" and self.instance.check_token(value.strip())
-        return session_from_header(cookie, self.instance.auth) is not None
+        return proves_owner(self.instance, cookie, authorization)
 
     def __call__(self, environ: dict, start_response):
         self.instance.refresh()  # what any writer committed is served from this request on

@@ -25,10 +25,10 @@ import contextlib
 import os
 import sqlite3
 import time
-import urllib.parse
 
 from fazt.errors import FaztError
 from fazt.store.claim import try_claim
+from fazt.store.database import read_only_uri
 from fazt.store.schema import MIGRATIONS
 
 _SIDE_FILES = ("-wal", "-shm", "-journal")
@@ -43,7 +43,7 @@ def check_backup(path: str) -> dict:
         if f.read(16) != b"SQLite format 3\x00":
             raise FaztError(f"{path} is not a SQLite database.")
     try:
-        conn = sqlite3.connect(_read_only(path), uri=True, isolation_level=None)
+        conn = sqlite3.connect(read_only_uri(path), uri=True, isolation_level=None)
     except sqlite3.Error as exc:
         raise FaztError(f"{path} cannot be opened: {exc}.") from None
     try:
@@ -123,7 +123,7 @@ def _place_copy(backup: str, incoming: str, *, consume: bool) -> None:
     if consume and os.stat(backup).st_dev == os.stat(folder).st_dev:
         _move(backup, incoming)
     else:
-        src = sqlite3.connect(_read_only(backup), uri=True)
+        src = sqlite3.connect(read_only_uri(backup), uri=True)
         dst = sqlite3.connect(incoming)
         try:
             src.backup(dst, pages=4096)
@@ -140,13 +140,8 @@ def _place_copy(backup: str, incoming: str, *, consume: bool) -> None:
         os.fsync(f.fileno())
 
 
-def _read_only(path: str) -> str:
-    """A read-only URI for `path`, whatever it holds (`#`, `?`, `%` end or change a URI)."""
-    return "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
-
-
 def _integrity(path: str) -> None:
-    conn = sqlite3.connect(_read_only(path), uri=True, isolation_level=None)
+    conn = sqlite3.connect(read_only_uri(path), uri=True, isolation_level=None)
     try:
         verdict = [r[0] for r in conn.execute("PRAGMA integrity_check")]
     finally:

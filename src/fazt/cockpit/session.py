@@ -30,11 +30,25 @@ TOKEN_DENIED = ("/api/tokens", "/api/backup")  # reads a token must not make
 
 def bearer(req: falcon.Request) -> str | None:
     """The token of an `Authorization: Bearer` header; "" when the header is another kind."""
-    header = req.get_header("Authorization")
+    return bearer_token(req.get_header("Authorization"))
+
+
+def bearer_token(header: str | None) -> str | None:
+    """`bearer` from the raw header value."""
     if header is None:
         return None
     scheme, _, value = header.partition(" ")
     return value.strip() if scheme.lower() == "bearer" else ""
+
+
+def proves_owner(instance: Instance, cookie_header: str | None,
+                 authorization: str | None) -> bool:
+    """Whether raw Cookie and Authorization headers prove the owner, as Authentication
+    judges them (a bearer header alone, else the session cookie), from RAM alone."""
+    token = bearer_token(authorization)
+    if token is not None:
+        return instance.check_token(token)
+    return session_from_header(cookie_header, instance.auth) is not None
 
 
 def session_cookie(req: falcon.Request, auth: Auth) -> str | None:

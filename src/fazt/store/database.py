@@ -324,8 +324,14 @@ def create_database(path: str) -> Database:
     return Database(path)
 
 
+def read_only_uri(path: str) -> str:
+    """A read-only `file:` URI for `path`, whatever it holds (`#`, `?`, `%` would end or
+    change a URI written as it is)."""
+    return "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+
+
 def _connect_read_only(path: str, timeout: float) -> sqlite3.Connection:
-    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+    uri = read_only_uri(path)
     return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False,
                            timeout=timeout)
 

@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import psutil
 import pytest
@@ -23,6 +24,12 @@ from conftest import (
     init_db,
     slow_reader,
 )
+
+from fazt.constants import MB
+from fazt.hosts import SITE, Target
+from fazt.proxies import networks
+from fazt.server.admission import Admission, BodyRule, Refusal
+from fazt.server.transport import plain
 
 CSRF = {"X-Fazt-Request": "1"}
 CREDENTIALS = {"username": USERNAME, "password": PASSWORD}
@@ -486,3 +493,86 @@ def test_visitors_behind_a_trusted_proxy_each_get_their_own_limits(live: Server,
     finally:
         for s in held:
             s.close()
+
+
+class Peer:
+    """What admission reads and writes of a connection, for tests of the Admission object
+    itself: loopback cannot give a test the many IPv6 addresses of one /64."""
+
+    def __init__(self, ip: str):
+        self.ip = self.key = self.client = ip
+        self.transport = plain()
+        self.listener = SimpleNamespace(scheme="http")
+        self.counted = self.over_share = self.reserve = self.admin = self.in_body = False
+        self.close_when_answered = False
+        self.between_requests = False
+        self.since = time.monotonic()
+        self.target = None
+
+    def evict(self) -> None:
+        raise AssertionError("a connection that just arrived is never closed to make room")
+
+
+def _admission(address_connections: int = 1000, address_rps: float = 1000) -> Admission:
+    return Admission(lambda host: Target(SITE, "s"), 10_000, address_connections,
+                     address_rps, MB, MB)
+
+
+def _arrived(admission: Admission, *ips: str) -> list[Peer]:
+    peers = [Peer(ip) for ip in ips]
+    for peer in peers:
+        admission.arrived(peer)
+    return peers
+
+
+def test_one_ipv6_64_is_one_address_for_every_share():
+    """Every address of an IPv6 /64 is one client's (a home connection gets 2^64): its
+    connections, requests per second and bodies in flight count against one share."""
+    admission = _admission(address_connections=2)
+    same = _arrived(admission, "2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2:ffff::3")
+    assert [peer.over_share for peer in same] == [False, False, True]
+    assert not _arrived(admission, "2001:db8:1:3::1")[0].over_share  # another /64
+    verdict = admission.admit(same[2], "GET", "/", "s.localhost", 0)
+    assert isinstance(verdict, Refusal) and verdict.code == "too_many_connections"
+
+    admission = _admission(address_rps=1)  # a burst of two requests
+    peers = _arrived(admission, *(f"2001:db8:1:2::{n}" for n in range(1, 4)),
+                     "2001:db8:1:3::1")
+    verdicts = [admission.admit(peer, "GET", "/", "s.localhost", 0) for peer in peers]
+    assert [type(v) for v in verdicts] == [BodyRule, BodyRule, Refusal, BodyRule]
+    assert verdicts[2].code == "too_many_requests"
+
+    admission = _admission(address_connections=32)  # four bodies at once an address
+    assert admission.address_bodies_limit == 4
+    peers = _arrived(admission, *(f"2001:db8:1:2::{n}" for n in range(1, 6)),
+                     "2001:db8:1:3::1")
+    refusals = [admission.check_body(peer, admission.admit(peer, "POST", "/api/x",
+                                                           "s.localhost", 0), 10, False)
+                for peer in peers]
+    assert refusals[:4] == [None] * 4 and refusals[5] is None
+    assert refusals[4].code == "too_many_uploads"
+
+
+def test_an_ipv4_client_on_a_dual_stack_listener_is_its_ipv4_address():
+    admission = _admission(address_connections=1)
+    mapped, plain_v4 = _arrived(admission, "::ffff:198.51.100.7", "198.51.100.7")
+    assert not mapped.over_share and plain_v4.over_share
+    assert mapped.key == plain_v4.key == "198.51.100.7"
+    assert mapped.ip == "::ffff:198.51.100.7"  # the log and trusted_proxies see it whole
+
+
+def test_a_trusted_proxys_crowd_is_not_its_64_neighbours_share():
+    """A trusted IPv6 proxy carries everyone: its connections count under its own
+    address, and a neighbour in its /64 keeps a whole share; a visitor it names in
+    X-Forwarded-For is counted by that visitor's /64."""
+    admission = _admission(address_connections=2, address_rps=1)
+    admission.trusted = lambda: networks(("2001:db8:9:9::5",))
+    proxy = _arrived(admission, *["2001:db8:9:9::5"] * 4)
+    assert not any(peer.over_share for peer in proxy)
+    assert not _arrived(admission, "2001:db8:9:9::6")[0].over_share
+    verdicts = [admission.admit(peer, "GET", "/", "s.localhost", 0, visitor)
+                for peer, visitor in zip(proxy, ["2001:db8:5:5::1", "2001:db8:5:5::2",
+                                                 "2001:db8:5:5::3", "2001:db8:5:6::1"],
+                                         strict=True)]
+    assert [type(v) for v in verdicts] == [BodyRule, BodyRule, Refusal, BodyRule]
+    assert proxy[0].client == "2001:db8:5:5::/64"

@@ -5,7 +5,7 @@ import pytest
 from conftest import PASSWORD, USERNAME
 
 from fazt.app import Router
-from fazt.proxies import client_address, networks
+from fazt.proxies import address_key, client_address, networks
 
 ADMIN = {"Host": "admin.localhost", "X-Fazt-Request": "1"}
 PROXY = "10.0.0.5"
@@ -25,6 +25,21 @@ PROXY = "10.0.0.5"
 ])
 def test_the_client_is_the_rightmost_untrusted_hop(peer, header, expected):
     assert client_address(peer, header, networks(("10.0.0.0/8", "2001:db8::/32"))) == expected
+
+
+@pytest.mark.parametrize("address,key", [
+    ("203.0.113.9", "203.0.113.9"),
+    ("::ffff:203.0.113.9", "203.0.113.9"),  # IPv4 on a dual-stack listener: its IPv4 address
+    ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),  # IPv6: its /64, whatever the rest
+    ("2001:db8:1:2::ffff", "2001:db8:1:2::/64"),
+    ("2001:DB8:1:2::1", "2001:db8:1:2::/64"),  # however it is spelled
+    ("2001:db8:1:3::1", "2001:db8:1:3::/64"),  # the next /64 is another client
+    ("::1", "::/64"),
+    ("unknown", "unknown"),  # what a proxy may name: counted as it is
+    ("not:an:address", "not:an:address"),
+])
+def test_limits_count_an_ipv6_client_by_its_64(address, key):
+    assert address_key(address) == key
 
 
 def login(client, remote_addr: str, forwarded: dict, password: str = "wrong password"):
@@ -72,3 +87,12 @@ def test_the_request_log_shows_the_client_behind_a_trusted_proxy(instance):
                         headers={"Host": "localhost", "X-Forwarded-For": "198.51.100.7"})
     assert lines[0].startswith(PROXY + " ")
     assert lines[1].startswith("198.51.100.7 ")
+
+
+def test_sign_in_guesses_from_one_64_count_as_one_address(client):
+    """A /64 is one client's: five wrong passwords from five of its addresses lock out
+    a sixth, while another /64 may still try."""
+    for n in range(5):
+        assert login(client, f"2001:db8:1:2::{n + 1:x}", {}).status_code == 401
+    assert login(client, "2001:db8:1:2:ffff::1", {}).status_code == 429
+    assert login(client, "2001:db8:1:3::1", {}).status_code == 401

@@ -15,6 +15,7 @@ import ipaddress
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_ADDRESS = 64  # characters kept of an entry that is not an IP address
+IPV6_PREFIX = 64  # the block one IPv6 client holds: limits count it as one address
 
 
 @functools.lru_cache(maxsize=8)
@@ -23,14 +24,36 @@ def networks(entries: tuple[str, ...]) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
 
 
-def is_trusted(address: str, trusted: tuple[Network, ...]) -> bool:
+def ip_of(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP address `address` names (an IPv4 peer on a dual-stack listener, "::ffff:a.b.c.d",
+    as its IPv4 address), or None when it names none (a proxy's "unknown")."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
-        return False
+        return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # an IPv4 peer on a dual-stack listener ("::ffff:127.0.0.1")
-    return any(ip in network for network in trusted)
+        return ip.ipv4_mapped
+    return ip
+
+
+@functools.lru_cache(maxsize=4096)
+def address_key(address: str) -> str:
+    """Whom the per-address limits count for a client at `address`: an IPv4 address
+    itself, an IPv6 address its /64 ("2001:db8:1:2::/64"), anything else as it is.
+    The request log and trusted_proxies keep reading the full address."""
+    if ":" not in address:
+        return address  # IPv4 (or not an address): no parsing on the common path
+    ip = ip_of(address)
+    if ip is None:
+        return address
+    if ip.version == 4:
+        return str(ip)
+    return str(ipaddress.IPv6Network((ip, IPV6_PREFIX), strict=False))
+
+
+def is_trusted(address: str, trusted: tuple[Network, ...]) -> bool:
+    ip = ip_of(address)
+    return ip is not None and any(ip in network for network in trusted)
 
 
 def client_address(peer: str, forwarded_for: str | None, trusted: tuple[Network, ...]) -> str:

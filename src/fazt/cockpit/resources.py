@@ -9,7 +9,7 @@ import json
 
 import falcon
 
-from fazt import settings, tokens
+from fazt import proxies, settings, tokens
 from fazt.auth import new_session_key
 from fazt.cockpit.headers import HEADERS
 from fazt.cockpit.session import (
@@ -54,7 +54,8 @@ class Login:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         auth = self.instance.auth
-        address = req.remote_addr or "-"
+        # by its key: guesses from every address of one IPv6 /64 count as one address's
+        address = proxies.address_key(req.remote_addr or "-")
         wait = auth.limiter.retry_after(address)
         if wait:
             raise http_error(429, "too_many_attempts",

@@ -32,6 +32,11 @@ The rules, in the order a connection meets them:
    and the log do. Connections are counted per socket peer, since they are
    accepted before any header is read; a trusted proxy's are not capped by
    `address_connections` (it carries everyone), only by the server's limit.
+   An "address" here is `proxies.address_key`: an IPv6 client is counted by its /64
+   (one home connection holds 2^64 addresses; counted apart, each would bring a fresh
+   share), an IPv4 one on a dual-stack listener as IPv4. A trusted proxy's own
+   connections are counted under its full address, so that its neighbours in its /64
+   do not inherit the crowd it carries.
 3. Bodies. A body is read only where the route takes one and only up to the
    route's limit (BodyRule); anything else is answered 405/411/413 before a
    byte of it is read, and the connection is then closed rather than drained.
@@ -209,16 +214,18 @@ class Admission:
 
     def arrived(self, conn) -> None:
         """A new connection (the listener checked `has_room`): make room for it."""
-        address = self.addresses.get(conn.ip)
+        proxy = self._is_proxy(conn.ip)
+        conn.key = conn.ip if proxy else proxies.address_key(conn.ip)
+        address = self.addresses.get(conn.key)
         if address is None:
-            address = self.addresses[conn.ip] = Address(self.address_rps * 2)
+            address = self.addresses[conn.key] = Address(self.address_rps * 2)
         conn.counted = True
         address.open += 1
         address.connections += 1
         self.open += 1
         self.charged += conn.transport.weight
         if address.connections > self.address_connections and not self._close(
-                address.closable) and not self._is_proxy(conn.ip):
+                address.closable) and not proxy:
             conn.over_share = True
         while self.charged > self.connection_limit:
             if self._close(self.closable):
@@ -234,12 +241,15 @@ class Admission:
         return bool(trusted) and proxies.is_trusted(ip, trusted)
 
     def _client(self, conn, forwarded_for: str | None) -> Address:
-        """The record of the request's client: the peer, or whom a trusted proxy names."""
-        client = conn.ip
+        """The record of the request's client: the peer's, or that of whom a trusted proxy
+        names (by their keys: `proxies.address_key`)."""
+        client = conn.key
         if forwarded_for:
             trusted = self.trusted()
             if trusted:
-                client = proxies.client_address(conn.ip, forwarded_for, trusted)
+                named = proxies.client_address(conn.ip, forwarded_for, trusted)
+                if named != conn.ip:
+                    client = proxies.address_key(named)
         conn.client = client
         address = self.addresses.get(client)
         if address is None:
@@ -290,7 +300,7 @@ class Admission:
             return
         idle = conn.between_requests
         self.closable.add(conn, idle)
-        self.addresses[conn.ip].closable.add(conn, idle)
+        self.addresses[conn.key].closable.add(conn, idle)
 
     def is_closable(self, conn) -> bool:
         return conn in self.closable
@@ -298,7 +308,7 @@ class Admission:
     def busy(self, conn) -> None:
         """Its request has arrived: from now until the answer is sent it is never closed."""
         self.closable.discard(conn)
-        address = self.addresses.get(conn.ip)
+        address = self.addresses.get(conn.key)
         if address is not None:
             address.closable.discard(conn)
 
@@ -310,7 +320,7 @@ class Admission:
         self.busy(conn)
         self.open -= 1
         self.charged -= conn.transport.weight
-        address = self.addresses.get(conn.ip)
+        address = self.addresses.get(conn.key)
         if address is not None:
             address.open -= 1
             if not conn.admin:
@@ -322,10 +332,10 @@ class Admission:
         """Drop the records of addresses with nothing open and a full bucket (bounded RAM)."""
         now = time.monotonic()
         full = self.address_rps * 2
-        for ip in [ip for ip, a in self.addresses.items()
-                   if a.open <= 0 and a.bodies <= 0
-                   and a.tokens + (now - a.stamp) * self.address_rps >= full]:
-            del self.addresses[ip]
+        for key in [key for key, a in self.addresses.items()
+                    if a.open <= 0 and a.bodies <= 0
+                    and a.tokens + (now - a.stamp) * self.address_rps >= full]:
+            del self.addresses[key]
 
     # -- requests -----------------------------------------------------------------
 
@@ -335,12 +345,12 @@ class Admission:
         """A request's headers are in: refuse it, or say how much body it may send."""
         target = self.classify(host)
         conn.target = target
-        conn.client = conn.ip
+        conn.client = conn.key
         if target.kind == ADMIN:
             if not conn.admin and self.owner(cookie, authorization):
                 # The owner, proven: from now on outside the address's share, never closable.
                 conn.admin = True
-                self.addresses[conn.ip].connections -= 1
+                self.addresses[conn.key].connections -= 1
             if conn.admin:
                 return self._body_rule(target.kind, method, path)
             # Not proven (yet): a sign-in, the dashboard's page. Served from the reserve

@@ -124,15 +124,16 @@ class Connection:
                  "since", "parser", "inbuf", "wire", "out", "queued", "cond", "events",
                  "admin", "reserve", "over_share", "in_body", "body_limit", "body_bytes",
                  "served", "closed", "close_after", "task_running", "last_write", "began",
-                 "stalled", "eof", "target", "counted", "client", "direct", "watcher",
-                 "parked_rounds", "close_when_answered")
+                 "stalled", "eof", "target", "counted", "key", "client", "direct",
+                 "watcher", "parked_rounds", "close_when_answered")
 
     def __init__(self, server, sock: socket.socket, addr, transport, listener):
         self.server = server
         self.loop = server.loop
         self.sock = sock
         self.addr = addr
-        self.ip = addr[0]
+        self.ip = addr[0]  # the full address: the request log, trusted_proxies
+        self.key = self.ip  # whom its connection counts against (admission: its /64 for IPv6)
         self.client = self.ip  # whom the request's limits count (behind a trusted proxy: admission)
         self.transport = transport
         self.listener = listener

@@ -62,7 +62,8 @@ def sign_in(srv: Server, timeout: float = 10) -> tuple[int, float]:
 
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory) -> Path:
-    """A database with the sites `mysite` and `big` (an 8 MB movie), deployed once."""
+    """A database with the sites `mysite` and `big` (an 8 MB movie, streamed, and a 3 MB
+    file, held whole), deployed once."""
     folder = tmp_path_factory.mktemp("admission")
     db = init_db(folder / "data.db")
     site = folder / "site"
@@ -74,6 +75,7 @@ def deployed(tmp_path_factory) -> Path:
     big = folder / "big"
     big.mkdir()
     (big / "movie.bin").write_bytes(os.urandom(1 << 20) * 8)
+    (big / "three.bin").write_bytes(os.urandom(3 << 20))  # under large_file_mb: not streamed
     (big / "index.html").write_text("big site")
     fazt("deploy", str(big), "--site", "big", "--db", str(db))
     return db
@@ -418,6 +420,32 @@ def test_per_address_limits_answer_429_with_retry_after(live: Server, db_path):
             s.close()
     assert eventually(lambda: requests.get(live.url("/"), headers={"Host": "mysite.localhost"},
                                            timeout=5).status_code == 200)
+
+
+def test_clients_that_never_read_a_threads_answer_hold_no_thread(live: Server, db_path):
+    """A thread hands the answer it built in memory to the loop whole and goes back to
+    serve others, however slowly its client reads: with two user threads, two clients that
+    never read answers larger than their sockets hold (each pipelining three), the next
+    request that needs a thread is answered at once, not after the 60 s write timeout.
+    (A Range of a file held whole is always a thread's: the fast path leaves ranges.)"""
+    _config(live, db_path, user_threads=2)
+    ranged = b"Host: big.localhost\r\nRange: bytes=0-\r\n\r\n"
+    held = []
+    try:
+        for source in ("127.0.0.2", "127.0.0.3"):
+            s = socket.create_connection(("127.0.0.1", live.port), source_address=(source, 0))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.sendall((b"GET /three.bin HTTP/1.1\r\n" + ranged) * 3)
+            s.settimeout(10)
+            assert s.recv(64).startswith(b"HTTP/1.1 206")  # a thread took it; nothing read
+            held.append(s)
+        for _ in range(5):
+            began = time.monotonic()
+            assert status_of(live.port, b"GET /index.html HTTP/1.1\r\n" + ranged) == 206
+            assert time.monotonic() - began < 5
+    finally:
+        for s in held:
+            s.close()
 
 
 def test_memory_per_idle_connection_is_small(live: Server, db_path):

@@ -7,8 +7,9 @@ keep-alive rules). It only asks its "channel" for a few things, which
 `server_name`), `adj`, `addr`, `write_soon(data)` and
 `check_client_disconnected()`. `write_soon` never touches the socket: it
 queues bytes (or a `wsgi.file_wrapper` buffer, which the loop drains piece by
-piece as the client reads) and rings the loop. A thread that queued more than
-OUT_HIGH bytes waits until the client has taken some.
+piece as the client reads) and rings the loop. A thread never waits on its client
+once its answer is queued; it waits only before writing more while more than OUT_HIGH
+bytes of it wait for the loop (Connection.queue_from_thread).
 """
 
 import logging

@@ -64,7 +64,7 @@ STREAM_SNDBUF = SEND_BATCH // 2
 STREAM_SNDBUF_LEAST = 128 * 1024
 STREAM_RATE = 1024 * 1024 * 1024  # bytes a second one download is sized for
 _TCPI_RTT = 68  # offset of tcpi_rtt (microseconds) in Linux's struct tcp_info
-OUT_HIGH = 128 * 1024  # a task that queued this much waits for the client
+OUT_HIGH = 128 * 1024  # a task's next piece waits while this much waits for the loop
 WAKE_BYTES = 64 * 1024  # a task rings the loop when this much waits, not for every write
 HEADER_TIMEOUT = CLIENT_TIMEOUT  # seconds from a request's first byte to its last header
 FIRST_REQUEST_TIMEOUT = CLIENT_TIMEOUT  # a new connection that says nothing is closed after this
@@ -496,20 +496,33 @@ class Connection:
         self.flush()
 
     def queue_from_thread(self, data) -> None:
-        """On a task's thread: queue, ring the loop when worth it, wait if too much waits."""
-        self.out.append(data)
+        """On a task's thread: queue a piece of the answer, ring the loop when worth it.
+
+        A piece already built is handed over whatever the client does: waiting after it
+        would hold the thread (a lane has a few) for a client that may never read, and
+        save no memory. The wait is before a piece, while more than OUT_HIGH of earlier
+        ones waits for the loop to take it (`queued`): only an application that writes
+        piece after piece (a WSGI iterator) is held back there, which bounds what it can
+        pile up for a client that does not read. An answer written whole (the status line
+        and headers, then the body: every answer fazt's routes build in memory) finds
+        nothing waiting before its last piece, and its thread returns at once; a large
+        file is a stream, which the loop pulls (`_stream_begins`)."""
         if type(data) is not bytes:  # a stream: the loop pulls it
+            self.out.append(data)
             self.loop.call_soon_threadsafe(self._stream_begins)
             return
         with self.cond:
+            while self.queued > OUT_HIGH and not self.closed:
+                self.cond.wait(1.0)
+            if self.closed:
+                return  # nobody to answer (TaskChannel.write_soon says so at the next write)
+            # Queued and counted at once, under the lock `_taken` takes: were the loop to
+            # take the piece before it is counted, its count would never come off.
+            self.out.append(data)
             self.queued += len(data)
             queued = self.queued
         if queued >= WAKE_BYTES:
             self.loop.call_soon_threadsafe(self.flush)
-        if queued > OUT_HIGH:
-            with self.cond:
-                while self.queued > OUT_HIGH and not self.closed:
-                    self.cond.wait(1.0)
 
     def send_from_thread(self) -> None:
         """On a task's thread, once its whole answer is queued: send it now instead of a

@@ -268,6 +268,53 @@ def test_a_warm_file_and_a_refusal_keep_https_rules(shared, ca):
     assert r.headers["Location"] == f"https://blog.{DOMAIN}:{srv.https_port}/form?x=1"
 
 
+def store_certificate(db: Path, host: str, leaf: trustme.LeafCert, source: str) -> None:
+    """Written straight into the database: `fazt cert import` refuses an expired one, but
+    one imported long ago (or an ACME certificate whose renewals failed) expires in place."""
+    from fazt.pem import read_chain
+    from fazt.store import certs as store
+    from fazt.store import open_database
+
+    chain = b"".join(b.bytes() for b in leaf.cert_chain_pems)
+    info = read_chain(chain)
+    database = open_database(str(db))
+    try:
+        with database.write() as conn:
+            store.save_certificate(conn, host, chain, leaf.private_key_pem.bytes(),
+                                   issuer=info.issuer, not_before=info.not_before,
+                                   not_after=info.not_after, source=source)
+    finally:
+        database.close()
+
+
+def test_a_host_whose_certificate_expired_is_served_plainly(tmp_path, site_dir, ca):
+    """Redirected to HTTPS, a browser would only meet an expired certificate: the plain
+    port serves that host as one still waiting for its certificate (its renewal is
+    ordered meanwhile; here the CA is unreachable, so it stays expired)."""
+    import datetime
+
+    db = imported(tmp_path, site_dir, ca)
+    fazt("site", "domain", "add", "blog", "old.blog.org", "--db", str(db))
+    past = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
+    store_certificate(db, "old.blog.org", ca.issue_cert(
+        "old.blog.org", not_before=past, not_after=past + datetime.timedelta(days=90)),
+        "import")
+    srv = Running(db, free_port())
+    try:
+        plain = f"http://127.0.0.1:{srv.server.port}/index.html"
+        r = requests.get(plain, headers={"Host": "old.blog.org"}, allow_redirects=False)
+        assert r.status_code == 200 and "hello from fazt" in r.text
+        # a method the static site refuses is refused here, not sent on to HTTPS
+        r = requests.post(plain, data=b"a=b", headers={"Host": "old.blog.org"},
+                          allow_redirects=False)
+        assert r.status_code == 405, r.text
+        # a host with a valid certificate still goes to HTTPS
+        r = requests.get(plain, headers={"Host": "www.blog.org"}, allow_redirects=False)
+        assert r.status_code == 308
+    finally:
+        srv.stop()
+
+
 def test_the_owners_status_read_keeps_https_rules(shared, ca):
     """The loop answers a signed-in status read itself (server/statuspath.py): over TLS
     with HSTS, as the cockpit's thread does; the plain port still redirects."""

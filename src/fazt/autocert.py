@@ -101,10 +101,22 @@ class AutoCert:
             del self.served[host]
 
     def serves(self, host: str) -> bool:
-        """Whether a certificate for `host` is installed (its own, or a wildcard's)."""
+        """Whether the TLS port shows `host` a certificate that is valid now.
+
+        The plain port redirects only such a host: an expired certificate (an import
+        left to lapse, an ACME renewal that keeps failing) would only make the browser
+        refuse the page, so that host is served plainly, as one that has none yet.
+        The certificate judged is the one the TLS port picks (tls.Certificates.
+        context_for): the host's own, else a wildcard's one level up.
+        """
         name = host.lower().rstrip(".")
-        return name in self.served or ("." in name and
-                                       "*." + name.split(".", 1)[1] in self.served)
+        served = self.served.get(name)
+        if served is None and "." in name:
+            served = self.served.get("*." + name.split(".", 1)[1])
+        if served is None:
+            return False
+        info = served[0]
+        return info.not_before <= time.time() < info.not_after
 
     def challenge(self, token: str) -> str | None:
         """The key authorization for an HTTP-01 token, while its order runs."""

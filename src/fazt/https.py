@@ -75,8 +75,9 @@ class HttpsPolicy:
         port = self.instance.https_port
         if not port or req.path == HEALTH or came_over_https(req) or autocert is None:
             return
-        # Only a host whose certificate is in place: until then (the first seconds after
-        # its site is deployed, or while its order fails) it keeps being served plainly.
+        # Only a host whose certificate is in place and valid: until then (the first
+        # seconds after its site is deployed, or while its order fails) and once it has
+        # expired, it keeps being served plainly.
         host = host_name(req.get_header("Host"))
         if host and autocert.serves(host):
             raise falcon.HTTPPermanentRedirect(https_url(req, host, port))

@@ -268,6 +268,26 @@ def test_a_warm_file_and_a_refusal_keep_https_rules(shared, ca):
     assert r.headers["Location"] == f"https://blog.{DOMAIN}:{srv.https_port}/form?x=1"
 
 
+def test_an_asterisk_request_target_is_a_400_not_a_redirect(shared, ca):
+    """`GET *` names no path any host serves: the plain port answered it with a 308 to
+    "https://host:port%2A". nginx answers 400; so does fazt, on both ports."""
+    for method in ("GET", "OPTIONS"):
+        request = f"{method} * HTTP/1.1\r\nHost: blog.{DOMAIN}\r\n\r\n".encode()
+        with socket.create_connection(("127.0.0.1", shared.server.port), timeout=15) as s:
+            s.sendall(request)
+            r = http.client.HTTPResponse(s, method=method)
+            r.begin()
+            body = r.read()
+        assert r.status == 400 and r.getheader("Location") is None, r.getheader("Location")
+        assert json.loads(body)["error"] == {
+            "code": "bad_request",
+            "message": "Bad Request: the request target is not a path (such as /index.html)."}
+        conn = shared.connect(f"blog.{DOMAIN}", ca.cert_pem.bytes())
+        r, body = conn.request(method, "*")
+        assert r.status == 400 and json.loads(body)["error"]["code"] == "bad_request"
+        conn.close()
+
+
 def store_certificate(db: Path, host: str, leaf: trustme.LeafCert, source: str) -> None:
     """Written straight into the database: `fazt cert import` refuses an expired one, but
     one imported long ago (or an ACME certificate whose renewals failed) expires in place."""

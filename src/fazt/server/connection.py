@@ -356,6 +356,12 @@ class Connection:
             # Waitress joins repeated headers with ", ": two Host lines (RFC 9112 3.2: 400),
             # which a proxy in front may have read the other way
             parser.error = BadRequest("more than one Host header")
+        elif parser.error is None and parser.path and not parser.path.startswith("/"):
+            # "*" (asterisk-form, RFC 9112 3.2.4: server-wide OPTIONS, which fazt has none
+            # of) or a bare word: no file or redirect can answer it (the plain port's 308
+            # went to "https://host%2A"). nginx answers 400 too. (Absolute-form has its
+            # path here: "http://h/x" is "/x", "http://h" is "".)
+            parser.error = BadRequest("the request target is not a path (such as /index.html)")
         if parser.error is not None:
             error = parser.error
             code = {400: "bad_request", 413: "too_large", 431: "headers_too_large",

@@ -440,3 +440,51 @@ def test_a_client_that_never_finishes_its_handshake_is_closed(shared, ca):
     conn = shared.connect(f"blog.{DOMAIN}", ca.cert_pem.bytes())  # others are unaffected
     assert conn.request("GET", "/")[0].status == 200
     conn.close()
+
+
+def _closed_within(sock: socket.socket) -> tuple[float, bytes]:
+    """Seconds until the server closed `sock`, and everything it sent before."""
+    sock.settimeout(CLIENT_TIMEOUT + 10)
+    began = time.monotonic()
+    answer = b""
+    while piece := sock.recv(65536):
+        answer += piece
+    return time.monotonic() - began, answer
+
+
+def test_a_failed_handshake_is_closed_at_once(shared, ca):
+    """Garbage, plain HTTP or a forged record on the TLS port can never become a request:
+    the connection closes at once, not when the handshake (or header) timeout passes."""
+    port = shared.https_port
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as garbage:
+        garbage.sendall(b"\x00" * 64)
+        took, _ = _closed_within(garbage)
+        assert took < CLIENT_TIMEOUT / 2, took
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as plain:
+        plain.sendall(f"GET / HTTP/1.1\r\nHost: blog.{DOMAIN}\r\n\r\n".encode())
+        took, answer = _closed_within(plain)
+        assert took < CLIENT_TIMEOUT / 2, took
+        assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer
+        assert answer.endswith(b"\r\n\r\nThe plain HTTP request was sent to the HTTPS port: "
+                               b"use https:// instead.\n"), answer
+    # after the handshake, half a request, then a record that fails its integrity check
+    client = ssl.create_default_context(cadata=ca.cert_pem.bytes().decode())
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = client.wrap_bio(incoming, outgoing, server_hostname=f"blog.{DOMAIN}")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as forged:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                forged.sendall(outgoing.read())
+                incoming.write(forged.recv(65536))
+        tls.write(f"GET / HTTP/1.1\r\nHost: blog.{DOMAIN}\r\n".encode())
+        forged.sendall(outgoing.read())
+        forged.sendall(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)  # application data, forged
+        took, _ = _closed_within(forged)
+        assert took < CLIENT_TIMEOUT / 2, took
+    conn = shared.connect(f"blog.{DOMAIN}", ca.cert_pem.bytes())  # others are unaffected
+    assert conn.request("GET", "/")[0].status == 200
+    conn.close()
+    assert "Traceback" not in shared.server.log()

@@ -203,6 +203,9 @@ def test_a_malformed_hello_is_a_failure_with_an_alert_to_send(certs):
     assert transport.outgoing()[:1] == b"\x15"  # an alert record, sent before closing
 
 
-def test_plain_http_on_the_tls_port_is_a_failure(certs):
+def test_plain_http_on_the_tls_port_is_a_failure_answered_in_plain_http(certs):
+    transport = certs.transport()
     with pytest.raises(TLSFailure):
-        certs.transport().feed(b"GET / HTTP/1.1\r\nHost: example.test\r\n\r\n")
+        transport.feed(b"GET / HTTP/1.1\r\nHost: example.test\r\n\r\n")
+    # no alert (the client could not read one): a 400 that says what happened
+    assert transport.outgoing().startswith(b"HTTP/1.1 400 Bad Request\r\n")

@@ -244,10 +244,7 @@ class Connection:
         try:
             plain = self.transport.feed(data)
         except TransportFailure:
-            self.close_after = True
-            self.eof = True
-            self.wire += self.transport.outgoing()
-            return self.flush()
+            return self._transport_failed()
         out = self.transport.outgoing()
         if out:
             self._send_wire(out)
@@ -694,6 +691,20 @@ class Connection:
         self._want(READ)
         self.server.linger(self)
 
+    def _transport_failed(self) -> None:
+        """The peer broke the transport's protocol: garbage or plain HTTP where a TLS
+        handshake was due, a forged record. Nothing more can be read from it, nor written
+        through it, so the connection closes now, after what the transport has to say (an
+        alert, or its plain-HTTP 400). Waiting instead held the socket and its place until
+        the handshake or header timeout, and the 408 then could not be wrapped."""
+        self.eof = True
+        if self.task_running:
+            return self.abort()  # its answer can no longer be wrapped: the task sees `closed`
+        self._drop_out()  # plaintext not yet wrapped can no longer be
+        self._send(self.sock.send, self.wire + self.transport.outgoing())  # as far as it goes
+        self.wire = b""
+        self._begin_close()
+
     def evict(self) -> None:
         """Closed to make room, only ever between requests (admission's closable orders).
 
@@ -735,15 +746,20 @@ class Connection:
                 pass
         if self.parser is not None and not self.task_running:
             self.parser.close()
+        self._drop_out()
+        self.wire = b""
+        with self.cond:
+            self.cond.notify_all()
+        self.server.forget(self)
+
+    def _drop_out(self) -> None:
+        """Forget what waits to be sent, closing the streams among it."""
         for item in self.out:
             if type(item) is not bytes:
                 item.close()
         self.out.clear()
-        self.wire = b""
-        with self.cond:
-            self.cond.notify_all()
+        self.stalled = False
         self.server.stalled.discard(self)
-        self.server.forget(self)
 
     # -- timeouts ----------------------------------------------------------------------
 

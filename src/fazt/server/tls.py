@@ -19,6 +19,7 @@ import ssl
 import threading
 import time
 
+from fazt.server import responses
 from fazt.server.timeouts import CLIENT_TIMEOUT
 from fazt.server.transport import TransportFailure
 
@@ -37,6 +38,16 @@ CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
 
 class TLSFailure(TransportFailure):
     """The handshake or the record layer failed: send `outgoing()` (the alert), then close."""
+
+
+PLAIN_HTTP_TEXT = b"The plain HTTP request was sent to the HTTPS port: use https:// instead.\n"
+
+
+def plain_http_answer() -> bytes:
+    """What a plain HTTP request on the TLS port is told (nginx says the same), instead
+    of a TLS alert it could not read: a person who typed http://host:443/ learns why."""
+    return responses.head(400, [("Content-Type", "text/plain; charset=utf-8")], "1.1",
+                          False, len(PLAIN_HTTP_TEXT)) + PLAIN_HTTP_TEXT
 
 
 def new_context() -> ssl.SSLContext:
@@ -167,6 +178,11 @@ class TLSTransport:
             self.peer_closed = True
             return b""
         except ssl.SSLError as exc:
+            if exc.reason == "HTTP_REQUEST" and not self.handshake_done:
+                # OpenSSL read "GET ", "POST " etc. where a ClientHello was due (and
+                # queued no alert): answer in the client's own protocol.
+                self._out.read()
+                self._out.write(plain_http_answer())
             raise TLSFailure(exc.reason or str(exc)) from None
 
     def _read(self) -> bytes:

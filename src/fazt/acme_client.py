@@ -7,9 +7,12 @@ once; pebble rejects 5% of nonces on purpose and Let's Encrypt sends them too),
 and turns every failure into one sentence for `fazt cert list`.
 """
 
+import contextlib
 import datetime
 import re
+import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable
 
@@ -18,13 +21,16 @@ import requests
 from acme import challenges, client, errors, messages
 from cryptography.hazmat.primitives import serialization
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from fazt import __version__
 from fazt.errors import FaztError
 from fazt.pem import new_key
 
 BAD_NONCE_RETRIES = 8
-TIMEOUT = 30  # seconds for one HTTP exchange with the CA
+TIMEOUT = 30  # seconds the CA may keep silent: to connect, or between two reads
+REQUEST_DEADLINE = 60  # seconds for one whole HTTP request to the CA, its answer included
 ORDER_DEADLINE = 120  # seconds for validation and issuance
 POLL_FIRST = 0.1  # seconds before the first look at a pending validation; doubles to POLL_MAX
 POLL_MAX = 1.0
@@ -48,17 +54,120 @@ class _Network(client.ClientNetwork):
                     raise
         return self._post_once(*args, **kwargs)
 
+    def _send_request(self, method: str, url: str, *args, **kwargs) -> requests.Response:
+        """Every HTTP request to the CA (the library's one door), within REQUEST_DEADLINE."""
+        with _Deadline(REQUEST_DEADLINE) as deadline:
+            try:
+                response = super()._send_request(method, url, *args, **kwargs)
+            except Exception:
+                if not deadline.cut:
+                    raise
+        if deadline.cut:  # whatever the cut socket made of it: an error, or a short answer
+            raise requests.Timeout(f"timed out: no whole answer within {REQUEST_DEADLINE} s")
+        return response
 
-class _TrustAlso(HTTPAdapter):
-    """Trusts a PEM bundle besides the system store (requests' `verify=` would replace it)."""
 
-    def __init__(self, bundle: str):
-        self.context = ssl.create_default_context(cafile=bundle)
+class _Deadline:
+    """One HTTP request to the CA, cut once it has taken `seconds` in all.
+
+    The library's timeout (TIMEOUT) counts each wait for the next bytes, so a CA
+    that trickles them (a stalled proxy, an overloaded server) held the certificate
+    thread for as long as it liked, and every other host's order, an import or a
+    new domain waited behind it. A timer shuts the request's sockets down instead:
+    the blocked read returns, and the order fails with its usual backoff. The
+    sockets are duplicates taken on this thread while the request runs (see
+    _Watched), so the timer never touches a descriptor that was closed and reused.
+    """
+
+    _current = threading.local()  # the deadline of the request this thread is making
+
+    def __init__(self, seconds: float):
+        self.cut = False
+        self._seconds = seconds
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()  # no cut once the request is over
+        self._over = False
+        self._timer = threading.Timer(seconds, self._cut)
+        self._timer.daemon = True  # a stop of the server never waits for it
+
+    @classmethod
+    def watch(cls, sock: socket.socket | None) -> None:
+        """Called on the requesting thread with each socket the request uses."""
+        deadline = getattr(cls._current, "deadline", None)
+        if deadline is None or sock is None:
+            return
+        with deadline._lock:
+            if not deadline._over:
+                deadline._sockets.append(socket.fromfd(sock.fileno(), sock.family, sock.type))
+
+    def _cut(self) -> None:
+        with self._lock:
+            if self._over:
+                return
+            self.cut = True
+            for sock in self._sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def __enter__(self) -> "_Deadline":
+        self._current.deadline = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._current.deadline = None
+        self._timer.cancel()
+        with self._lock:
+            self._over = True
+            for sock in self._sockets:
+                sock.close()
+
+
+class _Watched:
+    """urllib3's connections to the CA, showing their sockets to the request's deadline:
+    a new one from its TCP connection on (a CA may trickle its TLS handshake too), a
+    kept-alive one at each request made on it. (`_new_conn` is urllib3's own, in 1.x
+    and 2.x alike; tests/test_acme_client.py fails if it stops being called.)"""
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _Deadline.watch(sock)
+        return sock
+
+    def request(self, *args, **kwargs) -> None:
+        _Deadline.watch(self.sock)  # None on a new connection: _new_conn shows it
+        return super().request(*args, **kwargs)
+
+
+class _WatchedHTTP(_Watched, HTTPConnection):
+    pass
+
+
+class _WatchedHTTPS(_Watched, HTTPSConnection):
+    pass
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTP
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPS
+
+
+class _Adapter(HTTPAdapter):
+    """requests' adapter for the CA: watched connections (see _Deadline), and a PEM
+    bundle trusted besides the system store (requests' `verify=` would replace it)."""
+
+    def __init__(self, bundle: str = ""):
+        self.context = ssl.create_default_context(cafile=bundle) if bundle else None
         super().__init__()
 
     def init_poolmanager(self, *args, **kwargs):
-        kwargs["ssl_context"] = self.context
-        return super().init_poolmanager(*args, **kwargs)
+        if self.context is not None:
+            kwargs["ssl_context"] = self.context
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
 
 
 Publish = Callable[[str, str], None]  # (token, key authorization) served under /.well-known
@@ -79,12 +188,12 @@ class Acme:
         key = jose.JWKEC(key=serialization.load_pem_private_key(key_pem, password=None))
         self.net = _Network(key, alg=jose.ES256, user_agent=f"fazt/{__version__}",
                             timeout=TIMEOUT)
-        if ca_bundle:
-            try:
-                adapter = _TrustAlso(ca_bundle)
-            except (OSError, ssl.SSLError) as exc:
-                raise AcmeError(f"Cannot read acme_ca_bundle {ca_bundle}: {exc}.") from None
-            self.net.session.mount("https://", adapter)
+        try:
+            adapter = _Adapter(ca_bundle)
+        except (OSError, ssl.SSLError) as exc:
+            raise AcmeError(f"Cannot read acme_ca_bundle {ca_bundle}: {exc}.") from None
+        self.net.session.mount("https://", adapter)
+        self.net.session.mount("http://", adapter)
         self.client: client.ClientV2 | None = None
 
     def connect(self) -> None:

@@ -244,6 +244,74 @@ def test_a_removed_site_frees_its_domains(db_path, site_dir):
                            str(db_path)).stdout) == ["www.blog.org"]
 
 
+def import_cert(db: Path, folder: Path, ca: trustme.CA, host: str) -> None:
+    folder.mkdir()
+    chain, key = write_pair(folder, ca.issue_cert(host))
+    fazt("cert", "import", host, "--cert", chain, "--key", key, "--db", str(db))
+
+
+def test_removing_a_domain_or_a_site_removes_the_certificates_it_freed(db_path, tmp_path,
+                                                                        site_dir, ca):
+    """A certificate left behind was still listed, and served on SNI, for a name fazt no
+    longer answers. A wildcard and the domain's own certificate stay."""
+    for site in ("blog", "shop"):
+        fazt("deploy", str(site_dir), "--site", site, "--db", str(db_path))
+    fazt("site", "domain", "add", "blog", "www.blog.org", "--db", str(db_path))
+    fazt("site", "domain", "add", "shop", "www.shop.org", "--db", str(db_path))
+    for n, host in enumerate(("www.blog.org", "www.shop.org", f"shop.{DOMAIN}", DOMAIN,
+                              f"*.{DOMAIN}")):
+        import_cert(db_path, tmp_path / f"pair{n}", ca, host)
+    fazt("site", "domain", "remove", "blog", "www.blog.org", "--db", str(db_path))
+    assert set(certs(db_path)) == {"www.shop.org", f"shop.{DOMAIN}", DOMAIN, f"*.{DOMAIN}"}
+    fazt("site", "remove", "shop", "--db", str(db_path))
+    assert set(certs(db_path)) == {DOMAIN, f"*.{DOMAIN}"}
+    fazt("site", "remove", "blog", "--db", str(db_path))
+    assert set(certs(db_path)) == {DOMAIN, f"*.{DOMAIN}"}
+
+
+def test_a_certificate_whose_host_was_removed_during_its_order_is_not_kept(db_path,
+                                                                          site_dir):
+    """An order takes seconds: the site or domain may go meanwhile (another process, the
+    dashboard). Stored then, its certificate would be served and never removed."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    from fazt import autocert
+    from fazt.server.tls import Certificates
+    from fazt.store import open_database
+
+    fazt("deploy", str(site_dir), "--site", "blog", "--db", str(db_path))
+    fazt("site", "domain", "add", "blog", "www.blog.org", "--db", str(db_path))
+
+    def issue(host: str, key_pem: bytes, config: dict) -> bytes:
+        """The CA's part, signed here; the domain is removed while it runs."""
+        fazt("site", "domain", "remove", "blog", host, "--db", str(db_path))
+        key = serialization.load_pem_private_key(key_pem, password=None)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=90))
+                .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), False)
+                .sign(key, hashes.SHA256()))
+        return cert.public_bytes(serialization.Encoding.PEM)
+
+    db = open_database(str(db_path))
+    settings = {"https": "on", "domain": "localhost", "acme_directory": "http://127.0.0.1:9/"}
+    sink = Certificates()
+    running = autocert.AutoCert(db, sink, lambda: settings)
+    running._issue = issue
+    try:
+        running.run_once(time.time())  # orders www.blog.org: the only name it may order
+    finally:
+        db.close()
+    assert sink.hosts() == []
+    assert certs(db_path) == {}
+
+
 def test_a_backup_is_readable_by_its_owner_only(db_path, tmp_path):
     out = tmp_path / "backup.db"
     fazt("backup", str(out), "--db", str(db_path))

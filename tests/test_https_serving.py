@@ -335,6 +335,48 @@ def test_a_host_whose_certificate_expired_is_served_plainly(tmp_path, site_dir, 
         srv.stop()
 
 
+def test_a_removed_domain_or_site_is_no_longer_shown_a_certificate(tmp_path, site_dir, ca):
+    """Their certificates went with them: a handshake for those names is refused, as for
+    any name fazt does not serve."""
+    db = imported(tmp_path, site_dir, ca)
+    fazt("deploy", str(site_dir), "--site", "shop", "--db", str(db))
+    fazt("site", "domain", "add", "blog", "www.blog.org", "--db", str(db))
+    fazt("site", "domain", "add", "shop", "www.shop.org", "--db", str(db))
+    store_certificate(db, "www.shop.org", ca.issue_cert("www.shop.org"), "acme")
+    root = ca.cert_pem.bytes()
+    srv = Running(db, free_port())
+    try:
+        for host in ("www.blog.org", "www.shop.org"):
+            srv.connect(host, root).close()
+
+        def refused(host: str) -> bool:
+            try:
+                srv.connect(host, root).close()
+            except ssl.SSLError as exc:
+                return "UNRECOGNIZED_NAME" in str(exc)
+            return False
+
+        # by another process (the server sees it through its watch of the database)
+        fazt("site", "domain", "remove", "blog", "www.blog.org", "--db", str(db))
+        assert eventually(lambda: refused("www.blog.org"), timeout=10)
+        # through the server's own API, over HTTPS
+        admin = srv.connect(f"admin.{DOMAIN}", root)
+        r, body = admin.request("POST", "/api/login", json.dumps(
+            {"username": USERNAME, "password": PASSWORD}).encode(),
+            {"Content-Type": "application/json", "X-Fazt-Request": "1"})
+        assert r.status == 200, body
+        cookie = r.getheader("Set-Cookie").split(";")[0]
+        r, body = admin.request("DELETE", "/api/sites/shop",
+                                headers={"Cookie": cookie, "X-Fazt-Request": "1"})
+        assert r.status == 200, body
+        admin.close()
+        assert eventually(lambda: refused("www.shop.org"), timeout=10)
+        assert set(certs(db)) == {DOMAIN, f"*.{DOMAIN}"}
+        assert srv.connect(f"blog.{DOMAIN}", root).request("GET", "/")[0].status == 200
+    finally:
+        srv.stop()
+
+
 def test_the_owners_status_read_keeps_https_rules(shared, ca):
     """The loop answers a signed-in status read itself (server/statuspath.py): over TLS
     with HSTS, as the cockpit's thread does; the plain port still redirects."""

@@ -167,10 +167,8 @@ class AutoCert:
         if config.get("https") != "on":
             return WATCH
         with self.db.read() as conn:
-            sites = [s["name"] for s in list_sites(conn)]
-            domains = store.load_domains(conn)
+            wanted = self._wanted(conn, config)
             failures = store.order_failures(conn)
-        wanted = served_hosts(config.get("domain", "localhost"), sites, domains)
         due = []
         for host in sorted(wanted):
             when = self._due_at(host)
@@ -182,6 +180,11 @@ class AutoCert:
             self._order(due[0], config)
             return 0  # the next due host, straight away
         return WATCH
+
+    @staticmethod
+    def _wanted(conn, config: dict) -> set[str]:
+        sites = [s["name"] for s in list_sites(conn)]
+        return served_hosts(config.get("domain", "localhost"), sites, store.load_domains(conn))
 
     def _due_at(self, host: str) -> float:
         """When `host` needs a new certificate: at once when none covers it."""
@@ -202,8 +205,14 @@ class AutoCert:
             key_pem = new_key()
             chain = self._issue(host, key_pem, config)
             info = read_chain(chain)
-            self.sink.install(host, chain, key_pem)  # refuses a chain that does not fit
             with self.db.write() as conn:
+                # Its site or domain may have been removed while the order ran (a few
+                # seconds): a certificate stored now would be served for a name fazt no
+                # longer answers, and nothing would remove it.
+                if host not in self._wanted(conn, config):
+                    log.warning("certificate for %s dropped: the host was removed", host)
+                    return
+                self.sink.install(host, chain, key_pem)  # refuses a chain that does not fit
                 store.save_certificate(conn, host, chain, key_pem, issuer=info.issuer,
                                        not_before=info.not_before, not_after=info.not_after,
                                        source="acme")
@@ -214,6 +223,8 @@ class AutoCert:
         except Exception as exc:
             message = exc.message if isinstance(exc, FaztError) else f"{type(exc).__name__}: {exc}"
             with self.db.write() as conn:
+                if host not in self._wanted(conn, config):
+                    return  # removed meanwhile: no failure to list for it
                 failures = store.order_failures(conn).get(host, (0, 0))[0] + 1
                 store.record_failure(conn, host, message, time.time() + backoff(failures))
             log.warning("certificate for %s failed (%d in a row): %s", host, failures, message)

@@ -6,14 +6,16 @@ changes up through its database watch within seconds.
 """
 
 import re
+import sqlite3
 import time
 
 from fazt.deploy import check_site_name
 from fazt.errors import FaztError, NotFound
-from fazt.hosts import UNKNOWN, classify
+from fazt.hosts import ROOT_SITE, UNKNOWN, classify
 from fazt.pem import check_pair
 from fazt.store import Database
 from fazt.store import certs as store
+from fazt.store import sites as sites_store
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
 
@@ -54,7 +56,25 @@ def remove_domain(db: Database, site: str, host: str) -> str:
         if store.load_domains(conn).get(host) != site:
             raise NotFound(f"Site {site!r} has no domain {host}.")
         store.remove_domain(conn, host)
+        store.remove_certificate(conn, host)  # see remove_site
     return host
+
+
+def remove_site(conn: sqlite3.Connection, site: str, domain: str) -> bool:
+    """Remove `site` (store.sites.remove_site) and the certificates of the hosts it frees:
+    its custom domains, and its own name (`site.D`; `D` itself is always served). A
+    running server stops showing them on the next handshake, and `fazt cert list` no
+    longer lists them: left in place, they were served for names fazt no longer
+    answers, and counted as live. A wildcard stays (no one site owns it). In db.write().
+    """
+    hosts = [h for h, s in store.load_domains(conn).items() if s == site]
+    if site != ROOT_SITE:
+        hosts.append(f"{site}.{domain}")
+    if not sites_store.remove_site(conn, site):
+        return False
+    for host in hosts:
+        store.remove_certificate(conn, host)
+    return True
 
 
 def site_domains(db: Database, site: str) -> list[str]:

@@ -301,12 +301,12 @@ def _day(t: float, minutes: bool = False) -> str:
 
 
 def cmd_site_remove(args) -> int:
-    from fazt.instance import collect_unserved
-    from fazt.store.sites import remove_site
+    from fazt.certs import remove_site
+    from fazt.instance import collect_unserved, read_config
 
     with _site_database(args) as db:
         with db.write() as conn:
-            removed = remove_site(conn, args.name)
+            removed = remove_site(conn, args.name, read_config(conn)["domain"])
         if removed:
             collect_unserved(db)
     if not removed:

@@ -43,7 +43,7 @@ from fazt.store.config import (
 )
 from fazt.store.database import Limits, create_database
 from fazt.store.env import env_stamp, set_var, unset_var
-from fazt.store.sites import NewFile, count_backends, list_sites, remove_site
+from fazt.store.sites import NewFile, count_backends, list_sites
 from fazt.tokens import active_token_hashes
 from fazt.vfs import VFS, Leases
 
@@ -591,8 +591,10 @@ class Instance:
 
     def remove_site(self, name: str) -> bool:
         with self.db.write() as conn:
-            removed = remove_site(conn, name)
+            removed = certs.remove_site(conn, name, self.domain)
         self.sites_changed()
+        if self.autocert is not None:
+            self.autocert.poke()  # its certificates are no longer shown from now on
         if self.runtime is not None:
             self.runtime.logs_ring.forget(name)
         self.collect()

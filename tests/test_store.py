@@ -13,6 +13,7 @@ from fazt.store.sites import (
     NewFile,
     find_file,
     list_versions,
+    prune_all,
     remove_site,
     replace_site,
     rollback_site,
@@ -122,6 +123,30 @@ def test_versions_are_kept_pruned_and_collected(db):
     assert Leases().collect(db) == 1 and count("blobs") == 2 and count("chunks") == 2
 
 
+def test_pruning_keeps_the_versions_most_recently_live_not_the_highest_numbers(db):
+    """After rollbacks the versions kept are the live one and those live most recently
+    before it (by a deploy or a rollback), whatever their numbers."""
+    def kept() -> list[int]:
+        with db.read() as conn:
+            return [v["version"] for v in list_versions(conn, "a")]
+
+    with db.write() as conn:
+        for n in range(1, 7):
+            replace_site(conn, "a", _files(x=f"v{n}"), keep=10)
+        rollback_site(conn, "a", 2)
+        rollback_site(conn, "a", 4)  # live: 4, then 2, then 6 were live, most recent first
+        prune_all(conn, 3)
+    assert kept() == [6, 4, 2]
+    with db.write() as conn:
+        rollback_site(conn, "a", 2)
+        replace_site(conn, "a", _files(x="v7"), keep=3)  # 2 was live until now: it stays
+    assert kept() == [7, 4, 2]
+    with db.write() as conn:
+        assert rollback_site(conn, "a")["version"] == 4
+        prune_all(conn, 2)
+    assert kept() == [7, 4]  # the one rolled back from stays beside the live one
+
+
 def test_a_leased_blob_outlives_its_versions_until_the_stream_ends(db):
     from fazt.vfs import Leases, Stale
 
@@ -221,7 +246,7 @@ def test_a_database_from_before_loose_blobs_starts_with_its_unused_ones_loose(tm
         MIGRATIONS[:] = saved[:4]
         migrate(conn)
         conn.execute("BEGIN")
-        replace_site(conn, "a", _files(x="live"))
+        _old_site(conn, "a", versions=1, live=1)
         unused = put_blob(conn, [b"unused"]).id
         conn.execute("COMMIT")
     finally:
@@ -229,6 +254,45 @@ def test_a_database_from_before_loose_blobs_starts_with_its_unused_ones_loose(tm
     migrate(conn)
     assert [r[0] for r in conn.execute("SELECT blob_id FROM loose_blobs")] == [unused]
     conn.close()
+
+
+def test_a_database_from_before_keeps_its_live_version_and_then_the_newest(tmp_path):
+    """An older fazt recorded only which version is live: after the migration it counts
+    as the most recently live, the others by number below it, and from then on rollbacks
+    are remembered."""
+    from fazt.store.schema import migrate
+
+    conn = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
+    saved = MIGRATIONS[:]
+    try:
+        MIGRATIONS[:] = saved[:5]
+        migrate(conn)
+        conn.execute("BEGIN")
+        _old_site(conn, "a", versions=4, live=2)  # rolled back from 4 to 2
+        conn.execute("COMMIT")
+    finally:
+        MIGRATIONS[:] = saved
+    migrate(conn)
+    conn.execute("BEGIN")
+    rollback_site(conn, "a", 3)
+    replace_site(conn, "a", _files(x="v5"), keep=3)  # 3, then 2 were live before it
+    assert [v["version"] for v in list_versions(conn, "a")] == [5, 3, 2]
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def _old_site(conn: sqlite3.Connection, name: str, versions: int, live: int) -> None:
+    """Versions 1..`versions` of a site, `live` served, as a fazt of schema 4 or 5 wrote
+    them (its own code, not today's, which writes columns those lacked)."""
+    blob = put_blob(conn, [b"same"]).id
+    for n in range(1, versions + 1):
+        deploy = conn.execute("INSERT INTO deploys (site, created_at, file_count, total_bytes,"
+                              " version) VALUES (?, ?, 1, 4, ?)", (name, n, n)).lastrowid
+        conn.execute("INSERT INTO files (deploy_id, path, blob_id, mime)"
+                     " VALUES (?, 'x', ?, 'text/plain')", (deploy, blob))
+        if n == live:
+            conn.execute("INSERT INTO sites (name, deploy_id, created_at, updated_at)"
+                         " VALUES (?, ?, 0, 0)", (name, deploy))
 
 
 def test_backup_is_consistent_and_atomic(db, tmp_path):

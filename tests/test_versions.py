@@ -138,6 +138,26 @@ def test_lowering_keep_versions_bounds_the_history_at_once(db_path, tmp_path):
         assert eventually(lambda: unused() == set())
 
 
+def test_a_deploy_after_a_rollback_keeps_the_version_rolled_back_to(db_path, tmp_path):
+    """The audit's case: v3 of v1..v6 is live again (v4 to v6 were bad), keep_versions is
+    3, and the fix is deployed as v7. v3, live until that deploy, is kept (it was the
+    one dropped: the highest numbers were kept), and so is v6, live before it."""
+    root = tmp_path / "site"
+    root.mkdir()
+    for n in range(1, 7):
+        _deploy(db_path, root, f"v{n}")
+    fazt("site", "rollback", "blog", "3", "--db", str(db_path))
+    fazt("config", "set", "keep_versions", "3", "--db", str(db_path))
+    _deploy(db_path, root, "v7")
+
+    def kept() -> list[int]:
+        listed = fazt("site", "versions", "blog", "--json", "--db", str(db_path)).stdout
+        return [v["version"] for v in json.loads(listed)["versions"]]
+
+    assert kept() == [7, 6, 3]
+    assert "version 3" in fazt("site", "rollback", "blog", "3", "--db", str(db_path)).stdout
+
+
 def test_a_download_in_flight_survives_rollback_and_collection(tmp_path):
     """Stream the newer version's large file slowly; meanwhile roll back, deploy twice
     (the streamed version is pruned from history, once over HTTP and once by the command

@@ -97,7 +97,8 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in (
             "Addresses or CIDR ranges of reverse proxies whose X-Forwarded-For and "
             "X-Forwarded-Proto headers are believed.", check=_check_address),
     Setting("keep_versions", "int", 10, "Versions kept",
-            "How many deployed versions of each site are kept for rollback.",
+            "How many versions of each site are kept for rollback: the live one and "
+            "the others most recently live (by a deploy or a rollback).",
             min=1, max=1000),
     Setting("https", "choice", "off", "HTTPS",
             "Serve HTTPS with certificates obtained automatically over ACME "

@@ -150,6 +150,18 @@ MIGRATIONS: list[str] = [
     INSERT INTO loose_blobs (blob_id)
         SELECT id FROM blobs b WHERE NOT EXISTS (SELECT 1 FROM files f WHERE f.blob_id = b.id);
     """,
+    # 6: the order in which a site's versions last went live (a deploy, or a rollback to
+    # it): pruning keeps the versions most recently live, not the highest numbers, which
+    # after a rollback dropped the version just served. A per-site counter, not a time:
+    # a clock set back would reorder them. Before this, only which version is live was
+    # known: the rest go by number, below it.
+    """
+    ALTER TABLE deploys ADD COLUMN live_seq INTEGER NOT NULL DEFAULT 0;
+    UPDATE deploys SET live_seq = version;
+    UPDATE deploys SET live_seq = 1 + (SELECT MAX(d.version) FROM deploys d
+                                       WHERE d.site = deploys.site)
+        WHERE id IN (SELECT deploy_id FROM sites);
+    """,
 ]
 
 

@@ -83,8 +83,8 @@ def replace_site(conn: sqlite3.Connection, name: str, files: Iterable[NewFile],
     """Write a new version of site `name` and switch to it. Call inside db.write().
 
     The site's older versions stay for rollback, `keep` of them in all (the
-    new one counted); their files share content by hash, so a version costs
-    only what changed. Content no version uses any more is left for the
+    new one counted; `_prune` says which); their files share content by hash, so
+    a version costs only what changed. Content no version uses any more is left for the
     collector (a download may still be streaming it): see `files.collectable`.
     """
     now = time.time()
@@ -119,12 +119,16 @@ def replace_site(conn: sqlite3.Connection, name: str, files: Iterable[NewFile],
 
 
 def _switch(conn: sqlite3.Connection, name: str, deploy_id: int, now: float) -> None:
+    """Make `deploy_id` the version `name` serves, and the one most recently live (_prune
+    keeps versions in that order)."""
     conn.execute(
         "INSERT INTO sites (name, deploy_id, created_at, updated_at) VALUES (?, ?, ?, ?)"
         " ON CONFLICT(name) DO UPDATE SET deploy_id = excluded.deploy_id,"
         " updated_at = excluded.updated_at",
         (name, deploy_id, now, now),
     )
+    conn.execute("UPDATE deploys SET live_seq = 1 + (SELECT MAX(live_seq) FROM deploys"
+                 " WHERE site = ?) WHERE id = ?", (name, deploy_id))
 
 
 def prune_all(conn: sqlite3.Connection, keep: int) -> None:
@@ -135,10 +139,12 @@ def prune_all(conn: sqlite3.Connection, keep: int) -> None:
 
 
 def _prune(conn: sqlite3.Connection, name: str, keep: int) -> None:
-    """Forget all but the newest `keep` versions; the live one always stays."""
+    """Keep the live version and the `keep` - 1 others most recently live (a deploy or a
+    rollback makes a version live); forget the rest. By number, a deploy after a rollback
+    to v3 of v1..v6 dropped v3, the version the owner had just gone back to."""
     doomed = [r[0] for r in conn.execute(
         "SELECT id FROM deploys WHERE site = ? AND id != (SELECT deploy_id FROM sites"
-        " WHERE name = ?) ORDER BY version DESC LIMIT -1 OFFSET ?",
+        " WHERE name = ?) ORDER BY live_seq DESC LIMIT -1 OFFSET ?",
         (name, name, max(0, keep - 1)),
     )]
     for deploy_id in doomed:

@@ -1,12 +1,13 @@
 """The fast path (cache hits answered from the event loop) answers exactly as a thread would:
 the same status, headers and body for GET, HEAD, 304, 206 and 416, and the same log line."""
 
+import hashlib
 import re
 import socket
 from pathlib import Path
 
 import pytest
-from conftest import Admin, eventually, fazt, with_and_without_fastpath
+from conftest import Admin, deploy_dir, eventually, fazt, with_and_without_fastpath
 
 
 def raw(port: int, request: bytes) -> tuple[str, dict[str, str], bytes]:
@@ -79,3 +80,39 @@ def test_fast_and_slow_paths_answer_alike(pair):
     assert eventually(lambda: len(lines(fast)) == 2 * len(requests_sent))
     assert eventually(lambda: len(lines(slow)) == len(requests_sent) + 3)
     assert lines(fast)[len(requests_sent):] == lines(slow)[3:]
+
+
+def test_the_loop_renders_one_versions_rules_with_that_versions_file(instance, tmp_path):
+    """Another process rolls the site back: until the server notices (the next request's
+    refresh), a thread may look up what it had not remembered yet, and reads the
+    rolled-back state. The loop then rendered the rules just read with the file
+    remembered from before; now both come from the version the site served when a thread
+    first looked, until the server notices."""
+    from fazt.server.fastpath import OK, SHA256, FastPath
+    from fazt.store.sites import rollback_site
+
+    root = tmp_path / "site"
+    root.mkdir()
+    for n in (1, 2):
+        (root / "index.html").write_text(f"version {n}")
+        (root / "_headers").write_text(f"/*\n  X-Version: {n}\n")
+        deploy_dir(instance, "s", root)
+    vfs = instance.vfs
+    bodies = {hashlib.sha256(f"version {n}".encode()).hexdigest(): f"version {n}"
+              for n in (1, 2)}
+
+    def served() -> tuple[str, str]:
+        """(X-Version, body) of the answer the loop renders for /."""
+        answer = FastPath(instance)._prepare("s", "/", None)
+        header = re.search(rb"X-Version: (\d)", answer[OK]).group(1).decode()
+        return header, bodies[answer[SHA256]]
+
+    assert vfs.find("s", "index.html") is not None  # a thread served version 2's file
+    with instance.db.write() as conn:
+        rollback_site(conn, "s", 1)  # as `fazt site rollback --db` does, unseen so far
+    vfs.rules("s")  # a thread parses the rules, which nobody had asked for yet
+    assert served() == ("2", "version 2")
+    instance.refresh()  # the next request sees the rollback
+    vfs.rules("s")
+    vfs.find("s", "index.html")
+    assert served() == ("1", "version 1")

@@ -5,9 +5,12 @@ import hashlib
 import json
 import os
 import sqlite3
+import threading
 from pathlib import Path
 
-from conftest import Admin, Server, eventually, fazt, init_db, zip_of
+import pytest
+import requests
+from conftest import Admin, Server, eventually, fazt, fazt_env, init_db, zip_of
 
 from fazt.store.files import unreferenced_blobs
 
@@ -199,3 +202,62 @@ def test_a_download_in_flight_survives_rollback_and_collection(tmp_path):
         assert hashlib.sha256(b"".join(got)).hexdigest() == digest
         download.close()
         assert eventually(lambda: not stored(), timeout=15)
+
+
+def _version(n: int) -> bytes:
+    """Version n of a site whose every answer says which version made it: its body, and
+    X-Version from its `_headers`; /r is rewritten to a.html in version 1, b.html in 2."""
+    return zip_of({"index.html": f"version {n}", "a.html": f"a of {n}", "b.html": f"b of {n}",
+                   "_headers": f"/*\n  X-Version: {n}\n",
+                   "_redirects": f"/r /{'ab'[n - 1]}.html 200\n"})
+
+
+# What each path may answer: one version's header with that version's body.
+_ALIKE = {"/": {("1", "version 1"), ("2", "version 2")},
+          "/r": {("1", "a of 1"), ("2", "b of 2")}}
+
+
+@pytest.mark.parametrize("fastpath", ["on", "off"])
+def test_an_answer_comes_from_one_version_while_rollbacks_race(tmp_path, fastpath):
+    """The owner rolls back and forth through the API as fast as it answers while clients
+    ask for a file and for a rewritten path: each answer's header, rule and body are one
+    version's, on the loop's fast path and on a thread. The rules, the file and its
+    content were looked up one by one, and up to 8% of answers here (at least one in
+    the first second, every run) paired one version's `_headers` or `_redirects` with
+    the other's file."""
+    db = init_db(tmp_path / "data.db")
+    with Server.running(db, env=fazt_env(FAZT_FASTPATH=fastpath)) as server:
+        owner = Admin(server)
+        for n in (1, 2):
+            assert owner.post("/api/deploy?site=race", data=_version(n)).status_code == 200
+        stop = threading.Event()
+        rollbacks, answers, mixed = [], [], []
+
+        def roll() -> None:
+            admin = Admin(server)
+            while not stop.is_set():
+                r = admin.post("/api/sites/race/rollback",
+                               json={"version": len(rollbacks) % 2 + 1})
+                rollbacks.append(r.status_code)
+
+        def read() -> None:
+            client = requests.Session()
+            client.headers["Host"] = "race.localhost"
+            while not stop.is_set():
+                for path, alike in _ALIKE.items():
+                    r = client.get(server.url(path), timeout=30)
+                    answers.append(r.status_code)
+                    if r.status_code != 200 or (r.headers.get("X-Version"), r.text) not in alike:
+                        mixed.append((path, r.status_code, r.headers.get("X-Version"), r.text))
+
+        threads = [threading.Thread(target=work) for work in (roll, roll, read, read)]
+        for thread in threads:
+            thread.start()
+        eventually(lambda: mixed, timeout=3)  # on the old code, the first comes within 0.2 s
+        stop.set()
+        for thread in threads:
+            thread.join()
+        assert not mixed, f"{len(mixed)} of {len(answers)} answers mixed versions: {mixed[:3]}"
+        assert set(rollbacks) == {200} and len(rollbacks) > 100 and len(answers) > 100
+        if fastpath == "on":  # the loop answered some of them itself
+            assert owner.status()["connections"]["fast_path_answers"] > 0

@@ -3,7 +3,9 @@
 A static path is answered by the first rule of the site's `_redirects` that
 applies (where a file or a folder answers the path, only a forced `!` rule
 does), else by its file, a folder's redirect to its trailing slash, and last
-the site's `404.html` (or fazt's page).
+the site's `404.html` (or fazt's page). All of it from one version of the
+site, the one it serves as the request begins (`VFS.live`), however a
+rollback races the request.
 """
 
 import re
@@ -87,38 +89,52 @@ class SiteResource:
             raise http_error(503, "maintenance",
                              "This site is in maintenance; the owner is working on it.", 60)
         path = self._relative(req.path)
-        if path == "api" or path.startswith("api/"):
-            script = self.instance.vfs.find(site, SCRIPT)
+        try:
+            script = self._static_or_script(req, resp, site, path)
+        except Stale:  # the version looked in went meanwhile (another deploy): once more
+            script = self._static_or_script(req, resp, site, path)
+        if script is not None:  # outside the retry: the body is read once
+            self._run(req, resp, site, script)
+
+    def _static_or_script(self, req: falcon.Request, resp: falcon.Response, site: str,
+                          path: str) -> FileInfo | None:
+        """Answer a static request, or return the script when the site's back end answers
+        it: from the version the site serves now, the same one for every part."""
+        vfs = self.instance.vfs
+        deploy = vfs.live(site)
+        if deploy is not None and (path == "api" or path.startswith("api/")):
+            script = vfs.find(site, SCRIPT, deploy)
             if script is not None:
-                return self._run(req, resp, site, script)
+                return script
         if req.method not in ("GET", "HEAD"):
             raise http_error(405, "method_not_allowed", "Static files answer GET and HEAD only.")
-        try:
-            self._static(req, resp, site, path)
-        except Stale:  # the site was redeployed by another process: look once more
-            self._static(req, resp, site, path)
+        if deploy is None:
+            raise http_error(404, "no_such_site", f"There is no site named {site!r} here.")
+        self._static(req, resp, site, deploy, path)
+        return None
 
-    def _static(self, req: falcon.Request, resp: falcon.Response, site: str, path: str) -> None:
+    def _static(self, req: falcon.Request, resp: falcon.Response, site: str, deploy: int,
+                path: str) -> None:
         vfs = self.instance.vfs
-        rules = vfs.rules(site)
+        rules = vfs.rules(site, deploy)
         url = "/" + path + ("/" if path and req.path.endswith("/") else "")
-        info = self._find(site, path, req.path)
+        info = self._find(site, deploy, path, req.path)
         folder = (info is None and path and not req.path.endswith("/")
-                  and vfs.find(site, _join(path, "index.html")) is not None)
+                  and vfs.find(site, _join(path, "index.html"), deploy) is not None)
         # A path something answers takes only a forced rule; any other the first rule.
         rule = rules.forced(url) if info is not None or folder else rules.fallback(url)
         if rule is not None:
-            return self._apply(req, resp, site, rules, url, *rule)
+            return self._apply(req, resp, site, deploy, rules, url, *rule)
         if info is not None:
             return self._send(req, resp, site, info, rules.headers_for(url))
         if folder:
             # req.path is decoded: a name outside ASCII ("café/", "✓/") goes out as UTF-8
             # percent-escapes, never as a raw byte or a character HTTP cannot carry.
             raise _redirect(301, quote(req.path) + "/" + _query(req.query_string))
-        self._not_found(req, resp, site, rules.headers_for(url))
+        self._not_found(req, resp, site, deploy, rules.headers_for(url))
 
-    def _apply(self, req: falcon.Request, resp: falcon.Response, site: str, rules: SiteRules,
-               url: str, rule: Rule, params: dict[str, str]) -> None:
+    def _apply(self, req: falcon.Request, resp: falcon.Response, site: str, deploy: int,
+               rules: SiteRules, url: str, rule: Rule, params: dict[str, str]) -> None:
         """A `_redirects` rule: a redirect, or (200, 404) another file of the site."""
         if not rule.rewrite:
             # placeholders arrive decoded: encode them, then whatever the rule itself holds
@@ -129,11 +145,11 @@ class SiteResource:
             raise _redirect(rule.status, location)
         target = rule.destination(params).split("?", 1)[0].split("#", 1)[0]
         relative = self._relative(target)
-        info = self._find(site, relative, target)
+        info = self._find(site, deploy, relative, target)
         if info is None and relative and not target.endswith("/"):
-            info = self._find(site, relative, target + "/")  # a folder: its index.html
+            info = self._find(site, deploy, relative, target + "/")  # a folder: its index.html
         if info is None:
-            return self._not_found(req, resp, site, rules.headers_for(url))
+            return self._not_found(req, resp, site, deploy, rules.headers_for(url))
         if rule.status == 404:
             return self._page(req, resp, site, info, rules.headers_for(url))
         self._send(req, resp, site, info, rules.headers_for(url))
@@ -147,26 +163,24 @@ class SiteResource:
         except FaztError as exc:
             raise http_error(400, "bad_path", exc.message) from None
 
-    def _find(self, site: str, path: str, raw: str) -> FileInfo | None:
+    def _find(self, site: str, deploy: int, path: str, raw: str) -> FileInfo | None:
+        vfs = self.instance.vfs
         if path in RULE_FILES:
             return None  # read by fazt, never served
         if hidden_part(path) is not None:
             return None  # never served, even where an older fazt stored it
-        if path.startswith("api/") and self.instance.vfs.find(site, SCRIPT) is not None:
+        if path.startswith("api/") and vfs.find(site, SCRIPT, deploy) is not None:
             return None  # a back end's source is never served
         if not path or raw.endswith("/"):
-            return self.instance.vfs.find(site, _join(path, "index.html"))
-        return self.instance.vfs.find(site, path)
+            return vfs.find(site, _join(path, "index.html"), deploy)
+        return vfs.find(site, path, deploy)
 
-    def _not_found(self, req: falcon.Request, resp: falcon.Response, site: str,
+    def _not_found(self, req: falcon.Request, resp: falcon.Response, site: str, deploy: int,
                    site_headers: list[tuple[str, str]]) -> None:
         """The site's own 404.html with status 404, or fazt's page when it has none."""
-        vfs = self.instance.vfs
-        page = vfs.find(site, NOT_FOUND_PAGE)
+        page = self.instance.vfs.find(site, NOT_FOUND_PAGE, deploy)
         if page is not None:
             return self._page(req, resp, site, page, site_headers)
-        if not vfs.site_exists(site):
-            raise http_error(404, "no_such_site", f"There is no site named {site!r} here.")
         raise http_error(404, "not_found", "There is no file at this address.")
 
     def _page(self, req: falcon.Request, resp: falcon.Response, site: str, info: FileInfo,

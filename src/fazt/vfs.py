@@ -7,7 +7,12 @@
   A file above `large_file_mb` never enters it.
 - Streamed: large files are read one chunk per short read as the client
   drains them, so memory stays at one chunk per download.
-- Found: where each recently served path of a site lives (its FileInfo), so a
+- Live: which version (deploy id) each recently served site serves. A request
+  asks once and takes everything else from that version, so one answer is one
+  version's: its rules, its file, its 404 page. Asked for separately, a
+  rollback racing a request paired one version's `_headers` with another's file
+  (about 2% of answers during a rollback every 40 ms).
+- Found: where each recently served path of a version lives (its FileInfo), so a
   hot file costs no database call at all. Measured: the one SQLite lookup per
   request, with the lock handoffs around it, made static serving fall from
   ~2,000 to ~250 requests a second in about half the runs of a wrk flood.
@@ -20,7 +25,7 @@
   full collection, on whichever thread allocated last (the event loop's, often).
   Measured (bench section 9): with 100,000 files remembered, full collections took
   200 to 600 ms, and static p99 over 10,000 sites was 27 times one site's.
-- Rules: each recently served site's parsed `_redirects` and `_headers` (an
+- Rules: each recently served version's parsed `_redirects` and `_headers` (an
   empty set for most), forgotten with the found files.
 - Leased: a stream holds its file's content until it ends, so collecting what
   no kept version uses (after a deploy pruned one, or a removal) never cuts a
@@ -47,7 +52,7 @@ from fazt.store.files import (
     read_chunks,
     unreferenced_blobs,
 )
-from fazt.store.sites import Body, FileInfo, find_file, site_exists, site_files
+from fazt.store.sites import Body, FileInfo, live_deploy, site_files, version_file
 
 FOUND_ENTRIES = 64  # at least this many locations are remembered (FOUND_SHARE of 1 MB)
 RULES_ENTRIES = 256  # and the parsed rules of at least this many sites (most share EMPTY)
@@ -56,6 +61,7 @@ RULES_ENTRIES = 256  # and the parsed rules of at least this many sites (most sh
 # beyond the content for 1 KiB files.
 FOUND_ENTRY_BYTES = 1600
 FOUND_SHARE = 0.10  # beyond the minimum, locations take 10% of vfs_cache_mb (capacity.js)
+PINNED = 0  # the version a pinned site serves (no deploy has id 0): its files never change
 
 
 def found_entries(cache_bytes: int) -> int:
@@ -216,11 +222,14 @@ class VFS:
         self._pinned: dict[str, dict[str, PinnedFile]] = {}
         self.pinned_bytes = 0
         self.loop: StreamLoop | None = None  # set by the server: streams feed its event loop
-        self._found: OrderedDict[tuple[str, str], tuple] = OrderedDict()  # _packed FileInfo
+        self._live: OrderedDict[str, int] = OrderedDict()  # site -> the deploy it serves
+        # by (site, deploy id, path): an id is reused once its version is gone; with the
+        # site in the key, nothing remembered under a reused id crosses to another site
+        self._found: OrderedDict[tuple[str, int, str], tuple] = OrderedDict()  # _packed
         self._found_limit = found_entries(cache_bytes)
         self._found_lock = threading.Lock()
         self._found_generation = 0
-        self._rules: OrderedDict[str, SiteRules] = OrderedDict()
+        self._rules: OrderedDict[tuple[str, int], SiteRules] = OrderedDict()  # by version
         self.leases = Leases()
         self.max_streams: int | None = None  # `max_streams`, set by the instance
         self.streams = 0  # open now
@@ -240,20 +249,57 @@ class VFS:
         self.pinned_bytes -= sum(f.bytes for f in old.values())
         return sum(f.bytes for f in files.values())
 
-    def find(self, site: str, path: str) -> FileInfo | None:
+    def live(self, site: str) -> int | None:
+        """The version (deploy id) `site` serves now; None when there is no such site. Ask
+        once per request and pass it to `find` and `rules`: one answer, one version."""
+        if site in self._pinned:
+            return PINNED
+        with self._found_lock:
+            deploy = self._live.get(site)
+            if deploy is not None:
+                self._live.move_to_end(site)
+                return deploy
+            generation = self._found_generation
+        with self.db.read() as conn:
+            deploy = live_deploy(conn, site)
+        if deploy is not None:
+            with self._found_lock:
+                if generation == self._found_generation:  # no deploy since we looked
+                    self._live[site] = deploy
+                    if len(self._live) > self._sites_limit():
+                        self._live.popitem(last=False)
+        return deploy
+
+    def known_live(self, site: str) -> int | None:
+        """`live` from RAM alone: None until a thread has looked it up."""
+        if site in self._pinned:
+            return PINNED
+        return self._live.get(site)  # a plain dict read: atomic, no lock needed
+
+    def find(self, site: str, path: str, deploy: int | None = None) -> FileInfo | None:
+        """The file at `path` in version `deploy` of `site` (by default the one it serves
+        now). Stale when that version is gone (a deploy pruned it): look again."""
         pinned = self._pinned.get(site)
         if pinned is not None:
             entry = pinned.get(path)
             return entry.info if entry else None
-        key = (site, path)
+        if deploy is None:
+            deploy = self.live(site)
+            if deploy is None:
+                return None
+        key = (site, deploy, path)
         with self._found_lock:
             packed = self._found.get(key)
             if packed is not None:
                 self._found.move_to_end(key)
                 return _unpacked(packed)
             generation = self._found_generation
-        with self.db.read() as conn:
-            info = find_file(conn, site, path)
+        try:
+            with self.db.read() as conn:
+                info = version_file(conn, site, deploy, path)
+        except LookupError:
+            self.forget_files()  # the site's version remembered is gone too
+            raise Stale("The site changed while this file was looked up; try again.") from None
         if info is not None:
             with self._found_lock:
                 if generation == self._found_generation:  # no deploy since we looked
@@ -262,19 +308,23 @@ class VFS:
                         self._found.popitem(last=False)
         return info
 
-    def known(self, site: str, path: str) -> FileInfo | None:
+    def known(self, site: str, path: str, deploy: int | None = None) -> FileInfo | None:
         """`find` from RAM alone (the event loop never waits on the database): None when
         the file is not pinned or remembered, whether or not it exists."""
         pinned = self._pinned.get(site)
         if pinned is not None:
             entry = pinned.get(path)
             return entry.info if entry else None
-        packed = self._found.get((site, path))  # a plain dict read: atomic, no lock needed
+        if deploy is None:
+            deploy = self.known_live(site)
+        packed = self._found.get((site, deploy, path))  # a plain dict read: atomic, no lock
         return None if packed is None else _unpacked(packed)
 
-    def known_rules(self, site: str) -> SiteRules | None:
+    def known_rules(self, site: str, deploy: int | None = None) -> SiteRules | None:
         """`rules` from RAM alone: None until a thread has parsed them."""
-        return self._rules.get(site)
+        if deploy is None:
+            deploy = self.known_live(site)
+        return self._rules.get((site, deploy))
 
     def held(self, site: str, path: str, encoding: str, sha256: str) -> bytes | None:
         """`content` from RAM alone: None unless the body (the file at `path` in
@@ -295,37 +345,45 @@ class VFS:
         return self._found_generation
 
     def forget_files(self) -> None:
-        """A site changed: every remembered location (and rule) may be wrong now."""
+        """A site changed: every remembered version, location and rule may be wrong now."""
         with self._found_lock:
+            self._live.clear()
             self._found.clear()
             self._rules.clear()
             self._found_generation += 1
 
-    def rules(self, site: str) -> SiteRules:
-        """The site's `_redirects` and `_headers`, parsed once until the site changes."""
+    def _sites_limit(self) -> int:
+        """How many sites' versions, and versions' rules, are remembered."""
+        return max(RULES_ENTRIES, self._found_limit // 8)
+
+    def rules(self, site: str, deploy: int | None = None) -> SiteRules:
+        """The `_redirects` and `_headers` of version `deploy` of `site` (by default the
+        one it serves now), parsed once until a site changes. Stale as `find`."""
+        if deploy is None:
+            deploy = self.live(site)
+            if deploy is None:
+                return EMPTY
+        key = (site, deploy)
         with self._found_lock:
-            rules = self._rules.get(site)
+            rules = self._rules.get(key)
             if rules is not None:
-                self._rules.move_to_end(site)
+                self._rules.move_to_end(key)
                 return rules
             generation = self._found_generation
         texts = {}
         for name in (REDIRECTS, HEADERS):
-            info = self.find(site, name)
+            info = self.find(site, name, deploy)
             texts[name] = self.content(site, info).decode("utf-8", "replace") if info else ""
         rules = _parsed(texts[REDIRECTS], texts[HEADERS])
         with self._found_lock:
             if generation == self._found_generation:
-                self._rules[site] = rules
-                if len(self._rules) > max(RULES_ENTRIES, self._found_limit // 8):
+                self._rules[key] = rules
+                if len(self._rules) > self._sites_limit():
                     self._rules.popitem(last=False)
         return rules
 
     def site_exists(self, site: str) -> bool:
-        if site in self._pinned:
-            return True
-        with self.db.read() as conn:
-            return site_exists(conn, site)
+        return self.live(site) is not None
 
     def is_large(self, body: Body) -> bool:
         """Streamed rather than held whole: above large_file_mb, or above the whole cache

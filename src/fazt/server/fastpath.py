@@ -1,11 +1,11 @@
 """Hot static files answered from the event loop: no thread, no framework, one write.
 
-A GET or HEAD for a site's file whose location, rules and body are already in
-RAM (the VFS's remembered locations, parsed `_redirects`/`_headers`, and the
-byte cache) is answered right here, with headers rendered once per file and
-encoding and then reused until the next deploy. Measured here: a thread
-handoff, the WSGI environ and Falcon cost about twenty times what answering
-costs (issue 16).
+A GET or HEAD for a site's file whose version, location, rules and body are
+already in RAM (the VFS's remembered versions and locations, parsed
+`_redirects`/`_headers`, and the byte cache) is answered right here, with
+headers rendered once per file and encoding and then reused until the next
+deploy. Measured here: a thread handoff, the WSGI environ and Falcon cost
+about twenty times what answering costs (issue 16).
 
 The answer is the one the thread would give, because it is made by the same
 pure functions: `fazt.negotiation` picks the body and renders its headers,
@@ -152,7 +152,11 @@ class FastPath:
                 or hidden_part(path) is not None:  # hidden files: the thread's 404
             return None
         vfs = self.vfs
-        rules = vfs.known_rules(site)
+        # the rules and the file of one version: a thread may remember a newer one meanwhile
+        deploy = vfs.known_live(site)
+        if deploy is None:
+            return None
+        rules = vfs.known_rules(site, deploy)
         if rules is None:
             return None
         url = "/" + path + ("/" if path and raw.endswith("/") else "")
@@ -160,7 +164,7 @@ class FastPath:
             return None
         name = (f"{path}/index.html" if path else "index.html") \
             if not path or raw.endswith("/") else path
-        info = vfs.known(site, name)
+        info = vfs.known(site, name, deploy)
         if info is None:
             return None
         body = pick(info, encoding)

@@ -44,6 +44,7 @@ from fazt.server import responses
 from fazt.server.bridge import Job
 from fazt.sites import SiteResource, handler_request, js_body_limit, run_handler
 from fazt.store.sites import FileInfo
+from fazt.vfs import Stale
 
 _KEEP_BLANK = falcon.RequestOptions().keep_blank_qs_values  # as the sites' Falcon app parses
 _DROPPED = frozenset({"X_FORWARDED_PROTO", "FORWARDED"})  # fazt.proxies drops them
@@ -97,7 +98,10 @@ class JsPath:
         instance.refresh()  # what any writer committed is served from this request on
         if instance.mode == MAINTENANCE or instance.config["trusted_proxies"]:
             return None
-        found = self._script(conn, parser, instance.vfs.find)
+        try:
+            found = self._script(conn, parser, instance.vfs.find)
+        except Stale:  # the version looked in went meanwhile: the WSGI app looks again
+            return None
         if found is None:
             return None
         return self._respond(conn, parser, *found, began, on_loop=False)

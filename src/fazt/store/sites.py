@@ -231,6 +231,14 @@ _LOOKUP = f"""
     JOIN blobs b ON b.id = f.blob_id
     WHERE s.name = ?
 """
+# One row while the version exists (the site's own: an id is reused once its row is gone),
+# with NULLs when it has no such file.
+_IN_VERSION = f"""
+    SELECT {_COLUMNS}
+    FROM deploys d LEFT JOIN files f ON f.deploy_id = d.id AND f.path = ?
+    LEFT JOIN blobs b ON b.id = f.blob_id
+    WHERE d.id = ? AND d.site = ?
+"""
 
 
 def _file_info(row: tuple) -> FileInfo:
@@ -248,6 +256,23 @@ def find_file(conn: sqlite3.Connection, site: str, path: str) -> FileInfo | None
     """The file at `path` (no leading slash) of the version `site` serves now."""
     row = conn.execute(_LOOKUP, (path, site)).fetchone()
     return _file_info(row) if row else None
+
+
+def live_deploy(conn: sqlite3.Connection, site: str) -> int | None:
+    """The id of the version `site` serves now; None when there is no such site."""
+    row = conn.execute("SELECT deploy_id FROM sites WHERE name = ?", (site,)).fetchone()
+    return row[0] if row else None
+
+
+def version_file(conn: sqlite3.Connection, site: str, deploy_id: int,
+                 path: str) -> FileInfo | None:
+    """The file at `path` in version `deploy_id` of `site`, live or not; LookupError when
+    the site has no such version (any more: a deploy pruned it, or the site was removed).
+    A version's files never change, so what this answers holds as long as the version."""
+    row = conn.execute(_IN_VERSION, (path, deploy_id, site)).fetchone()
+    if row is None:
+        raise LookupError(f"Site {site!r} has no version with id {deploy_id}.")
+    return _file_info(row) if row[0] is not None else None
 
 
 def site_exists(conn: sqlite3.Connection, name: str) -> bool:

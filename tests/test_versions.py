@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import Admin, Server, eventually, fazt, fazt_env, init_db, zip_of
+from conftest import Admin, Server, deploy_dir, eventually, fazt, fazt_env, init_db, zip_of
 
 from fazt.store.files import unreferenced_blobs
 
@@ -261,3 +261,25 @@ def test_an_answer_comes_from_one_version_while_rollbacks_race(tmp_path, fastpat
         assert set(rollbacks) == {200} and len(rollbacks) > 100 and len(answers) > 100
         if fastpath == "on":  # the loop answered some of them itself
             assert owner.status()["connections"]["fast_path_answers"] > 0
+
+
+def test_a_version_pruned_while_a_request_reads_it_is_looked_up_again(instance, tmp_path):
+    """A request reads the version its site served as it began; when another process's
+    deploy prunes that version meanwhile, a lookup in it is Stale (the request looks
+    again, once) rather than a 404 for a file the site has, and the next look finds the
+    new version."""
+    from fazt.store.sites import NewFile, replace_site
+    from fazt.vfs import Stale
+
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "index.html").write_text("v1")
+    deploy_dir(instance, "s", root)
+    vfs = instance.vfs
+    began = vfs.live("s")
+    with instance.db.write() as conn:  # keep_versions 1: version 1 goes
+        replace_site(conn, "s", [NewFile("index.html", "text/html", [b"v2"])], keep=1)
+    with pytest.raises(Stale):
+        vfs.find("s", "index.html", began)
+    now = vfs.live("s")
+    assert now != began and vfs.content("s", vfs.find("s", "index.html", now)) == b"v2"

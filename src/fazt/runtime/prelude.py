@@ -29,6 +29,7 @@ PRELUDE = r"""
   Object.defineProperty(globalThis, "__fazt_clock", { value: undefined, writable: true,
                                                      enumerable: false, configurable: false });
   const parse = JSON.parse, stringify = JSON.stringify, toText = String;
+  const jsonish = /^\s*[\[{]/;  // made once: a literal is a new RegExp at every request
   const errorTypes = { TypeError: TypeError, RangeError: RangeError, Error: Error };
 
   function __fazt_call(op, args) {
@@ -156,7 +157,7 @@ PRELUDE = r"""
     env = null;  // and reads the secrets as they are now
     const request = parse(requestJson);
     const type = toText(request.headers["content-type"] || "").toLowerCase();
-    if (type.indexOf("json") >= 0 || /^\s*[\[{]/.test(request.body)) {
+    if (type.indexOf("json") >= 0 || (request.body !== "" && jsonish.test(request.body))) {
       try { request.json = parse(request.body); } catch (e) { /* not JSON after all */ }
     }
     if (typeof handler !== "function") {

@@ -9,10 +9,18 @@ import threading
 import pytest
 from conftest import Server, eventually, fazt, init_db
 
+from fazt import vfs
 from fazt.heap import keep_free_heap
 from fazt.store.database import create_database
 from fazt.store.files import CHUNK_SIZE, put_blob, read_chunks
-from fazt.vfs import HEAP_KEEP_FACTOR, READ_AHEAD, READ_AHEAD_MB, ChunkStream, StreamLoop
+from fazt.vfs import (
+    HEAP_KEEP_FACTOR,
+    READ_AHEAD,
+    READ_AHEAD_MB,
+    ChunkStream,
+    FileStream,
+    StreamLoop,
+)
 
 SIZE = 9 * CHUNK_SIZE + 12345  # ten chunks, the last one short
 
@@ -406,3 +414,53 @@ def test_a_download_asks_for_the_send_buffer_its_link_needs():
     assert cn.stream_sndbuf(Link(200)) == 200 * cn.STREAM_RATE // 1_000_000  # a LAN
     assert cn.STREAM_SNDBUF_LEAST < cn.stream_sndbuf(Link(200)) < cn.STREAM_SNDBUF
     assert cn.stream_sndbuf(Link(40_000)) == cn.STREAM_SNDBUF  # across the internet
+
+
+def test_a_file_stream_is_read_and_closed_by_readers_never_by_the_loop(tmp_path, monkeypatch):
+    """A plain file (a backup) as a stream: the bytes exact, every read and the close of
+    its descriptor on a reader thread, none on the loop's."""
+    data = os.urandom(SIZE)
+    path = tmp_path / "file.bin"
+    path.write_bytes(data)
+    readers = []
+    pread = os.pread
+    monkeypatch.setattr(vfs.os, "pread", lambda fd, n, at: (
+        readers.append(threading.get_ident()), pread(fd, n, at))[1])
+    loop = Loop()
+    file = open(path, "rb")
+    os.unlink(path)
+    closed = threading.Event()
+    real_close = file.close
+    closers = []
+
+    class Watched:  # a file whose close says which thread closed it
+        fileno = file.fileno
+
+        def close(self):
+            closers.append(threading.get_ident())
+            real_close()
+            closed.set()
+
+    stream = FileStream(Watched(), loop.stream_loop)
+    try:
+        assert loop.drain(stream, CHUNK_SIZE) == data
+        stream.close()
+        assert closed.wait(10)
+    finally:
+        stream.close()
+        loop.stream_loop.shutdown()
+    me = threading.get_ident()
+    assert readers and me not in readers and closers and me not in closers
+    assert file.closed
+
+
+def test_a_file_stream_off_the_loop_reads_directly(tmp_path):
+    data = os.urandom(3 * CHUNK_SIZE + 5)
+    path = tmp_path / "file.bin"
+    path.write_bytes(data)
+    file = open(path, "rb")
+    stream = FileStream(file)
+    assert stream.read(10) == data[:10]
+    assert stream.read() + stream.read() + stream.read() + stream.read() == data[10:]
+    stream.close()
+    assert file.closed

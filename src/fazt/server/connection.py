@@ -604,7 +604,7 @@ class Connection:
                 continue
             stream = item.file if self.transport.plain else None
             try:  # a wsgi.file_wrapper buffer over a stream
-                if hasattr(stream, "views"):  # a ChunkStream: several chunks a send
+                if hasattr(stream, "views"):  # a ChunkStream (or FileStream): several chunks a send
                     views = stream.views(min(SEND_BATCH, item.remain))
                     piece = None
                 else:

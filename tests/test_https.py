@@ -437,3 +437,137 @@ def test_a_port_out_of_range_is_one_sentence(db_path):
         r = fazt("server", "start", *args, "--db", str(db_path), check=False)
         assert r.returncode == 1 and "is not a port number" in r.stderr, r.stderr
         assert "Traceback" not in r.stderr
+
+
+def _failing(db, tried: list):
+    """An AutoCert over `db` with the live settings (as the server reads them), whose
+    every order fails as a wrong or unreachable CA makes it fail."""
+    from fazt import autocert
+    from fazt.acme_client import AcmeError
+    from fazt.instance import read_config
+    from fazt.server.tls import Certificates
+
+    def settings() -> dict:
+        with db.read() as conn:
+            return read_config(conn)
+
+    def issue(host: str, key_pem: bytes, config: dict) -> bytes:
+        tried.append((host, config["acme_directory"]))
+        raise AcmeError(f"Cannot reach the ACME server at {config['acme_directory']}.")
+
+    running = autocert.AutoCert(db, Certificates(), settings)
+    running._issue = issue
+    return running
+
+
+def test_fixing_a_ca_setting_ends_the_backoff_at_once(db_path):
+    """A typo in acme_directory made every order fail; its fix must not wait out the
+    hours of backoff earned against the typo."""
+    from fazt.store import certs as store
+    from fazt.store import open_database
+
+    configure(db_path, https="on", acme_directory="https://ca.invalid/typo")
+    db = open_database(str(db_path))
+    try:
+        tried: list = []
+        running = _failing(db, tried)
+        now = time.time()
+        running.run_once(now)
+        running.run_once(now)
+        assert sorted(h for h, _ in tried) == [f"admin.{DOMAIN}", DOMAIN]
+        running.run_once(now + 30)
+        assert len(tried) == 2  # backing off
+        configure(db_path, hsts_max_age="600")  # not a CA setting: the backoff stays
+        running.run_once(now + 30)
+        assert len(tried) == 2
+        configure(db_path, acme_directory="https://ca.example/directory")
+        with db.read() as conn:
+            assert store.order_failures(conn) == {}
+        running.run_once(now + 30)  # the next look (within WATCH seconds) orders
+        assert tried[-1] == (f"admin.{DOMAIN}", "https://ca.example/directory")
+
+        def orders_again(change) -> bool:
+            for _ in range(3):  # both hosts fail (again), then back off
+                running.run_once(now + 30)
+            count = len(tried)
+            change()
+            running.run_once(now + 30)
+            return len(tried) == count + 1
+
+        assert orders_again(lambda: configure(db_path, acme_email="me@example.org"))
+        bundle = db_path.parent / "bundle.pem"
+        trustme.CA().cert_pem.write_to_path(str(bundle))
+        assert orders_again(lambda: configure(db_path, acme_ca_bundle=str(bundle)))
+        from fazt.instance import machine_for, reset_config
+        assert orders_again(lambda: reset_config(db, machine_for({}, db.path),
+                                                 ["acme_directory"]))
+        assert tried[-1][1] == "https://acme-v02.api.letsencrypt.org/directory"
+        assert not orders_again(lambda: None)
+    finally:
+        db.close()
+
+
+def test_a_ca_setting_changed_while_an_order_runs_leaves_no_backoff(db_path):
+    from fazt.store import certs as store
+    from fazt.store import open_database
+
+    configure(db_path, https="on", acme_directory="https://ca.invalid/typo")
+    db = open_database(str(db_path))
+    try:
+        tried: list = []
+        running = _failing(db, tried)
+        issue = running._issue
+
+        def fixed_meanwhile(host: str, key_pem: bytes, config: dict) -> bytes:
+            configure(db_path, acme_directory="https://ca.example/directory")
+            running._issue = issue
+            return issue(host, key_pem, config)
+
+        running._issue = fixed_meanwhile
+        now = time.time()
+        running.run_once(now)  # fails against the typo, the fix arriving meanwhile
+        with db.read() as conn:
+            assert store.order_failures(conn) == {}
+        running.run_once(now)
+        assert tried == [(f"admin.{DOMAIN}", "https://ca.invalid/typo"),
+                         (f"admin.{DOMAIN}", "https://ca.example/directory")]
+    finally:
+        db.close()
+
+
+def test_a_restart_retries_a_failing_host_once_but_not_in_a_tight_loop(db_path):
+    """Failures are in the database, so a restart keeps their count; but a restart is the
+    owner's "try again now" (DNS fixed, a port opened), so each failing host is retried
+    at start, no sooner than a minute after its last attempt."""
+    from fazt import autocert
+    from fazt.store import certs as store
+    from fazt.store import open_database
+
+    configure(db_path, https="on")
+    db = open_database(str(db_path))
+    try:
+        with db.write() as conn:  # six failures in a row before the restart: 32 min backoff
+            for _ in range(6):
+                store.record_failure(conn, DOMAIN, "Connection refused",
+                                     time.time() + autocert.backoff(6))
+            conn.execute("UPDATE cert_orders SET last_attempt = ?", (time.time() - 1,))
+            store.record_failure(conn, f"admin.{DOMAIN}", "Connection refused",
+                                 time.time() + autocert.backoff(1))
+            conn.execute("UPDATE cert_orders SET last_attempt = ?", (time.time() - 1,))
+        tried: list = []
+        running = _failing(db, tried)  # the restart
+        now = time.time()
+        running.run_once(now)
+        assert tried == []  # the last attempts were a second ago: not in a tight loop
+        running.run_once(now + autocert.BACKOFF_FIRST)
+        running.run_once(now + autocert.BACKOFF_FIRST)
+        assert sorted(h for h, _ in tried) == [f"admin.{DOMAIN}", DOMAIN]
+        with db.read() as conn:
+            failures = store.order_failures(conn)
+        assert failures[DOMAIN][0] == 7  # the count goes on: its backoff keeps doubling
+        assert failures[DOMAIN][1] >= now + autocert.backoff(7) - 5
+        running.run_once(now + 2 * autocert.BACKOFF_FIRST)
+        running.run_once(now + 2 * autocert.BACKOFF_FIRST)
+        assert len(tried) == 2  # once a start, then the backoff again
+    finally:
+        db.close()

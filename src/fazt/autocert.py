@@ -7,7 +7,9 @@ valid certificate, or whose certificate has a third of its lifetime left, is
 ordered; a failed order waits with exponential backoff, and its sentence is
 kept in the database for `fazt cert list`, `fazt server status` and the
 dashboard. Certificates, keys and the failure state are all in the database,
-so a restart never orders again.
+so a restart never orders a certificate it has again; a failing host is retried
+once at start (see `_retry_at`), and a change of the CA settings forgets the
+failures altogether (`instance._new_ca`).
 
 The thread also watches the database, so a certificate imported or a domain
 added by another process (`fazt cert import`, `fazt site domain add`) is
@@ -23,6 +25,7 @@ from typing import Protocol
 from fazt.acme_client import AccountGone, Acme
 from fazt.errors import FaztError
 from fazt.pem import CertInfo, csr_for, new_key, read_chain
+from fazt.settings import CA_SETTINGS
 from fazt.store import Database
 from fazt.store import certs as store
 from fazt.store.sites import list_sites
@@ -52,6 +55,12 @@ def served_hosts(domain: str, sites: list[str], domains: dict[str, str]) -> set[
     return names
 
 
+def _ca(config: dict) -> tuple:
+    """The settings the ACME client is made from (acme_directory, acme_email,
+    acme_ca_bundle): a change of any ends the recorded failures (instance._new_ca)."""
+    return tuple(config.get(k, "") for k in CA_SETTINGS)
+
+
 def backoff(failures: int) -> float:
     return min(BACKOFF_FIRST * 2 ** max(failures - 1, 0), BACKOFF_MAX)
 
@@ -68,6 +77,7 @@ class AutoCert:
         self.ordering: str | None = None
         self.listing: list[dict] = []  # what `fazt cert list` shows, kept for the status page
         self._stamp = None
+        self.started = time.time()  # failures recorded before it get one early retry
         self._acme: Acme | None = None
         self._acme_for: tuple | None = None
         self._wake = threading.Event()
@@ -173,13 +183,24 @@ class AutoCert:
         for host in sorted(wanted):
             when = self._due_at(host)
             if host in failures:
-                when = max(when, failures[host][1])
+                when = max(when, self._retry_at(*failures[host][1:]))
             if when <= now:
                 due.append(host)
         if due:
             self._order(due[0], config)
             return 0  # the next due host, straight away
         return WATCH
+
+    def _retry_at(self, next_attempt: float, last_attempt: float) -> float:
+        """When a failing host is tried again: after its backoff, except that a failure
+        from before this server started is retried once at start (a restart is the
+        owner's "try again now": DNS fixed, a port opened), though never sooner than
+        BACKOFF_FIRST after its last attempt, so a server restarted in a loop cannot
+        hammer the CA. The count of failures is kept: if the retry fails too, the backoff
+        goes on doubling from where it was."""
+        if last_attempt < self.started:
+            return min(next_attempt, last_attempt + BACKOFF_FIRST)
+        return next_attempt
 
     @staticmethod
     def _wanted(conn, config: dict) -> set[str]:
@@ -222,6 +243,12 @@ class AutoCert:
                         info.issuer, time.strftime("%Y-%m-%d %H:%M", time.gmtime(info.not_after)))
         except Exception as exc:
             message = exc.message if isinstance(exc, FaztError) else f"{type(exc).__name__}: {exc}"
+            if _ca(self.settings()) != _ca(config):
+                # The owner changed the CA settings while this order ran against the old
+                # ones (and the change cleared the failures): no backoff for the new ones.
+                log.warning("certificate for %s failed under the old CA settings: %s",
+                            host, message)
+                return
             with self.db.write() as conn:
                 if host not in self._wanted(conn, config):
                     return  # removed meanwhile: no failure to list for it
@@ -249,7 +276,7 @@ class AutoCert:
     def _client(self, config: dict) -> Acme:
         """One ACME session while the CA settings stay the same; the account is stored."""
         directory = config["acme_directory"]
-        settings = (directory, config.get("acme_email", ""), config.get("acme_ca_bundle", ""))
+        settings = _ca(config)
         if self._acme is None or self._acme_for != settings:
             with self.db.read() as conn:
                 account = store.load_account(conn, directory)

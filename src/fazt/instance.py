@@ -30,7 +30,7 @@ from fazt.stability import thresholds as th
 from fazt.stability.probe import Machine, probe
 from fazt.store import Database, open_database, space
 from fazt.store import sites as sites_store
-from fazt.store.certs import domains_stamp, load_domains
+from fazt.store.certs import domains_stamp, forget_failures, load_domains
 from fazt.store.claim import try_claim
 from fazt.store.config import (
     active_overrides,
@@ -239,6 +239,7 @@ def update_config(db: Database, machine: Machine, values: dict,
         owner_keys = sorted(set(config.get("owner_keys") or []) | (set(coerced) & keys))
         save_config(conn, {**coerced, "owner_keys": owner_keys})
         _bound_history(conn, config, coerced)
+        _new_ca(conn, config, coerced)
         for key in safe_again:
             undo_overrides(conn, key)
         for key, old, new, message in overrides:
@@ -277,6 +278,7 @@ def reset_config(db: Database, machine: Machine, keys: list[str] | None) -> dict
         owner_keys = sorted(set(config.get("owner_keys") or []) - set(values))
         save_config(conn, {**values, "owner_keys": owner_keys})
         _bound_history(conn, config, values)
+        _new_ca(conn, config, values)
         for key in values:
             undo_overrides(conn, key)
     return {**config, **values, "owner_keys": owner_keys}
@@ -288,6 +290,14 @@ def _bound_history(conn, before: dict, changed: dict) -> None:
     keep = changed.get("keep_versions")
     if keep is not None and int(keep) < int(before["keep_versions"]):
         sites_store.prune_all(conn, int(keep))
+
+
+def _new_ca(conn, before: dict, changed: dict) -> None:
+    """A changed CA setting (a typo in acme_directory fixed, another bundle) ends the
+    failed orders' backoff: the certificate thread orders again within seconds, instead
+    of waiting out hours of backoff earned against the old setting."""
+    if any(k in changed and changed[k] != before.get(k) for k in settings.CA_SETTINGS):
+        forget_failures(conn)
 
 
 def recalibrate_database(db: Database, memory_mb: float | None = None,

@@ -24,6 +24,9 @@ from fazt.replica.target import check_url as check_replica_url
 TYPES = ("bool", "choice", "string", "int", "list")
 LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 LETS_ENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
+# The settings the ACME client is made from: a change of any of them is the owner's fix
+# of a failing CA, so it ends the recorded failures and their backoff (instance.py).
+CA_SETTINGS = ("acme_directory", "acme_email", "acme_ca_bundle")
 
 
 def check_domain(value: str) -> str | None:

@@ -66,10 +66,10 @@ def certificates_stamp(conn: sqlite3.Connection) -> tuple:
 # -- ACME order state ----------------------------------------------------------
 
 
-def order_failures(conn: sqlite3.Connection) -> dict[str, tuple[int, float]]:
-    """host -> (failures in a row, when to try again)."""
-    return {r[0]: (r[1], r[2]) for r in conn.execute(
-        "SELECT host, failures, next_attempt FROM cert_orders")}
+def order_failures(conn: sqlite3.Connection) -> dict[str, tuple[int, float, float]]:
+    """host -> (failures in a row, when to try again, when it was last tried)."""
+    return {r[0]: (r[1], r[2], r[3]) for r in conn.execute(
+        "SELECT host, failures, next_attempt, last_attempt FROM cert_orders")}
 
 
 def record_failure(conn: sqlite3.Connection, host: str, error: str, next_attempt: float
@@ -80,6 +80,11 @@ def record_failure(conn: sqlite3.Connection, host: str, error: str, next_attempt
         " failures = failures + 1, last_error = excluded.last_error,"
         " last_attempt = excluded.last_attempt, next_attempt = excluded.next_attempt",
         (host, error, time.time(), next_attempt))
+
+
+def forget_failures(conn: sqlite3.Connection) -> None:
+    """Drop every host's failures and backoff: the CA settings changed (the owner's fix)."""
+    conn.execute("DELETE FROM cert_orders")
 
 
 def forget_orders(conn: sqlite3.Connection, keep: set[str]) -> None:

@@ -335,6 +335,32 @@ def test_a_host_whose_certificate_expired_is_served_plainly(tmp_path, site_dir, 
         srv.stop()
 
 
+def test_a_valid_wildcard_is_shown_where_the_hosts_own_certificate_expired(tmp_path,
+                                                                           site_dir, ca):
+    """blog.D's own certificate lapsed while *.D is valid: the TLS port shows the wildcard
+    (not the expired one a browser would refuse), and so the plain port redirects."""
+    import datetime
+
+    db = imported(tmp_path, site_dir, ca)
+    past = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
+    store_certificate(db, f"blog.{DOMAIN}", ca.issue_cert(
+        f"blog.{DOMAIN}", not_before=past, not_after=past + datetime.timedelta(days=90)),
+        "import")
+    srv = Running(db, free_port())
+    try:
+        conn = srv.connect(f"blog.{DOMAIN}", ca.cert_pem.bytes())  # verified: not expired
+        names = [v for k, v in conn.sock.getpeercert()["subjectAltName"] if k == "DNS"]
+        assert names == [f"*.{DOMAIN}"]
+        r, body = conn.request("GET", "/")
+        assert r.status == 200 and b"hello from fazt" in body
+        conn.close()
+        plain = f"http://127.0.0.1:{srv.server.port}/index.html"
+        r = requests.get(plain, headers={"Host": f"blog.{DOMAIN}"}, allow_redirects=False)
+        assert r.status_code == 308
+    finally:
+        srv.stop()
+
+
 def test_a_removed_domain_or_site_is_no_longer_shown_a_certificate(tmp_path, site_dir, ca):
     """Their certificates went with them: a handshake for those names is refused, as for
     any name fazt does not serve."""

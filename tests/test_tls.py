@@ -209,3 +209,44 @@ def test_plain_http_on_the_tls_port_is_a_failure_answered_in_plain_http(certs):
         transport.feed(b"GET / HTTP/1.1\r\nHost: example.test\r\n\r\n")
     # no alert (the client could not read one): a 400 that says what happened
     assert transport.outgoing().startswith(b"HTTP/1.1 400 Bad Request\r\n")
+
+
+def test_a_certificate_valid_now_is_preferred_to_the_hosts_own_expired_one(ca):
+    """The host's own if valid, else a valid wildcard one level up, else whatever exists:
+    an expired certificate still completes the handshake, better than none."""
+    import datetime
+
+    def dated(name: str, expired: bool) -> tuple[bytes, bytes]:
+        if not expired:
+            return leaf(ca, name)
+        past = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
+        cert = ca.issue_cert(name, not_before=past,
+                             not_after=past + datetime.timedelta(days=90))
+        return (b"".join(b.bytes() for b in cert.cert_chain_pems),
+                cert.private_key_pem.bytes())
+
+    def shown(certificates: Certificates, host: str) -> list[str]:
+        srv = EchoServer(certificates)
+        try:
+            ctx = client_context(ca)
+            ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+            with connect(srv, ctx, host) as sock:
+                der = sock.getpeercert(binary_form=True)
+        finally:
+            srv.close()
+        from cryptography import x509
+        san = x509.load_der_x509_certificate(der).extensions.get_extension_for_class(
+            x509.SubjectAlternativeName)
+        return san.value.get_values_for_type(x509.DNSName)
+
+    host = "blog.example.test"
+    for own_expired, wildcard_expired, expected in (
+            (True, False, "*.example.test"), (False, False, host), (False, True, host),
+            (True, True, host)):
+        certificates = Certificates()
+        certificates.install(host, *dated(host, own_expired))
+        certificates.install("*.example.test", *dated("*.example.test", wildcard_expired))
+        assert shown(certificates, host) == [expected], (own_expired, wildcard_expired)
+    certificates = Certificates()  # the expired one alone is still shown
+    certificates.install("*.example.test", *dated("*.example.test", True))
+    assert shown(certificates, host) == ["*.example.test"]

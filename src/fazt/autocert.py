@@ -25,6 +25,7 @@ from typing import Protocol
 from fazt.acme_client import AccountGone, Acme
 from fazt.errors import FaztError
 from fazt.pem import CertInfo, csr_for, new_key, read_chain
+from fazt.server.tls import choose
 from fazt.settings import CA_SETTINGS
 from fazt.store import Database
 from fazt.store import certs as store
@@ -116,17 +117,17 @@ class AutoCert:
         The plain port redirects only such a host: an expired certificate (an import
         left to lapse, an ACME renewal that keeps failing) would only make the browser
         refuse the page, so that host is served plainly, as one that has none yet.
-        The certificate judged is the one the TLS port picks (tls.Certificates.
-        context_for): the host's own, else a wildcard's one level up.
+        The certificate judged is the one the TLS port picks (tls.choose, as
+        tls.Certificates.context_for does): the host's own if valid, else a valid
+        wildcard's one level up, else whichever exists.
         """
-        name = host.lower().rstrip(".")
-        served = self.served.get(name)
-        if served is None and "." in name:
-            served = self.served.get("*." + name.split(".", 1)[1])
-        if served is None:
-            return False
-        info = served[0]
-        return info.not_before <= time.time() < info.not_after
+        now = time.time()
+
+        def valid(served: tuple[CertInfo, str]) -> bool:
+            return served[0].not_before <= now < served[0].not_after
+
+        served = choose(host.lower().rstrip("."), self.served, valid)
+        return served is not None and valid(served)
 
     def challenge(self, token: str) -> str | None:
         """The key authorization for an HTTP-01 token, while its order runs."""

@@ -6,8 +6,10 @@ ECDSA P-256 handshake).
 
 The certificate is chosen per host by SNI: `Certificates` keeps one
 `SSLContext` per host name, and the base context's `sni_callback` switches the
-connection to the host's context. A handshake for a host fazt does not serve
-ends with an `unrecognized_name` alert, so no certificate is ever shown for it.
+connection to the host's context (its own certificate if valid now, else a valid
+wildcard's one level up, else whichever exists: `choose`). A handshake for a
+host fazt does not serve ends with an `unrecognized_name` alert, so no
+certificate is ever shown for it.
 A renewed certificate is a new context put in place of the old one: handshakes
 from then on use it, connections already open keep theirs.
 """
@@ -18,7 +20,10 @@ import os
 import ssl
 import threading
 import time
+from collections.abc import Callable, Mapping
+from typing import NamedTuple, TypeVar
 
+from fazt.pem import read_chain
 from fazt.server import responses
 from fazt.server.timeouts import CLIENT_TIMEOUT
 from fazt.server.transport import TransportFailure
@@ -40,6 +45,7 @@ class TLSFailure(TransportFailure):
     """The handshake or the record layer failed: send `outgoing()` (the alert), then close."""
 
 
+T = TypeVar("T")
 PLAIN_HTTP_TEXT = b"The plain HTTP request was sent to the HTTPS port: use https:// instead.\n"
 
 
@@ -77,13 +83,37 @@ def context_from_pem(chain_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
     return ctx
 
 
+def choose(name: str, entries: Mapping[str, T], valid: Callable[[T], bool]) -> T | None:
+    """The certificate shown for `name`, out of `entries` (host name -> certificate):
+    its own if valid now, else a valid wildcard's one level up (`*.example.org`), else
+    whichever of the two exists (an expired certificate still completes a handshake,
+    and the browser then says why, which beats a refused one). The TLS port
+    (`Certificates.context_for`) and the plain port's redirect (`autocert.serves`)
+    both choose with it, so a host is redirected exactly when it is shown a valid one."""
+    own = entries.get(name)
+    wildcard = entries.get("*." + name.split(".", 1)[1]) if "." in name else None
+    for candidate in (own, wildcard):
+        if candidate is not None and valid(candidate):
+            return candidate
+    return own if own is not None else wildcard
+
+
+class _Served(NamedTuple):
+    context: ssl.SSLContext
+    not_before: float
+    not_after: float
+
+    def valid(self) -> bool:
+        return self.not_before <= time.time() < self.not_after
+
+
 class Certificates:
     """The certificates the TLS port shows, one context per host name, chosen by SNI."""
 
     def __init__(self, default_host: str | None = None):
         # A client that sends no SNI (an IP address typed by hand) gets default_host's.
         self.default_host = default_host
-        self._contexts: dict[str, ssl.SSLContext] = {}
+        self._contexts: dict[str, _Served] = {}
         self._lock = threading.Lock()
         self.base = new_context()
         self.base.sni_callback = self._choose
@@ -91,8 +121,9 @@ class Certificates:
     def install(self, host: str, chain_pem: bytes, key_pem: bytes) -> None:
         """Serve `host` with this certificate from the next handshake on."""
         ctx = context_from_pem(chain_pem, key_pem)
+        info = read_chain(chain_pem)
         with self._lock:
-            self._contexts[host.lower()] = ctx
+            self._contexts[host.lower()] = _Served(ctx, info.not_before, info.not_after)
 
     def remove(self, host: str) -> None:
         with self._lock:
@@ -103,13 +134,12 @@ class Certificates:
             return sorted(self._contexts)
 
     def context_for(self, host: str | None) -> ssl.SSLContext | None:
-        """The host's own context, else a wildcard's one level up (`*.example.org`)."""
+        """The host's own context if valid now, else a valid wildcard's one level up
+        (`*.example.org`), else whichever exists (see `choose`)."""
         name = (host or self.default_host or "").lower().rstrip(".")
-        contexts = self._contexts  # a dict read is atomic; writers replace entries whole
-        ctx = contexts.get(name)
-        if ctx is None and "." in name:
-            ctx = contexts.get("*." + name.split(".", 1)[1])
-        return ctx
+        # A dict read is atomic; writers replace entries whole.
+        served = choose(name, self._contexts, _Served.valid)
+        return served.context if served is not None else None
 
     def _choose(self, sslobj: ssl.SSLObject, server_name: str | None,
                 base: ssl.SSLContext) -> int | None:

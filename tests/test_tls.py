@@ -250,3 +250,67 @@ def test_a_certificate_valid_now_is_preferred_to_the_hosts_own_expired_one(ca):
     certificates = Certificates()  # the expired one alone is still shown
     certificates.install("*.example.test", *dated("*.example.test", True))
     assert shown(certificates, host) == ["*.example.test"]
+
+
+def _broken(certs: Certificates, ca: trustme.CA):
+    """A server transport past its handshake, then broken by a forged record."""
+    transport = certs.transport()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_context(ca).wrap_bio(incoming, outgoing, server_hostname="example.test")
+    while not transport.handshake_done:
+        with contextlib.suppress(ssl.SSLWantReadError):
+            client.do_handshake()
+        transport.feed(outgoing.read())
+        incoming.write(transport.outgoing())
+    with pytest.raises(TLSFailure):
+        transport.feed(b"\x17\x03\x03\x00\x10" + b"x" * 16)
+    return transport
+
+
+def test_wrap_raises_the_transports_failure_and_the_connection_closes_at_once(certs, ca):
+    """`wrap` on a connection that can carry no more data raised ssl.SSLError, which the
+    transport contract never lets out (a task's thread, the loop's flush took it for a
+    bug). Now it is a TLSFailure, and either path closes the connection at once."""
+    from types import SimpleNamespace
+
+    from fazt.server.connection import CLOSING, TASK, Connection
+    from fazt.server.loop import Loop
+
+    with pytest.raises(TLSFailure):
+        _broken(certs, ca).wrap(b"HTTP/1.1 200 OK\r\n\r\n")
+    closed = certs.transport()
+    closed.close()
+    with pytest.raises(TLSFailure):
+        closed.wrap(b"HTTP/1.1 200 OK\r\n\r\n")
+
+    loop = Loop()
+    server = SimpleNamespace(loop=loop, stalled=set(), forget=lambda conn: None,
+                             release=lambda conn: None, linger=lambda conn: None)
+    try:
+        # the loop sends an answer through a transport that broke meanwhile
+        ours, peer = socket.socketpair()
+        ours.setblocking(False)
+        conn = Connection(server, ours, ("127.0.0.1", 1), _broken(certs, ca), None)
+        conn.out.append(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        conn.flush()
+        assert conn.closed or conn.state == CLOSING
+        assert not conn.out and not conn.wire
+        peer.settimeout(5)
+        while peer.recv(65536):  # the end of the stream comes now, not after a timeout
+            pass
+        conn.abort()
+        peer.close()
+        # a task's thread sends its own answer: it leaves it to the loop, which closes
+        ours, peer = socket.socketpair()
+        ours.setblocking(False)
+        conn = Connection(server, ours, ("127.0.0.1", 1), _broken(certs, ca), None)
+        conn.state, conn.task_running, conn.direct = TASK, True, True
+        conn.out.append(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        conn.send_from_thread()
+        conn.flush()
+        assert conn.closed
+        peer.settimeout(5)
+        assert peer.recv(65536) == b""
+        peer.close()
+    finally:
+        loop.close()

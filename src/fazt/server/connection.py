@@ -599,8 +599,12 @@ class Connection:
                     pieces.append(piece)
                     size += len(piece)
                 taken += size
-                self.wire = self.transport.wrap(b"".join(pieces) if len(pieces) > 1
-                                                else pieces[0])
+                try:
+                    self.wire = self.transport.wrap(b"".join(pieces) if len(pieces) > 1
+                                                    else pieces[0])
+                except TransportFailure:  # nothing more can go through it: close now
+                    self._taken(taken)
+                    return self._transport_failed()
                 continue
             stream = item.file if self.transport.plain else None
             try:  # a wsgi.file_wrapper buffer over a stream
@@ -613,7 +617,11 @@ class Connection:
                 self._taken(taken)
                 return self.abort()
             if piece:
-                self.wire = self.transport.wrap(piece)
+                try:
+                    self.wire = self.transport.wrap(piece)
+                except TransportFailure:
+                    self._taken(taken)
+                    return self._transport_failed()
                 continue
             if piece is None and views:
                 sent = self._send(sock.sendmsg, views)

@@ -233,12 +233,19 @@ class TLSTransport:
         return b"".join(parts) if len(parts) != 1 else parts[0]
 
     def wrap(self, plaintext: bytes) -> bytes:
-        """Plaintext to send -> the TLS records that carry it (plus anything pending)."""
+        """Plaintext to send -> the TLS records that carry it (plus anything pending).
+
+        Raises TLSFailure (as the transport contract says, never `ssl.SSLError`) once
+        the connection can no longer carry data: after a failed record or handshake, or
+        after `close()`."""
         if plaintext:
             view = memoryview(plaintext)
-            while view:
-                written = self._ssl.write(view)
-                view = view[written:]
+            try:
+                while view:
+                    written = self._ssl.write(view)
+                    view = view[written:]
+            except ssl.SSLError as exc:
+                raise TLSFailure(exc.reason or str(exc)) from None
         return self.outgoing()
 
     def outgoing(self) -> bytes:

@@ -7,6 +7,7 @@ shortened to one second.
 """
 
 import json
+import logging
 import socket
 import threading
 import time
@@ -129,3 +130,44 @@ def test_a_trickling_ca_fails_the_order_with_backoff_and_the_thread_moves_on(
     assert failures[host][0] == 1
     assert failures[host][1] >= began + autocert.BACKOFF_FIRST
     assert listed[host]["last_error"] == f"Cannot reach the ACME server at {ca.url}: timed out."
+
+
+def _header_warnings(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name.startswith("urllib3")
+            and r.getMessage().startswith("Failed to parse headers")]
+
+
+def test_a_deadline_cut_in_the_headers_is_one_sentence_not_a_urllib3_traceback(
+        short_deadline, caplog):
+    """Cut after 20 bytes ("HTTP/1.1 200 OK\\r\\nCon"), the answer's headers end in a line
+    without a colon, and urllib3 logged a warning with a traceback to the server's stderr
+    for it; the order's "timed out" sentence says all an owner needs."""
+    caplog.set_level(logging.WARNING)
+    ca = TricklingCA()
+    try:
+        with pytest.raises(AcmeError, match="timed out"):
+            Acme(ca.url).connect()
+    finally:
+        ca.close()
+    assert _header_warnings(caplog) == []
+
+
+def test_headers_broken_by_the_ca_itself_are_still_logged(caplog):
+    """Only the deadline's cut is quieted: a CA that sends a broken header line keeps
+    urllib3's warning."""
+    caplog.set_level(logging.WARNING)
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nbroken line\r\n\r\n{}")
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        with pytest.raises(AcmeError):
+            Acme(f"http://127.0.0.1:{listener.getsockname()[1]}/dir").connect()
+    finally:
+        listener.close()
+    assert len(_header_warnings(caplog)) == 1

@@ -9,6 +9,7 @@ and turns every failure into one sentence for `fazt cert list`.
 
 import contextlib
 import datetime
+import logging
 import re
 import socket
 import ssl
@@ -120,6 +121,22 @@ class _Deadline:
             self._over = True
             for sock in self._sockets:
                 sock.close()
+
+
+class _QuietCut(logging.Filter):
+    """Drops urllib3's "Failed to parse headers" warning (with its traceback) when the
+    request's deadline cut the answer halfway through its headers: the cut is already
+    the order's one sentence ("... timed out."). Any other case of it is still logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        deadline = getattr(_Deadline._current, "deadline", None)  # the logging thread's
+        return not (deadline is not None and deadline.cut
+                    and str(record.msg).startswith("Failed to parse headers"))
+
+
+# urllib3 2.x logs it from urllib3.connection, 1.x from urllib3.connectionpool.
+for _name in ("urllib3.connection", "urllib3.connectionpool"):
+    logging.getLogger(_name).addFilter(_QuietCut())
 
 
 class _Watched:

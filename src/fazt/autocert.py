@@ -23,9 +23,9 @@ from collections.abc import Callable
 from typing import Protocol
 
 from fazt.acme_client import AccountGone, Acme
+from fazt.certs import choose
 from fazt.errors import FaztError
 from fazt.pem import CertInfo, csr_for, new_key, read_chain
-from fazt.server.tls import choose
 from fazt.settings import CA_SETTINGS
 from fazt.store import Database
 from fazt.store import certs as store
@@ -117,7 +117,7 @@ class AutoCert:
         The plain port redirects only such a host: an expired certificate (an import
         left to lapse, an ACME renewal that keeps failing) would only make the browser
         refuse the page, so that host is served plainly, as one that has none yet.
-        The certificate judged is the one the TLS port picks (tls.choose, as
+        The certificate judged is the one the TLS port picks (certs.choose, as
         tls.Certificates.context_for does): the host's own if valid, else a valid
         wildcard's one level up, else whichever exists.
         """

@@ -8,6 +8,8 @@ changes up through its database watch within seconds.
 import re
 import sqlite3
 import time
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from fazt.deploy import check_site_name
 from fazt.errors import FaztError, NotFound
@@ -107,3 +109,21 @@ def certificate_list(db: Database) -> list[dict]:
     """Host, issuer, expiry, source and last error of every certificate: never a key."""
     with db.read() as conn:
         return store.list_certificates(conn)
+
+
+T = TypeVar("T")
+
+
+def choose(name: str, entries: Mapping[str, T], valid: Callable[[T], bool]) -> T | None:
+    """The certificate shown for `name`, out of `entries` (host name -> certificate):
+    its own if valid now, else a valid wildcard's one level up (`*.example.org`), else
+    whichever of the two exists (an expired certificate still completes a handshake,
+    and the browser then says why, which beats a refused one). The TLS port
+    (`Certificates.context_for`) and the plain port's redirect (`autocert.serves`)
+    both choose with it, so a host is redirected exactly when it is shown a valid one."""
+    own = entries.get(name)
+    wildcard = entries.get("*." + name.split(".", 1)[1]) if "." in name else None
+    for candidate in (own, wildcard):
+        if candidate is not None and valid(candidate):
+            return candidate
+    return own if own is not None else wildcard

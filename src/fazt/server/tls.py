@@ -20,9 +20,9 @@ import os
 import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple
 
+from fazt.certs import choose
 from fazt.pem import read_chain
 from fazt.server import responses
 from fazt.server.timeouts import CLIENT_TIMEOUT
@@ -45,7 +45,6 @@ class TLSFailure(TransportFailure):
     """The handshake or the record layer failed: send `outgoing()` (the alert), then close."""
 
 
-T = TypeVar("T")
 PLAIN_HTTP_TEXT = b"The plain HTTP request was sent to the HTTPS port: use https:// instead.\n"
 
 
@@ -81,21 +80,6 @@ def context_from_pem(chain_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
     finally:
         os.close(fd)
     return ctx
-
-
-def choose(name: str, entries: Mapping[str, T], valid: Callable[[T], bool]) -> T | None:
-    """The certificate shown for `name`, out of `entries` (host name -> certificate):
-    its own if valid now, else a valid wildcard's one level up (`*.example.org`), else
-    whichever of the two exists (an expired certificate still completes a handshake,
-    and the browser then says why, which beats a refused one). The TLS port
-    (`Certificates.context_for`) and the plain port's redirect (`autocert.serves`)
-    both choose with it, so a host is redirected exactly when it is shown a valid one."""
-    own = entries.get(name)
-    wildcard = entries.get("*." + name.split(".", 1)[1]) if "." in name else None
-    for candidate in (own, wildcard):
-        if candidate is not None and valid(candidate):
-            return candidate
-    return own if own is not None else wildcard
 
 
 class _Served(NamedTuple):

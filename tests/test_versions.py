@@ -283,3 +283,39 @@ def test_a_version_pruned_while_a_request_reads_it_is_looked_up_again(instance, 
         vfs.find("s", "index.html", began)
     now = vfs.live("s")
     assert now != began and vfs.content("s", vfs.find("s", "index.html", now)) == b"v2"
+
+
+def test_a_retry_after_stale_keeps_nothing_of_the_first_attempt(instance, client, tmp_path):
+    """The first attempt of a request can set its status and headers from one version
+    (v1's 404 page, its `_headers`) before a lookup in it is Stale (a deploy pruned it and
+    collected its content). The retry answers from the next version, and nothing of the
+    first attempt stays: not v1's 404 status on v2's file, not a header only v1 gives."""
+    from fazt.store.sites import NewFile, replace_site
+    from fazt.vfs import Stale
+
+    root = tmp_path / "v1"
+    root.mkdir()
+    (root / "404.html").write_text("not found in v1")
+    (root / "_headers").write_text("/*\n  X-Only-V1: yes\n  X-Ver: 1\n")
+    deploy_dir(instance, "s", root)
+    vfs = instance.vfs
+    content = vfs.content
+    raised = []
+
+    def collected_once(site, info, body=None):
+        # v1's page is read: a deploy prunes v1, and its content goes first
+        if not raised and info.path == "404.html":
+            raised.append(info.path)
+            with instance.db.write() as conn:
+                replace_site(conn, "s", [NewFile("p", "text/plain", [b"p in v2"]),
+                                         NewFile("_headers", "text/plain",
+                                                 [b"/*\n  X-Ver: 2\n"])], keep=1)
+            vfs.forget_files()
+            raise Stale("The site changed while this file was read; try again.")
+        return content(site, info, body)
+
+    vfs.content = collected_once
+    r = client.simulate_get("/p", headers={"Host": "s.localhost"})
+    assert raised == ["404.html"]
+    assert (r.status_code, r.text, r.headers.get("X-Ver")) == (200, "p in v2", "2")
+    assert "X-Only-V1" not in r.headers and r.headers["Cache-Control"] != "no-cache"

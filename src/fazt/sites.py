@@ -89,9 +89,18 @@ class SiteResource:
             raise http_error(503, "maintenance",
                              "This site is in maintenance; the owner is working on it.", 60)
         path = self._relative(req.path)
+        status, headers = resp.status, resp.headers  # a copy
         try:
             script = self._static_or_script(req, resp, site, path)
-        except Stale:  # the version looked in went meanwhile (another deploy): once more
+        except Stale:  # the version looked in went meanwhile (another deploy): once more,
+            # with nothing of the first attempt's version kept (its 404 status, a header
+            # only its _headers gives): the answer is the next version's alone
+            resp.status = status
+            for name in resp.headers:
+                if name not in headers:
+                    resp.delete_header(name)
+            for name, value in headers.items():
+                resp.set_header(name, value)
             script = self._static_or_script(req, resp, site, path)
         if script is not None:  # outside the retry: the body is read once
             self._run(req, resp, site, script)

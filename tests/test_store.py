@@ -281,6 +281,46 @@ def test_a_database_from_before_keeps_its_live_version_and_then_the_newest(tmp_p
     conn.close()
 
 
+def test_two_processes_opening_an_older_database_at_once_both_migrate_it(tmp_path):
+    """Two processes open a database an older fazt made (the server and a command, right
+    after an upgrade): both see migration 6 pending, one applies it while the other waits
+    for the write lock, and the other must then find it done, not apply it again
+    (ALTER TABLE: "duplicate column name", and "not a usable fazt database")."""
+    from fazt.store.schema import migrate
+
+    path = tmp_path / "old.db"
+    saved = MIGRATIONS[:]
+    try:
+        MIGRATIONS[:] = saved[:5]
+        migrate(sqlite3.connect(path, isolation_level=None))
+    finally:
+        MIGRATIONS[:] = saved
+
+    other = sqlite3.connect(path, isolation_level=None)
+
+    class Racing:
+        """A connection whose first write lock is taken after the other process migrated."""
+
+        def __init__(self, conn):
+            self.conn, self.raced = conn, False
+
+        def execute(self, sql, *args):
+            if sql == "BEGIN IMMEDIATE" and not self.raced:
+                self.raced = True
+                migrate(other)  # the other process got the lock first
+            return self.conn.execute(sql, *args)
+
+        @property
+        def in_transaction(self):
+            return self.conn.in_transaction
+
+    conn = sqlite3.connect(path, isolation_level=None)
+    assert migrate(Racing(conn)) == len(MIGRATIONS)
+    versions = [r[0] for r in conn.execute("SELECT version FROM schema_migrations")]
+    assert versions == list(range(1, len(MIGRATIONS) + 1))
+    assert not conn.in_transaction
+
+
 def _old_site(conn: sqlite3.Connection, name: str, versions: int, live: int) -> None:
     """Versions 1..`versions` of a site, `live` served, as a fazt of schema 4 or 5 wrote
     them (its own code, not today's, which writes columns those lacked)."""

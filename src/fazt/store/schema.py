@@ -177,6 +177,13 @@ def migrate(conn: sqlite3.Connection) -> int:
             continue
         conn.execute("BEGIN IMMEDIATE")
         try:
+            # another process may have applied it while this one waited for the lock
+            # (the server and a command opening an older database at once): asked again
+            # under the lock, not applied twice ("duplicate column name")
+            if conn.execute("SELECT 1 FROM schema_migrations WHERE version = ?",
+                            (version,)).fetchone():
+                conn.execute("COMMIT")
+                continue
             for statement in _statements(script):
                 conn.execute(statement)
             conn.execute(

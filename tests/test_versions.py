@@ -319,3 +319,33 @@ def test_a_retry_after_stale_keeps_nothing_of_the_first_attempt(instance, client
     assert raised == ["404.html"]
     assert (r.status_code, r.text, r.headers.get("X-Ver")) == (200, "p in v2", "2")
     assert "X-Only-V1" not in r.headers and r.headers["Cache-Control"] != "no-cache"
+
+
+def test_a_request_outlasts_several_deploys_that_prune_its_version(instance, client, tmp_path):
+    """With keep_versions 1 each deploy drops the version a request began with, and the
+    version its retry takes can be dropped by the next deploy too: the request looks
+    again (a few times) and answers from the version live then, not 503 "stale"."""
+    from fazt.store.sites import NewFile, replace_site
+    from fazt.vfs import Stale
+
+    root = tmp_path / "v1"
+    root.mkdir()
+    (root / "index.html").write_text("v1")
+    deploy_dir(instance, "s", root)
+    vfs = instance.vfs
+    content = vfs.content
+    deploys = []
+
+    def pruned_twice(site, info, body=None):
+        if len(deploys) < 2:  # a deploy prunes the version just looked in, and collects it
+            deploys.append(info.path)
+            with instance.db.write() as conn:
+                replace_site(conn, "s", [NewFile("index.html", "text/html",
+                                                 [f"v{len(deploys) + 1}".encode()])], keep=1)
+            vfs.forget_files()
+            raise Stale("The site changed while this file was read; try again.")
+        return content(site, info, body)
+
+    vfs.content = pruned_twice
+    r = client.simulate_get("/", headers={"Host": "s.localhost"})
+    assert (r.status_code, r.text, len(deploys)) == (200, "v3", 2)

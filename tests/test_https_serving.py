@@ -4,6 +4,7 @@ Certificates come from pebble (Let's Encrypt's test CA on loopback) or are
 imported from a trustme CA; every client verifies the chain it is shown.
 """
 
+import contextlib
 import http.client
 import json
 import socket
@@ -556,3 +557,52 @@ def test_a_failed_handshake_is_closed_at_once(shared, ca):
     assert conn.request("GET", "/")[0].status == 200
     conn.close()
     assert "Traceback" not in shared.server.log()
+
+
+def test_a_close_notify_closes_at_once_and_a_request_sent_with_one_is_answered(shared, ca):
+    """A client's close_notify is its goodbye: half a request then close_notify, or none at
+    all, was held until the header timeout, and then sent a 408 after the goodbye
+    (SSLObject.read returns b"" for it, which the transport did not take as the end). A
+    request and its close_notify in one write are still answered."""
+    port, host = shared.https_port, f"blog.{DOMAIN}"
+    client = ssl.create_default_context(cadata=ca.cert_pem.bytes().decode())
+    for before in (b"", f"GET / HTTP/1.1\r\nHost: {host}\r\n".encode(),
+                   f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()):
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = client.wrap_bio(incoming, outgoing, server_hostname=host)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    sock.sendall(outgoing.read())
+                    incoming.write(sock.recv(65536))
+            sock.sendall(outgoing.read())
+            if before:
+                tls.write(before)
+            with contextlib.suppress(ssl.SSLWantReadError):
+                tls.unwrap()
+            sock.sendall(outgoing.read())  # what it had to say, and goodbye, in one write
+            if before.endswith(b"\r\n\r\n"):
+                sock.settimeout(CLIENT_TIMEOUT + 10)
+                while b"hello from fazt" not in tls_read(tls, incoming, sock):
+                    pass
+                continue
+            took, answer = _closed_within(sock)
+            assert took < CLIENT_TIMEOUT / 2, (before, took)
+            incoming.write(answer)
+            with contextlib.suppress(ssl.SSLError):
+                assert b"408" not in tls.read(65536)
+    assert "Traceback" not in shared.server.log()
+
+
+def tls_read(tls: ssl.SSLObject, incoming: ssl.MemoryBIO, sock: socket.socket) -> bytes:
+    try:
+        return tls.read(65536)
+    except ssl.SSLWantReadError:
+        data = sock.recv(65536)
+        assert data, "closed before the answer"
+        incoming.write(data)
+        return b""
+

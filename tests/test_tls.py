@@ -314,3 +314,30 @@ def test_wrap_raises_the_transports_failure_and_the_connection_closes_at_once(ce
         peer.close()
     finally:
         loop.close()
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+@pytest.mark.parametrize("before", [b"", b"GET / HTTP/1.1\r\nHost: example.test\r\n"])
+def test_a_close_notify_is_the_end_of_the_stream(certs, ca, version, before):
+    """SSLObject.read returns b"" (it raises nothing) when the peer's close_notify arrives,
+    so the transport never set peer_closed: the loop kept a client that said goodbye open
+    until its header or keep-alive timeout, and then sent it a 408 after its close_notify."""
+    transport = certs.transport()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    ctx = client_context(ca, maximum_version=version)
+    client = ctx.wrap_bio(incoming, outgoing, server_hostname="example.test")
+    while not transport.handshake_done:
+        with contextlib.suppress(ssl.SSLWantReadError):
+            client.do_handshake()
+        transport.feed(outgoing.read())
+        incoming.write(transport.outgoing())
+    with contextlib.suppress(ssl.SSLWantReadError):
+        client.do_handshake()  # TLS 1.2: the server's Finished
+    if before:
+        client.write(before)
+        assert transport.feed(outgoing.read()) == before
+        assert not transport.peer_closed
+    with contextlib.suppress(ssl.SSLWantReadError):
+        client.unwrap()
+    assert transport.feed(outgoing.read()) == b""
+    assert transport.peer_closed

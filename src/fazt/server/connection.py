@@ -248,6 +248,18 @@ class Connection:
         out = self.transport.outgoing()
         if out:
             self._send_wire(out)
+        if self.transport.peer_closed and plain and data:
+            # TLS: what the client had to say and its close_notify came in one read. A
+            # whole request is answered (the end of the TCP stream, read after it, closes);
+            # the rest of a partial one will never come.
+            if self.state == HANDSHAKE:
+                self.state, self.since = IDLE, time.monotonic()
+            self.inbuf += plain
+            self.parse()
+            if not self.closed and self.state in (HEADERS, BODY):
+                self.eof = True
+                self.abort()
+            return
         if not data or self.transport.peer_closed:
             # The client sends no more. An answer on its way still goes out (a client may
             # half-close after its request); otherwise there is no one left to answer.

@@ -210,6 +210,10 @@ class TLSTransport:
                 self.peer_closed = True
                 break
             if not chunk:
+                # SSLObject.read returns b"" for the peer's close_notify (the
+                # SSLZeroReturnError above is only for a shutdown seen earlier): the end
+                # of the stream, as for a plain socket's b"".
+                self.peer_closed = True
                 break
             parts.append(chunk)
             if not self._in.pending and not self._ssl.pending():

@@ -606,3 +606,20 @@ def tls_read(tls: ssl.SSLObject, incoming: ssl.MemoryBIO, sock: socket.socket) -
         incoming.write(data)
         return b""
 
+
+def test_a_host_that_is_not_a_dns_name_is_not_redirected(shared):
+    """The plain port writes the Host into its 308's Location, and the imported wildcard
+    covers any one label: "evil%2ecom/.example.test" was sent to
+    "https://evil%2ecom/.example.test:PORT/p", which a browser reads as evil.com."""
+    for host in (f"evil%2ecom/.{DOMAIN}", f"a@blog.{DOMAIN}", f"x y.{DOMAIN}",
+                 f"evil%2ecom?.{DOMAIN}"):
+        with socket.create_connection(("127.0.0.1", shared.server.port), timeout=15) as s:
+            s.sendall(f"GET /p HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            r = http.client.HTTPResponse(s, method="GET")
+            r.begin()
+            r.read()
+        assert r.status != 308 and r.getheader("Location") is None, (host, r.getheader("Location"))
+    r = requests.get(f"http://127.0.0.1:{shared.server.port}/p", allow_redirects=False,
+                     headers={"Host": f"blog.{DOMAIN}"}, timeout=15)
+    assert r.status_code == 308  # a real name still is
+    assert r.headers["Location"] == f"https://blog.{DOMAIN}:{shared.https_port}/p"

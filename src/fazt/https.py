@@ -10,6 +10,7 @@ HTTPS carry `Strict-Transport-Security`.
 """
 
 import functools
+import re
 import urllib.parse
 from collections.abc import Mapping
 
@@ -19,6 +20,13 @@ from fazt.hosts import host_name
 
 CHALLENGE_PATH = "/.well-known/acme-challenge/"
 HEALTH = "/_fazt/health"
+
+
+# What a Host may be to be redirected: a DNS name (an IDN arrives as punycode). The Host is
+# written into the Location, and a valid wildcard "serves" any one label: "x/", "a@" or
+# "evil%2ecom/" under it sent browsers to another host ("https://evil%2ecom/.D/",
+# which a browser reads as evil.com).
+DNS_NAME = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")
 
 
 def came_over_https(req: falcon.Request) -> bool:
@@ -79,7 +87,7 @@ class HttpsPolicy:
         # seconds after its site is deployed, or while its order fails) and once it has
         # expired, it keeps being served plainly.
         host = host_name(req.get_header("Host"))
-        if host and autocert.serves(host):
+        if host and DNS_NAME.fullmatch(host) and autocert.serves(host):
             raise falcon.HTTPPermanentRedirect(https_url(req, host, port))
 
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource,

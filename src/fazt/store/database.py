@@ -235,7 +235,11 @@ class Database:
             dst = sqlite3.connect(tmp)
             try:
                 with _as_fazt_errors():
-                    src.backup(dst, pages=1024)
+                    # One step, one read transaction: copied in steps, the backup started
+                    # over whenever another connection wrote between two of them, and a
+                    # server that logs twice a second never finished a large one. In WAL
+                    # mode the writers go on meanwhile (the WAL only grows until it ends).
+                    src.backup(dst, pages=-1)
                 dst.execute("PRAGMA journal_mode=DELETE")
             finally:
                 dst.close()

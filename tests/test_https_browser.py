@@ -22,6 +22,9 @@ def test_the_https_page_imports_a_certificate_and_manages_domains(new_page, db_p
         page = new_page()
         page.on("pageerror", lambda exc: problems.append(str(exc)))
         sign_in(page, f"http://admin.localhost:{server.port}")
+        # the status card is filled by the dashboard's first poll, which may come after sign_in
+        page.wait_for_function(
+            "document.querySelector('#status-https').textContent.trim() !== '–'")
         assert page.text_content("#status-https").strip() == "off"
         page.click("[data-nav=https]")
         page.wait_for_selector("#certs-empty:not([hidden])")

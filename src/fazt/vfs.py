@@ -255,20 +255,13 @@ class VFS:
         once per request and pass it to `find` and `rules`: one answer, one version."""
         if site in self._pinned:
             return PINNED
-        with self._found_lock:
-            deploy = self._live.get(site)
-            if deploy is not None:
-                self._live.move_to_end(site)
-                return deploy
-            generation = self._found_generation
+        deploy, generation = self._recall(self._live, site)
+        if deploy is not None:
+            return deploy
         with self.db.read() as conn:
             deploy = live_deploy(conn, site)
         if deploy is not None:
-            with self._found_lock:
-                if generation == self._found_generation:  # no deploy since we looked
-                    self._live[site] = deploy
-                    if len(self._live) > self._sites_limit():
-                        self._live.popitem(last=False)
+            self._remember(self._live, site, deploy, generation, self._sites_limit())
         return deploy
 
     def known_live(self, site: str) -> int | None:
@@ -289,12 +282,9 @@ class VFS:
             if deploy is None:
                 return None
         key = (site, deploy, path)
-        with self._found_lock:
-            packed = self._found.get(key)
-            if packed is not None:
-                self._found.move_to_end(key)
-                return _unpacked(packed)
-            generation = self._found_generation
+        packed, generation = self._recall(self._found, key)
+        if packed is not None:
+            return _unpacked(packed)
         try:
             with self.db.read() as conn:
                 info = version_file(conn, site, deploy, path)
@@ -302,11 +292,7 @@ class VFS:
             self.forget_files()  # the site's version remembered is gone too
             raise Stale("The site changed while this file was looked up; try again.") from None
         if info is not None:
-            with self._found_lock:
-                if generation == self._found_generation:  # no deploy since we looked
-                    self._found[key] = _packed(info)
-                    while len(self._found) > self._found_limit:
-                        self._found.popitem(last=False)
+            self._remember(self._found, key, _packed(info), generation, self._found_limit)
         return info
 
     def known(self, site: str, path: str, deploy: int | None = None) -> FileInfo | None:
@@ -353,6 +339,24 @@ class VFS:
             self._rules.clear()
             self._found_generation += 1
 
+    def _recall(self, cache: OrderedDict, key) -> tuple:
+        """(what `cache` (`_live`, `_found`, `_rules`) holds under `key`, made its newest,
+        or None; the generation to hand `_remember` with what is read instead)."""
+        with self._found_lock:
+            value = cache.get(key)
+            if value is not None:
+                cache.move_to_end(key)
+            return value, self._found_generation
+
+    def _remember(self, cache: OrderedDict, key, value, generation: int, limit: int) -> None:
+        """Keep `value`, read at `generation`, unless a site changed since (it may be of
+        the state before), dropping the oldest past `limit`."""
+        with self._found_lock:
+            if generation == self._found_generation:
+                cache[key] = value
+                while len(cache) > limit:
+                    cache.popitem(last=False)
+
     def _sites_limit(self) -> int:
         """How many sites' versions, and versions' rules, are remembered."""
         return max(RULES_ENTRIES, self._found_limit // 8)
@@ -365,22 +369,15 @@ class VFS:
             if deploy is None:
                 return EMPTY
         key = (site, deploy)
-        with self._found_lock:
-            rules = self._rules.get(key)
-            if rules is not None:
-                self._rules.move_to_end(key)
-                return rules
-            generation = self._found_generation
+        rules, generation = self._recall(self._rules, key)
+        if rules is not None:
+            return rules
         texts = {}
         for name in (REDIRECTS, HEADERS):
             info = self.find(site, name, deploy)
             texts[name] = self.content(site, info).decode("utf-8", "replace") if info else ""
         rules = _parsed(texts[REDIRECTS], texts[HEADERS])
-        with self._found_lock:
-            if generation == self._found_generation:
-                self._rules[key] = rules
-                if len(self._rules) > self._sites_limit():
-                    self._rules.popitem(last=False)
+        self._remember(self._rules, key, rules, generation, self._sites_limit())
         return rules
 
     def site_exists(self, site: str) -> bool:

@@ -124,7 +124,7 @@ class AutoCert:
         now = time.time()
 
         def valid(served: tuple[CertInfo, str]) -> bool:
-            return served[0].not_before <= now < served[0].not_after
+            return served[0].valid_at(now)
 
         served = choose(host.lower().rstrip("."), self.served, valid)
         return served is not None and valid(served)

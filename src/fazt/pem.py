@@ -37,6 +37,9 @@ class CertInfo:
                 return True
         return False
 
+    def valid_at(self, now: float) -> bool:
+        return self.not_before <= now < self.not_after
+
     def renew_at(self) -> float:
         return self.not_after - (self.not_after - self.not_before) * RENEW_WHEN_LEFT
 

@@ -23,7 +23,7 @@ import time
 from typing import NamedTuple
 
 from fazt.certs import choose
-from fazt.pem import read_chain
+from fazt.pem import CertInfo, read_chain
 from fazt.server import responses
 from fazt.server.timeouts import CLIENT_TIMEOUT
 from fazt.server.transport import TransportFailure
@@ -84,11 +84,10 @@ def context_from_pem(chain_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
 
 class _Served(NamedTuple):
     context: ssl.SSLContext
-    not_before: float
-    not_after: float
+    info: CertInfo
 
     def valid(self) -> bool:
-        return self.not_before <= time.time() < self.not_after
+        return self.info.valid_at(time.time())
 
 
 class Certificates:
@@ -107,7 +106,7 @@ class Certificates:
         ctx = context_from_pem(chain_pem, key_pem)
         info = read_chain(chain_pem)
         with self._lock:
-            self._contexts[host.lower()] = _Served(ctx, info.not_before, info.not_after)
+            self._contexts[host.lower()] = _Served(ctx, info)
 
     def remove(self, host: str) -> None:
         with self._lock:

@@ -225,12 +225,6 @@ _COLUMNS = """
     (SELECT group_concat(v.encoding || ':' || vb.id || ':' || vb.sha256 || ':' || vb.size)
      FROM variants v JOIN blobs vb ON vb.id = v.variant_id WHERE v.blob_id = f.blob_id)
 """
-_LOOKUP = f"""
-    SELECT {_COLUMNS}
-    FROM sites s JOIN files f ON f.deploy_id = s.deploy_id AND f.path = ?
-    JOIN blobs b ON b.id = f.blob_id
-    WHERE s.name = ?
-"""
 # One row while the version exists (the site's own: an id is reused once its row is gone),
 # with NULLs when it has no such file.
 _IN_VERSION = f"""
@@ -254,8 +248,8 @@ def _file_info(row: tuple) -> FileInfo:
 
 def find_file(conn: sqlite3.Connection, site: str, path: str) -> FileInfo | None:
     """The file at `path` (no leading slash) of the version `site` serves now."""
-    row = conn.execute(_LOOKUP, (path, site)).fetchone()
-    return _file_info(row) if row else None
+    deploy_id = live_deploy(conn, site)
+    return None if deploy_id is None else version_file(conn, site, deploy_id, path)
 
 
 def live_deploy(conn: sqlite3.Connection, site: str) -> int | None:

@@ -269,24 +269,37 @@ def test_a_warm_file_and_a_refusal_keep_https_rules(shared, ca):
     assert r.headers["Location"] == f"https://blog.{DOMAIN}:{srv.https_port}/form?x=1"
 
 
-def test_an_asterisk_request_target_is_a_400_not_a_redirect(shared, ca):
+@pytest.mark.parametrize("method,target", [("GET", "*"), ("OPTIONS", "*"), ("GET", "?a=1"),
+                                           ("GET", "#top"), ("GET", "index.html")])
+def test_a_request_target_that_is_not_a_path_is_a_400_not_a_redirect(shared, ca, method,
+                                                                      target):
     """`GET *` names no path any host serves: the plain port answered it with a 308 to
-    "https://host:port%2A". nginx answers 400; so does fazt, on both ports."""
-    for method in ("GET", "OPTIONS"):
-        request = f"{method} * HTTP/1.1\r\nHost: blog.{DOMAIN}\r\n\r\n".encode()
-        with socket.create_connection(("127.0.0.1", shared.server.port), timeout=15) as s:
-            s.sendall(request)
-            r = http.client.HTTPResponse(s, method=method)
-            r.begin()
-            body = r.read()
-        assert r.status == 400 and r.getheader("Location") is None, r.getheader("Location")
-        assert json.loads(body)["error"] == {
-            "code": "bad_request",
-            "message": "Bad Request: the request target is not a path (such as /index.html)."}
-        conn = shared.connect(f"blog.{DOMAIN}", ca.cert_pem.bytes())
-        r, body = conn.request(method, "*")
-        assert r.status == 400 and json.loads(body)["error"]["code"] == "bad_request"
-        conn.close()
+    "https://host:port%2A", and `GET ?a=1` was served as `/`. nginx answers 400; so does
+    fazt, on both ports."""
+    request = f"{method} {target} HTTP/1.1\r\nHost: blog.{DOMAIN}\r\n\r\n".encode()
+    with socket.create_connection(("127.0.0.1", shared.server.port), timeout=15) as s:
+        s.sendall(request)
+        r = http.client.HTTPResponse(s, method=method)
+        r.begin()
+        body = r.read()
+    assert r.status == 400 and r.getheader("Location") is None, r.getheader("Location")
+    assert json.loads(body)["error"] == {
+        "code": "bad_request",
+        "message": "Bad Request: the request target is not a path (such as /index.html)."}
+    conn = shared.connect(f"blog.{DOMAIN}", ca.cert_pem.bytes())
+    r, body = conn.request(method, target)
+    assert r.status == 400 and json.loads(body)["error"]["code"] == "bad_request"
+    conn.close()
+
+
+def test_an_absolute_form_target_is_served_as_its_path(shared, ca):
+    """Absolute-form (RFC 9112 3.2.2) names the path after the authority; an empty path
+    is "/", so `GET http://host` is not the bare query refused above."""
+    conn = shared.connect(f"blog.{DOMAIN}", ca.cert_pem.bytes())
+    for target in (f"https://blog.{DOMAIN}", f"https://blog.{DOMAIN}/index.html"):
+        r, body = conn.request("GET", target)
+        assert r.status == 200, (target, r.status, body[:200])
+    conn.close()
 
 
 def store_certificate(db: Path, host: str, leaf: trustme.LeafCert, source: str) -> None:

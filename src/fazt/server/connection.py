@@ -365,11 +365,13 @@ class Connection:
             # Waitress joins repeated headers with ", ": two Host lines (RFC 9112 3.2: 400),
             # which a proxy in front may have read the other way
             parser.error = BadRequest("more than one Host header")
-        elif parser.error is None and parser.path and not parser.path.startswith("/"):
+        elif parser.error is None and not parser.path.startswith("/") and (
+                parser.path or not parser.proxy_scheme):
             # "*" (asterisk-form, RFC 9112 3.2.4: server-wide OPTIONS, which fazt has none
-            # of) or a bare word: no file or redirect can answer it (the plain port's 308
-            # went to "https://host%2A"). nginx answers 400 too. (Absolute-form has its
-            # path here: "http://h/x" is "/x", "http://h" is "".)
+            # of), a bare word or a bare query ("?a=1", which Waitress gives as the path ""
+            # and was served as "/"): no file or redirect can answer it (the plain port's
+            # 308 went to "https://host%2A"). nginx answers 400 too. (Absolute-form has its
+            # path here: "http://h/x" is "/x", and "http://h" is "", which means "/".)
             parser.error = BadRequest("the request target is not a path (such as /index.html)")
         if parser.error is not None:
             error = parser.error

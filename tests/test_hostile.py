@@ -146,6 +146,25 @@ def test_two_host_headers_are_a_400(module_server):
     assert answer.startswith(b"HTTP/1.1 400 ") and b"more than one Host" in answer, answer
 
 
+def test_an_absolute_form_target_names_the_host_not_the_host_line(module_server):
+    """RFC 9112 3.2.2, and nginx: a proxy in front routes `GET http://A/` by A whatever the
+    Host line says, so fazt must answer as A, never as the Host line's site."""
+    def ask(target: bytes, host: bytes) -> bytes:
+        return exchange(module_server, b"GET " + target + b" HTTP/1.1\r\nHost: " + host
+                        + b"\r\nConnection: close\r\n\r\n")
+
+    r = Admin(module_server).post("/api/deploy?site=aform",
+                                  data=zip_of({"index.html": "<p>aform</p>"}))
+    assert r.status_code == 200, r.text
+    served = ask(b"/", b"aform.localhost")
+    assert served.startswith(b"HTTP/1.1 200 ") and served.endswith(b"<p>aform</p>"), served
+    assert ask(b"http://nosuch.localhost/", b"aform.localhost").startswith(b"HTTP/1.1 404 ")
+    for target in (b"http://aform.localhost/", b"http://aform.localhost"):
+        assert ask(target, b"nosuch.localhost").endswith(b"<p>aform</p>"), target
+    answer = ask(b"http://user@aform.localhost/", b"aform.localhost")
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"user name" in answer, answer
+
+
 @pytest.mark.parametrize("request_bytes", [
     b"GET / HTTP/1.1\nHost: hello.localhost\n\n",
     b"GET / HTTP/1.1\r\nHost: hello.localhost\n\n",

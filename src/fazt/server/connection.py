@@ -373,6 +373,15 @@ class Connection:
             # 308 went to "https://host%2A"). nginx answers 400 too. (Absolute-form has its
             # path here: "http://h/x" is "/x", and "http://h" is "", which means "/".)
             parser.error = BadRequest("the request target is not a path (such as /index.html)")
+        elif parser.error is None and parser.proxy_netloc:
+            # Absolute-form (RFC 9112 3.2.2): the target's authority names the host, not the
+            # Host line, as nginx reads it too. A proxy in front that follows the RFC routes
+            # by the target: fazt answering for the Host line's site instead would serve one
+            # site's answer for another's address (a cache in front keeps it).
+            if "@" in parser.proxy_netloc:  # user:password@host: not for http(s) (RFC 9110)
+                parser.error = BadRequest("the request target holds a user name")
+            else:
+                parser.headers["HOST"] = parser.proxy_netloc
         if parser.error is not None:
             error = parser.error
             code = {400: "bad_request", 413: "too_large", 431: "headers_too_large",

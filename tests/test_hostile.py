@@ -458,6 +458,28 @@ def test_dotfiles_in_a_folder_are_skipped_and_listed(module_server, tmp_path):
         assert_hidden_not_served(server, site)
 
 
+
+def test_a_file_name_that_is_not_utf8_is_a_clear_refusal(module_server, tmp_path):
+    """Linux names are bytes: one that is not UTF-8 crashed `fazt deploy` (SQLite, and the
+    zip of a deploy over HTTP, cannot take the lone surrogate Python reads it as)."""
+    server = module_server
+    root = tmp_path / "latin1"
+    root.mkdir()
+    (root / "index.html").write_text("v1")
+    fazt("deploy", str(root), "--site", "latin1", "--db", str(server.db))
+    (root / "index.html").write_text("v2")
+    with open(os.path.join(os.fsencode(root), b"caf\xe9.html"), "wb") as f:
+        f.write(b"x")
+    token = fazt("token", "create", "--name", "latin1", "--db", str(server.db)).stdout.strip()
+    remote = ("--server", f"http://admin.localhost:{server.port}", "--token", token)
+    for where in (("--db", str(server.db)), remote):
+        result = fazt("deploy", str(root), "--site", "latin1", *where, check=False)
+        assert result.returncode == 1, result.stdout
+        assert "Traceback" not in result.stderr
+        assert result.stderr.strip() == ("fazt: The name 'caf\\xe9.html' is not UTF-8 text; "
+                                         "rename it to deploy it.")
+    assert server.get("/", host="latin1.localhost").text == "v1"
+
 # -- handler responses -----------------------------------------------------------
 
 HANDLER = r"""

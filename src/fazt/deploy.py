@@ -28,6 +28,7 @@ RESERVED = frozenset({"admin", "api", "www", "fazt", "localhost"})
 ADMIN_SITE = "admin"  # the cockpit's assets are stored as this reserved site
 WELL_KNOWN = ".well-known"  # RFC 8615: the one hidden folder a site may serve
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 _TEXT_TYPES = ("application/javascript", "application/json", "image/svg+xml", "application/xml")
 mimetypes.add_type("text/javascript", ".mjs")
@@ -72,15 +73,28 @@ def hidden_part(path: str) -> str | None:
 
 def clean_path(raw: str) -> str:
     """A relative path inside a site, or FaztError: no '..', no absolute paths,
-    no backslashes, no control characters (NUL included), no empty segments."""
+    no backslashes, no control characters (NUL included), no empty segments, and
+    text that UTF-8 can store (a file name on disk may be bytes that are not UTF-8:
+    Python reads those as lone surrogates, which SQLite and zip cannot take)."""
     if _CONTROL.search(raw) or "\\" in raw:
         raise FaztError(f"The path {raw!r} contains a forbidden character.")
+    if _SURROGATE.search(raw):
+        raise FaztError(f"The name '{_as_bytes(raw)}' is not UTF-8 text; rename it to "
+                        "deploy it.")
     if raw.startswith("/") or re.match(r"^[A-Za-z]:", raw):
         raise FaztError(f"The path {raw!r} is absolute; paths must stay inside the site.")
     parts = [p for p in raw.split("/") if p not in ("", ".")]
     if any(p == ".." for p in parts) or not parts:
         raise FaztError(f"The path {raw!r} leaves the site.")
     return "/".join(parts)
+
+
+def _as_bytes(raw: str) -> str:
+    """A name read from disk, its bytes outside UTF-8 shown as \\xHH."""
+    try:
+        return raw.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte (not from a disk)
+        return raw.encode("utf-8", "backslashreplace").decode()
 
 
 # -- sources ---------------------------------------------------------------

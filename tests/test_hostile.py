@@ -404,6 +404,18 @@ def test_zip_path_length_is_a_threshold(shop):
     assert "zip_max_path" in message
 
 
+
+def test_a_zip_of_a_back_end_alone_keeps_it_a_back_end(module_server):
+    """A site that is only `api/main.js`, zipped as API.md shows (`zip -r . `): its one top
+    folder was unwrapped as a zipped folder's, so the script became /main.js, served to
+    anyone as source, and /api/ had no back end."""
+    server = module_server
+    script = "function handler(request) { return {body: 'from the back end'}; }"
+    r = Admin(server).post("/api/deploy?site=backend", data=zip_of({"api/main.js": script}))
+    assert r.status_code == 200, r.text
+    assert server.get("/api/hello", host="backend.localhost").text == "from the back end"
+    assert server.get("/main.js", host="backend.localhost").status_code == 404
+
 # -- dotfiles ----------------------------------------------------------------------
 
 

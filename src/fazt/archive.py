@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from fazt.constants import MB, PIECE
+from fazt.constants import MB, PIECE, SCRIPT
 from fazt.deploy import Source, hidden_part, mime_type
 from fazt.errors import FaztError, TooLarge
 from fazt.store.sites import NewFile
@@ -38,6 +38,7 @@ from fazt.store.sites import NewFile
 # The per-entry ratio is judged once an entry passes this size: a small file that
 # compresses very well (a blank page, a run of spaces) is no threat to anyone.
 ENTRY_RATIO_FLOOR = 64 * 1024
+API_FOLDER = SCRIPT.split("/")[0]  # "api": never unwrapped (see common_folder)
 # Extra field and comment of one central directory record: a few dozen bytes in
 # real zips; a larger one would only make `zipfile` hold more in RAM.
 RECORD_EXTRA_MAX = 1024
@@ -86,7 +87,7 @@ def files_from_zip(fileobj: BinaryIO, limits: ArchiveLimits) -> Source:
     for m in members:
         _check_kind(m)
     _check_sizes(members, upload_bytes, limits)
-    prefix = _common_folder([m.filename for m in members])
+    prefix = common_folder([m.filename for m in members])
     files, skipped = [], []
     for m in members:
         rel = m.filename[len(prefix):]
@@ -250,10 +251,12 @@ def _inflate(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> Iterator[byte
                         f"{str(exc).rstrip('.')}.") from None
 
 
-def _common_folder(names: list[str]) -> str:
-    """'site/' when every member sits under one visible top folder (a zipped folder)."""
+def common_folder(names: list[str]) -> str:
+    """'site/' when every member sits under one visible top folder (a zipped folder), which
+    is unwrapped. Never the folder of a site's back end: a zip of a site that is only
+    `api/main.js` would become `main.js`, a static file that serves the script's source."""
     first = names[0].split("/", 1)
-    if len(first) == 2 and not first[0].startswith(".") and \
+    if len(first) == 2 and not first[0].startswith(".") and first[0] != API_FOLDER and \
             all(n.startswith(first[0] + "/") for n in names):
         return first[0] + "/"
     return ""

@@ -416,6 +416,25 @@ def test_a_zip_of_a_back_end_alone_keeps_it_a_back_end(module_server):
     assert server.get("/api/hello", host="backend.localhost").text == "from the back end"
     assert server.get("/main.js", host="backend.localhost").status_code == 404
 
+
+def test_a_folder_deploys_over_http_as_it_deploys_from_disk(module_server, tmp_path):
+    """`fazt deploy DIR --server` zips the folder; the server then unwrapped a single top
+    folder (a site that is only docs/ lost its docs/) and took a blank file, which deflates
+    a thousandfold, for a zip bomb (413), though `fazt deploy DIR --db` takes both."""
+    server = module_server
+    root = tmp_path / "handbook"
+    (root / "docs").mkdir(parents=True)
+    (root / "docs" / "index.html").write_text("<p>handbook</p>")
+    (root / "docs" / "blank.img").write_bytes(bytes(4 << 20))
+    token = fazt("token", "create", "--name", "handbook", "--db", str(server.db)).stdout.strip()
+    remote = ("deploy", str(root), "--site", "handbook", "--server",
+              f"http://admin.localhost:{server.port}", "--token", token)
+    result = eventually(lambda: fazt(*remote, check=False).returncode == 0 or None, timeout=10)
+    assert result, fazt(*remote, check=False).stderr
+    assert server.get("/docs/", host="handbook.localhost").text == "<p>handbook</p>"
+    blank = server.get("/docs/blank.img", host="handbook.localhost")
+    assert blank.status_code == 200 and blank.content == bytes(4 << 20)
+
 # -- dotfiles ----------------------------------------------------------------------
 
 

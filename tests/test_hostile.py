@@ -395,6 +395,21 @@ def test_zip_names_with_a_c1_control_character_are_refused(shop):
         assert "control character" in message
 
 
+def test_one_name_in_two_unicode_forms_is_refused(shop, tmp_path):
+    """'café.html' composed and decomposed look alike but were stored as two files, the
+    link's form choosing which one a visitor gets."""
+    composed, decomposed = "caf\u00e9.html", "cafe\u0301.html"
+    upload = zip_of({"index.html": "v2", composed: "one", decomposed: "two"})
+    message = refused(shop, upload, 400)
+    assert "two Unicode forms" in message and composed in message and decomposed in message
+    root = tmp_path / "forms"
+    root.mkdir()
+    for name in ("index.html", composed, decomposed):
+        (root / name).write_text("v2")
+    result = fazt("deploy", str(root), "--site", "shop", "--db", str(shop.db), check=False)
+    assert result.returncode == 1 and "two Unicode forms" in result.stderr
+    assert shop.get("/", host="shop.localhost").text == "v1"
+
 def test_zip_path_length_is_a_threshold(shop):
     fazt("config", "set", "zip_max_path", "40", "--db", str(shop.db))
     assert eventually(lambda: shop.admin.get("/api/config").json()["values"]["zip_max_path"]

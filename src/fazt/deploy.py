@@ -14,6 +14,7 @@ import mimetypes
 import os
 import re
 import sqlite3
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -148,6 +149,23 @@ def _read_file(path: str) -> Iterator[bytes]:
 
 # -- the deploy ------------------------------------------------------------
 
+
+def _distinct(paths: list[str]) -> None:
+    """FaztError for a path named twice, also in two Unicode forms: 'café' composed (NFC,
+    as typed) and decomposed (NFD, as macOS may write it) look the same to every reader
+    but would be two files, the link's form deciding which one a visitor gets."""
+    seen: dict[str, str] = {}
+    for path in paths:
+        key = unicodedata.normalize("NFC", path)
+        other = seen.get(key)
+        seen[key] = path
+        if other == path:
+            raise FaztError(f"The deploy names the path {path!r} twice.")
+        if other is not None:
+            raise FaztError(f"The deploy names {other!r} and {path!r}, the same name in two "
+                            "Unicode forms (composed and decomposed); keep one.")
+
+
 Checker = Callable[[list[NewFile]], list[NewFile]]
 
 
@@ -161,9 +179,7 @@ def deploy(db: Database, name: str, files: list[NewFile], *, skipped: list[str] 
     hidden paths the source left out) is passed on in the result.
     """
     check_site_name(name, allow_reserved=allow_reserved)
-    paths = [f.path for f in files]
-    if len(set(paths)) != len(paths):
-        raise FaztError("The deploy names the same path twice.")
+    _distinct([f.path for f in files])
     if check is not None:
         files = check(files)
     try:

@@ -499,6 +499,18 @@ def test_dotfiles_in_a_zip_are_skipped_and_listed(module_server):
     assert_hidden_not_served(server, "dots")
 
 
+def test_a_folder_zipped_on_macos_is_unwrapped_and_its_metadata_skipped(module_server):
+    """Finder's zip of a folder puts __MACOSX/ (resource forks) beside it, and a .DS_Store
+    often sits there too: the folder was not unwrapped, so the site served from /site/."""
+    r = Admin(module_server).post("/api/deploy?site=finder", data=zip_of({
+        "site/index.html": "<p>finder</p>", "site/about.html": "about",
+        "__MACOSX/site/._index.html": "fork", "__MACOSX/._site": "fork", ".DS_Store": "x"}))
+    assert r.status_code == 200, r.text
+    assert r.json()["skipped"] == [".DS_Store", "__MACOSX/"] and r.json()["files"] == 2
+    assert module_server.get("/", host="finder.localhost").text == "<p>finder</p>"
+    for path in ("/site/index.html", "/__MACOSX/._site", "/__MACOSX/site/._index.html"):
+        assert module_server.get(path, host="finder.localhost").status_code == 404, path
+
 def test_dotfiles_in_a_folder_are_skipped_and_listed(module_server, tmp_path):
     server = module_server
     root = tmp_path / "site"

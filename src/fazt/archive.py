@@ -38,6 +38,7 @@ from fazt.store.sites import NewFile
 # The per-entry ratio is judged once an entry passes this size: a small file that
 # compresses very well (a blank page, a run of spaces) is no threat to anyone.
 ENTRY_RATIO_FLOOR = 64 * 1024
+MAC_METADATA = "__MACOSX/"  # resource forks macOS's zip adds: never a site's content
 API_FOLDER = SCRIPT.split("/")[0]  # "api": never unwrapped (see common_folder)
 # Extra field and comment of one central directory record: a few dozen bytes in
 # real zips; a larger one would only make `zipfile` hold more in RAM.
@@ -93,11 +94,14 @@ def files_from_zip(fileobj: BinaryIO, limits: ArchiveLimits) -> Source:
     for m in members:
         _check_kind(m)
     _check_sizes(members, upload_bytes, limits)
-    prefix = common_folder([m.filename for m in members])
+    # The folder to unwrap, judged on what is deployed: macOS zips a folder with
+    # __MACOSX/ (and often .DS_Store) beside it, and the site then landed in /site/.
+    visible = [m.filename for m in members if _left_out(m.filename) is None]
+    prefix = common_folder(visible) if visible else ""
     files, skipped = [], []
     for m in members:
-        rel = m.filename[len(prefix):]
-        hidden = hidden_part(rel)
+        rel = m.filename[len(prefix):] if m.filename.startswith(prefix) else m.filename
+        hidden = _left_out(rel)
         if hidden is not None:
             skipped.append(hidden)
             continue
@@ -106,6 +110,11 @@ def files_from_zip(fileobj: BinaryIO, limits: ArchiveLimits) -> Source:
         raise FaztError("The zip archive holds no files to deploy (hidden ones are never "
                         f"deployed: {', '.join(sorted(set(skipped))[:5])}).")
     return Source(files, sorted(set(skipped)))
+
+
+def _left_out(name: str) -> str | None:
+    """The hidden file or folder in `name`, or macOS's metadata folder, else None."""
+    return MAC_METADATA if name.startswith(MAC_METADATA) else hidden_part(name)
 
 
 def _count_entries(fileobj: BinaryIO, limits: ArchiveLimits) -> int:

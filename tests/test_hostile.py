@@ -569,7 +569,8 @@ function handler(request) {
     control: { headers: { "X-Name": "a\u0001b" } },
     split: { headers: { "X-Name": "a\r\nSet-Cookie: fazt_session=x" } },
     status: { status: 1000 },
-    hop: { headers: { "Upgrade": "h2c", "Keep-Alive": "timeout=5" } },
+    hop: { headers: { "Upgrade": "h2c", "Keep-Alive": "timeout=5",
+                      "Strict-Transport-Security": "max-age=63072000; includeSubDomains" } },
     newline: { headers: { "X-A\n": "b" } },
     tossed: { headers: { "Set-Cookie\n": "fazt_session=evil; Domain=localhost" } },
     secret: { headers: { "Set-Cookie": fazt.env.KEY || "unset" } },
@@ -661,6 +662,10 @@ def test_hop_by_hop_headers_from_a_handler_are_dropped(shop_api):
     r = answer(shop_api, "hop")
     assert r.status_code == 200 and r.text == "ok"
     assert "Upgrade" not in r.headers and "Keep-Alive" not in r.headers
+    # HSTS is the hsts_max_age setting's: a site at D could pin admin.D and every site
+    assert "Strict-Transport-Security" not in r.headers
+    r = shop_api.get("/api/%C3%A9?case=hop", host="shop.localhost")  # the WSGI app's way
+    assert r.status_code == 200 and "Strict-Transport-Security" not in r.headers
 
 
 def test_a_folder_named_outside_ascii_redirects_to_its_slash_percent_encoded(module_server,

@@ -7,7 +7,7 @@ that is not a token, a value holding a control character or a character
 outside Latin-1 (the only characters an HTTP/1.1 header can carry), too many
 headers. Headers that describe the connection or the framing
 (`Content-Length`, `Connection`, `Transfer-Encoding` and the other hop-by-hop
-ones) are the server's: a handler's are dropped.
+ones) are the server's, as is `Strict-Transport-Security`: a handler's are dropped.
 
 Cookies are the site's own, never the owner's: `site_cookie` refuses the
 cockpit's cookie name and any `Domain` other than the host the request came
@@ -33,6 +33,10 @@ _UNSENDABLE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]|[^\x00-\xff]")
 _SERVER_HEADERS = frozenset({  # the connection and framing are the server's to set
     "content-length", "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
     "te", "trailer", "trailers", "transfer-encoding", "upgrade",
+    # and HSTS, the `hsts_max_age` setting's: from a site at D, `includeSubDomains` would
+    # pin the cockpit and every other site to HTTPS for as long as it says (a site's
+    # `_headers` may not set it either)
+    "strict-transport-security",
 })
 
 

@@ -2,6 +2,7 @@
 server and the real `fazt` command."""
 
 import io
+import json
 import os
 import socket
 import sqlite3
@@ -71,6 +72,35 @@ def test_a_logged_out_session_stays_out_after_a_restart(db_path):
         assert as_owner(server, "POST", "/api/logout-all", kept).status_code == 200
         assert as_owner(server, "GET", "/api/session", kept).status_code == 401
 
+
+def test_two_logouts_at_once_both_outlive_a_restart(instance):
+    """Each logout saves the whole list of signed-out sessions. It was read before waiting
+    for the single writer, so a logout that saved meanwhile was overwritten by the older
+    list, and that session came back to life at the next restart."""
+    from fazt.instance import REVOKED_SESSIONS
+    from fazt.store.config import load_secrets
+
+    auth = instance.auth
+    first, second = auth.issue(), auth.issue()
+    read_list = auth.revoked
+
+    def read_then_another_logout() -> dict:
+        taken = read_list()
+        auth.revoked = read_list
+        if not instance.db._write_lock.locked():  # read outside the writer: the other
+            auth.revoke(second)                  # logout may take it and save first
+            instance.save_revoked_sessions()
+        return taken
+
+    auth.revoked = read_then_another_logout
+    auth.revoke(first)
+    instance.save_revoked_sessions()
+    if auth.check_session(second):  # the writer was held: the other logout comes after
+        auth.revoke(second)
+        instance.save_revoked_sessions()
+    with instance.db.read() as conn:
+        saved = json.loads(load_secrets(conn)[REVOKED_SESSIONS])
+    assert set(saved) == {first.split(".")[2], second.split(".")[2]}
 
 def test_a_cookie_a_site_tosses_at_the_whole_domain_cannot_sign_the_owner_out(module_server):
     """JavaScript on a site's page can set `fazt_session` for the whole domain with a longer

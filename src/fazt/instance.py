@@ -653,10 +653,11 @@ class Instance:
         Best effort: the session is already refused in RAM, and a locked
         database must not make logging out fail; the next logout saves again.
         """
-        revoked = json.dumps(self.auth.revoked())
         try:
             with self.db.write() as conn:
-                save_secret(conn, REVOKED_SESSIONS, revoked)
+                # read while holding the writer: two logouts at once each save, and the
+                # list read before waiting could be older than the one saved meanwhile
+                save_secret(conn, REVOKED_SESSIONS, json.dumps(self.auth.revoked()))
         except FaztError:
             log.warning("could not record a logout in the database (busy); "
                         "it holds until the server restarts")

@@ -51,8 +51,8 @@ def test_cli_versions_and_rollback_reach_a_running_server(module_server, module_
         failed = fazt("site", "rollback", *bad, "--db", str(db_path), check=False)
         assert failed.returncode == 1 and failed.stderr.count("\n") == 1, failed.stderr
     fazt("site", "rollback", "blog", "1", "--db", str(db_path))
-    failed = fazt("site", "rollback", "blog", "--db", str(db_path), check=False)
-    assert "no version older than 1" in failed.stderr
+    out = fazt("site", "rollback", "blog", "--db", str(db_path)).stdout  # undoes that one
+    assert "version 3 again (was 1)" in out
 
 
 def test_api_versions_and_instant_rollback(module_server):
@@ -159,6 +159,27 @@ def test_a_deploy_after_a_rollback_keeps_the_version_rolled_back_to(db_path, tmp
 
     assert kept() == [7, 6, 3]
     assert "version 3" in fazt("site", "rollback", "blog", "3", "--db", str(db_path)).stdout
+
+
+def test_rollback_without_a_version_goes_back_to_the_one_live_before(db_path, tmp_path):
+    """The owner went back to v1 of v1..v4, then deployed v5, which is bad: a plain
+    `rollback` undoes that deploy (v1 again), not a step down the numbers (v4, never
+    meant to serve again); a second one undoes the first."""
+    root = tmp_path / "site"
+    root.mkdir()
+    for n in range(1, 5):
+        _deploy(db_path, root, f"v{n}")
+    fazt("site", "rollback", "blog", "1", "--db", str(db_path))
+    _deploy(db_path, root, "v5")
+
+    def rollback() -> str:
+        return fazt("site", "rollback", "blog", "--db", str(db_path)).stdout
+
+    assert "version 1 again (was 5)" in rollback()
+    assert "version 5 again (was 1)" in rollback()
+    _deploy(db_path, root, "only", site="solo")
+    failed = fazt("site", "rollback", "solo", "--db", str(db_path), check=False)
+    assert failed.returncode == 1 and "no other version" in failed.stderr, failed.stderr
 
 
 def test_a_download_in_flight_survives_rollback_and_collection(tmp_path):

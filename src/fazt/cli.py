@@ -744,7 +744,8 @@ def parser() -> argparse.ArgumentParser:
                       help="serve a kept version again, instantly")
     s.add_argument("name")
     s.add_argument("version", nargs="?", type=int,
-                   help="the version to serve (default: the one before the live one)")
+                   help="the version to serve (default: the one live before the live one, an "
+                        "undo of the last deploy or rollback)")
     s.set_defaults(func=cmd_site_rollback)
     s = st.add_parser("logs", parents=[common, as_json],
                       help="the site's log lines (console output, handler errors)")

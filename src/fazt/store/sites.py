@@ -172,19 +172,21 @@ def fits_integer(n: int) -> bool:
 def rollback_site(conn: sqlite3.Connection, name: str, version: int | None = None) -> dict:
     """Serve a kept version again: one pointer changes, nothing is uploaded or copied.
 
-    Without `version`, the newest version older than the live one. Call inside
-    db.write(). Raises LookupError with a sentence when there is no such version.
+    Without `version`, the version that was live before the live one (an undo, as
+    Heroku's `rollback`: after a rollback to v1 of v1..v5 and a deploy of v6, that is
+    v1, not v5; a second one goes back to the first's). Call inside db.write().
+    Raises LookupError with a sentence when there is no such version.
     """
     live = conn.execute("SELECT d.version FROM sites s JOIN deploys d ON d.id = s.deploy_id"
                         " WHERE s.name = ?", (name,)).fetchone()
     if live is None:
         raise LookupError(f"There is no site named {name!r}.")
     if version is None:
-        row = conn.execute("SELECT id, version FROM deploys WHERE site = ? AND version < ?"
-                           " ORDER BY version DESC LIMIT 1", (name, live[0])).fetchone()
+        row = conn.execute("SELECT id, version FROM deploys WHERE site = ? AND version != ?"
+                           " ORDER BY live_seq DESC LIMIT 1", (name, live[0])).fetchone()
         if row is None:
-            raise LookupError(f"Site {name!r} has no version older than {live[0]} to roll "
-                              "back to.")
+            raise LookupError(f"Site {name!r} has only version {live[0]}: there is no "
+                              "other version to roll back to.")
     else:
         row = conn.execute("SELECT id, version FROM deploys WHERE site = ? AND version = ?",
                            (name, version)).fetchone() if fits_integer(version) else None

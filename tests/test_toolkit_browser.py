@@ -41,6 +41,7 @@ def test_versions_rollback_secrets_and_reset_in_the_dashboard(new_page, server: 
     assert page.locator("tr[data-version='2'] [data-action=rollback]").count() == 0
     page.click("tr[data-version='1'] [data-action=rollback]")
     page.wait_for_selector("tr[data-version='1'][data-live=true]")
+    page.wait_for_selector("tr[data-version='2'][data-previous=true]")  # live before it
     assert server.get("/", host="shop.localhost").text == "v1"
     page.screenshot(path=str(tmp_path / "cockpit-versions.png"), full_page=True)
 

@@ -182,6 +182,27 @@ def test_rollback_without_a_version_goes_back_to_the_one_live_before(db_path, tm
     assert failed.returncode == 1 and "no other version" in failed.stderr, failed.stderr
 
 
+def test_versions_show_the_order_they_went_live_in(db_path, tmp_path):
+    """Numbers say the order of deploys; after rollbacks the owner also needs the order
+    the versions served in: when each last went live, and which one a plain rollback
+    goes back to."""
+    root = tmp_path / "site"
+    root.mkdir()
+    for n in range(1, 4):
+        _deploy(db_path, root, f"v{n}")
+    fazt("site", "rollback", "blog", "1", "--db", str(db_path))
+    listed = json.loads(fazt("site", "versions", "blog", "--json", "--db",
+                             str(db_path)).stdout)["versions"]
+    by_number = {v["version"]: v for v in listed}
+    assert [v["version"] for v in listed] == [3, 2, 1]  # newest deploy first, as before
+    assert by_number[1]["live_at"] > by_number[3]["live_at"] > by_number[2]["live_at"]
+    assert [v["version"] for v in listed if v["previous"]] == [3]
+    text = fazt("site", "versions", "blog", "--db", str(db_path)).stdout.splitlines()
+    assert "went live" in text[0]
+    assert text[1].split()[:2] == ["<", "3"] and text[3].split()[:2] == ["*", "1"]
+    assert "3 again" in fazt("site", "rollback", "blog", "--db", str(db_path)).stdout
+
+
 def test_a_download_in_flight_survives_rollback_and_collection(tmp_path):
     """Stream the newer version's large file slowly; meanwhile roll back, deploy twice
     (the streamed version is pruned from history, once over HTTP and once by the command

@@ -325,10 +325,14 @@ def cmd_site_versions(args) -> int:
         raise FaztError(f"There is no site named {args.name!r}.")
     if args.json:
         return _print_json({"site": args.name, "versions": versions})
+    # "went live": the last time (a deploy or a rollback), so the order they served in shows
+    print(f"  {'version':>7}  {'deployed':<19}  {'went live':<19}  {'files':>6} {'bytes':>14}")
     for v in versions:
-        print(f"{'*' if v['live'] else ' '} {v['version']:>5}  {_when(v['created_at'])}  "
-              f"{v['files']:>6} files {v['bytes']:>14,} bytes")
-    print("(* = live; `fazt site rollback NAME [VERSION]` switches back instantly)")
+        mark = "*" if v["live"] else "<" if v["previous"] else " "
+        print(f"{mark} {v['version']:>7}  {_when(v['created_at'])}  {_when(v['live_at'])}  "
+              f"{v['files']:>6} {v['bytes']:>14,}")
+    print(f"(* = live; < = live before it, where `fazt site rollback {args.name}` goes back "
+          "to; give a VERSION for another)" if len(versions) > 1 else "(* = live)")
     return 0
 
 

@@ -162,6 +162,15 @@ MIGRATIONS: list[str] = [
                                        WHERE d.site = deploys.site)
         WHERE id IN (SELECT deploy_id FROM sites);
     """,
+    # 7: when each version last went live, shown beside the order (live_seq) in the
+    # version list, so the owner sees which version served before which. Before this,
+    # the time a version was deployed (and the live one's, when its site last changed).
+    """
+    ALTER TABLE deploys ADD COLUMN live_at REAL;
+    UPDATE deploys SET live_at = created_at;
+    UPDATE deploys SET live_at = (SELECT s.updated_at FROM sites s WHERE s.deploy_id = deploys.id)
+        WHERE id IN (SELECT deploy_id FROM sites);
+    """,
 ]
 
 

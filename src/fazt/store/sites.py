@@ -127,8 +127,8 @@ def _switch(conn: sqlite3.Connection, name: str, deploy_id: int, now: float) -> 
         " updated_at = excluded.updated_at",
         (name, deploy_id, now, now),
     )
-    conn.execute("UPDATE deploys SET live_seq = 1 + (SELECT MAX(live_seq) FROM deploys"
-                 " WHERE site = ?) WHERE id = ?", (name, deploy_id))
+    conn.execute("UPDATE deploys SET live_at = ?, live_seq = 1 + (SELECT MAX(live_seq)"
+                 " FROM deploys WHERE site = ?) WHERE id = ?", (now, name, deploy_id))
 
 
 def prune_all(conn: sqlite3.Connection, keep: int) -> None:
@@ -152,15 +152,19 @@ def _prune(conn: sqlite3.Connection, name: str, keep: int) -> None:
 
 
 def list_versions(conn: sqlite3.Connection, name: str) -> list[dict]:
-    """The site's kept versions, newest first; `live` marks the one it serves."""
+    """The site's kept versions, newest first; `live` marks the one it serves, `live_at`
+    says when each last went live (a deploy or a rollback), `previous` marks the one a
+    rollback without a version goes back to (the one live before the live one)."""
     rows = conn.execute(
-        "SELECT d.version, d.created_at, d.file_count, d.total_bytes, d.id = s.deploy_id"
-        " FROM deploys d JOIN sites s ON s.name = d.site WHERE d.site = ?"
-        " ORDER BY d.version DESC",
+        "SELECT d.version, d.created_at, d.file_count, d.total_bytes, d.id = s.deploy_id,"
+        " d.live_at, d.live_seq FROM deploys d JOIN sites s ON s.name = d.site"
+        " WHERE d.site = ? ORDER BY d.version DESC",
         (name,),
     ).fetchall()
+    before = max((r[6] for r in rows if not r[4]), default=None)
     return [{"version": r[0], "created_at": r[1], "files": r[2], "bytes": r[3],
-             "live": bool(r[4])} for r in rows]
+             "live": bool(r[4]), "live_at": r[5], "previous": not r[4] and r[6] == before}
+            for r in rows]
 
 
 def fits_integer(n: int) -> bool:

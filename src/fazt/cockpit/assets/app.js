@@ -333,12 +333,13 @@ async function loadVersions(name) {
     if (v.live) {
       cell.append(make("span", { className: "badge" }, "live"));
     } else {
+      if (v.previous) cell.append(make("span", { className: "badge" }, "previous"), " ");
       const back = make("button", { type: "button", className: "small", textContent: "Roll back to this", dataset: { action: "rollback", version: v.version } });
       back.addEventListener("click", () => rollback(name, v.version, back));
       cell.append(back);
     }
-    return make("tr", { dataset: { version: v.version, live: String(v.live) } },
-      make("td", {}, `v${v.version}`), make("td", {}, when(v.created_at)),
+    return make("tr", { dataset: { version: v.version, live: String(v.live), previous: String(v.previous) } },
+      make("td", {}, `v${v.version}`), make("td", {}, when(v.created_at)), make("td", {}, when(v.live_at)),
       make("td", { className: "num" }, number(v.files)), make("td", { className: "num" }, bytes(v.bytes)), cell);
   }));
 }

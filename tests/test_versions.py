@@ -203,6 +203,23 @@ def test_versions_show_the_order_they_went_live_in(db_path, tmp_path):
     assert "3 again" in fazt("site", "rollback", "blog", "--db", str(db_path)).stdout
 
 
+def test_a_version_number_is_never_given_twice(db_path, tmp_path):
+    """v1 is live again, keep_versions 1 prunes v2..v4: the next deploy is v5, not a second
+    v2 (a number in a log or a message would then name two contents), and asking for a
+    pruned version says it is no longer kept."""
+    root = tmp_path / "site"
+    root.mkdir()
+    for n in range(1, 5):
+        _deploy(db_path, root, f"v{n}")
+    fazt("site", "rollback", "blog", "1", "--db", str(db_path))
+    fazt("config", "set", "keep_versions", "1", "--db", str(db_path))
+    assert "version 5" in _deploy(db_path, root, "v5")
+    failed = fazt("site", "rollback", "blog", "3", "--db", str(db_path), check=False)
+    assert failed.returncode == 1 and "no longer keeps version 3" in failed.stderr
+    failed = fazt("site", "rollback", "blog", "6", "--db", str(db_path), check=False)
+    assert failed.returncode == 1 and "has no version 6" in failed.stderr
+
+
 def test_a_download_in_flight_survives_rollback_and_collection(tmp_path):
     """Stream the newer version's large file slowly; meanwhile roll back, deploy twice
     (the streamed version is pruned from history, once over HTTP and once by the command

@@ -171,6 +171,14 @@ MIGRATIONS: list[str] = [
     UPDATE deploys SET live_at = (SELECT s.updated_at FROM sites s WHERE s.deploy_id = deploys.id)
         WHERE id IN (SELECT deploy_id FROM sites);
     """,
+    # 8: the highest version number a site has given, so a number is never given twice
+    # (taken from the kept versions, a deploy after the newest was pruned reused its
+    # number for other content).
+    """
+    ALTER TABLE sites ADD COLUMN last_version INTEGER NOT NULL DEFAULT 0;
+    UPDATE sites SET last_version = (SELECT COALESCE(MAX(version), 0) FROM deploys d
+                                     WHERE d.site = sites.name);
+    """,
 ]
 
 

@@ -88,8 +88,7 @@ def replace_site(conn: sqlite3.Connection, name: str, files: Iterable[NewFile],
     collector (a download may still be streaming it): see `files.collectable`.
     """
     now = time.time()
-    version = conn.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM deploys WHERE site = ?",
-                           (name,)).fetchone()[0]
+    version = 1 + _last_version(conn, name)
     cur = conn.execute(
         "INSERT INTO deploys (site, created_at, file_count, total_bytes, version)"
         " VALUES (?, ?, 0, 0, ?)",
@@ -113,9 +112,18 @@ def replace_site(conn: sqlite3.Connection, name: str, files: Iterable[NewFile],
         "UPDATE deploys SET file_count = ?, total_bytes = ? WHERE id = ?", (count, total, deploy_id)
     )
     _switch(conn, name, deploy_id, now)
+    conn.execute("UPDATE sites SET last_version = ? WHERE name = ?", (version, name))
     _prune(conn, name, keep)
     return {"site": name, "deploy_id": deploy_id, "version": version, "files": count,
             "bytes": total}
+
+
+def _last_version(conn: sqlite3.Connection, name: str) -> int:
+    """The highest number the site has given a version, kept or pruned since."""
+    return conn.execute(
+        "SELECT MAX(COALESCE((SELECT last_version FROM sites WHERE name = ?1), 0),"
+        " COALESCE((SELECT MAX(version) FROM deploys WHERE site = ?1), 0))", (name,)
+    ).fetchone()[0]
 
 
 def _switch(conn: sqlite3.Connection, name: str, deploy_id: int, now: float) -> None:
@@ -195,8 +203,11 @@ def rollback_site(conn: sqlite3.Connection, name: str, version: int | None = Non
         row = conn.execute("SELECT id, version FROM deploys WHERE site = ? AND version = ?",
                            (name, version)).fetchone() if fits_integer(version) else None
         if row is None:
-            raise LookupError(f"Site {name!r} has no version {version}; see "
-                              f"`fazt site versions {name}`.")
+            gone = 0 < version <= _last_version(conn, name)
+            raise LookupError(f"Site {name!r} " + (
+                f"no longer keeps version {version} (keep_versions bounds the history)"
+                if gone else f"has no version {version}") +
+                f"; see `fazt site versions {name}`.")
     _switch(conn, name, row[0], time.time())
     return {"site": name, "version": row[1], "from": live[0]}
 

@@ -3,14 +3,17 @@ until the new one is proven, the result 0600; and a backup taken under load rest
 
 import hashlib
 import os
+import signal
 import sqlite3
 import stat
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 import requests
-from conftest import Admin, Server, fazt, init_db, zip_of
+from conftest import Admin, Server, eventually, fazt, fazt_env, init_db, zip_of
 
 
 def _sites(db: Path) -> dict:
@@ -219,3 +222,68 @@ def test_a_backup_taken_under_load_restores_whole_and_byte_exact(tmp_path):
     with Server.running(db) as srv:
         for path, want in (("/big.bin", big), ("/", b"<h1>steady</h1>")):
             assert srv.get(path, host="steady.localhost").content == want
+
+
+# Runs `fazt ARGS` with each step of its copy slowed down, so that a signal surely arrives
+# mid-copy (the copy is otherwise the same).
+_SLOW_COPY = """
+import sys, time
+import fazt.restore as restore
+import fazt.store.database as database
+from fazt.cli import main
+database.BACKUP_STEP_PAGES = restore.RESTORE_STEP_PAGES = 16
+database._between_steps = restore._between_steps = lambda *_: time.sleep(0.05)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _ballast(db: Path) -> None:
+    """Some MB, so that a copy takes many steps."""
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("CREATE TABLE ballast (data BLOB)")
+        conn.executemany("INSERT INTO ballast VALUES (randomblob(65536))", [()] * 64)
+    conn.close()
+
+
+def _stop_slow_copy(args: list[str], partial: Path, signum: int) -> None:
+    """Run `fazt ARGS` slowed down, send `signum` once `partial` is being written, and
+    check that it ends by the signal, without a traceback."""
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_COPY, *args], env=fazt_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert eventually(lambda: partial.exists() and partial.stat().st_size > 0, timeout=30)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signum, err
+    assert b"Traceback" not in err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_backup_ended_by_a_signal_leaves_nothing_and_keeps_the_previous_one(
+        db_path, tmp_path, signum):
+    """`fazt backup OUT` stopped mid-copy (a service manager's SIGTERM, a closed
+    terminal's SIGHUP): no `.partial` file is left, and an earlier backup at OUT stays."""
+    _ballast(db_path)
+    out = tmp_path / "backup.db"
+    out.write_bytes(b"yesterday's backup")
+    _stop_slow_copy(["backup", str(out), "--db", str(db_path)],
+                    tmp_path / "backup.db.partial", signum)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("backup")) == [
+        "backup.db"]
+    assert out.read_bytes() == b"yesterday's backup"
+
+
+def test_a_restore_ended_by_a_signal_leaves_the_database_as_it_was(db_path, tmp_path):
+    """SIGTERM while the backup is copied beside the database: the copy goes, the
+    database is untouched."""
+    backup = tmp_path / "backup.db"
+    fazt("backup", str(backup), "--db", str(db_path))
+    _ballast(backup)
+    target = tmp_path / "live" / "data.db"
+    target.parent.mkdir()
+    fazt("backup", str(target), "--db", str(db_path))
+    before = target.read_bytes()
+    _stop_slow_copy(["restore", str(backup), "--db", str(target)],
+                    tmp_path / "live" / "data.db.restoring", signal.SIGTERM)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["data.db"]
+    assert target.read_bytes() == before

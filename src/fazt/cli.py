@@ -535,8 +535,25 @@ def cmd_db_compact(args) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _ended_cleanly_by_signals():
+    """SIGTERM and SIGHUP (a closed terminal) end the command as Ctrl-C does, through its
+    cleanup (a half-written `.partial` file removed), not at once as Python's default."""
+    import signal
+
+    def end(signum, frame):
+        raise SystemExit(128 + signum)
+
+    before = {s: signal.signal(s, end) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
 def cmd_backup(args) -> int:
-    with _database(args) as db:
+    with _ended_cleanly_by_signals(), _database(args) as db:
         db.backup(args.out)
     print(f"Wrote a consistent copy of {db.path} to {args.out}.")
     return 0
@@ -556,7 +573,8 @@ def cmd_restore(args) -> int:
         result = restore_from(args.source, path, th.replica_gomemlimit_mb(probe(path)))
         source = f"the replica at {args.source}"
     else:
-        result = restore_file(args.backup, _db(args))
+        with _ended_cleanly_by_signals():  # the copy beside the database goes with it
+            result = restore_file(args.backup, _db(args))
         source = args.backup
     if result["kept"]:
         after = (f"; the damaged database it replaced is kept at {result['kept']} (delete it "

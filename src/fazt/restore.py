@@ -33,6 +33,7 @@ from fazt.store.schema import MIGRATIONS
 
 _SIDE_FILES = ("-wal", "-shm", "-journal")
 OWNER_SECRETS = {"username", "password_hash", "session_key"}
+RESTORE_STEP_PAGES = 4096
 
 
 def check_backup(path: str) -> dict:
@@ -126,7 +127,7 @@ def _place_copy(backup: str, incoming: str, *, consume: bool) -> None:
         src = sqlite3.connect(read_only_uri(backup), uri=True)
         dst = sqlite3.connect(incoming)
         try:
-            src.backup(dst, pages=4096)
+            src.backup(dst, pages=RESTORE_STEP_PAGES, progress=_between_steps)
         finally:
             dst.close()
             src.close()
@@ -138,6 +139,11 @@ def _place_copy(backup: str, incoming: str, *, consume: bool) -> None:
     os.chmod(incoming, 0o600)
     with open(incoming, "rb+") as f:
         os.fsync(f.fileno())
+
+
+def _between_steps(status: int, remaining: int, total: int) -> None:
+    """Called between two steps of the copy: being Python, it lets a pending signal's
+    handler run (SIGTERM ends `fazt restore` there, and the copy is removed)."""
 
 
 def _integrity(path: str) -> None:

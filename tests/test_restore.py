@@ -287,3 +287,20 @@ def test_a_restore_ended_by_a_signal_leaves_the_database_as_it_was(db_path, tmp_
                     tmp_path / "live" / "data.db.restoring", signal.SIGTERM)
     assert sorted(p.name for p in target.parent.iterdir()) == ["data.db"]
     assert target.read_bytes() == before
+
+
+def test_a_backup_over_the_database_itself_is_refused(db_path, site_dir, tmp_path):
+    """`fazt backup` given the database's own path (as typed, through a link, or its WAL):
+    the copy renamed over it would swap the file under a running server, or replace the
+    WAL with a database, and lose what they hold."""
+    fazt("deploy", str(site_dir), "--site", "blog", "--db", str(db_path))
+    (tmp_path / "hard.db").hardlink_to(db_path)
+    (tmp_path / "soft.db").symlink_to(db_path)
+    wal = Path(f"{db_path}-wal")
+    for out in (db_path, tmp_path / "hard.db", tmp_path / "soft.db", wal,
+                Path(f"{db_path}-shm")):
+        failed = fazt("backup", str(out), "--db", str(db_path), check=False)
+        assert failed.returncode == 1 and "is the database itself" in failed.stderr, out
+        assert failed.stderr.count("\n") == 1
+    assert len(_sites(db_path)) == 4  # the site's files, all there
+    assert not any(p.name.endswith(".partial") for p in tmp_path.rglob("*"))

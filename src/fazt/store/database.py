@@ -223,10 +223,26 @@ class Database:
                 total += os.path.getsize(self.path + suffix)
         return total
 
+    def _is_own_file(self, path: str) -> bool:
+        """Whether `path` names the database or a side file of it, by any name (a
+        symlink, a hard link, a relative path)."""
+        real = os.path.realpath(path)
+        for own in _own_files(self.path):
+            if real == os.path.realpath(own):
+                return True
+            with contextlib.suppress(OSError):  # either may not exist
+                if os.path.samefile(path, own):
+                    return True
+        return False
+
     def backup(self, out_path: str) -> None:
         """A consistent copy through SQLite's online backup, written under a temporary
         name and renamed into place, so `out_path` is either complete or absent.
         Mode 0600 from the first byte: the copy holds private keys and the session key."""
+        if self._is_own_file(out_path):
+            raise FaztError(f"{out_path} is the database itself (or its -wal/-shm file): "
+                            "a backup over it would lose what it holds. Write the backup "
+                            "to another file.")
         tmp = out_path + ".partial"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -267,6 +283,10 @@ class Database:
             if isinstance(exc, OSError):
                 raise FaztError(f"{why}: {exc.strerror or exc}.") from None
             raise
+
+
+def _own_files(path: str) -> list[str]:
+    return [path + suffix for suffix in ("", "-wal", "-shm", "-journal")]
 
 
 def _between_steps(status: int, remaining: int, total: int) -> None:

@@ -404,3 +404,20 @@ def test_hostile_uploads_are_rejected_with_flat_memory(server):
     assert server.get("/", host="shop.localhost").text == "first"
     growth = (psutil.Process(server.proc.pid).memory_info().rss - rss) / 2**20
     assert growth < 40, f"RSS grew by {growth:.0f} MB on hostile uploads"
+
+
+def test_a_server_killed_mid_backup_download_leaves_no_copy_for_good(tmp_path):
+    """`GET /api/backup` writes a copy beside the database and unlinks it once opened; a
+    server killed before that (SIGKILL, a power cut) left it there, as large as the
+    database, for ever. The next start removes such copies, and nothing else."""
+    db = init_db(tmp_path / "data.db")
+    leftovers = [tmp_path / "data.db.backup-0123456789abcdef.partial",
+                 tmp_path / "data.db.backup-fedcba9876543210",
+                 tmp_path / "data.db.backup-00112233445566aa.partial-journal"]
+    mine = tmp_path / "data.db.backup-monday.db"  # the owner's own file: kept
+    for path in (*leftovers, mine):
+        path.write_bytes(b"x" * 1000)
+    with Server.running(db) as srv:
+        assert srv.get("/_fazt/health").status_code == 200
+        assert not any(p.exists() for p in leftovers)
+        assert mine.exists()

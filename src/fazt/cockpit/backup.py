@@ -12,12 +12,12 @@ in the page cache stalled every site and the cockpit at each read from disk.
 """
 
 import os
-import secrets
 import time
 
 import falcon
 
 from fazt.instance import Instance
+from fazt.store.database import backup_copy_path
 from fazt.vfs import FileStream
 
 
@@ -27,7 +27,7 @@ class Backup:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         db = self.instance.db
-        path = f"{db.path}.backup-{secrets.token_hex(8)}"
+        path = backup_copy_path(db.path)
         db.backup(path)
         try:
             file = open(path, "rb")

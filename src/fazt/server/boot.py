@@ -33,6 +33,7 @@ from fazt.server.lanes import LaneDispatcher
 from fazt.server.statuspath import StatusPath
 from fazt.stability import thresholds
 from fazt.store.claim import claim_for_server
+from fazt.store.database import remove_backup_copies
 from fazt.vfs import HEAP_KEEP_FACTOR, StreamLoop
 
 LOOP_YIELD = 0.0002  # seconds the event loop pauses per turn while the lanes are busy
@@ -156,6 +157,8 @@ def run(db_path: str, host: str, port: int | None, https_port: int | None = None
     descriptors.raise_limit()
     priority.reset_new_threads()  # before any thread is raised, so none inherits it
     held = claim_for_server(db_path)  # `fazt restore` refuses a database a server holds
+    for path in remove_backup_copies(db_path):
+        log.warning("Removed %s, a backup copy left by a server that was killed.", path)
     instance = _follower(db_path, follow) if follow else _primary(db_path)
     # A follower cannot order or renew certificates (that writes): TLS goes in front of it.
     https_on = instance.config.get("https") == "on" and not follow

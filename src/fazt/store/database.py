@@ -14,8 +14,11 @@ its PRAGMAs the next time its thread takes it.
 
 import contextlib
 import errno
+import glob
 import mmap
 import os
+import re
+import secrets
 import sqlite3
 import threading
 import urllib.parse
@@ -283,6 +286,29 @@ class Database:
             if isinstance(exc, OSError):
                 raise FaztError(f"{why}: {exc.strerror or exc}.") from None
             raise
+
+
+_COPY = ".backup-"  # a copy for a download: the database's name, this, 16 hex digits
+_LEFTOVER = re.compile(r"\.backup-[0-9a-f]{16}(\.partial(-journal)?)?\Z")
+
+
+def backup_copy_path(db_path: str) -> str:
+    """Where a backup for a download is written (on the database's disk, and unlinked
+    once opened)."""
+    return f"{db_path}{_COPY}{secrets.token_hex(8)}"
+
+
+def remove_backup_copies(db_path: str) -> list[str]:
+    """Delete the copies a killed server left beside the database (SIGKILL, a power cut
+    mid download: the unlink never ran), each as large as it. Only under the server's
+    claim: no other process makes these."""
+    removed = []
+    for path in glob.glob(glob.escape(db_path) + _COPY + "*"):
+        if _LEFTOVER.match(path[len(db_path):]):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+                removed.append(path)
+    return removed
 
 
 def _own_files(path: str) -> list[str]:

@@ -168,6 +168,25 @@ def test_env_commands_refuse_what_they_cannot_do(db_path, site_dir):
     fazt("site", "env", "unset", "blog", "KEY", "--db", str(db_path))
     again = fazt("site", "env", "unset", "blog", "KEY", "--db", str(db_path), check=False)
     assert again.returncode == 1 and "no secret named" in again.stderr
+    elsewhere = fazt("site", "env", "unset", "nosuch", "KEY", "--db", str(db_path),
+                     check=False)
+    assert elsewhere.returncode == 1 and "no site named 'nosuch'" in elsewhere.stderr
+
+
+def test_env_set_from_stdin_that_is_not_utf8_says_so(db_path, site_dir):
+    """A value piped in with a stray byte, in a UTF-8 locale (Python reads stdin strictly
+    there): one sentence, not a UnicodeDecodeError traceback."""
+    fazt("deploy", str(site_dir), "--site", "blog", "--db", str(db_path))
+    failed = subprocess.run([sys.executable, "-m", "fazt", "site", "env", "set", "blog", "KEY",
+                             "--db", str(db_path)], input=b"ok\xff", capture_output=True,
+                            env=fazt_env(PYTHONIOENCODING="utf-8"), timeout=60)
+    assert failed.returncode == 1 and b"Traceback" not in failed.stderr, failed.stderr
+    assert b"not UTF-8" in failed.stderr
+    done = subprocess.run([sys.executable, "-m", "fazt", "site", "env", "set", "blog", "KEY",
+                           "--db", str(db_path)], input="caf\u00e9\n".encode(),
+                          capture_output=True, env=fazt_env(PYTHONIOENCODING="utf-8"),
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
 
 
 def test_unstored_log_lines_are_bounded_and_the_loss_is_said(tmp_path):

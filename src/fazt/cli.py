@@ -365,7 +365,7 @@ def cmd_env_set(args) -> int:
         if sys.stdin.isatty():
             value = getpass.getpass(f"Value of {args.key} (not shown): ")
         else:
-            value = sys.stdin.read().removesuffix("\n")
+            value = _stdin_text(f"The value of {args.key}").removesuffix("\n")
     with _database(args) as db:
         _existing_site(db, args.name)
         with db.write() as conn:
@@ -375,10 +375,21 @@ def cmd_env_set(args) -> int:
     return 0
 
 
+def _stdin_text(what: str) -> str:
+    """Standard input as UTF-8, whatever the locale says (in a UTF-8 locale Python reads it
+    strictly, and a stray byte was a traceback)."""
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FaztError(f"{what} on standard input is not UTF-8 text (byte {exc.start}).") from None
+
+
 def cmd_env_unset(args) -> int:
     from fazt.store.env import unset_var
 
     with _site_database(args) as db:
+        _existing_site(db, args.name)  # else "no secret named" for a mistyped site
         with db.write() as conn:
             removed = unset_var(conn, args.name, args.key)
     if not removed:

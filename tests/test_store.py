@@ -142,7 +142,7 @@ def test_pruning_keeps_the_versions_most_recently_live_not_the_highest_numbers(d
         replace_site(conn, "a", _files(x="v7"), keep=3)  # 2 was live until now: it stays
     assert kept() == [7, 4, 2]
     with db.write() as conn:
-        assert rollback_site(conn, "a")["version"] == 2  # the one live before 7
+        assert rollback_site(conn, "a")["version"] == 2  # the older one live most recently
         prune_all(conn, 2)
     assert kept() == [7, 2]  # the one rolled back from stays beside the live one
 

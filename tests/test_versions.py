@@ -51,8 +51,8 @@ def test_cli_versions_and_rollback_reach_a_running_server(module_server, module_
         failed = fazt("site", "rollback", *bad, "--db", str(db_path), check=False)
         assert failed.returncode == 1 and failed.stderr.count("\n") == 1, failed.stderr
     fazt("site", "rollback", "blog", "1", "--db", str(db_path))
-    out = fazt("site", "rollback", "blog", "--db", str(db_path)).stdout  # undoes that one
-    assert "version 3 again (was 1)" in out
+    failed = fazt("site", "rollback", "blog", "--db", str(db_path), check=False)
+    assert failed.returncode == 1 and "no version older than 1" in failed.stderr
 
 
 def test_api_versions_and_instant_rollback(module_server):
@@ -161,25 +161,32 @@ def test_a_deploy_after_a_rollback_keeps_the_version_rolled_back_to(db_path, tmp
     assert "version 3" in fazt("site", "rollback", "blog", "3", "--db", str(db_path)).stdout
 
 
-def test_rollback_without_a_version_goes_back_to_the_one_live_before(db_path, tmp_path):
-    """The owner went back to v1 of v1..v4, then deployed v5, which is bad: a plain
-    `rollback` undoes that deploy (v1 again), not a step down the numbers (v4, never
-    meant to serve again); a second one undoes the first."""
+def test_rollback_without_a_version_goes_to_the_older_version_live_most_recently(
+        db_path, tmp_path):
+    """Rollbacks in a row walk back (v3, v2, v1), never back and forth. And when the owner
+    went back to v1 of v1..v4, then deployed v5, which is bad: a plain `rollback` serves v1
+    again (which served), not the next number down (v4, which the owner had left)."""
     root = tmp_path / "site"
     root.mkdir()
-    for n in range(1, 5):
+    for n in range(1, 4):
         _deploy(db_path, root, f"v{n}")
+
+    def rollback(site: str = "blog") -> str:
+        return fazt("site", "rollback", site, "--db", str(db_path)).stdout
+
+    assert "version 2 again (was 3)" in rollback()
+    assert "version 1 again (was 2)" in rollback()
+    failed = fazt("site", "rollback", "blog", "--db", str(db_path), check=False)
+    assert failed.returncode == 1 and "no version older than 1" in failed.stderr
+    _deploy(db_path, root, "v4")
+    _deploy(db_path, root, "v5")  # after v1, then v4: v5 is bad
+    assert "version 4 again (was 5)" in rollback()
     fazt("site", "rollback", "blog", "1", "--db", str(db_path))
-    _deploy(db_path, root, "v5")
-
-    def rollback() -> str:
-        return fazt("site", "rollback", "blog", "--db", str(db_path)).stdout
-
-    assert "version 1 again (was 5)" in rollback()
-    assert "version 5 again (was 1)" in rollback()
+    _deploy(db_path, root, "v6")
+    assert "version 1 again (was 6)" in rollback()
     _deploy(db_path, root, "only", site="solo")
     failed = fazt("site", "rollback", "solo", "--db", str(db_path), check=False)
-    assert failed.returncode == 1 and "no other version" in failed.stderr, failed.stderr
+    assert failed.returncode == 1 and "no version older than 1" in failed.stderr, failed.stderr
 
 
 def test_versions_show_the_order_they_went_live_in(db_path, tmp_path):
@@ -188,19 +195,21 @@ def test_versions_show_the_order_they_went_live_in(db_path, tmp_path):
     goes back to."""
     root = tmp_path / "site"
     root.mkdir()
-    for n in range(1, 4):
+    for n in range(1, 5):
         _deploy(db_path, root, f"v{n}")
     fazt("site", "rollback", "blog", "1", "--db", str(db_path))
+    fazt("site", "rollback", "blog", "3", "--db", str(db_path))
     listed = json.loads(fazt("site", "versions", "blog", "--json", "--db",
                              str(db_path)).stdout)["versions"]
     by_number = {v["version"]: v for v in listed}
-    assert [v["version"] for v in listed] == [3, 2, 1]  # newest deploy first, as before
-    assert by_number[1]["live_at"] > by_number[3]["live_at"] > by_number[2]["live_at"]
-    assert [v["version"] for v in listed if v["previous"]] == [3]
+    assert [v["version"] for v in listed] == [4, 3, 2, 1]  # newest deploy first, as before
+    assert by_number[3]["live_at"] > by_number[1]["live_at"] > by_number[4]["live_at"] \
+        > by_number[2]["live_at"]
+    assert [v["version"] for v in listed if v["previous"]] == [1]
     text = fazt("site", "versions", "blog", "--db", str(db_path)).stdout.splitlines()
     assert "went live" in text[0]
-    assert text[1].split()[:2] == ["<", "3"] and text[3].split()[:2] == ["*", "1"]
-    assert "3 again" in fazt("site", "rollback", "blog", "--db", str(db_path)).stdout
+    assert text[2].split()[:2] == ["*", "3"] and text[4].split()[:2] == ["<", "1"]
+    assert "1 again" in fazt("site", "rollback", "blog", "--db", str(db_path)).stdout
 
 
 def test_a_version_number_is_never_given_twice(db_path, tmp_path):

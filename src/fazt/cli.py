@@ -331,8 +331,10 @@ def cmd_site_versions(args) -> int:
         mark = "*" if v["live"] else "<" if v["previous"] else " "
         print(f"{mark} {v['version']:>7}  {_when(v['created_at'])}  {_when(v['live_at'])}  "
               f"{v['files']:>6} {v['bytes']:>14,}")
-    print(f"(* = live; < = live before it, where `fazt site rollback {args.name}` goes back "
-          "to; give a VERSION for another)" if len(versions) > 1 else "(* = live)")
+    back = any(v["previous"] for v in versions)
+    print(f"(* = live; < = where `fazt site rollback {args.name}` goes back to, the older "
+          "version live most recently; give a VERSION for another)" if back
+          else "(* = live)")
     return 0
 
 
@@ -777,8 +779,8 @@ def parser() -> argparse.ArgumentParser:
                       help="serve a kept version again, instantly")
     s.add_argument("name")
     s.add_argument("version", nargs="?", type=int,
-                   help="the version to serve (default: the one live before the live one, an "
-                        "undo of the last deploy or rollback)")
+                   help="the version to serve (default: of the versions older than the live "
+                        "one, the one live most recently)")
     s.set_defaults(func=cmd_site_rollback)
     s = st.add_parser("logs", parents=[common, as_json],
                       help="the site's log lines (console output, handler errors)")

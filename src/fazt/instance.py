@@ -92,7 +92,7 @@ def deploy_site(db: Database, name: str, source: Source) -> dict:
 
 
 def rollback_site(db: Database, name: str, version: int | None = None) -> dict:
-    """Serve a kept version of `name` again (by default the one live before it)."""
+    """Serve a kept version of `name` again (by default the older one live most recently)."""
     with db.write() as conn:
         try:
             return sites_store.rollback_site(conn, name, version)

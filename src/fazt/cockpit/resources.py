@@ -276,7 +276,7 @@ class SiteVersions:
 
 
 class SiteRollback:
-    """`{"version": N}` (or nothing: the version live before the live one) goes live at once."""
+    """`{"version": N}` (or nothing: the older version live most recently) goes live at once."""
 
     def __init__(self, instance: Instance):
         self.instance = instance

@@ -162,17 +162,28 @@ def _prune(conn: sqlite3.Connection, name: str, keep: int) -> None:
 def list_versions(conn: sqlite3.Connection, name: str) -> list[dict]:
     """The site's kept versions, newest first; `live` marks the one it serves, `live_at`
     says when each last went live (a deploy or a rollback), `previous` marks the one a
-    rollback without a version goes back to (the one live before the live one)."""
+    rollback without a version goes back to (`_back_to`)."""
     rows = conn.execute(
         "SELECT d.version, d.created_at, d.file_count, d.total_bytes, d.id = s.deploy_id,"
         " d.live_at, d.live_seq FROM deploys d JOIN sites s ON s.name = d.site"
         " WHERE d.site = ? ORDER BY d.version DESC",
         (name,),
     ).fetchall()
-    before = max((r[6] for r in rows if not r[4]), default=None)
+    live = next((r[0] for r in rows if r[4]), None)
+    back = _back_to(conn, name, live) if live is not None else None
     return [{"version": r[0], "created_at": r[1], "files": r[2], "bytes": r[3],
-             "live": bool(r[4]), "live_at": r[5], "previous": not r[4] and r[6] == before}
-            for r in rows]
+             "live": bool(r[4]), "live_at": r[5],
+             "previous": back is not None and r[0] == back[1]} for r in rows]
+
+
+def _back_to(conn: sqlite3.Connection, name: str, live: int) -> tuple[int, int] | None:
+    """(id, version) a rollback without a version serves: of the versions numbered below
+    the live one, the one live most recently. Always older, so rollbacks in a row walk
+    back (v3, v2, v1), never back and forth; and after a rollback to v1 of v1..v4 and a
+    bad deploy of v5, v1 (which served), not v4 (which the owner had left)."""
+    return conn.execute("SELECT id, version FROM deploys WHERE site = ? AND version < ?"
+                        " ORDER BY live_seq DESC, version DESC LIMIT 1",
+                        (name, live)).fetchone()
 
 
 def fits_integer(n: int) -> bool:
@@ -184,21 +195,19 @@ def fits_integer(n: int) -> bool:
 def rollback_site(conn: sqlite3.Connection, name: str, version: int | None = None) -> dict:
     """Serve a kept version again: one pointer changes, nothing is uploaded or copied.
 
-    Without `version`, the version that was live before the live one (an undo, as
-    Heroku's `rollback`: after a rollback to v1 of v1..v5 and a deploy of v6, that is
-    v1, not v5; a second one goes back to the first's). Call inside db.write().
-    Raises LookupError with a sentence when there is no such version.
+    Without `version`, an older version: of those numbered below the live one, the one
+    live most recently (`_back_to`). Call inside db.write(). Raises LookupError with a
+    sentence when there is no such version.
     """
     live = conn.execute("SELECT d.version FROM sites s JOIN deploys d ON d.id = s.deploy_id"
                         " WHERE s.name = ?", (name,)).fetchone()
     if live is None:
         raise LookupError(f"There is no site named {name!r}.")
     if version is None:
-        row = conn.execute("SELECT id, version FROM deploys WHERE site = ? AND version != ?"
-                           " ORDER BY live_seq DESC LIMIT 1", (name, live[0])).fetchone()
+        row = _back_to(conn, name, live[0])
         if row is None:
-            raise LookupError(f"Site {name!r} has only version {live[0]}: there is no "
-                              "other version to roll back to.")
+            raise LookupError(f"Site {name!r} has no version older than {live[0]} to roll "
+                              "back to.")
     else:
         row = conn.execute("SELECT id, version FROM deploys WHERE site = ? AND version = ?",
                            (name, version)).fetchone() if fits_integer(version) else None

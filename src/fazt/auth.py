@@ -15,9 +15,12 @@ import hmac
 import secrets
 import threading
 import time
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 SESSION_SECONDS = 7 * 24 * 3600
+DEVICE_SECONDS = 365 * 24 * 3600
+DEVICE = "device:"  # what a device cookie signs before its nonce: never a session's body
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}  # ~16 MB and ~50 ms a check: slow for guessing
 
 
@@ -65,32 +68,94 @@ def _unb64(text: str) -> bytes:
 
 @dataclass
 class LoginLimiter:
-    """At most `attempts` failures per address in `window` seconds."""
+    """Failed sign-ins, counted in RAM: at most `attempts` per address in `window`
+    seconds, and at most `ceiling` from all addresses together.
+
+    The per-address count alone let an attacker with many addresses (a /48 of IPv6
+    holds 65,536 /64s) guess as fast as the CPU checks passwords, and grew its table
+    without bound. The ceiling bounds the guesses; the owner still gets in past it
+    from where the owner signed in before (an address or a browser's device cookie)
+    and from the machine itself (loopback): such an attempt is `trusted`, held to the
+    per-address count only. The table holds at most `max_addresses`, dropping the
+    address whose last failure is oldest; since every untrusted failure counts
+    against the ceiling, at most `ceiling` addresses have one inside the window, so
+    with `max_addresses` well above it an address still locked out is never dropped
+    (which would let it start over).
+    """
 
     attempts: int = 5
     window: float = 60.0
-    _failures: dict[str, list[float]] = field(default_factory=dict)
+    ceiling: int = 60
+    max_addresses: int = 4096
+    max_known: int = 32
+    # address -> its failures in the window (at most `attempts`), last failure last
+    _failures: OrderedDict[str, deque[float]] = field(default_factory=OrderedDict)
+    _recent: deque[float] = field(default_factory=deque)  # every failure, oldest first
+    _known: OrderedDict[str, None] = field(default_factory=OrderedDict)  # owner's addresses
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def retry_after(self, address: str) -> int:
+    def retry_after(self, address: str, trusted: bool = False) -> int:
         """Seconds to wait before this address may try again; 0 when it may now."""
+        with self._lock:
+            return self._wait(address, trusted or address in self._known, time.monotonic())
+
+    def begin(self, address: str, trusted: bool = False) -> tuple[int, float]:
+        """Check and count one attempt at once, as a failure until `succeeded` says
+        otherwise: a check takes ~50 ms, and parallel attempts checked first and
+        counted after would all pass. Returns (seconds to wait, 0) when refused,
+        else (0, a stamp for `succeeded`)."""
         now = time.monotonic()
         with self._lock:
-            recent = [t for t in self._failures.get(address, []) if now - t < self.window]
-            self._failures[address] = recent
-            if len(recent) < self.attempts:
-                return 0
-            return max(1, int(self.window - (now - recent[0])) + 1)
+            wait = self._wait(address, trusted or address in self._known, now)
+            if wait:
+                return wait, 0.0
+            self._record(address, now)
+            return 0, now
 
     def failed(self, address: str) -> None:
         with self._lock:
-            self._failures.setdefault(address, []).append(time.monotonic())
-            if len(self._failures) > 10_000:  # bounded memory under a spray of addresses
-                self._failures.pop(next(iter(self._failures)))
+            self._record(address, time.monotonic())
 
-    def succeeded(self, address: str) -> None:
+    def succeeded(self, address: str, stamp: float | None = None) -> None:
+        """The owner signed in from `address`: forget its failures (and the attempt
+        `begin` counted), and trust it past the ceiling from now on."""
         with self._lock:
             self._failures.pop(address, None)
+            if stamp is not None and stamp in self._recent:
+                self._recent.remove(stamp)
+            self._known[address] = None
+            self._known.move_to_end(address)
+            if len(self._known) > self.max_known:
+                self._known.popitem(last=False)
+
+    def _wait(self, address: str, trusted: bool, now: float) -> int:
+        self._expire(now)
+        mine = self._failures.get(address)
+        while mine and now - mine[0] >= self.window:
+            mine.popleft()
+        waits = []
+        if mine and len(mine) >= self.attempts:
+            waits.append(self.window - (now - mine[0]))
+        if not trusted and len(self._recent) >= self.ceiling:
+            waits.append(self.window - (now - self._recent[-self.ceiling]))
+        return max(1, int(max(waits)) + 1) if waits else 0
+
+    def _record(self, address: str, now: float) -> None:
+        mine = self._failures.pop(address, None) or deque(maxlen=self.attempts)
+        mine.append(now)
+        self._failures[address] = mine  # last: the table is ordered by last failure
+        self._recent.append(now)
+        while len(self._failures) > self.max_addresses:
+            self._failures.popitem(last=False)
+
+    def _expire(self, now: float) -> None:
+        while self._recent and now - self._recent[0] >= self.window:
+            self._recent.popleft()
+        while self._failures:
+            address, mine = next(iter(self._failures.items()))
+            if now - mine[-1] < self.window:
+                break
+            del self._failures[address]
 
 
 class Auth:
@@ -166,6 +231,17 @@ class Auth:
         with self._lock:
             self.session_key = new_key
             self._revoked = {}  # every one of them is dead with the old key
+
+    def issue_device(self) -> str:
+        """A browser's device cookie: proof that it signed in once, so that it is let
+        in past the sign-in ceiling (see LoginLimiter). Ends with the session key."""
+        nonce = secrets.token_urlsafe(16)
+        return f"{nonce}.{self._sign(DEVICE + nonce)}"
+
+    def check_device(self, value: str | None) -> bool:
+        nonce, _, signature = (value or "").partition(".")
+        return bool(nonce) and hmac.compare_digest(
+            signature.encode(), self._sign(DEVICE + nonce).encode())
 
     def check_token(self, token: str | None) -> bool:
         return bool(token) and token_hash(token) in self.token_hashes

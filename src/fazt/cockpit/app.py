@@ -30,7 +30,7 @@ class FollowerGuard:
     refused before its body is read (a deploy would otherwise upload first).
     Signing in and out stay: sessions live in RAM."""
 
-    ALLOWED = ("/api/login", "/api/logout")
+    ALLOWED = ("/api/login", "/api/logout", "/api/device")
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         if req.method not in ("GET", "HEAD", "OPTIONS") and req.path not in self.ALLOWED:
@@ -49,6 +49,7 @@ def cockpit_app(instance: Instance) -> falcon.App:
         "/api/login": r.Login(instance),
         "/api/logout": r.Logout(instance),
         "/api/logout-all": r.LogoutAll(instance),
+        "/api/device": r.Device(instance),
         "/api/session": r.Session(instance),
         r.QuickStatus.PATH: r.Status(instance),  # the loop answers it too (QuickStatus)
         "/api/system/recalibrate": r.Recalibrate(instance),

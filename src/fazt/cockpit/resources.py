@@ -10,12 +10,14 @@ import json
 import falcon
 
 from fazt import proxies, settings, tokens
-from fazt.auth import new_session_key
+from fazt.auth import Auth, new_session_key
 from fazt.cockpit.headers import HEADERS
 from fazt.cockpit.session import (
     clear_session_cookie,
+    known_device,
     session_cookie,
     session_from_header,
+    set_device_cookie,
     set_session_cookie,
 )
 from fazt.deploy import ADMIN_SITE, check_site_name
@@ -56,20 +58,51 @@ class Login:
         auth = self.instance.auth
         # by its key: guesses from every address of one IPv6 /64 count as one address's
         address = proxies.address_key(req.remote_addr or "-")
-        wait = auth.limiter.retry_after(address)
-        if wait:
-            raise http_error(429, "too_many_attempts",
-                             f"Too many failed sign-ins from this address; wait {wait} s.", wait)
+        trusted = owner_side(req, auth)
+        refuse_while(auth.limiter.retry_after(address, trusted))
         body = read_json(req)
         username, password = body.get("username"), body.get("password")
         if not isinstance(username, str) or not isinstance(password, str):
             raise http_error(400, "bad_request", "Send a username and a password.")
+        wait, stamp = auth.limiter.begin(address, trusted)  # counted as failed until proven
+        refuse_while(wait)
         if not auth.check_password(username, password):
-            auth.limiter.failed(address)
             raise http_error(401, "wrong_credentials", "Wrong username or password.")
-        auth.limiter.succeeded(address)
+        auth.limiter.succeeded(address, stamp)
         set_session_cookie(req, resp, auth.issue())
         resp.media = {"username": auth.username}
+
+
+class Device:
+    """Marks the signed-in browser as the owner's (a device cookie, sent to the sign-in
+    alone), so that its sign-ins pass the server-wide ceiling on failed guesses. The
+    dashboard asks for it after signing in; the sign-in's own answer sets only the
+    session cookie, which scripts and tests read as its one Set-Cookie."""
+
+    def __init__(self, instance: Instance):
+        self.instance = instance
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        set_device_cookie(req, resp, self.instance.auth.issue_device())
+        resp.media = {"ok": True}
+
+
+def owner_side(req: falcon.Request, auth: Auth) -> bool:
+    """Whether a sign-in comes from where the owner is: a browser that signed in
+    before, or the machine itself (a loopback peer, not a proxy's visitor). Such a
+    sign-in is let in past the server-wide ceiling on failed guesses, so a crowd of
+    guessers does not lock the owner out; its own address's limit still holds."""
+    if known_device(req, auth):
+        return True
+    ip = proxies.ip_of(req.remote_addr or "")
+    return ip is not None and ip.is_loopback and "fazt.peer" not in req.env
+
+
+def refuse_while(wait: int) -> None:
+    if wait:
+        raise http_error(429, "too_many_attempts",
+                         f"Too many failed sign-ins, from this address or from everyone "
+                         f"at once; wait {wait} s.", wait)
 
 
 class Logout:

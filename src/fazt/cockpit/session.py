@@ -15,12 +15,13 @@ session.
 import falcon
 from falcon import request_helpers
 
-from fazt.auth import SESSION_SECONDS, Auth
+from fazt.auth import DEVICE_SECONDS, SESSION_SECONDS, Auth
 from fazt.cockpit.headers import is_api
 from fazt.http_errors import http_error
 from fazt.instance import Instance
 
 COOKIE = "fazt_session"
+DEVICE_COOKIE = "fazt_device"  # sent to the sign-in only: "this browser signed in before"
 SESSION = "session"
 TOKEN = "token"
 MAX_VALUES = 8  # session cookies of the same name looked at in one request
@@ -91,6 +92,19 @@ def set_session_cookie(req: falcon.Request, resp: falcon.Response, value: str) -
     resp.set_cookie(COOKIE, value, max_age=SESSION_SECONDS, path="/", domain=None,
                     http_only=True, same_site="Strict",
                     secure=req.forwarded_scheme == "https")
+
+
+def set_device_cookie(req: falcon.Request, resp: falcon.Response, value: str) -> None:
+    """Like the session's, but for a year and sent to the sign-in call alone."""
+    resp.set_cookie(DEVICE_COOKIE, value, max_age=DEVICE_SECONDS, path="/api/login",
+                    domain=None, http_only=True, same_site="Strict",
+                    secure=req.forwarded_scheme == "https")
+
+
+def known_device(req: falcon.Request, auth: Auth) -> bool:
+    """Whether the request carries a device cookie of a browser that signed in before."""
+    return any(auth.check_device(v) for v in (req.get_cookie_values(DEVICE_COOKIE)
+                                              or [])[:MAX_VALUES])
 
 
 def clear_session_cookie(req: falcon.Request, resp: falcon.Response) -> None:

@@ -604,6 +604,9 @@ async function login(event) {
     $("login-submit").disabled = true;
     const session = await api("POST", "/api/login", body);
     $("login-password").value = "";
+    // This browser is the owner's from now on: its sign-ins pass the server-wide
+    // ceiling on failed guesses. Best effort: the session works without it.
+    api("POST", "/api/device").catch(() => {});
     signedIn(session.username);
     if (!location.hash || location.hash === "#/login") location.hash = "#/status";
     else route();

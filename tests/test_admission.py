@@ -3,6 +3,7 @@ the owner always gets in, bodies are read only where a route takes them (issue 1
 
 import http.client
 import os
+import re
 import socket
 import threading
 import time
@@ -420,6 +421,45 @@ def test_per_address_limits_answer_429_with_retry_after(live: Server, db_path):
             s.close()
     assert eventually(lambda: requests.get(live.url("/"), headers={"Host": "mysite.localhost"},
                                            timeout=5).status_code == 200)
+
+
+def pipelined_answers(port: int, request: bytes, count: int, timeout: float = 30) -> list[bytes]:
+    """Send `count` copies of `request` at once on one connection (no waiting for an
+    answer: pipelining) and read until `count` answers came, the connection ended or
+    `timeout`; the status codes read, then b"reset", b"closed" or b"timeout" if not all."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        threading.Thread(target=lambda: s.sendall(request * count), daemon=True).start()
+        got = bytearray()
+        deadline = time.monotonic() + timeout
+        end = b""
+        while got.count(b"HTTP/1.1 ") < count:
+            try:
+                s.settimeout(max(0.01, deadline - time.monotonic()))
+                piece = s.recv(1 << 20)
+            except ConnectionResetError:
+                end = b"reset"
+                break
+            except TimeoutError:
+                end = b"timeout"
+                break
+            if not piece:
+                end = b"closed"
+                break
+            got += piece
+    codes = re.findall(rb"HTTP/1\.1 (\d{3}) ", got)  # an answer follows its body at once
+    return codes + ([end] if end else [])
+
+
+def test_every_pipelined_request_gets_its_answer(live: Server):
+    """A client may send many requests before reading (HTTP/1.1 pipelining); each answer
+    the loop gave at once parsed the next request one call deeper, and past ~245 the
+    stack overflowed: the rest were dropped with the connection."""
+    for path, host in (("/style.css", "mysite.localhost"), ("/_fazt/health", "localhost"),
+                       ("/nope", "mysite.localhost")):
+        request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+        codes = pipelined_answers(live.port, request, 1000)
+        assert len(codes) == 1000 and set(codes) <= {b"200", b"404", b"429"}, codes[-3:]
+    assert "callback failed" not in live.log()
 
 
 def test_clients_that_never_read_a_threads_answer_hold_no_thread(live: Server, db_path):

@@ -125,7 +125,7 @@ class Connection:
                  "admin", "reserve", "over_share", "in_body", "body_limit", "body_bytes",
                  "served", "closed", "close_after", "task_running", "last_write", "began",
                  "stalled", "eof", "target", "counted", "key", "client", "direct",
-                 "watcher", "parked_rounds", "close_when_answered")
+                 "watcher", "parked_rounds", "close_when_answered", "parsing")
 
     def __init__(self, server, sock: socket.socket, addr, transport, listener):
         self.server = server
@@ -166,6 +166,7 @@ class Connection:
         self.direct = False  # its running task may send its own answer (send_from_thread)
         self.parked_rounds = 0  # reads of the state its parked request waited for
         self.close_when_answered = False  # a reserve connection's unproven cockpit request
+        self.parsing = False  # inside parse(): an answer given there does not parse again
 
     # -- events -----------------------------------------------------------------
 
@@ -279,6 +280,20 @@ class Connection:
             self.parse()
 
     def parse(self) -> None:
+        """Read the requests that have arrived, answering each as it completes. Never
+        re-entered: an answer given from inside the loop below (the fast path's, a
+        refusal) returns to it for the next pipelined request. Each answer called parse
+        again, a few frames deeper a request, so about 245 pipelined requests overflowed
+        Python's stack and the connection was dropped without answers."""
+        if self.parsing:
+            return
+        self.parsing = True
+        try:
+            self._parse()
+        finally:
+            self.parsing = False
+
+    def _parse(self) -> None:
         while self.inbuf and not self.closed and not self.close_after and \
                 self.state in (IDLE, HEADERS, BODY):
             known = None

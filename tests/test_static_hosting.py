@@ -271,6 +271,8 @@ def test_headers_file_and_rule_files_are_never_served(srv):
     ("_redirects", "# ok\n/a /b 301\n/c /d 418\n", 3),
     ("_redirects", "/a /b 301\n\n/x/:id /y/:other 302\n", 3),
     ("_redirects", "/* https://elsewhere.example/ 200\n", 1),
+    ("_redirects", "/a /b 301\n/c /d \u00b2\n", 2),  # a digit to str.isdigit, not to int()
+    ("_redirects", "/a /b \u0663\u0660\u0661\n", 1),  # 301 in Arabic-Indic digits
     ("_headers", "/*\n  X-A: 1\n  Content-Length: 5\n", 3),
     ("_headers", "  X-A: 1\n", 1),
     ("_headers", "/*\n  Date: Thu, 01 Jan 1970 00:00:00 GMT\n", 2),

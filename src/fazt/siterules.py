@@ -50,6 +50,7 @@ _VALUE = re.compile(r"^[\t\x20-\x7e\x80-\xff]*\Z")
 _PLACEHOLDER = re.compile(r":([A-Za-z_][A-Za-z0-9_]*)")
 _SEGMENT_PLACEHOLDER = re.compile(r"(?:^|/):([A-Za-z_][A-Za-z0-9_]*)")
 _COMMENT = re.compile(r"(?:^|\s)#")
+_STATUS = re.compile(r"^[0-9]{3}\Z")
 
 
 @dataclass(frozen=True)
@@ -187,7 +188,8 @@ def parse_redirects(text: str) -> tuple[Rule, ...]:
         status_text = fields[2] if len(fields) == 3 else "301"
         force = status_text.endswith("!")
         status_text = status_text.removesuffix("!")
-        if not status_text.isdigit() or int(status_text) not in REDIRECT_CODES | REWRITE_CODES:
+        # ASCII digits only: str.isdigit() takes "²" (which int() refuses) and "٣٠١"
+        if not _STATUS.match(status_text) or int(status_text) not in REDIRECT_CODES | REWRITE_CODES:
             raise _bad(REDIRECTS, number, f"the status {fields[2]!r} is not one of 200, 301, "
                        "302, 303, 307, 308, 404 (optionally followed by '!')")
         status = int(status_text)

@@ -71,6 +71,20 @@ def test_ranges(client, blog, header, status, span):
         assert r.headers["content-range"] == f"bytes {span[0]}-{span[1] - 1}/{len(body)}"
 
 
+@pytest.mark.parametrize("header,status", [("bytes=-5", 200), ("bytes=0-", 416)])
+def test_ranges_of_an_empty_file(client, instance, site_dir, header, status):
+    """The last 5 bytes of nothing are the whole (empty) file: a 200, never a 206 with
+    "Content-Range: bytes 0--1/0", which no client can read."""
+    (site_dir / "empty.txt").write_bytes(b"")
+    deploy_dir(instance, "blog", site_dir)
+    r = get(client, "/empty.txt", Range=header)
+    assert r.status_code == status
+    if status == 200:
+        assert r.content == b"" and "content-range" not in r.headers
+    else:
+        assert r.headers["content-range"] == "bytes */0"
+
+
 def test_if_range_with_a_stale_etag_sends_everything(client, blog):
     r = get(client, "/data.bin", Range="bytes=0-9", **{"If-Range": '"stale"'})
     assert r.status_code == 200 and len(r.content) == 256 * 64

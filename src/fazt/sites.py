@@ -75,6 +75,8 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None | str:
     suffix = int(last)
     if suffix == 0:
         return "416"
+    if size == 0:
+        return None  # no "bytes 0--1/0": an empty file's last bytes are the whole (empty) file
     return max(0, size - suffix), size
 
 

@@ -1,7 +1,11 @@
 """Static serving, in-process through the whole WSGI app: routing, headers, ranges, traversal."""
 
+import json
+import subprocess
+import sys
+
 import pytest
-from conftest import deploy_dir
+from conftest import ROOT, deploy_dir
 
 H = {"Host": "blog.localhost"}
 
@@ -83,6 +87,20 @@ def test_ranges_of_an_empty_file(client, instance, site_dir, header, status):
         assert r.content == b"" and "content-range" not in r.headers
     else:
         assert r.headers["content-range"] == "bytes */0"
+
+
+def test_web_types_do_not_depend_on_the_hosts_mime_types_file():
+    """Python reads /etc/mime.types when there is one: without it (a slim container) fonts,
+    WebP and source maps were application/octet-stream, and .js application/javascript."""
+    names = ("a.woff2", "a.woff", "a.webp", "a.map", "a.js", "a.avif", "a.md")
+    script = ("import json, mimetypes; mimetypes.init(files=[]); "
+              "from fazt.deploy import mime_type; "
+              f"print(json.dumps([mime_type(n) for n in {names!r}]))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True, env={"PYTHONPATH": str(ROOT / "src")}).stdout
+    assert json.loads(out) == [
+        "font/woff2", "font/woff", "image/webp", "application/json; charset=utf-8",
+        "text/javascript; charset=utf-8", "image/avif", "text/markdown; charset=utf-8"]
 
 
 def test_if_range_with_a_stale_etag_sends_everything(client, blog):

@@ -32,9 +32,22 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 _TEXT_TYPES = ("application/javascript", "application/json", "image/svg+xml", "application/xml")
-mimetypes.add_type("text/javascript", ".mjs")
-mimetypes.add_type("application/wasm", ".wasm")
-mimetypes.add_type("image/webp", ".webp")
+# The types a site needs, fixed here: Python's own table lacks fonts, WebP, source maps and
+# more, and reads the rest from the host's /etc/mime.types, so a host without one (a slim
+# container) sent font/woff2 as application/octet-stream. As nginx's mime.types names them.
+WEB_TYPES = {
+    ".js": "text/javascript", ".mjs": "text/javascript", ".map": "application/json",
+    ".wasm": "application/wasm",
+    ".woff": "font/woff", ".woff2": "font/woff2", ".ttf": "font/ttf", ".otf": "font/otf",
+    ".webp": "image/webp", ".avif": "image/avif", ".apng": "image/apng", ".jxl": "image/jxl",
+    ".md": "text/markdown", ".xml": "application/xml", ".jsonld": "application/ld+json",
+    ".webmanifest": "application/manifest+json", ".rss": "application/rss+xml",
+    ".atom": "application/atom+xml", ".ics": "text/calendar", ".vtt": "text/vtt",
+    ".ts": "video/mp2t", ".m4a": "audio/mp4", ".flac": "audio/flac", ".ogv": "video/ogg",
+    ".glb": "model/gltf-binary", ".gltf": "model/gltf+json",
+}
+for _extension, _kind in WEB_TYPES.items():
+    mimetypes.add_type(_kind, _extension)
 
 
 def check_site_name(name: str, *, allow_reserved: bool = False) -> str:

@@ -1,5 +1,6 @@
 """Static serving, in-process through the whole WSGI app: routing, headers, ranges, traversal."""
 
+import gzip
 import json
 import subprocess
 import sys
@@ -87,6 +88,20 @@ def test_ranges_of_an_empty_file(client, instance, site_dir, header, status):
         assert r.content == b"" and "content-range" not in r.headers
     else:
         assert r.headers["content-range"] == "bytes */0"
+
+
+@pytest.mark.parametrize("name,kind", [
+    ("data.json.gz", "application/gzip"), ("logo.svgz", "application/gzip"),
+    ("app.js.br", "application/octet-stream"), ("dump.sql.xz", "application/x-xz"),
+])
+def test_a_compressed_file_has_the_type_of_its_format(client, instance, site_dir, name, kind):
+    """Sent as stored (no Content-Encoding), "data.json.gz" is gzip, not JSON: a browser told
+    application/json shows it as garbled text."""
+    (site_dir / name).write_bytes(gzip.compress(b"{}" * 2000))
+    deploy_dir(instance, "blog", site_dir)
+    r = get(client, "/" + name, **{"Accept-Encoding": "gzip, br"})
+    assert r.status_code == 200 and r.headers["content-type"] == kind
+    assert "content-encoding" not in r.headers and "vary" not in r.headers
 
 
 def test_web_types_do_not_depend_on_the_hosts_mime_types_file():

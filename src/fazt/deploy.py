@@ -48,6 +48,10 @@ WEB_TYPES = {
 }
 for _extension, _kind in WEB_TYPES.items():
     mimetypes.add_type(_kind, _extension)
+# A compressed file ("data.json.gz", "app.js.br", "logo.svgz") is sent as it is stored, with
+# no Content-Encoding: its type is the compressed format's, not the type of what is inside.
+_COMPRESSED_TYPES = {"gzip": "application/gzip", "bzip2": "application/x-bzip2",
+                     "xz": "application/x-xz"}
 
 
 def check_site_name(name: str, *, allow_reserved: bool = False) -> str:
@@ -62,7 +66,10 @@ def check_site_name(name: str, *, allow_reserved: bool = False) -> str:
 
 
 def mime_type(path: str) -> str:
-    kind = mimetypes.guess_type(path)[0] or "application/octet-stream"
+    kind, coding = mimetypes.guess_type(path)
+    if coding is not None:
+        return _COMPRESSED_TYPES.get(coding, "application/octet-stream")
+    kind = kind or "application/octet-stream"
     if kind.startswith("text/") or kind in _TEXT_TYPES:
         kind += "; charset=utf-8"
     return kind

@@ -24,7 +24,7 @@ number, so the previous version keeps serving. Neither is ever served itself.
 """
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
@@ -51,6 +51,8 @@ _PLACEHOLDER = re.compile(r":([A-Za-z_][A-Za-z0-9_]*)")
 _SEGMENT_PLACEHOLDER = re.compile(r"(?:^|/):([A-Za-z_][A-Za-z0-9_]*)")
 _COMMENT = re.compile(r"(?:^|\s)#")
 _STATUS = re.compile(r"^[0-9]{3}\Z")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")  # a tab is a space
+_NEWLINE = re.compile(r"\r\n|\r|\n")
 
 
 @dataclass(frozen=True)
@@ -167,14 +169,23 @@ def _bad(file: str, line: int, why: str) -> FaztError:
     return FaztError(f"{file} line {line}: {why}.", code="bad_rules")
 
 
-def _lines(text: str) -> list[str]:
-    # an editor's byte order mark (Windows Notepad's) is not part of the first path
-    return text.removeprefix("\ufeff").splitlines()
+def _lines(text: str, file: str, strict: bool) -> Iterator[tuple[int, str]]:
+    """Each line with its number as an editor counts them: str.splitlines also splits at
+    form feeds, U+2028 and others, which put the number of every later line off. `strict`
+    (at deploy): a line with a control character is refused; a file an older fazt took
+    is read as it was then, its rules kept."""
+    text = text.removeprefix("\ufeff")  # an editor's byte order mark is not part of a path
+    for number, line in enumerate(_NEWLINE.split(text) if strict else text.splitlines(),
+                                  start=1):
+        if strict and _CONTROL.search(line):
+            raise _bad(file, number, "the line holds a control character")
+        yield number, line
 
 
-def parse_redirects(text: str) -> tuple[Rule, ...]:
+def parse_redirects(text: str, strict: bool = True) -> tuple[Rule, ...]:
+    """The rules of a `_redirects` file. Not `strict`: as `parse_headers`."""
     rules = []
-    for number, raw in enumerate(_lines(text), start=1):
+    for number, raw in _lines(text, REDIRECTS, strict):
         fields = _COMMENT.split(raw, maxsplit=1)[0].split()
         if not fields:
             continue
@@ -221,7 +232,7 @@ def parse_headers(text: str, strict: bool = True) -> tuple[HeaderBlock, ...]:
                 raise _bad(HEADERS, start, f"the path {source.text!r} has no headers under it")
             blocks.append(HeaderBlock(start, source, tuple(headers)))
 
-    for number, raw in enumerate(_lines(text), start=1):
+    for number, raw in _lines(text, HEADERS, strict):
         stripped = raw.strip()
         if not stripped or stripped.startswith("#"):
             continue

@@ -475,7 +475,7 @@ def _unpacked(packed: tuple) -> FileInfo:
 def _parsed(redirects: str, headers: str) -> SiteRules:
     if not redirects and not headers:
         return EMPTY
-    return SiteRules.of(_lenient(parse_redirects, redirects),
+    return SiteRules.of(_lenient(functools.partial(parse_redirects, strict=False), redirects),
                         _lenient(functools.partial(parse_headers, strict=False), headers))
 
 

@@ -165,6 +165,7 @@ def test_health_on_every_host(client):
 def test_post_to_a_static_file_is_405(client, blog):
     r = client.simulate_post("/index.html", headers=H)
     assert r.status_code == 405 and r.json["error"]["code"] == "method_not_allowed"
+    assert r.headers["allow"] == "GET, HEAD"  # RFC 9110: a 405 must say what is allowed
 
 
 def test_small_files_are_cached_by_bytes(client, instance, tmp_path):

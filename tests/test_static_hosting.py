@@ -215,8 +215,9 @@ def test_the_sites_own_404_page(srv, accept):
 
 
 def test_fazts_page_when_the_site_has_none(srv):
-    status, h, body = fetch(srv, "/nothing-here", host="spa.localhost", method="POST")
-    assert status == 405
+    for method in ("POST", "DELETE", "OPTIONS"):
+        status, h, body = fetch(srv, "/nothing-here", host="spa.localhost", method=method)
+        assert status == 405 and h["allow"] == "GET, HEAD"  # RFC 9110 requires Allow
     status, _, body = fetch(srv, "/x", host="nosite.localhost")
     assert status == 404 and b"no_such_site" in body
 

@@ -26,11 +26,16 @@ def status_of(exc: FaztError) -> int:
     return next((status for kind, status in _STATUS if isinstance(exc, kind)), 400)
 
 
-def http_error(status: int, code: str, message: str, retry_after: int | None = None
-               ) -> falcon.HTTPError:
-    headers = {"Retry-After": str(retry_after)} if retry_after else None
+def http_error(status: int, code: str, message: str, retry_after: int | None = None,
+               allow: str | None = None) -> falcon.HTTPError:
+    """`allow`: the methods a 405's resource answers (RFC 9110 requires the Allow header)."""
+    headers = {}
+    if retry_after:
+        headers["Retry-After"] = str(retry_after)
+    if allow:
+        headers["Allow"] = allow
     return falcon.HTTPError(falcon.code_to_http_status(status), title=code,
-                            description=message, headers=headers)
+                            description=message, headers=headers or None)
 
 
 def wants_json(path: str, accept: str | None) -> bool:

@@ -127,7 +127,8 @@ class SiteResource:
             if script is not None:
                 return script
         if req.method not in ("GET", "HEAD"):
-            raise http_error(405, "method_not_allowed", "Static files answer GET and HEAD only.")
+            raise http_error(405, "method_not_allowed", "Static files answer GET and HEAD only.",
+                             allow="GET, HEAD")
         if deploy is None:
             raise http_error(404, "no_such_site", f"There is no site named {site!r} here.")
         self._static(req, resp, site, deploy, path)

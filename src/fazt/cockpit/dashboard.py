@@ -22,7 +22,8 @@ class Dashboard:
 
     def __call__(self, req: falcon.Request, resp: falcon.Response, **_: str) -> None:
         if req.method not in ("GET", "HEAD"):
-            raise http_error(405, "method_not_allowed", "The dashboard's files answer GET only.")
+            raise http_error(405, "method_not_allowed", "The dashboard's files answer GET only.",
+                             allow="GET, HEAD")
         vfs = self.instance.vfs
         try:
             path = clean_path(req.path.lstrip("/")) if req.path.strip("/") else ""

@@ -87,6 +87,7 @@ class Refusal:
     message: str
     retry_after: int | None = None
     close: bool = False  # the connection itself is the excess: close it after the answer
+    allow: str | None = None  # a 405's Allow header: the methods the resource answers
 
 
 @dataclass(frozen=True)
@@ -401,7 +402,8 @@ class Admission:
                 return self.js_rule
             if method not in STATIC_METHODS:
                 return BodyRule(0, refusal=Refusal(
-                    405, "method_not_allowed", "Static files answer GET and HEAD only."))
+                    405, "method_not_allowed", "Static files answer GET and HEAD only.",
+                    allow=", ".join(STATIC_METHODS)))
         return NO_BODY
 
     def check_body(self, conn, rule: BodyRule, content_length: int, chunked: bool

@@ -486,7 +486,8 @@ class Connection:
             refusal.status, refusal.code, refusal.message, path=path,
             accept=parser.headers.get("ACCEPT") if parser is not None else None,
             version=version, keep_alive=keep, retry_after=refusal.retry_after, method=method,
-            extra=self.server.tls_headers() if self.listener.scheme == "https" else ()))
+            extra=[*(self.server.tls_headers() if self.listener.scheme == "https" else ()),
+                   *((("Allow", refusal.allow),) if refusal.allow else ())]))
         self.server.log_request(self, refusal.status)
         self.finished(not keep)
 

@@ -133,6 +133,13 @@ def test_traversal_never_leaves_the_site(client, blog, path):
     assert "root:" not in r.text and "import" not in r.text
 
 
+@pytest.mark.parametrize("path", ["/.", "/./", "//./.", "/docs/./"])
+def test_a_dot_segment_names_the_folder_it_is_in(client, blog, path):
+    r = get(client, path)
+    expected = "<p>docs</p>" if path.startswith("/docs") else "<h1>hello from fazt</h1>"
+    assert r.status_code == 200 and r.text == expected
+
+
 def test_unknown_site_and_host(client, blog):
     r = get(client, "/", host="nosuch.localhost")
     assert r.status_code == 404 and r.json["error"]["code"] == "no_such_site"

@@ -177,8 +177,8 @@ class SiteResource:
 
     @staticmethod
     def _relative(raw: str) -> str:
-        if raw in ("", "/"):
-            return ""
+        if raw in ("", "/") or not raw.replace("/", "").replace(".", "") and ".." not in raw:
+            return ""  # "/./", "//.": the site's root, not "a path that leaves the site"
         try:
             return clean_path(raw.lstrip("/")) if raw.strip("/") else ""
         except FaztError as exc:

@@ -224,15 +224,17 @@ class SiteResource:
             _set_headers(resp, static_headers(info, body, not_modified=True,
                                               site_headers=site_headers))
             return
-        _set_headers(resp, static_headers(info, body, site_headers=site_headers))
         wanted = parse_range(range_header, body.size)
         if_range = req.get_header("If-Range")
         if if_range and if_range.strip() != etag(body):
             wanted = None
         if wanted == "416":
+            # an error, not the file: without the file's ETag and max-age, which would let a
+            # shared cache keep this answer and give it to the next plain GET
             raise falcon.HTTPError(falcon.HTTP_416, title="range_not_satisfiable",
                                    description=f"The file is {body.size} bytes long.",
                                    headers={"Content-Range": f"bytes */{body.size}"})
+        _set_headers(resp, static_headers(info, body, site_headers=site_headers))
         start, end = wanted if wanted else (0, body.size)
         if wanted:
             resp.status = falcon.HTTP_206

@@ -3,7 +3,8 @@
 import pytest
 
 from fazt.errors import FaztError
-from fazt.siterules import SiteRules, parse_headers, parse_redirects
+from fazt.siterules import SiteRules, check_rules, parse_headers, parse_redirects
+from fazt.store.sites import NewFile
 
 
 def rules(redirects: str = "", headers: str = "") -> SiteRules:
@@ -127,3 +128,37 @@ def test_an_older_file_with_a_control_character_keeps_its_rules():
     """Refused at deploy now, but a file an older fazt took still serves its rules."""
     r = parse_redirects("/a\x01  /b  302\n/c  /d  302\n", strict=False)
     assert [rule.target for rule in r] == ["/b", "/d"]
+
+
+def deployed(redirects: str, *names: str) -> None:
+    """check_rules on a deploy of `names` (empty files) and this `_redirects`."""
+    files = [NewFile(name, "text/html", [b""]) for name in names]
+    check_rules([*files, NewFile("_redirects", "text/plain", [redirects.encode()])])
+
+
+@pytest.mark.parametrize("text,names,line", [
+    ("/a  /a  301\n", (), 1),
+    ("/x  /y  302\n/a  /b  302\n/b  /a  302\n", (), 2),
+    ("/a/*  /a/:splat  301\n", (), 1),
+    ("/*  /index.html  301!\n", ("index.html",), 1),  # forced: even where the file is
+    ("/docs  /docs/  301\n", (), 1),  # no folder there: /docs/ matches the rule again
+    ("/search  /search?q=all  302\n", (), 1),  # the query string is not matched
+    ("/:lang/*  /:lang/home  302\n", (), 1),
+])
+def test_a_loop_of_redirects_is_refused(text, names, line):
+    with pytest.raises(FaztError, match=f"^_redirects line {line}: .*loop of redirects"):
+        deployed(text, *names)
+
+
+@pytest.mark.parametrize("text,names", [
+    ("/a  /a  301\n", ("a",)),  # a file answers /a: the rule never applies
+    ("/*  /index.html  301\n", ("index.html",)),
+    ("/docs  /docs/  301\n", ("docs/index.html",)),
+    ("/old  /new  301\n/new  /old  301\n", ("new",)),
+    ("/*  /blog/:splat  301\n", ("blog/a.html",)),  # grows for a missing page, never loops
+    ("/*  /api/:splat  302\n", ("api/main.js",)),  # the back end answers there
+    ("/*  /index.html  200\n", ()),
+    ("/a  https://elsewhere.example/a  301\n", ()),
+])
+def test_redirects_that_end_are_taken(text, names):
+    deployed(text, *names)

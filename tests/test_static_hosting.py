@@ -274,6 +274,8 @@ def test_headers_file_and_rule_files_are_never_served(srv):
     ("_redirects", "/* https://elsewhere.example/ 200\n", 1),
     ("_redirects", "/a /b 301\n/c /d \u00b2\n", 2),  # a digit to str.isdigit, not to int()
     ("_redirects", "/a /b \u0663\u0660\u0661\n", 1),  # 301 in Arabic-Indic digits
+    ("_redirects", "/ok /index.html 302\n/a /b 302\n/b /a 302\n", 2),  # a loop of redirects
+    ("_redirects", "/docs/* /docs/:splat 301!\n", 1),
     ("_headers", "/*\n  X-A: 1\n  Content-Length: 5\n", 3),
     ("_headers", "  X-A: 1\n", 1),
     ("_headers", "/*\n  Date: Thu, 01 Jan 1970 00:00:00 GMT\n", 2),

@@ -13,7 +13,8 @@ is a single-page app's fallback). As on Netlify, a rule applies only when no
 file answers the path, unless its status ends with `!`; among the rules that
 apply, the first one wins. When the site has a back end (`api/main.js`), a
 rule for a path under `/api` never applies (the handler answers there): the
-deploy refuses it rather than leave it silently dead.
+deploy refuses it rather than leave it silently dead. A redirect that comes
+back round (`/a /a`, `/a /b` with `/b /a`) is refused too.
 
 `_headers`: a path line (placeholders and splat as above), then indented
 `Name: value` lines; every block whose path matches adds its headers to a
@@ -265,7 +266,8 @@ def check_rules(files: list[NewFile]) -> list[NewFile]:
     """The deploy-time check: parse the site's rule files, refusing the deploy with
     the first bad line. Their pieces may be single-use, so the read bytes replace them."""
     out = []
-    backend = any(f.path == SCRIPT for f in files)
+    paths = {f.path for f in files} - set(RULE_FILES)
+    backend = SCRIPT in paths
     for f in files:
         if f.path in RULE_FILES:
             text, f = f.read_text(MAX_FILE_BYTES, "bad_rules")
@@ -273,10 +275,56 @@ def check_rules(files: list[NewFile]) -> list[NewFile]:
                 rules = parse_redirects(text)
                 if backend:
                     _check_api_rules(rules)
+                _check_loops(rules, paths, backend)
             else:
                 parse_headers(text)
         out.append(f)
     return out
+
+
+LOOP_HOPS = 20  # browsers give up after about as many redirects
+
+
+def _check_loops(rules: tuple[Rule, ...], paths: set[str], backend: bool) -> None:
+    """Refuse a redirect that comes back to where it began (`/a /a`, `/a/* /a/:splat`,
+    `/a /b` with `/b /a`): a browser would go round until it gives up. Each rule is
+    followed from where it sends a request (its placeholders given sample values), as
+    the server would follow it: the rule that applies there, then the next, until a
+    path comes round again, or a file, a rewrite, another host or the back end (under
+    /api) answers. A chain that only grows (`/* /x/:splat` for a missing file) is left
+    alone: it works for every path that exists."""
+    site = SiteRules.of(rules, ())
+    for rule in rules:
+        if rule.rewrite:
+            continue
+        sample = {name: f"fazt{n}" for n, name in enumerate(sorted(rule.source.names))}
+        path, seen = _local(rule.destination(sample)), set()
+        for _ in range(LOOP_HOPS):
+            if path is None or (backend and (path == "/api" or path.startswith("/api/"))):
+                break  # (the handler answers under /api, before any rule)
+            if path in seen:
+                raise _bad(REDIRECTS, rule.line, f"the rule for {rule.source.text!r} sends "
+                           "browsers round in a loop of redirects")
+            seen.add(path)
+            found = site.forced(path) if _answers(path, paths) else site.fallback(path)
+            path = None if found is None or found[0].rewrite else \
+                _local(found[0].destination(found[1]))
+
+
+def _local(target: str) -> str | None:
+    """The path a redirect to `target` makes the browser ask for, as the server matches it
+    (decoded, without query or fragment); None for another host."""
+    if not target.startswith("/") or target.startswith("//"):
+        return None
+    return unquote(target.split("#", 1)[0].split("?", 1)[0])
+
+
+def _answers(path: str, paths: set[str]) -> bool:
+    """Whether a file (or a folder's index.html) answers `path`: then only `!` rules apply."""
+    name = path.lstrip("/")
+    if not name or name.endswith("/"):
+        return f"{name}index.html" in paths
+    return name in paths or f"{name}/index.html" in paths
 
 
 def _check_api_rules(rules: Sequence[Rule]) -> None:

@@ -369,6 +369,7 @@ def test_unwanted_bodies_are_refused_before_they_are_read(live: Server, db_path,
     answer = s.recv(4096)
     assert answer.startswith(b"HTTP/1.1 405"), answer[:80]
     assert b"Connection: close" in answer and b'"method_not_allowed"' in answer
+    assert b"\r\nAllow: GET, HEAD\r\n" in answer  # RFC 9110: a 405 says what is allowed
     assert _spool_files(live.proc.pid) == []
     s.close()
     assert sorted(os.listdir(db_path.parent)) == before

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -574,6 +575,55 @@ def test_follower_of_an_empty_replica_says_why(tmp_path, replica_url):
     last = result.stderr.strip().splitlines()[-1]
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert last.endswith("no matching backup files available."), last
+
+
+def _litestreams(pid: int) -> list[int]:
+    """The children of `pid` that are Litestream already (not a fork before its exec)."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        children = [int(child) for child in f.read().split()]
+    found = []
+    for child in children:
+        with contextlib.suppress(OSError):
+            if os.path.basename(os.readlink(f"/proc/{child}/exe")) == "litestream":
+                found.append(child)
+    return found
+
+
+@needs_litestream
+def test_a_killed_restore_leaves_no_litestream_behind(tmp_path):
+    """`fazt restore --from` killed (SIGKILL, or SIGTERM, which Python does not clean up
+    after) while Litestream fetches: Litestream goes too, instead of writing on beside
+    the database. The store here accepts connections and never answers, so Litestream
+    would wait for minutes."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    url = f"s3://fazt/x?endpoint=http://127.0.0.1:{silent.getsockname()[1]}&region=us-east-1"
+    target = tmp_path / "data.db"
+    try:
+        restore = subprocess.Popen([sys.executable, "-m", "fazt", "restore", "--from", url,
+                                    "--db", str(target)], env=s3_env(),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        children = eventually(lambda: _litestreams(restore.pid), timeout=30, every=0.05)
+        assert children, "Litestream did not start"
+        restore.send_signal(signal.SIGKILL)
+        restore.wait(timeout=10)
+        assert eventually(lambda: all(process_gone(child) for child in children), timeout=10)
+    finally:
+        silent.close()
+
+
+@needs_s3
+def test_a_restore_clears_what_a_killed_one_left(tmp_path, replica_url):
+    """A restore killed mid-fetch leaves Litestream's partial file (PATH.tmp) beside the
+    database; the next restore, whatever its outcome, removes it."""
+    target = tmp_path / "data.db"
+    partial = tmp_path / ".data.db.fetching.tmp"
+    partial.write_bytes(b"\0" * 4096)
+    result = fazt("restore", "--from", replica_url, "--db", str(target), env=s3_env(),
+                  check=False)
+    assert result.returncode == 1 and "no matching backup files" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_commands_refuse_a_followers_copy(db_path, site_dir, tmp_path):

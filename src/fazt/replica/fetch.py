@@ -13,10 +13,12 @@ import time
 
 from fazt.errors import FaztError
 from fazt.replica import litestream, target
+from fazt.replica.supervisor import die_with_parent
 from fazt.restore import restore_file
 from fazt.store.claim import is_claimed
 
-_FETCH_SIDE_FILES = ("", "-wal", "-shm", "-journal", "-txid")
+# Litestream writes PATH.tmp and renames it to PATH when the restore is complete.
+_FETCH_SIDE_FILES = ("", ".tmp", "-wal", "-shm", "-journal", "-txid")
 
 
 def restore_from(url: str, db_path: str, gomemlimit_mb: int) -> dict:
@@ -35,8 +37,9 @@ def restore_from(url: str, db_path: str, gomemlimit_mb: int) -> dict:
         argv = litestream.restore_argv(litestream.binary(), target.litestream_url(url.strip()),
                                        fetched)
         env = litestream.child_env(target.credentials_from_env(), gomemlimit_mb)
+        # dies with fazt: a killed `fazt restore` leaves no Litestream writing beside the db
         done = subprocess.run(argv, env=env, umask=0o077, capture_output=True, text=True,
-                              stdin=subprocess.DEVNULL)
+                              stdin=subprocess.DEVNULL, preexec_fn=die_with_parent(os.getpid()))
         if done.returncode != 0 or not os.path.isfile(fetched):
             raise FaztError(f"Litestream could not restore from {url}: {_reason(done)}")
         fetch_s = time.monotonic() - began

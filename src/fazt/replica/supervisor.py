@@ -10,6 +10,7 @@ leaves no Litestream behind.
 import contextlib
 import ctypes
 import logging
+import os
 import re
 import signal
 import subprocess
@@ -35,9 +36,17 @@ def parse_line(line: str) -> dict[str, str]:
     return fields
 
 
-def _die_with_parent() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def die_with_parent(parent: int) -> Callable[[], None]:
+    """A `preexec_fn`: in the child, before exec, ask the kernel for SIGTERM when the
+    thread that started it goes away; and end at once if `parent` (the starting
+    process's pid) died already, before it asked (no signal would ever come)."""
+    def ask() -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return ask
 
 
 class Child:
@@ -83,7 +92,7 @@ class Child:
                                 stdin=subprocess.PIPE if self.stdin is not None
                                 else subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                preexec_fn=_die_with_parent, text=True, bufsize=1)
+                                preexec_fn=die_with_parent(os.getpid()), text=True, bufsize=1)
         if self.stdin is not None:
             with contextlib.suppress(OSError):
                 proc.stdin.write(self.stdin)

@@ -626,6 +626,22 @@ def test_a_restore_clears_what_a_killed_one_left(tmp_path, replica_url):
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+@needs_s3
+def test_a_db_path_that_cannot_hold_the_replica_is_one_sentence(tmp_path, replica_url):
+    """`restore --from` and `--follow` with `--db` naming a folder or a path under a file:
+    one sentence, before anything is fetched."""
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "a-folder").mkdir()
+    for db, words in [(tmp_path / "a-file" / "data.db", "Cannot make the folder"),
+                      (tmp_path / "a-folder", "is a folder")]:
+        for args in (["restore", "--from", replica_url],
+                     ["server", "start", "--port", str(free_port()), "--follow", replica_url]):
+            result = fazt(*args, "--db", str(db), env=s3_env(), check=False)
+            assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+            assert words in result.stderr.strip().splitlines()[-1], result.stderr
+    assert list((tmp_path / "a-folder").iterdir()) == []
+
+
 def test_commands_refuse_a_followers_copy(db_path, site_dir, tmp_path):
     """A command opening a follower's copy for writing would turn it into a WAL
     database, and the follower would stop receiving updates."""

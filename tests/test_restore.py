@@ -55,6 +55,22 @@ def test_restore_onto_a_fresh_machine(db_path, tmp_path):
         Admin(srv)  # the owner of the backup signs in
 
 
+def test_a_db_path_that_cannot_hold_a_database_is_one_sentence(db_path, tmp_path):
+    """`--db` naming a folder, or a path under a file: one sentence, before any copy."""
+    backup = tmp_path / "backup.db"
+    fazt("backup", str(backup), "--db", str(db_path))
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "a-folder").mkdir()
+    for db, words in [(tmp_path / "a-file" / "data.db", "Cannot make the folder"),
+                      (tmp_path / "a-folder", "is a folder")]:
+        result = fazt("restore", str(backup), "--db", str(db), check=False)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert words in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert list((tmp_path / "a-folder").iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "a-file", "a-folder", "backup.db", "data.db"]
+
+
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "text"])
 def test_restore_replaces_a_damaged_database_and_keeps_it_aside(db_path, site_dir, tmp_path,
                                                                 damage):

@@ -72,6 +72,21 @@ def check_backup(path: str) -> dict:
     return {"schema": version, "sites": sites, "bytes": os.path.getsize(path)}
 
 
+def database_folder(path: str) -> str:
+    """The folder that holds the database at `path`, made if missing; FaztError when
+    `path` is a folder itself or its folder cannot be made (a file in the way, no
+    permission), before any long work starts."""
+    if os.path.isdir(path):
+        raise FaztError(f"--db {path} is a folder; give the database file's path.")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise FaztError(f"Cannot make the folder {folder} for the database: "
+                        f"{exc.strerror}.") from None
+    return folder
+
+
 def restore_file(backup: str, target: str, *, consume: bool = False) -> dict:
     """Put `backup` in place as the database at `target` (see the module's steps).
 
@@ -80,12 +95,11 @@ def restore_file(backup: str, target: str, *, consume: bool = False) -> dict:
     the caller would delete anyway).
     """
     info = check_backup(backup)
+    folder = database_folder(target)
     held = try_claim(target, brief=True)
     if held is None:
         raise FaztError(f"A running fazt server holds {target}; stop it before restoring.")
     try:
-        folder = os.path.dirname(os.path.abspath(target))
-        os.makedirs(folder, exist_ok=True)
         incoming = f"{target}.restoring"
         _remove(incoming)
         try:

@@ -14,7 +14,7 @@ import time
 from fazt.errors import FaztError
 from fazt.replica import litestream, target
 from fazt.replica.supervisor import die_with_parent
-from fazt.restore import restore_file
+from fazt.restore import database_folder, restore_file
 from fazt.store.claim import is_claimed
 
 # Litestream writes PATH.tmp and renames it to PATH when the restore is complete.
@@ -28,8 +28,8 @@ def restore_from(url: str, db_path: str, gomemlimit_mb: int) -> dict:
         raise FaztError(f"--from: {problem or 'give the replica URL'}")
     if is_claimed(db_path):  # before a long fetch, not after it
         raise FaztError(f"A running fazt server holds {db_path}; stop it before restoring.")
-    folder, name = os.path.split(os.path.abspath(db_path))
-    os.makedirs(folder, exist_ok=True)
+    folder = database_folder(db_path)
+    name = os.path.basename(db_path)
     fetched = os.path.join(folder, f".{name}.fetching")
     _remove(fetched)
     began = time.monotonic()

@@ -30,6 +30,7 @@ from fazt.errors import FaztError
 from fazt.replica import litestream, target
 from fazt.replica.primary import rss
 from fazt.replica.supervisor import Child, describe_exit
+from fazt.restore import database_folder
 
 _SIDE_FILES = ("-txid", "-wal", "-shm", "-journal")
 _HEADER_JOURNAL_MODE = 18  # two bytes: 1 1 rollback journal, 2 2 WAL
@@ -53,11 +54,11 @@ class Follower:
 
     def __init__(self, db_path: str, url: str, credentials: dict[str, str],
                  gomemlimit_mb: int):
+        database_folder(db_path)  # Litestream's working folder
         if os.path.exists(db_path) and not is_follower_copy(db_path):
             raise FaztError(f"{db_path} is a database of its own, not a follower's copy; "
                             "give a follower its own --db path.")
         self.db_path = os.path.abspath(db_path)
-        os.makedirs(os.path.dirname(self.db_path), exist_ok=True)  # Litestream's working folder
         self.url = url
         self.gomemlimit_mb = gomemlimit_mb
         self.on_restored: Callable[[], None] | None = None  # the copy was replaced

@@ -71,6 +71,23 @@ def test_a_db_path_that_cannot_hold_a_database_is_one_sentence(db_path, tmp_path
         "a-file", "a-folder", "backup.db", "data.db"]
 
 
+def test_restoring_a_replicating_database_says_it_will_replicate_again(db_path, tmp_path):
+    """A restored copy resumes its primary's replication when started: if the primary
+    still runs, the two spoil the replica. The restore says so, and only then."""
+    backup = tmp_path / "backup.db"
+    fazt("backup", str(backup), "--db", str(db_path))
+    quiet = fazt("restore", str(backup), "--db", str(tmp_path / "a" / "data.db")).stdout
+    assert "replicates to" not in quiet
+    url = "s3://bucket/fazt?endpoint=http://127.0.0.1:9&region=auto"
+    conn = sqlite3.connect(backup)
+    conn.execute("INSERT INTO config (key, value, updated_at) VALUES ('replica_url', ?, 0)"
+                 " ON CONFLICT(key) DO UPDATE SET value = excluded.value", (f'"{url}"',))
+    conn.commit()
+    conn.close()
+    said = fazt("restore", str(backup), "--db", str(tmp_path / "b" / "data.db")).stdout
+    assert f"It replicates to {url}" in said and "two would spoil the replica" in said
+
+
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "text"])
 def test_restore_replaces_a_damaged_database_and_keeps_it_aside(db_path, site_dir, tmp_path,
                                                                 damage):

@@ -596,6 +596,13 @@ def cmd_restore(args) -> int:
         after = "; the database it replaced is gone." if result["replaced"] else "."
     print(f"Restored {source} ({result['sites']} sites, {result['bytes']:,} bytes, "
           f"integrity ok) into {result['db']}{after}")
+    if result["replica_url"]:
+        # Two servers replicating to one place interleave their changes there, and the
+        # replica no longer restores (measured: the integrity check fails). Say it now.
+        print(f"It replicates to {result['replica_url']}: its server resumes that when it "
+              "starts. Start it only if no other server replicates there any more (two "
+              "would spoil the replica); otherwise `fazt replica set` another path or "
+              "`fazt replica off` first.")
     return 0
 
 

@@ -28,6 +28,7 @@ import time
 
 from fazt.errors import FaztError
 from fazt.store.claim import try_claim
+from fazt.store.config import load_config
 from fazt.store.database import read_only_uri
 from fazt.store.schema import MIGRATIONS
 
@@ -65,11 +66,13 @@ def check_backup(path: str) -> dict:
         if not OWNER_SECRETS <= secrets:
             raise FaztError(f"{path} has no owner; it was not made by `fazt server init`.")
         sites = conn.execute("SELECT COUNT(*) FROM sites WHERE name != 'admin'").fetchone()[0]
+        replica_url = load_config(conn).get("replica_url") or None
     except sqlite3.Error as exc:
         raise FaztError(f"{path} cannot be read as a database: {exc}.") from None
     finally:
         conn.close()
-    return {"schema": version, "sites": sites, "bytes": os.path.getsize(path)}
+    return {"schema": version, "sites": sites, "bytes": os.path.getsize(path),
+            "replica_url": replica_url}
 
 
 def database_folder(path: str) -> str:

@@ -116,3 +116,49 @@ def test_the_loop_renders_one_versions_rules_with_that_versions_file(instance, t
     vfs.rules("s")
     vfs.find("s", "index.html")
     assert served() == ("1", "version 1")
+
+
+def test_answers_are_remembered_by_what_accept_encoding_means_not_its_spelling(instance,
+                                                                              tmp_path):
+    """The loop remembered a file's answers under the raw Accept-Encoding: a client that
+    sent another spelling each time ("gzip, x1", "gzip, x2", ...) filled the memo and
+    flushed everyone's answers, over and over. Spellings of one meaning share one entry,
+    and each still gets the answer its header asks for."""
+    import types
+
+    from waitress.adjustments import Adjustments
+    from waitress.parser import HTTPRequestParser
+
+    from fazt.hosts import SITE
+    from fazt.server.fastpath import FastPath
+
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "style.css").write_text("body { color: red }\n" * 300)
+    deploy_dir(instance, "s", root)
+    instance.refresh()
+    instance.vfs.rules("s")
+    info = instance.vfs.find("s", "style.css")  # a thread read it into RAM, every variant
+    for body in (info.identity, *info.variants):
+        instance.vfs.content("s", info, body)
+    assert {v.encoding for v in info.variants} == {"br", "gzip"}
+    fast = FastPath(instance)
+    conn = types.SimpleNamespace(target=types.SimpleNamespace(kind=SITE, site="s"),
+                                 listener=types.SimpleNamespace(scheme="http"),
+                                 ip="127.0.0.1", began=0.0, direct=False)
+
+    def get(accept: str | None) -> bytes:
+        parser = HTTPRequestParser(Adjustments())
+        extra = f"Accept-Encoding: {accept}\r\n" if accept is not None else ""
+        parser.received(f"GET /style.css HTTP/1.1\r\nHost: s.localhost\r\n{extra}\r\n"
+                        .encode())
+        answer = fast(conn, parser)
+        assert answer is not None
+        return answer
+
+    for n in range(2 * instance.vfs.found_limit):
+        assert b"Content-Encoding: gzip" in get(f"gzip, x-junk{n}")
+        assert b"Content-Encoding: br" in get(f"br;q=1.0, X-Other{n}")
+    assert b"Content-Encoding" not in get(None)
+    assert b"Content-Encoding" not in get("gzip;q=0, br;q=0")
+    assert len(fast.memo) == 4

@@ -93,11 +93,18 @@ def choose(header: str | None, offered: Iterable[str]) -> str:
     among codings the client weighs the same, the first offered."""
     if not header or not header.strip():
         return IDENTITY  # no header, or an empty one: the client wants no coding
-    return _choose(header, tuple(offered))
+    return _choose(profile(header), tuple(offered))
+
+
+_KNOWN = (*CODINGS, IDENTITY)
 
 
 @functools.lru_cache(maxsize=256)  # clients send a handful of distinct headers
-def _choose(header: str, offered: tuple[str, ...]) -> str:
+def profile(header: str) -> tuple[float, ...]:
+    """The weight a non-empty `header` gives each coding fazt knows (CODINGS, then
+    identity): all that `choose` reads of it. Headers of one profile get the same
+    answers, so a cache keyed by the profile is not flushed by a client that sends
+    another spelling each time ("gzip", "gzip ", "GZIP;q=1", ...)."""
     weights = accepted(header)
     star = weights.get("*")
 
@@ -109,10 +116,16 @@ def _choose(header: str, offered: tuple[str, ...]) -> str:
         # identity stays acceptable unless refused, but any coding the client names wins
         return UNNAMED_IDENTITY if coding == IDENTITY else 0.0
 
+    return tuple(weight(coding) for coding in _KNOWN)
+
+
+@functools.lru_cache(maxsize=256)
+def _choose(weights: tuple[float, ...], offered: tuple[str, ...]) -> str:
     best, best_q = IDENTITY, 0.0
     for coding in (*offered, IDENTITY):
-        if weight(coding) > best_q:
-            best, best_q = coding, weight(coding)
+        q = weights[_KNOWN.index(coding)]
+        if q > best_q:
+            best, best_q = coding, q
     return best
 
 

@@ -26,7 +26,7 @@ from fazt.deploy import hidden_part
 from fazt.hosts import SITE
 from fazt.https import hsts_lines
 from fazt.instance import NORMAL, Instance
-from fazt.negotiation import etag, etag_matches, pick, static_headers
+from fazt.negotiation import etag, etag_matches, pick, profile, static_headers
 from fazt.requestlog import RequestLog, line
 from fazt.server.responses import http_date
 from fazt.siterules import RULE_FILES
@@ -70,7 +70,7 @@ class FastPath:
         self.instance = instance
         self.vfs = instance.vfs
         self.log = log
-        self.memo: dict[tuple, tuple] = {}  # (site, path, Accept-Encoding) -> answers
+        self.memo: dict[tuple, tuple] = {}  # (site, path, Accept-Encoding's profile) -> answers
         self.generation = -1
         self.answered = 0
         self._date = (0, b"")
@@ -102,7 +102,9 @@ class FastPath:
             self.memo.clear()
             self.generation = self.vfs.generation
         encoding = headers.get("ACCEPT_ENCODING")
-        key = (site, path, encoding)
+        # by what the header means, not how it is spelt: a client that sends another
+        # spelling each time would otherwise flush every file's answers again and again
+        key = (site, path, profile(encoding) if encoding and encoding.strip() else None)
         prepared = self.memo.get(key)
         if prepared is None:
             prepared = self._prepare(site, path, encoding)

@@ -337,3 +337,36 @@ def test_a_backup_over_the_database_itself_is_refused(db_path, site_dir, tmp_pat
         assert failed.stderr.count("\n") == 1
     assert len(_sites(db_path)) == 4  # the site's files, all there
     assert not any(p.name.endswith(".partial") for p in tmp_path.rglob("*"))
+
+
+def test_a_restore_killed_before_its_last_rename_leaves_the_old_database_in_place(
+        db_path, tmp_path, monkeypatch):
+    """The current database used to be renamed aside before the new one was renamed in:
+    a restore killed between the two left no database at its path. Now the old one stays
+    at the path (it is linked aside) until the one rename that puts the new one there."""
+    from fazt import restore
+
+    backup = tmp_path / "backup.db"
+    fazt("backup", str(backup), "--db", str(db_path))
+    digest = hashlib.sha256(db_path.read_bytes()).hexdigest()
+    replace = os.replace
+
+    def killed_at_the_swap(src, dst):
+        if str(dst) == str(db_path) and str(src).endswith(".restoring"):
+            raise KeyboardInterrupt  # as a kill there: nothing after it runs
+        return replace(src, dst)
+
+    monkeypatch.setattr(restore.os, "replace", killed_at_the_swap)
+    with pytest.raises(KeyboardInterrupt):
+        restore.restore_file(str(backup), str(db_path))
+    monkeypatch.setattr(restore.os, "replace", replace)
+    assert hashlib.sha256(db_path.read_bytes()).hexdigest() == digest
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("SELECT value FROM secrets WHERE key='username'").fetchone()[0] == "owner"
+    conn.close()
+    # and a restore run again completes (the killed one's copy is cleared first)
+    restore.restore_file(str(backup), str(db_path))
+    assert not list(tmp_path.glob("data.db.restoring*"))
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()

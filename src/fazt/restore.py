@@ -175,8 +175,13 @@ def _integrity(path: str) -> None:
 
 
 def _set_aside(target: str) -> tuple[str, bool]:
-    """Fold the current database's WAL into it and rename it aside, whole: (where it is
-    now, whether it was too damaged to checkpoint, and so moved as it was)."""
+    """Fold the current database's WAL into it and give it a second name aside, whole:
+    (that name, whether it was too damaged to checkpoint, and so kept as it was).
+
+    A second name (a hard link), not a rename: `target` keeps the current database until
+    the new one replaces it in one rename, so a restore killed in between leaves a
+    database at `target`, never none. (The side files go aside: the new database is one
+    file, and the old one's WAL is folded in or kept with it.)"""
     damaged = False
     try:
         conn = sqlite3.connect(target, isolation_level=None, timeout=5)
@@ -190,7 +195,18 @@ def _set_aside(target: str) -> tuple[str, bool]:
     except sqlite3.DatabaseError:  # malformed, or not a database at all
         damaged = True
     aside = f"{target}.{'damaged' if damaged else 'replaced'}-{int(time.time())}"
-    _move(target, aside)
+    n = 1
+    while os.path.lexists(aside):  # a restore earlier in the same second kept one
+        n += 1
+        aside = f"{target}.{'damaged' if damaged else 'replaced'}-{int(time.time())}-{n}"
+    try:
+        os.link(target, aside)
+    except OSError:  # a filesystem without hard links: renamed, as the last resort
+        _move(target, aside)
+        return aside, damaged
+    for suffix in _SIDE_FILES:
+        if os.path.exists(target + suffix):
+            os.replace(target + suffix, aside + suffix)
     return aside, damaged
 
 

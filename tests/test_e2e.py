@@ -244,3 +244,32 @@ def test_deploy_over_http_with_a_cli_token(module_server, module_db, site_dir):
     bad = fazt("deploy", str(site_dir), "--site", "remote", "--server", url, "--token",
                "fazt_wrong", check=False)
     assert bad.returncode == 1 and "401" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_symlinked_folder_inside_the_site_is_deployed_and_a_loop_refused(db_path, tmp_path):
+    """`latest -> releases/v2` was silently left out (the walk did not follow it); it is
+    deployed as a folder of its own. A link back into a folder that holds it would never
+    end: refused in one sentence, the live version kept."""
+    root = tmp_path / "site"
+    (root / "releases" / "v2").mkdir(parents=True)
+    (root / "index.html").write_text("home")
+    (root / "releases" / "v2" / "notes.txt").write_text("v2 notes")
+    os.symlink("releases/v2", root / "latest")
+    fazt("deploy", str(root), "--site", "blog", "--db", str(db_path))
+    with Server.running(db_path) as srv:
+        assert srv.get("/latest/notes.txt", host="blog.localhost").text == "v2 notes"
+        assert srv.get("/releases/v2/notes.txt", host="blog.localhost").text == "v2 notes"
+    for loop in ("releases/v2/up", "releases/again"):
+        os.symlink(os.path.relpath(root / "releases", (root / loop).parent), root / loop)
+        (root / "index.html").write_text("new home")
+        message = _fails("deploy", str(root), "--site", "blog", "--db", str(db_path))
+        assert "holds it" in message and "Traceback" not in message, message
+        os.unlink(root / loop)
+    (root / "a").mkdir()
+    (root / "c").mkdir()
+    (root / "c" / "f.txt").write_text("f")
+    os.symlink("../c", root / "a" / "b")
+    os.symlink("../a", root / "c" / "d")
+    assert "holds it" in _fails("deploy", str(root), "--site", "blog", "--db", str(db_path))
+    with Server.running(db_path) as srv:
+        assert srv.get("/", host="blog.localhost").text == "home"

@@ -123,22 +123,30 @@ def _as_bytes(raw: str) -> str:
 
 def files_from_directory(root: str) -> Source:
     """Every visible file under `root` (hidden ones listed as skipped); symlinks may
-    point only inside it."""
+    point only inside it, and a symlinked folder is deployed as a folder of its own
+    (as `cp -rL` copies it), unless it leads back into a folder that holds it."""
     if not os.path.isdir(root):
         raise FaztError(f"{root} is not a directory.")
     real_root = os.path.realpath(root)
     found: list[NewFile] = []
     skipped: list[str] = []
-    for folder, dirs, names in os.walk(root, followlinks=False):
+    # each folder walked -> the real folders it is reached through: a link to one of them
+    # is a loop (`latest -> .`, or `a/b -> ../c` beside `c/d -> ../a`)
+    chains: dict[str, frozenset[str]] = {root: frozenset({real_root})}
+    for folder, dirs, names in os.walk(root, followlinks=True):
         rel_folder = os.path.relpath(folder, root).replace(os.sep, "/")
         prefix = "" if rel_folder == "." else rel_folder + "/"
         hidden = sorted(d for d in dirs if hidden_part(prefix + d + "/") is not None)
         skipped += [prefix + d + "/" for d in hidden]
         dirs[:] = sorted(d for d in dirs if d not in hidden)  # never walked, never read
-        for d in list(dirs):  # a symlinked directory: check it, then walk it as files
+        chain = chains.pop(folder)
+        for d in dirs:
             full = os.path.join(folder, d)
-            if os.path.islink(full):
-                _inside(real_root, full)
+            real = _inside(real_root, full) if os.path.islink(full) else os.path.realpath(full)
+            if real in chain:
+                raise FaztError(f"{full} is a symlink to a folder that holds it: deploying "
+                                "it would never end. Remove the link or point it elsewhere.")
+            chains[full] = chain | {real}
         for name in sorted(names):
             if hidden_part(prefix + name) is not None:
                 skipped.append(prefix + name)

@@ -1,5 +1,6 @@
 """The real `fazt` command in subprocesses and a real server on a real socket."""
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -273,3 +274,40 @@ def test_a_symlinked_folder_inside_the_site_is_deployed_and_a_loop_refused(db_pa
     assert "holds it" in _fails("deploy", str(root), "--site", "blog", "--db", str(db_path))
     with Server.running(db_path) as srv:
         assert srv.get("/", host="blog.localhost").text == "home"
+
+
+def test_a_remote_deploy_packs_and_sends_with_flat_memory(module_server, module_db, tmp_path):
+    """`fazt deploy --server` built the whole zip in RAM, after holding each file whole:
+    a 1 GB site needed 2 GB on the machine deploying it. It packs into a file on disk a
+    piece at a time and sends that; a site over the server's max_upload_mb is the
+    server's 413 in one sentence."""
+    server, db_path = module_server, module_db
+    token = fazt("token", "create", "--name", "big", "--db", str(db_path)).stdout.strip()
+    root = tmp_path / "big"
+    root.mkdir()
+    with open(root / "noise.bin", "wb") as f:  # does not deflate: stored at its size
+        for _ in range(48):
+            f.write(os.urandom(1024 * 1024))
+    (root / "index.html").write_text("big site")
+    url = f"http://admin.localhost:{server.port}"
+    proc = subprocess.Popen([sys.executable, "-m", "fazt", "deploy", str(root), "--site",
+                             "big", "--server", url, "--token", token], env=fazt_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    while proc.poll() is None:
+        with contextlib.suppress(psutil.Error):
+            peak = max(peak, psutil.Process(proc.pid).memory_info().rss)
+        time.sleep(0.02)
+    out, err = proc.communicate()
+    assert proc.returncode == 0, err
+    assert peak < 40 * 1024 * 1024, f"client RSS {peak / 1e6:.0f} MB for a 48 MB site"
+    assert server.get("/noise.bin", host="big.localhost").content == \
+        (root / "noise.bin").read_bytes()
+    fazt("config", "set", "max_upload_mb", "16", "--db", str(db_path))
+    try:
+        refused = fazt("deploy", str(root), "--site", "big", "--server", url, "--token",
+                       token, check=False)
+        assert refused.returncode == 1 and "413" in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr
+    finally:
+        fazt("config", "reset", "max_upload_mb", "--db", str(db_path))

@@ -1,11 +1,12 @@
 """`fazt deploy --server URL`: the HTTP client side of `POST /api/deploy`."""
 
 import json
+import os
 import urllib.error
 import urllib.parse
 import urllib.request
 
-from fazt.deploy import check_site_name, files_from_directory
+from fazt.deploy import Source, check_site_name, files_from_directory
 from fazt.errors import FaztError
 from fazt.zipbuild import build_zip
 
@@ -20,8 +21,13 @@ def deploy_remote(server: str, site: str, token: str | None, directory: str) -> 
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/zip"}
     if host:
         headers["Host"] = host
-    request = urllib.request.Request(url, data=build_zip(source.files), method="POST",
-                                     headers=headers)
+    with build_zip(source.files) as upload:  # on disk: sent in pieces
+        headers["Content-Length"] = str(os.fstat(upload.fileno()).st_size)
+        request = urllib.request.Request(url, data=upload, method="POST", headers=headers)
+        return _send(request, server, source)
+
+
+def _send(request: urllib.request.Request, server: str, source: Source) -> dict:
     try:
         with urllib.request.urlopen(request, timeout=300) as response:
             result = json.loads(response.read() or b"{}")

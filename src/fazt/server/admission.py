@@ -416,7 +416,7 @@ class Admission:
             return Refusal(404, "unknown_host", "This host is not served here.", close=True)
         if content_length > rule.limit:
             return Refusal(413, "too_large",
-                           f"The request body is over this address's limit of "
+                           f"The request body is larger than this URL takes: at most "
                            f"{_size(rule.limit)}.")
         if rule.needs_length and not content_length and not chunked:
             return Refusal(411, "length_required", "Send the body with a Content-Length.")

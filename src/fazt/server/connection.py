@@ -339,8 +339,8 @@ class Connection:
                 if parser.completed:
                     self.body_done()
                 elif self.body_bytes > self.body_limit:
-                    self.refuse(Refusal(413, "too_large", "The request body is over this "
-                                        "address's limit."))
+                    self.refuse(Refusal(413, "too_large", "The request body is larger than "
+                                        "this URL takes."))
             if not consumed:
                 break
 

@@ -86,3 +86,35 @@ def test_the_readme_documents_every_setting():
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     missing = [key for key in settings.keys() if f"| `{key}` |" not in readme]
     assert not missing, f"README's settings table lacks {missing}"
+
+
+@pytest.mark.parametrize("text,value", [
+    ("Example.ORG.", "example.org"),  # as Host headers and SNI carry it
+    ("Bücher.test", "xn--bcher-kva.test"),  # an IDN as browsers send it
+    ("localhost", "localhost"),
+    ("127.0.0.1", "127.0.0.1"),
+])
+def test_the_domain_is_kept_as_clients_send_it(text, value):
+    """With https on, fazt orders certificates for D and admin.D: 'Example.ORG.' was kept
+    as typed and ordered as such (never matched by the plain port's redirect), and
+    'a..b' or '*.test' were taken and failed at the CA."""
+    assert settings.parse("domain", text) == value
+
+
+@pytest.mark.parametrize("text", ["a..b", "*.test", "☃.net", "-x.test", "x y", "a:80", "a/b",
+                                  ""])
+def test_a_domain_no_client_could_ask_for_is_refused(text):
+    with pytest.raises(FaztError, match="not a valid domain"):
+        settings.parse("domain", text)
+
+
+def test_server_init_and_config_set_keep_the_domain_as_clients_send_it(tmp_path):
+    db = tmp_path / "d.db"
+    fazt("server", "init", "--domain", "Bücher.Example.", "--username", "o", "--password",
+         "correct horse battery", "--db", str(db))
+    assert json.loads(fazt("config", "get", "domain", "--db", str(db)).stdout) == \
+        "xn--bcher-kva.example"
+    fazt("config", "set", "domain", "Fazt.EXAMPLE.", "--db", str(db))
+    assert json.loads(fazt("config", "get", "domain", "--db", str(db)).stdout) == "fazt.example"
+    bad = fazt("config", "set", "domain", "fazt..example", "--db", str(db), check=False)
+    assert bad.returncode == 1 and "not a valid domain" in bad.stderr

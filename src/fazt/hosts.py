@@ -3,6 +3,8 @@
 from collections.abc import Mapping
 from typing import NamedTuple
 
+import idna  # (a dependency of requests, which acme needs: already in every install)
+
 ADMIN = "admin"
 SITE = "site"
 UNKNOWN = "unknown"
@@ -41,3 +43,18 @@ def host_name(host: str | None) -> str:
     if name.startswith("["):
         return name.split("]", 1)[0] + "]"
     return name.rsplit(":", 1)[0].rstrip(".")
+
+
+def ascii_host(text: str) -> str:
+    """A host name the owner typed, as DNS, TLS (SNI) and the Host header carry it:
+    lower-case, without a trailing dot, an internationalised name in its xn-- form
+    (UTS 46, as browsers convert it: 'Bücher.example.' -> 'xn--bcher-kva.example').
+    A name that cannot be converted comes back lower-cased for the caller's check to
+    refuse."""
+    name = (text or "").strip().rstrip(".")
+    if not name.isascii():
+        try:
+            name = idna.encode(name, uts46=True).decode("ascii")
+        except idna.IDNAError:
+            pass
+    return name.lower()

@@ -148,9 +148,7 @@ def init_database(path: str, *, domain: str, username: str, password: str,
                   port: int = DEFAULT_PORT, memory_mb: float | None = None,
                   cpus: float | None = None) -> dict:
     """`fazt server init`: a new database with owner, thresholds and admin assets."""
-    problem = settings.check_domain(domain)
-    if problem:
-        raise FaztError(problem)
+    domain = settings.parse("domain", domain)  # lower-case, no trailing dot, IDN as xn--
     if not username.strip():
         raise FaztError("The username must not be empty.")
     if len(password) < 8:
@@ -163,7 +161,7 @@ def init_database(path: str, *, domain: str, username: str, password: str,
         db = create_database(path)
         try:
             with db.write() as conn:
-                save_config(conn, {**thresholds, "domain": domain.lower(), "port": port,
+                save_config(conn, {**thresholds, "domain": domain, "port": port,
                                    "declared_memory_mb": memory_mb, "declared_cpus": cpus,
                                    "owner_keys": []})
                 save_secret(conn, "username", username)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import ssl
 import urllib.parse
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from typing import Any
 
 from fazt.constants import DEFAULT_PORT
 from fazt.errors import FaztError
+from fazt.hosts import ascii_host
 from fazt.replica.target import check_url as check_replica_url
 
 TYPES = ("bool", "choice", "string", "int", "list")
@@ -30,9 +32,20 @@ CA_SETTINGS = ("acme_directory", "acme_email", "acme_ca_bundle")
 
 
 def check_domain(value: str) -> str | None:
-    if not value or "/" in value or " " in value or ":" in value:
+    """`value` as clean_domain leaves it: ACME orders certificates for D and admin.D, so
+    anything a CA would refuse ('a..b', '*.test', 'Bücher.test' unconverted) is refused."""
+    if not value or not all(_DOMAIN_LABEL.fullmatch(x) for x in value.split(".")):
         return f"{value!r} is not a valid domain."
     return None
+
+
+_DOMAIN_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+
+
+def clean_domain(value: str) -> str:
+    """The domain as Host headers and SNI carry it: 'Example.COM.' is example.com and
+    'bücher.test' is xn--bcher-kva.test (compared, and ordered from the CA, as such)."""
+    return ascii_host(value)
 
 
 def _check_address(value: str) -> str | None:
@@ -82,6 +95,8 @@ class Setting:
     min: int | None = None
     max: int | None = None
     check: Callable[[str], str | None] | None = field(default=None, compare=False)
+    # Brings text to the one form the setting is kept in, before `check` sees it.
+    clean: Callable[[str], str] | None = field(default=None, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {"key": self.key, "type": self.type, "default": self.default,
@@ -92,7 +107,7 @@ class Setting:
 SETTINGS: dict[str, Setting] = {s.key: s for s in (
     Setting("domain", "string", "localhost", "Domain",
             "Sites are served at NAME.domain and the dashboard at admin.domain.",
-            check=check_domain),
+            check=check_domain, clean=clean_domain),
     Setting("port", "int", DEFAULT_PORT, "Port",
             "The plain HTTP port `fazt server start` listens on when --port is not given.",
             min=1, max=65535),
@@ -194,6 +209,8 @@ def _list(key: str, value: Any) -> list[str]:
 
 
 def _checked(s: Setting, value: str) -> str:
+    if s.clean:
+        value = s.clean(value)
     problem = s.check(value) if s.check else None
     if problem:
         raise FaztError(f"{s.key}: {problem}")

@@ -244,6 +244,29 @@ def test_a_removed_site_frees_its_domains(db_path, site_dir):
                            str(db_path)).stdout) == ["www.blog.org"]
 
 
+def test_a_custom_domain_or_an_import_may_name_an_idn_as_the_owner_writes_it(
+        db_path, site_dir, tmp_path, ca, instance, client):
+    """'bücher.example' was refused as 'not a host name': the owner had to find its xn--
+    form, the one browsers send in Host and SNI, which fazt now works out itself."""
+    fazt("deploy", str(site_dir), "--site", "blog", "--db", str(db_path))
+    r = fazt("site", "domain", "add", "blog", "Bücher.Example.", "--db", str(db_path))
+    assert "xn--bcher-kva.example" in r.stdout
+    assert json.loads(fazt("site", "domain", "list", "blog", "--json", "--db",
+                           str(db_path)).stdout) == ["xn--bcher-kva.example"]
+    instance.reload_if_changed()
+    r = client.simulate_get("/", headers={"Host": "xn--bcher-kva.example"})
+    assert r.status_code == 200 and "hello from fazt" in r.text
+    chain, key = write_pair(tmp_path, ca.issue_cert("*.xn--bcher-kva.example"))
+    r = fazt("cert", "import", "*.bücher.example", "--cert", chain, "--key", key, "--db",
+             str(db_path))
+    assert set(certs(db_path)) == {"*.xn--bcher-kva.example"}
+    fazt("site", "domain", "remove", "blog", "bücher.example", "--db", str(db_path))
+    assert json.loads(fazt("site", "domain", "list", "blog", "--json", "--db",
+                           str(db_path)).stdout) == []
+    r = fazt("site", "domain", "add", "blog", "☃.net", "--db", str(db_path), check=False)
+    assert r.returncode == 1 and "not a host name" in r.stderr
+
+
 def import_cert(db: Path, folder: Path, ca: trustme.CA, host: str) -> None:
     folder.mkdir()
     chain, key = write_pair(folder, ca.issue_cert(host))

@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from fazt.deploy import check_site_name
 from fazt.errors import FaztError, NotFound
-from fazt.hosts import ROOT_SITE, UNKNOWN, classify
+from fazt.hosts import ROOT_SITE, UNKNOWN, ascii_host, classify
 from fazt.pem import check_pair
 from fazt.store import Database
 from fazt.store import certs as store
@@ -23,11 +23,14 @@ _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
 
 
 def check_host(host: str, *, wildcard: bool = False) -> str:
-    """A DNS name (lower-case, ASCII; IDNs in their xn-- form), or one sentence."""
-    name = (host or "").strip().lower().rstrip(".")
+    """A DNS name as clients send it (lower-case, ASCII: an IDN such as 'bücher.example'
+    becomes its xn-- form, hosts.ascii_host), or one sentence."""
+    text = (host or "").strip()
+    star = wildcard and text.startswith("*.")
+    name = ascii_host(text[2:] if star else text)
     labels = name.split(".")
-    if wildcard and labels[0] == "*":
-        labels = labels[1:]
+    if star:
+        name = "*." + name
     if len(name) > 253 or len(labels) < 2 or not all(_LABEL.match(x) for x in labels):
         raise FaztError(f"{host!r} is not a host name such as www.example.org.")
     if labels[-1].isdigit():  # 1.2.3.4, 0x7f.1: no top-level domain is all digits

@@ -175,6 +175,65 @@ def test_cert_import_checks_everything_before_writing(db_path, tmp_path, ca):
     assert set(certs(db_path)) == {"*.other.org"}  # nothing else was written
 
 
+def test_cert_import_serves_a_chain_given_in_any_order(db_path, tmp_path):
+    """A bundle listing the intermediate before the certificate (or with openssl's 'Bag
+    Attributes' text, or the certificate pasted into the key file) was refused with 'The
+    key does not match the certificate', though key and certificate matched: TLS sends
+    the first certificate as the host's. It is now stored leaf first, then its issuers."""
+    import sqlite3
+    import ssl
+
+    from cryptography import x509
+
+    from fazt.server.tls import context_from_pem
+
+    root = trustme.CA()
+    intermediate = root.create_child_ca()
+    leaf = intermediate.issue_cert("www.chain.org")
+    blocks = [blob.bytes() for blob in leaf.cert_chain_pems]  # leaf, intermediate
+    (tmp_path / "reversed.pem").write_bytes(b"Bag Attributes\n    localKeyID: 01\n"
+                                            + blocks[1] + blocks[0])
+    (tmp_path / "key.pem").write_bytes(blocks[0] + leaf.private_key_pem.bytes())
+    fazt("cert", "import", "www.chain.org", "--cert", str(tmp_path / "reversed.pem"),
+         "--key", str(tmp_path / "key.pem"), "--db", str(db_path))
+    with sqlite3.connect(db_path) as conn:
+        chain, key = conn.execute("SELECT chain_pem, key_pem FROM certificates").fetchone()
+    served = x509.load_pem_x509_certificates(chain.encode())
+    assert [c.subject for c in served] == [
+        x509.load_pem_x509_certificate(b).subject for b in blocks]
+    assert "CERTIFICATE" not in key
+    # a client that trusts only the root verifies the chain the TLS port sends
+    client_ctx = ssl.create_default_context(cadata=root.cert_pem.bytes().decode())
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    client = client_ctx.wrap_bio(c_in, c_out, server_hostname="www.chain.org")
+    server = context_from_pem(chain.encode(), key.encode()).wrap_bio(s_in, s_out,
+                                                                    server_side=True)
+    for _ in range(4):
+        for side in (client, server):
+            try:
+                side.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+    client.do_handshake()  # raises SSLCertVerificationError on a chain the root cannot reach
+    # a key that matches no certificate in the file is still refused
+    other = trustme.CA().issue_cert("www.chain.org").private_key_pem.bytes()
+    (tmp_path / "other.pem").write_bytes(other)
+    r = fazt("cert", "import", "www.chain.org", "--cert", str(tmp_path / "reversed.pem"),
+             "--key", str(tmp_path / "other.pem"), "--db", str(db_path), check=False)
+    assert r.returncode == 1 and "does not match" in r.stderr
+    # a key with a passphrase is named as such (it was 'holds no unencrypted PEM key')
+    from cryptography.hazmat.primitives import serialization
+    locked = serialization.load_pem_private_key(leaf.private_key_pem.bytes(), None)
+    (tmp_path / "locked.pem").write_bytes(locked.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret")))
+    r = fazt("cert", "import", "www.chain.org", "--cert", str(tmp_path / "reversed.pem"),
+             "--key", str(tmp_path / "locked.pem"), "--db", str(db_path), check=False)
+    assert r.returncode == 1 and "The key is encrypted" in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("kind, says", [("rsa1024", "RSA of 1024 bits"),
                                          ("ed25519", "Ed25519PrivateKey"),
                                          ("dsa", "DSAPrivateKey")])

@@ -14,7 +14,7 @@ from typing import TypeVar
 from fazt.deploy import check_site_name
 from fazt.errors import FaztError, NotFound
 from fazt.hosts import ROOT_SITE, UNKNOWN, ascii_host, classify
-from fazt.pem import check_pair
+from fazt.pem import check_pair, served_pair
 from fazt.store import Database
 from fazt.store import certs as store
 from fazt.store import sites as sites_store
@@ -97,9 +97,11 @@ def import_certificate(db: Database, host: str, chain_pem: bytes, key_pem: bytes
     """Install a certificate made elsewhere (a wildcard by DNS-01, a company CA).
 
     Refused, with nothing written, when the key does not match, the certificate
-    does not name the host, or it is expired or not valid yet.
+    does not name the host, or it is expired or not valid yet. The chain is stored in
+    the order TLS sends it (pem.served_pair), whatever order the file had.
     """
     host = check_host(host, wildcard=True)
+    chain_pem, key_pem = served_pair(chain_pem, key_pem)
     info = check_pair(host, chain_pem, key_pem, time.time())
     with db.write() as conn:
         store.save_certificate(conn, host, chain_pem, key_pem, issuer=info.issuer,

@@ -89,8 +89,44 @@ def _info(cert: x509.Certificate) -> CertInfo:
 def read_key(key_pem: bytes):
     try:
         return serialization.load_pem_private_key(key_pem, password=None)
-    except (ValueError, TypeError):
+    except TypeError:  # cryptography: "Password was not given but private key is encrypted"
+        raise FaztError("The key is encrypted: fazt needs it without a passphrase (openssl "
+                        "pkey -in KEY -out PLAIN writes it so).") from None
+    except ValueError:
         raise FaztError("The key file holds no unencrypted PEM private key.") from None
+
+
+def served_pair(chain_pem: bytes, key_pem: bytes) -> tuple[bytes, bytes]:
+    """A chain and key made elsewhere, as the TLS port serves them: the certificate of
+    the key first, then its issuers, each found by name (a file that lists them the
+    other way round, as some CAs' bundles do, or the intermediate first), then anything
+    else the file held; the key alone in PKCS#8. Text around the PEM blocks (openssl's
+    'Bag Attributes', a certificate pasted into the key file) is left out. Raises
+    FaztError when the file holds no certificate or none is the key's."""
+    try:
+        certs = x509.load_pem_x509_certificates(chain_pem)
+    except ValueError:
+        raise FaztError("The certificate file holds no PEM certificate.") from None
+    key = read_key(key_pem)
+    mine = _public(key.public_key())
+    leaf = next((c for c in certs if _public(c.public_key()) == mine), None)
+    if leaf is None:
+        raise FaztError("The key does not match the certificate.")
+    ordered = [leaf]
+    rest = [c for c in certs if c is not leaf]
+    while issuer := next((c for c in rest if c.subject == ordered[-1].issuer
+                          and ordered[-1].issuer != ordered[-1].subject), None):
+        ordered.append(issuer)
+        rest.remove(issuer)
+    chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in ordered + rest)
+    return chain, key.private_bytes(serialization.Encoding.PEM,
+                                    serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+
+
+def _public(key) -> bytes:
+    return key.public_bytes(serialization.Encoding.DER,
+                            serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def check_pair(host: str, chain_pem: bytes, key_pem: bytes, now: float) -> CertInfo:
@@ -98,9 +134,7 @@ def check_pair(host: str, chain_pem: bytes, key_pem: bytes, now: float) -> CertI
     info = read_chain(chain_pem)
     leaf = x509.load_pem_x509_certificates(chain_pem)[0]
     key = read_key(key_pem)
-    public = serialization.PublicFormat.SubjectPublicKeyInfo
-    if key.public_key().public_bytes(serialization.Encoding.DER, public) != \
-            leaf.public_key().public_bytes(serialization.Encoding.DER, public):
+    if _public(key.public_key()) != _public(leaf.public_key()):
         raise FaztError("The key does not match the certificate.")
     if isinstance(key, rsa.RSAPrivateKey) and key.key_size < RSA_MIN_BITS:
         raise FaztError(f"The key is RSA of {key.key_size} bits; TLS needs at least "

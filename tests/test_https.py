@@ -151,6 +151,8 @@ def test_cert_import_checks_everything_before_writing(db_path, tmp_path, ca):
     other.mkdir()
     mismatched = (good[0], write_pair(other, ca.issue_cert("*.other.org"))[1])
     past = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
+    huge = tmp_path / "huge.pem"  # a certificate followed by 2 MB of anything
+    huge.write_bytes(Path(good[0]).read_bytes() + b"x" * (2 << 20))
     expired_dir = tmp_path / "expired"
     expired_dir.mkdir()
     expired = write_pair(expired_dir, ca.issue_cert(
@@ -167,7 +169,8 @@ def test_cert_import_checks_everything_before_writing(db_path, tmp_path, ca):
             ("www.other.com", good, "not www.other.com"),
             ("bad host", good, "not a host name"),
             ("x.org", (str(tmp_path / "missing.pem"), good[1]), "Cannot read --cert"),
-            ("x.org", (good[1], good[1]), "no PEM certificate")):
+            ("x.org", (good[1], good[1]), "no PEM certificate"),
+            ("*.other.org", (str(huge), good[1]), "is larger than 1 MB")):
         r = fazt("cert", "import", host, "--cert", cert, "--key", key, "--db", str(db_path),
                  check=False)
         assert r.returncode == 1 and message in r.stderr, (host, r.stderr)

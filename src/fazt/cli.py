@@ -289,11 +289,19 @@ def _certificate_line(c: dict) -> str:
 
 
 def _read_file(path: str, option: str) -> bytes:
+    """A PEM file, read no further than MAX_PEM_BYTES: `--cert /dev/zero` (or a wrong,
+    huge file) would otherwise be read until memory ran out."""
+    from fazt.pem import MAX_PEM_BYTES
+
     try:
         with open(path, "rb") as f:
-            return f.read()
+            data = f.read(MAX_PEM_BYTES + 1)
     except OSError as exc:
         raise FaztError(f"Cannot read {option} {path}: {exc.strerror}.") from None
+    if len(data) > MAX_PEM_BYTES:
+        raise FaztError(f"{option} {path} is larger than {MAX_PEM_BYTES >> 20} MB; a "
+                        "certificate chain or a key is a few KB.")
+    return data
 
 
 def _day(t: float, minutes: bool = False) -> str:

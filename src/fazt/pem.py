@@ -17,6 +17,7 @@ from fazt.errors import FaztError
 
 RENEW_WHEN_LEFT = 1 / 3  # renew when a third of the lifetime is left (as certbot does)
 RSA_MIN_BITS = 2048  # OpenSSL's default security level will not serve a smaller key
+MAX_PEM_BYTES = 1024 * 1024  # a chain of RSA-4096 certificates is ~2 KB each
 
 
 @dataclass(frozen=True)

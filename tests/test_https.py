@@ -656,3 +656,31 @@ def test_a_restart_retries_a_failing_host_once_but_not_in_a_tight_loop(db_path):
         assert len(tried) == 2  # once a start, then the backoff again
     finally:
         db.close()
+
+
+def test_a_stored_certificate_that_cannot_be_read_keeps_neither_others_nor_changes_out(
+        db_path, tmp_path, ca):
+    """One row whose chain no longer parses (a hand edit, a damaged restore) raised out of
+    AutoCert.load: the server could not start with https on, and a running one never
+    loaded a certificate imported or renewed afterwards. It is now logged and skipped."""
+    import sqlite3
+
+    from fazt.autocert import AutoCert
+    from fazt.server.tls import Certificates
+    from fazt.store import open_database
+
+    for host in ("good.org", "bad.org"):
+        import_cert(db_path, tmp_path / host, ca, host)
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("UPDATE certificates SET chain_pem = 'garbage' WHERE host = 'bad.org'")
+    db = open_database(str(db_path))
+    try:
+        sink = Certificates()
+        running = AutoCert(db, sink, lambda: {"https": "off"})
+        running.load()  # as at boot
+        assert sink.hosts() == ["good.org"]
+        import_cert(db_path, tmp_path / "later", ca, "later.org")
+        running.run_once(time.time())  # as the running server's watch
+        assert sink.hosts() == ["good.org", "later.org"]
+    finally:
+        db.close()

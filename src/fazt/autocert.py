@@ -97,13 +97,14 @@ class AutoCert:
         seen = set()
         for cert in stored:
             seen.add(cert.host)
-            info = read_chain(cert.chain_pem)
-            old = self.served.get(cert.host)
-            if old and old[0].serial == info.serial:
-                continue
             try:
+                info = read_chain(cert.chain_pem)
+                old = self.served.get(cert.host)
+                if old and old[0].serial == info.serial:
+                    continue
                 self.sink.install(cert.host, cert.chain_pem, cert.key_pem)
             except Exception as exc:  # a bad row must not keep the others from serving
+                # (nor the server from starting, nor later changes from being loaded)
                 log.warning("cannot serve the certificate of %s: %s", cert.host, exc)
                 continue
             self.served[cert.host] = (info, sources.get(cert.host) or "acme")

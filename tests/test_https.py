@@ -684,3 +684,24 @@ def test_a_stored_certificate_that_cannot_be_read_keeps_neither_others_nor_chang
         assert sink.hosts() == ["good.org", "later.org"]
     finally:
         db.close()
+
+
+def test_an_expired_certificate_is_named_as_such_by_status_and_cert_list(db_path, tmp_path,
+                                                                        ca):
+    """An import left to lapse has no order error, so `fazt server status` (and the
+    dashboard) counted it among the valid certificates and `cert list` said 'until' a
+    past day, while browsers refused it and the plain port served its host plainly."""
+    import datetime
+
+    from test_https_serving import store_certificate
+
+    import_cert(db_path, tmp_path / "good", ca, "good.org")
+    past = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
+    store_certificate(db_path, "old.org", ca.issue_cert(
+        "old.org", not_before=past, not_after=past + datetime.timedelta(days=30)), "import")
+    status = fazt("server", "status", "--db", str(db_path)).stdout
+    assert "1 valid certificate, 0 failing, 1 expired" in status, status
+    assert "old.org: expired on 2020-01-31" in status
+    listing = fazt("cert", "list", "--db", str(db_path)).stdout
+    assert [line.split()[0] for line in listing.splitlines() if "EXPIRED 2020-01-31" in line] \
+        == ["old.org"], listing

@@ -1,11 +1,13 @@
 """Headless Chromium on the dashboard's HTTPS page: import a certificate, add a domain."""
 
+import datetime
 from pathlib import Path
 
 import pytest
 import trustme
 from conftest import Server, fazt
 from test_cockpit_browser import sign_in
+from test_https_serving import store_certificate
 
 pytestmark = pytest.mark.browser
 
@@ -17,6 +19,9 @@ def test_the_https_page_imports_a_certificate_and_manages_domains(new_page, db_p
     chain, key = tmp_path / "chain.pem", tmp_path / "key.pem"
     chain.write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems))
     key.write_bytes(leaf.private_key_pem.bytes())
+    past = datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)
+    store_certificate(db_path, "old.org", trustme.CA().issue_cert(
+        "old.org", not_before=past, not_after=past + datetime.timedelta(days=30)), "import")
     problems = []
     with Server.running(db_path) as server:
         page = new_page()
@@ -27,7 +32,9 @@ def test_the_https_page_imports_a_certificate_and_manages_domains(new_page, db_p
             "document.querySelector('#status-https').textContent.trim() !== '–'")
         assert page.text_content("#status-https").strip() == "off"
         page.click("[data-nav=https]")
-        page.wait_for_selector("#certs-empty:not([hidden])")
+        # an import left to lapse says so (it read like any other expiry date)
+        old = page.wait_for_selector("#certs-body tr[data-host='old.org']")
+        assert "expired" in old.text_content()
         page.fill("#domain-site", "blog")
         page.fill("#domain-host", "www.blog.org")
         page.click("#domain-add")

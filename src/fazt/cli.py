@@ -149,11 +149,14 @@ def cmd_status(args) -> int:
     _print_replica(replica)
     if config.get("https") == "on" or certificates:
         failed = [c for c in certificates if c["last_error"]]
-        valid = len(certificates) - len(failed)
-        print(f"HTTPS: {config.get('https')}, {valid} certificate{'' if valid == 1 else 's'}, "
-              f"{len(failed)} failing (see `fazt cert list`)")
+        expired = [c for c in certificates if not c["last_error"] and _expired(c)]
+        valid = len(certificates) - len(failed) - len(expired)
+        print(f"HTTPS: {config.get('https')}, {valid} valid certificate{'' if valid == 1 else 's'}"
+              f", {len(failed)} failing, {len(expired)} expired (see `fazt cert list`)")
         for c in failed:
             print(f"  {c['host']}: {c['last_error']}")
+        for c in expired:  # an import left to lapse: browsers refuse it, nothing says why
+            print(f"  {c['host']}: expired on {_day(c['not_after'])}")
     marked = {o["key"] for o in overrides}
     _print_thresholds(thresholds, marked)
     if marked:
@@ -280,8 +283,13 @@ def cmd_cert_list(args) -> int:
                     _certificate_line)
 
 
+def _expired(c: dict) -> bool:
+    return bool(c["not_after"]) and c["not_after"] <= time.time()
+
+
 def _certificate_line(c: dict) -> str:
-    expiry = f"until {_day(c['not_after'])}" if c["not_after"] else "none yet"
+    expiry = ("none yet" if not c["not_after"] else
+              f"{'EXPIRED' if _expired(c) else 'until'} {_day(c['not_after'])}")
     line = f"{c['host']:<32} {c['issuer'] or '-':<28} {expiry:<16} {c['source'] or ''}"
     if c["last_error"]:
         line += f"\n  last error: {c['last_error']} (next try {_day(c['next_attempt'], True)})"

@@ -211,10 +211,15 @@ function renderStatus(s) {
 
   const https = s.https || { enabled: false, certificates: [] };
   const failing = https.certificates.filter((c) => c.last_error);
+  // An import left to lapse has no error, yet browsers refuse it: counted apart, named.
+  const expired = https.certificates.filter((c) => !c.last_error && isExpired(c));
+  const valid = https.certificates.length - failing.length - expired.length;
   $("status-https").textContent = https.enabled
-    ? `${https.certificates.length - failing.length} valid · ${failing.length} failing` : "off";
-  $("status-https-errors").replaceChildren(...failing.map((c) => make("li", {},
-    make("code", {}, c.host), ` ${c.last_error}`)));
+    ? `${valid} valid · ${failing.length} failing${expired.length ? ` · ${expired.length} expired` : ""}`
+    : "off";
+  $("status-https-errors").replaceChildren(
+    ...failing.map((c) => make("li", {}, make("code", {}, c.host), ` ${c.last_error}`)),
+    ...expired.map((c) => make("li", {}, make("code", {}, c.host), ` expired on ${when(c.not_after)}`)));
 
   const overrides = s.overrides || [];
   $("card-overrides").hidden = overrides.length === 0;
@@ -380,6 +385,10 @@ async function setEnv(event) {
 
 // -- https ---------------------------------------------------------------------
 
+function isExpired(c) {
+  return Boolean(c.not_after) && c.not_after * 1000 <= Date.now();
+}
+
 async function loadHttps() {
   const [certs, domains] = await Promise.all([
     guarded(() => api("GET", "/api/certificates")),
@@ -393,7 +402,9 @@ async function loadHttps() {
   $("certs-table").hidden = certs.certificates.length === 0;
   $("certs-body").replaceChildren(...certs.certificates.map((c) => make("tr", { dataset: { host: c.host } },
     make("td", {}, c.host), make("td", {}, c.issuer || "–"),
-    make("td", {}, c.not_after ? when(c.not_after) : "none yet"), make("td", {}, c.source || "–"),
+    make("td", { className: isExpired(c) ? "error" : "" },
+      c.not_after ? `${isExpired(c) ? "expired " : ""}${when(c.not_after)}` : "none yet"),
+    make("td", {}, c.source || "–"),
     make("td", { className: c.last_error ? "error" : "muted" },
       c.last_error ? `${c.last_error} (next try ${when(c.next_attempt)})` : "–"))));
   $("domains-table").hidden = domains.domains.length === 0;

@@ -705,3 +705,42 @@ def test_an_expired_certificate_is_named_as_such_by_status_and_cert_list(db_path
     listing = fazt("cert", "list", "--db", str(db_path)).stdout
     assert [line.split()[0] for line in listing.splitlines() if "EXPIRED 2020-01-31" in line] \
         == ["old.org"], listing
+
+
+def test_a_failing_renewal_is_retried_before_its_certificate_runs_out(db_path):
+    """The backoff doubled up to a day whatever the certificate still served had left: with
+    Let's Encrypt's few-day certificates, a CA outage of a day and a half ended in hours
+    of an expired one. A renewal is now tried again once a quarter of what was left has
+    passed, and `cert list` says when."""
+    from fazt.pem import CertInfo
+    from fazt.store import certs as store
+    from fazt.store import open_database
+
+    configure(db_path, https="on")
+    db = open_database(str(db_path))
+    try:
+        tried: list = []
+        running = _failing(db, tried)
+        running.load()  # (the database has none: these are put in RAM, as if served)
+        now = time.time()
+        # D's certificate is due for renewal (1000 s left), admin.D's is not
+        running.served[DOMAIN] = (CertInfo((DOMAIN,), "CA", now - 5000, now + 1000, "1"), "acme")
+        running.served[f"admin.{DOMAIN}"] = (CertInfo((f"admin.{DOMAIN}",), "CA", now,
+                                                      now + 10**6, "2"), "acme")
+        with db.write() as conn:  # six failures in a row: the seventh backs off 64 min
+            for _ in range(6):
+                store.record_failure(conn, DOMAIN, "Connection refused", now - 1)
+            conn.execute("UPDATE cert_orders SET last_attempt = ?", (now - 100,))
+        running.run_once(now)
+        assert [h for h, _ in tried] == [DOMAIN]
+        with db.read() as conn:
+            count, next_attempt, _ = store.order_failures(conn)[DOMAIN]
+        assert count == 7 and next_attempt < time.time() + 250 + 5  # not 64 min
+        listed = certs(db_path)[DOMAIN]
+        assert listed["next_attempt"] == next_attempt
+        running.run_once(next_attempt - 1)
+        assert len(tried) == 1
+        running.run_once(next_attempt)
+        assert [h for h, _ in tried] == [DOMAIN, DOMAIN]
+    finally:
+        db.close()

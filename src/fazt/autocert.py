@@ -255,10 +255,23 @@ class AutoCert:
                 if host not in self._wanted(conn, config):
                     return  # removed meanwhile: no failure to list for it
                 failures = store.order_failures(conn).get(host, (0, 0))[0] + 1
-                store.record_failure(conn, host, message, time.time() + backoff(failures))
+                now = time.time()
+                store.record_failure(conn, host, message, now + self._wait(host, failures, now))
             log.warning("certificate for %s failed (%d in a row): %s", host, failures, message)
         finally:
             self.ordering = None
+
+    def _wait(self, host: str, failures: int, now: float) -> float:
+        """Seconds until a failed order is tried again: the backoff, except that a renewal
+        does not let it outgrow the certificate still served: it is tried again once a
+        quarter of the time that certificate has left has passed (never sooner than
+        BACKOFF_FIRST). With a few days' certificates a day's backoff let a CA outage of
+        a day and a half end in hours of an expired certificate."""
+        wait = backoff(failures)
+        served = self.served.get(host)
+        if served and served[1] == "acme" and served[0].not_after > now:
+            wait = min(wait, max((served[0].not_after - now) / 4, BACKOFF_FIRST))
+        return wait
 
     def _issue(self, host: str, key_pem: bytes, config: dict) -> bytes:
         csr = csr_for(key_pem, host)

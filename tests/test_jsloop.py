@@ -55,6 +55,18 @@ function handler(request) {
   return { body: "ok" };
 }
 """
+LATER = """
+function handler(request) {
+  if (request.query.hit) {
+    Promise.resolve().then(function () {
+      fazt.kv.set("hits", (fazt.kv.get("hits") || 0) + 1);
+      console.log("hit " + request.query.hit);
+    });
+    return { body: "queued" };
+  }
+  return { body: { hits: fazt.kv.get("hits") || 0 } };
+}
+"""
 SECRET = """
 function handler(request) {
   console.log("the key is " + fazt.env.API_KEY);
@@ -126,6 +138,20 @@ def test_a_script_that_catches_the_refusal_still_stores_once(module_server, modu
     for _ in range(3):
         r = server.get("/api/x", host="catcher.localhost")
         assert (r.status_code, r.text) == (200, "stored")
+
+
+def test_work_queued_by_a_handler_that_answered_at_once_is_done_once(module_server,
+                                                                     module_db, tmp_path):
+    """`.then(...)` after a handler returned: done in its request (on a thread, as it writes),
+    once, instead of never."""
+    server, admin = module_server, Admin(module_server)
+    deploy(module_db, make_site(tmp_path, "later", LATER), "later")
+    for i in range(5):
+        assert server.get(f"/api/x?hit={i}", host="later.localhost").text == "queued"
+    assert server.get("/api/x", host="later.localhost").json() == {"hits": 5}
+    lines = eventually(lambda: [m for m in site_lines(admin, "later") if m.startswith("hit")]
+                       if len(site_lines(admin, "later")) >= 5 else None)
+    assert sorted(lines) == [f"hit {i}" for i in range(5)]
 
 
 def test_a_slow_handler_leaves_the_loop_and_still_answers(module_server, module_db, tmp_path):

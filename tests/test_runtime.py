@@ -94,6 +94,34 @@ def test_async_handler(rt):
     assert call(rt, source)[:2] == (202, "later")
 
 
+def test_jobs_a_handler_queues_run_before_its_request_ends(rt):
+    """A handler that answers at once may still queue work (`.then`): it runs in that
+    request, as an event loop runs it, not in some later request or never."""
+    source = """function handler(r) {
+      if (r.query.hit) {
+        Promise.resolve().then(() => { fazt.kv.set('hits', (fazt.kv.get('hits') || 0) + 1);
+                                       console.log('counted'); });
+        return {body: 'queued'};
+      }
+      return {body: String(fazt.kv.get('hits'))};
+    }"""
+    for _ in range(3):
+        assert call(rt, source, query={"hit": "1"})[:2] == (200, "queued")
+    assert call(rt, source)[1] == "3"
+    assert [line["message"] for line in rt.logs("alpha")] == ["counted"] * 3
+
+
+def test_jobs_that_never_end_are_the_requests_timeout(rt):
+    source = """function handler(r) {
+      if (r.query.spin) { (function again() { Promise.resolve().then(again); })();
+                          return {body: 'answered'}; }
+      return Promise.resolve({body: 'fine'});
+    }"""
+    assert error_code(call(rt, source, query={"spin": "1"})) == (504, "js_timeout")
+    # the next request of the site is not charged for them
+    assert call(rt, source)[:2] == (200, "fine")
+
+
 # -- failures become JSON errors --------------------------------------------
 
 def test_infinite_loop_ends_with_504_and_the_site_keeps_working(rt):

@@ -152,14 +152,14 @@ def invoke(loaded: Loaded, request: dict, limits: Limits) -> JsResponse | None:
         answer = step(encode_request(request))
         if _clock_kept(clock):
             return None
+        # The jobs the handler queued run now, in its request and under its clock, as an
+        # event loop runs them once the handler returns, even when it answered at once: a
+        # `.then(() => fazt.kv.set(...))` left for later was lost with its context, or ran
+        # in another request's time.
+        timeout = _run_jobs(ctx, limits, bridge)
+        if timeout is not None:
+            return timeout
         if answer == PENDING:
-            # The interrupt handler of the step's clock still counts (see above); this is
-            # a backstop between jobs, from here, as the clock's reading costs a system call.
-            started = time.process_time()
-            while ctx.execute_pending_job():
-                if time.process_time() - started >= limits.cpu_seconds:
-                    timeout = quickjs.JSException("InternalError: interrupted")
-                    return _failure(timeout, limits, bridge)
             answer = step()
         return read_answer(answer, bridge)
     except quickjs.JSException as exc:
@@ -169,6 +169,21 @@ def invoke(loaded: Loaded, request: dict, limits: Limits) -> JsResponse | None:
     except Exception as exc:  # e.g. a string QuickJS hands back that is not valid UTF-8
         bridge.log("error", f"fazt could not read the script's answer: {exc!r}")
         return error_response(500, "js_error", "The script's answer could not be read.")
+
+
+def _run_jobs(ctx: quickjs.Context, limits: Limits, bridge: Bridge) -> JsResponse | None:
+    """Run the context's pending jobs; the timeout's response when they run too long.
+
+    The interrupt handler of the step's clock still counts (see above); this is a
+    backstop between jobs, from here, as the clock's reading costs a system call."""
+    if not ctx.execute_pending_job():
+        return None  # (most handlers queue none: one call, no clock read)
+    started = time.process_time()
+    while ctx.execute_pending_job():
+        if time.process_time() - started >= limits.cpu_seconds:
+            timeout = quickjs.JSException("InternalError: interrupted")
+            return _failure(timeout, limits, bridge)
+    return None
 
 
 def encode_request(request: dict) -> str:

@@ -131,6 +131,7 @@ function handler(r) {
   if (p === "/api/hdr") return {headers: {"x-a": "1", "X-B": "{x}", "server": "mine",
                                           "Date": "yesterday", "content-length": "5"}, body: "hi"};
   if (p === "/api/unicode") return {body: "h\u00e9llo \u2603", headers: {"X-U": "\u00e9"}};
+  if (p === "/api/nul") return {body: "a\u0000b\ud800c"};
   if (p === "/api/promise") return Promise.resolve({body: "later"});
   if (p === "/api/reject") return Promise.reject(new Error("nope"));
   if (p === "/api/status") return {status: Number(r.query.s || 200), body: "s"};
@@ -154,7 +155,8 @@ def test_handlers_answer_alike_on_odd_requests(handler_pair):
     fast, slow = handler_pair
     paths = ["/api/echo", "/api/echo?a=1&a=2&b=&c", "/api/echo?x=%C3%A9", "/api/throw",
              "/api/204", "/api/304", "/api/cookie", "/api/badcookie", "/api/null", "/api/undef",
-             "/api/big", "/api/text", "/api/hdr", "/api/unicode", "/api/promise", "/api/reject",
+             "/api/big", "/api/text", "/api/hdr", "/api/unicode", "/api/nul", "/api/promise",
+             "/api/reject",
              "/api/status?s=500", "/api/status?s=1000", "/api/status?s=abc", "/api", "/api/",
              "//api/echo", "/api/../api/echo", "/api/%2e%2e/x", "/api/%zz", "/api/\xc3\xa9",
              "/API/echo", "/api/echo/", "/api//echo", "/apix"]

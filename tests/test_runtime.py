@@ -122,6 +122,21 @@ def test_jobs_that_never_end_are_the_requests_timeout(rt):
     assert call(rt, source)[:2] == (200, "fine")
 
 
+@pytest.mark.parametrize("body, sent", [
+    ("'a\\u0000b'", b"a\x00b"),  # the binding hands strings over as C text: cut at a NUL
+    ("'\\ud83d\\ude00 \\u0000' + 'x'.repeat(70000)", "\U0001f600 \x00".encode() + b"x" * 70000),
+    ("'a\\ud800b'", "a\ufffdb".encode()),  # a lone surrogate: U+FFFD, as TextEncoder does
+    ("'\\u00e9\\ud83d\\ude00'", "\u00e9\U0001f600".encode()),
+    ("{s: 'a\\u0000b'}", b'{"s":"a\\u0000b"}'),
+], ids=["nul", "nul-in-a-large-body", "lone-surrogate", "astral", "json"])
+def test_a_body_is_sent_whole_whatever_it_holds(rt, body, sent):
+    for source in (f"function handler() {{ return {{body: {body}}}; }}",
+                   f"async function handler() {{ return {{body: {body}}}; }}"):
+        for _ in range(2):  # a fresh context, then a warm one
+            answer = rt.handle("alpha", source, source, request())
+            assert (answer.status, answer.body) == (200, sent)
+
+
 # -- failures become JSON errors --------------------------------------------
 
 def test_infinite_loop_ends_with_504_and_the_site_keeps_working(rt):

@@ -71,6 +71,7 @@ from fazt.runtime.response import JsResponse, error_response, read_answer
 STACK_BYTES = 512 * 1024  # deep recursion becomes a clean error; thread stacks are 8 MB
 CHECK_MEMORY_BYTES = 64 * MB  # for compiling a script at deploy
 CHECK_SECONDS = 2.0
+FORGET_CHARS = 64 * 1024  # a larger answer's body is dropped from its context at once
 # The request's JSON, with an encoder made once: json.dumps makes one per call, which was
 # half of the 2.3 µs it took (the text differs only in leaving out the separators' spaces).
 _ENCODER = json.encoder.c_make_encoder and json.encoder.c_make_encoder(
@@ -149,7 +150,7 @@ def invoke(loaded: Loaded, request: dict, limits: Limits) -> JsResponse | None:
             return None
     loaded.runs += 1
     try:
-        answer = step(encode_request(request))
+        answer = _call(step, encode_request(request))
         if _clock_kept(clock):
             return None
         # The jobs the handler queued run now, in its request and under its clock, as an
@@ -160,7 +161,11 @@ def invoke(loaded: Loaded, request: dict, limits: Limits) -> JsResponse | None:
         if timeout is not None:
             return timeout
         if answer == PENDING:
-            answer = step()
+            answer = _call(step)
+        if answer is _UNREADABLE or _cut_short(answer):
+            return read_answer(step(True), bridge, escaped=True)  # the body as JSON text
+        if len(answer) > FORGET_CHARS:
+            step(False)  # not kept in the context until its next request
         return read_answer(answer, bridge)
     except quickjs.JSException as exc:
         if _clock_kept(clock):
@@ -169,6 +174,18 @@ def invoke(loaded: Loaded, request: dict, limits: Limits) -> JsResponse | None:
     except Exception as exc:  # e.g. a string QuickJS hands back that is not valid UTF-8
         bridge.log("error", f"fazt could not read the script's answer: {exc!r}")
         return error_response(500, "js_error", "The script's answer could not be read.")
+
+
+_UNREADABLE = object()
+
+
+def _call(step: Any, *args: str) -> Any:
+    """The step's answer, or _UNREADABLE when its body holds a lone surrogate (the binding
+    cannot hand that over; the prelude's `step(true)` can)."""
+    try:
+        return step(*args)
+    except UnicodeDecodeError:
+        return _UNREADABLE
 
 
 def _run_jobs(ctx: quickjs.Context, limits: Limits, bridge: Bridge) -> JsResponse | None:
@@ -184,6 +201,18 @@ def _run_jobs(ctx: quickjs.Context, limits: Limits, bridge: Bridge) -> JsRespons
             timeout = quickjs.JSException("InternalError: interrupted")
             return _failure(timeout, limits, bridge)
     return None
+
+
+def _cut_short(answer: Any) -> bool:
+    """Whether the binding cut the answer's body at a NUL (it hands strings over as C text):
+    the body is shorter than the length the prelude wrote before it (see prelude.py)."""
+    if not isinstance(answer, str) or answer[:1] == "{":
+        return False  # not a response (bad_response says why), or a problem
+    space, newline = answer.find(" "), answer.find("\n")
+    length = int(answer[:space])
+    if len(answer) - newline - 1 >= length:
+        return False  # (a code point counts one, a UTF-16 unit at most: never more)
+    return len(answer[newline + 1:].encode("utf-16-le", "surrogatepass")) // 2 < length
 
 
 def encode_request(request: dict) -> str:

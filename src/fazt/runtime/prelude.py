@@ -7,7 +7,11 @@ JSON description of the response (status, headers) followed by a newline and
 the body as it is (the body is not escaped into JSON and parsed back: a 4 KiB
 answer cost more that way than running the handler), or PENDING when the
 handler returned a promise; `step()` then answers once the engine has run the
-pending jobs.
+pending jobs. The description starts with the body's length in UTF-16 units and a space:
+the binding hands a string to Python as C text, so a NUL in the body ends it early (and
+a lone surrogate cannot be handed over at all); then `step(true)` answers again with the
+body as JSON text (lone surrogates made U+FFFD, as an encoder for the web makes them),
+and `step(false)` lets go of a large body the engine read whole.
 The builtins it relies on (JSON, String) are captured before the script
 runs, so a script that overwrites them only breaks itself.
 
@@ -29,6 +33,7 @@ PRELUDE = r"""
   Object.defineProperty(globalThis, "__fazt_clock", { value: undefined, writable: true,
                                                      enumerable: false, configurable: false });
   const parse = JSON.parse, stringify = JSON.stringify, toText = String;
+  const apply = Reflect.apply, wellFormed = String.prototype.toWellFormed;
   const jsonish = /^\s*[\[{]/;  // made once: a literal is a new RegExp at every request
   const errorTypes = { TypeError: TypeError, RangeError: RangeError, Error: Error };
 
@@ -139,12 +144,21 @@ PRELUDE = r"""
     }
     // JSON holds no raw newline: the body follows the first. Joined, not added with +:
     // quickjs-ng makes a rope of a long sum, which the binding cannot hand to Python.
-    return [stringify(out), body].join("\n");
+    sentHead = body.length + " " + stringify(out);
+    sentBody = body;
+    return [sentHead, body].join("\n");
   }
 
   let settled = null;
+  let sentHead = "", sentBody = "";  // the last answer, until the engine read it whole
 
   return function __fazt_step(requestJson) {
+    if (requestJson === true || requestJson === false) {  // see the module's docstring
+      const again = requestJson
+        ? [sentHead, stringify(apply(wellFormed, sentBody, []))].join("\n") : "";
+      sentHead = sentBody = "";
+      return again;
+    }
     if (requestJson === undefined) {
       if (settled === null) {
         return stringify({ problem: "handler returned a promise that never settled." });

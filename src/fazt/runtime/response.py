@@ -78,12 +78,16 @@ _CHECKED_COUNT = 1024
 _CHECKED_META = 1024  # characters; longer descriptions are checked every time
 
 
-def read_answer(answer: Any, bridge: Bridge) -> JsResponse:
-    """Check what the handler returned (the prelude's JSON, a newline, the body) and make
-    it a response."""
+def read_answer(answer: Any, bridge: Bridge, escaped: bool = False) -> JsResponse:
+    """Check what the handler returned (the body's length, the prelude's JSON, a newline,
+    the body; the body as JSON text when `escaped`) and make it a response."""
     if not isinstance(answer, str):
         return bad_response(bridge, "handler's answer could not be read.")
     meta, _, body = answer.partition("\n")
+    if meta[:1] != "{":
+        meta = meta.partition(" ")[2]  # the length: for the engine (_cut_short)
+    if escaped:
+        body = json.loads(body)
     checked = _CHECKED.get(meta)
     if checked is None:
         checked = _check(meta, bridge)

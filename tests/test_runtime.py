@@ -218,6 +218,28 @@ def test_repeat_memory_bomb_does_not_crash_the_process():
     assert child.returncode == 0, child.stderr.decode()[-500:]
 
 
+@pytest.mark.parametrize("thrown, message", [
+    ("'plain'", "plain"), ("42", "42"), ("undefined", "undefined"),
+    ("{toString() { return 'custom'; }}", "custom"),
+    ("Symbol('s')", "Symbol(s)"),
+    ("Object.create(null)", "the script threw a value that cannot be read as text"),
+    ("{toString() { throw 1; }}", "the script threw a value that cannot be read as text"),
+    ("new Proxy({}, {get() { throw new Error('trap'); }})",
+     "the script threw a value that cannot be read as text"),
+], ids=["string", "number", "undefined", "object", "symbol", "no-prototype",
+        "throwing-toString", "proxy"])
+def test_whatever_a_script_throws_is_a_js_error(rt, thrown, message):
+    """Not an Error, and not text to the binding either: still the script's error, never
+    "out of memory"; thrown, rejected, or from a getter of the answer."""
+    for source in (f"function handler() {{ throw {thrown}; }}",
+                   f"function handler() {{ return Promise.reject({thrown}); }}",
+                   f"function handler() {{ return {{get body() {{ throw {thrown}; }}}}; }}"):
+        status, body, _ = call(rt, source)
+        assert (status, body["error"]["code"], body["error"]["message"]) == \
+            (500, "js_error", message), source
+    assert call(rt, "function handler() { return {body: 'ok'}; }")[:2] == (200, "ok")
+
+
 def test_deep_recursion_is_a_clean_error(rt):
     source = "function f(n) { return f(n + 1) + 1; }\nfunction handler() { return f(0); }"
     assert error_code(call(rt, source)) == (500, "js_stack_overflow")

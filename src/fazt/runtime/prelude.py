@@ -152,7 +152,24 @@ PRELUDE = r"""
   let settled = null;
   let sentHead = "", sentBody = "";  // the last answer, until the engine read it whole
 
-  return function __fazt_step(requestJson) {
+  function __fazt_thrown(e) {
+    // The binding reads what a script threw as text. A value that has none (a symbol, an
+    // object without a prototype, one whose toString throws, a proxy) came out as a bare
+    // failure, which reads as running out of memory; it is thrown as its description.
+    if (e === null || (typeof e !== "object" && typeof e !== "symbol") || e instanceof Error) {
+      return e;
+    }
+    try {
+      const text = toText(e);
+      if (typeof e === "symbol") return text;
+      e.stack;  // the binding reads it too
+      return e;
+    } catch (_) {
+      return "the script threw a value that cannot be read as text";
+    }
+  }
+
+  function __fazt_run(requestJson) {
     if (requestJson === true || requestJson === false) {  // see the module's docstring
       const again = requestJson
         ? [sentHead, stringify(apply(wellFormed, sentBody, []))].join("\n") : "";
@@ -184,6 +201,10 @@ PRELUDE = r"""
       return "pending";
     }
     return __fazt_pack(result);
+  }
+
+  return function __fazt_step(requestJson) {
+    try { return __fazt_run(requestJson); } catch (e) { throw __fazt_thrown(e); }
   };
 })()
 """

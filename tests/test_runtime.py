@@ -257,6 +257,13 @@ def test_thrown_error_message_in_response_stack_in_log(rt):
     assert rt.stats()["errors"] == 1
 
 
+
+def test_an_error_in_a_getter_of_the_answer_names_the_getters_line(rt):
+    source = "function handler() {\n  return {status: 200,\n    get body() { throw new " \
+             "TypeError('no body'); }};\n}"
+    status, body, _ = call(rt, source)
+    assert (status, body["error"].get("line")) == (500, 3), body
+
 @pytest.mark.parametrize("source", [
     "function handler() {}",
     "function handler() { return 5; }",

@@ -79,7 +79,8 @@ _ENCODER = json.encoder.c_make_encoder and json.encoder.c_make_encoder(
     False, False, True)
 _LINE = re.compile(r"at <input>:(\d+)")
 _PRELUDE_FRAME = re.compile(r"\n\s+at __fazt_\w+ \([^)\n]*\)")  # prelude.py names them so
-_FRAME = re.compile(r"^\s+at (\S+) \((?:<input>|api/main\.js):(\d+)", re.M)
+# A frame's name may hold a space: a getter's is `get body`.
+_FRAME = re.compile(r"^\s+at (.+?) \((?:<input>|api/main\.js):(\d+)", re.M)
 
 
 @dataclass(frozen=True)

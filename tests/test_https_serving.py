@@ -417,6 +417,49 @@ def test_a_removed_domain_or_site_is_no_longer_shown_a_certificate(tmp_path, sit
         srv.stop()
 
 
+def import_cert(db: Path, folder: Path, host: str, leaf: trustme.LeafCert) -> None:
+    chain, key = folder / f"{host}.chain", folder / f"{host}.key"
+    chain.write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems))
+    key.write_bytes(leaf.private_key_pem.bytes())
+    fazt("cert", "import", host, "--cert", str(chain), "--key", str(key), "--db", str(db))
+
+
+def test_a_certificate_imported_by_another_process_is_shown_at_the_next_handshake(
+        tmp_path, site_dir, ca):
+    """`fazt cert import` while the server runs: the very next handshake shows it, as the
+    next request serves a deploy (no wait for the certificate keeper's next look), and a
+    custom domain removed is refused at the next handshake."""
+    db = imported(tmp_path, site_dir, ca)
+    root = ca.cert_pem.bytes()
+    srv = Running(db, free_port())
+
+    def shown(host: str) -> str:
+        try:
+            conn = srv.connect(host, root)
+        except ssl.SSLError as exc:
+            return exc.reason or str(exc)
+        serial = conn.serial
+        conn.close()
+        return serial
+
+    try:
+        seen = [shown(f"blog.{DOMAIN}")]  # the wildcard's
+        for _ in range(3):
+            import_cert(db, tmp_path, f"blog.{DOMAIN}", ca.issue_cert(f"blog.{DOMAIN}"))
+            seen.append(shown(f"blog.{DOMAIN}"))
+            assert seen[-1] not in seen[:-1], seen
+        fazt("site", "domain", "add", "blog", "shop.example.org", "--db", str(db))
+        import_cert(db, tmp_path, "shop.example.org", ca.issue_cert("shop.example.org"))
+        conn = srv.connect("shop.example.org", root)
+        r, body = conn.request("GET", "/")
+        assert r.status == 200 and b"hello from fazt" in body
+        conn.close()
+        fazt("site", "domain", "remove", "blog", "shop.example.org", "--db", str(db))
+        assert shown("shop.example.org") == "TLSV1_UNRECOGNIZED_NAME"
+    finally:
+        srv.stop()
+
+
 def test_the_owners_status_read_keeps_https_rules(shared, ca):
     """The loop answers a signed-in status read itself (server/statuspath.py): over TLS
     with HSTS, as the cockpit's thread does; the plain port still redirects."""

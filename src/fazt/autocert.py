@@ -84,11 +84,18 @@ class AutoCert:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._loading = threading.Lock()
 
     # -- what the rest of fazt calls ------------------------------------------------
 
     def load(self) -> None:
-        """Serve every stored certificate (at boot, before the port opens; then on change)."""
+        """Serve every stored certificate (at boot, before the port opens; then on change,
+        from this keeper's thread or from the thread that reads what another process
+        committed: one at a time, so neither removes what the other just installed)."""
+        with self._loading:
+            self._load()
+
+    def _load(self) -> None:
         with self.db.read() as conn:
             stamp = store.certificates_stamp(conn)
             stored = store.load_certificates(conn)

@@ -30,7 +30,7 @@ from fazt.stability import thresholds as th
 from fazt.stability.probe import Machine, probe
 from fazt.store import Database, open_database, space
 from fazt.store import sites as sites_store
-from fazt.store.certs import domains_stamp, forget_failures, load_domains
+from fazt.store.certs import certificates_stamp, domains_stamp, forget_failures, load_domains
 from fazt.store.claim import try_claim
 from fazt.store.config import (
     active_overrides,
@@ -506,6 +506,8 @@ class Instance:
                 config = read_config(conn)
                 self.overrides = active_overrides(conn)
         self._stamps = stamps
+        if "certs" in changed and self.autocert is not None:
+            self.autocert.load()  # `fazt cert import`: shown from the next handshake on
         if "env" in changed and self.runtime is not None:
             self.runtime.env.forget()  # a secret set by `fazt site env`
         if "sites" in changed:
@@ -809,8 +811,9 @@ class Instance:
 
 
 def _stamps(conn) -> dict[str, tuple]:
-    """What changes when the config, the tokens or the sites (custom domains included)
-    change, by any process: compared to know what to reload."""
+    """What changes when the config, the tokens, the sites (custom domains included), the
+    handlers' secrets or the certificates change, by any process: compared to know what
+    to reload."""
     return {
         "config": tuple(conn.execute("SELECT COUNT(*), MAX(updated_at) FROM config").fetchone()),
         "tokens": tuple(conn.execute("SELECT COUNT(*), MAX(created_at), MAX(revoked_at)"
@@ -818,4 +821,5 @@ def _stamps(conn) -> dict[str, tuple]:
         "sites": tuple(conn.execute("SELECT COUNT(*), MAX(updated_at), SUM(deploy_id) FROM sites"
                                     ).fetchone()) + domains_stamp(conn),
         "env": env_stamp(conn),
+        "certs": certificates_stamp(conn),
     }

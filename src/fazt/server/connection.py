@@ -125,7 +125,7 @@ class Connection:
                  "admin", "reserve", "over_share", "in_body", "body_limit", "body_bytes",
                  "served", "closed", "close_after", "task_running", "last_write", "began",
                  "stalled", "eof", "target", "counted", "key", "client", "direct",
-                 "watcher", "parked_rounds", "close_when_answered", "parsing")
+                 "watcher", "parked_rounds", "close_when_answered", "parsing", "hello")
 
     def __init__(self, server, sock: socket.socket, addr, transport, listener):
         self.server = server
@@ -167,6 +167,7 @@ class Connection:
         self.parked_rounds = 0  # reads of the state its parked request waited for
         self.close_when_answered = False  # a reserve connection's unproven cockpit request
         self.parsing = False  # inside parse(): an answer given there does not parse again
+        self.hello = b""  # a handshake's first bytes, held while the state is read again
 
     # -- events -----------------------------------------------------------------
 
@@ -242,6 +243,18 @@ class Connection:
             if not data:
                 self.abort()
             return  # lingering, or closing after this answer: what arrives now is dropped
+        if self.state == HANDSHAKE and data and not self.server.state_current():
+            # The ClientHello names the host whose certificate is chosen, and another
+            # process may have just imported or removed it (`fazt cert import`): a thread
+            # reads the state again first, as for a request's headers (headers_done).
+            self.hello += data
+            self.parked_rounds = 0
+            self.state, self.since = TASK, time.monotonic()
+            self._update_events()
+            return self.server.after_refresh(self)
+        self._received(data)
+
+    def _received(self, data: bytes) -> None:
         try:
             plain = self.transport.feed(data)
         except TransportFailure:
@@ -422,8 +435,17 @@ class Connection:
         if parser.expect_continue:
             self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
 
+    def resume_parked(self) -> None:
+        """On the loop, once the state was read again: the parked handshake or request
+        goes on."""
+        if self.hello:
+            hello, self.hello = self.hello, b""
+            self.state = HANDSHAKE
+            self._update_events()
+            return self._received(hello)
+        self.resume_headers()
+
     def resume_headers(self) -> None:
-        """On the loop, once the state was read again: the parked request goes on."""
         self.state = HEADERS
         self._update_events()
         self.headers_done(fresh=True)

@@ -132,7 +132,7 @@ class HTTPServer:
             if conn.closed:
                 continue
             if current or conn.parked_rounds >= PARKED_ROUNDS:
-                conn.resume_headers()
+                conn.resume_parked()
             else:
                 waiting.append(conn)
         self.parked = waiting

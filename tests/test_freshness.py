@@ -254,3 +254,24 @@ def test_the_wal_header_moves_with_another_process_and_leaves_sqlite_its_locks(d
         assert db.wal_header() == first  # reading changes nothing
     finally:
         db.close()
+
+
+def test_a_database_named_through_a_symlink_is_watched_where_sqlite_keeps_it(tmp_path):
+    """SQLite puts `-wal`/`-shm` beside the file a symlink names. The server looked for
+    the `-shm` beside the link, found none, and so could never tell its state was current:
+    the loop's fast path declined every request."""
+    from conftest import init_db
+
+    (tmp_path / "real").mkdir()
+    db = init_db(tmp_path / "real" / "data.db")
+    link = tmp_path / "data.db"
+    link.symlink_to(db)
+    site = tmp_path / "site"
+    site.mkdir()
+    with Server.running(link) as srv:
+        for n in range(3):
+            (site / "index.html").write_text(f"version {n}")
+            fazt("deploy", str(site), "--site", "linked", "--db", str(db))
+            for _ in range(3):
+                assert srv.get("/", host="linked.localhost").text == f"version {n}"
+        assert Admin(srv).status()["connections"]["fast_path_answers"] >= 3

@@ -195,7 +195,9 @@ class Database:
                     if self._keeper is None:
                         self._keeper = self._connect(self.limits.busy_ms, cache_mb=0)
                         self._keeper.execute("SELECT count(*) FROM sqlite_master").fetchone()
-                    self._shm = _shm_map(os.path.abspath(self.path) + "-shm")
+                    # SQLite puts the -shm file beside the file a symlink names (a
+                    # --db through a symlinked folder, say): so must the map.
+                    self._shm = _shm_map(os.path.realpath(self.path) + "-shm")
                 except (OSError, ValueError, sqlite3.Error):
                     return None  # the caller looks at the stamps instead
             return self._shm

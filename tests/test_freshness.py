@@ -275,3 +275,20 @@ def test_a_database_named_through_a_symlink_is_watched_where_sqlite_keeps_it(tmp
             for _ in range(3):
                 assert srv.get("/", host="linked.localhost").text == f"version {n}"
         assert Admin(srv).status()["connections"]["fast_path_answers"] >= 3
+
+
+def test_the_status_shows_the_size_a_deploy_from_another_process_left(db_path, tmp_path):
+    """The database's size and its ratio to RAM were the sampler's (up to a second old)
+    and the last soft restart's (the ratio, kept from boot): the status read right after
+    `fazt deploy` showed the database as it was before."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "big.bin").write_bytes(os.urandom(4 << 20))
+    with Server.running(db_path) as srv:
+        admin = Admin(srv)
+        before = admin.status()["db"]
+        fazt("deploy", str(site), "--site", "grown", "--db", str(db_path))
+        after = admin.status()["db"]
+        assert after["size_bytes"] >= before["size_bytes"] + (4 << 20), (before, after)
+        assert after["ratio"] / after["size_bytes"] == pytest.approx(
+            before["ratio"] / before["size_bytes"])

@@ -331,7 +331,6 @@ class Instance:
         self.config: dict = {}
         self.machine: Machine | None = None
         self.mode = NORMAL
-        self.ratio = 0.0
         self.vfs: VFS | None = None
         self.auth: Auth | None = None
         self.runtime = None
@@ -425,8 +424,8 @@ class Instance:
             if self.resize_lanes is not None:
                 self.resize_lanes(int(c["user_threads"]), int(c["cockpit_threads"]),
                                   int(c["connection_limit"]))
-            self.mode, self.ratio = mode_for(self.db.size_bytes(), self.machine,
-                                             float(c["maintenance_ratio"]))
+            self.mode, _ = mode_for(self.db.size_bytes(), self.machine,
+                                    float(c["maintenance_ratio"]))
             if self._sampler is not None:
                 self.sample()  # the status shows new thresholds and their ledger at once
 
@@ -513,6 +512,8 @@ class Instance:
         if "sites" in changed:
             self.sites_changed()
             self._collect_wanted = True
+            if self._sampler is not None:
+                self.sample()  # the status shows the database's new size at once
             if self.runtime is not None:
                 self.runtime.logs_ring.keep_only(served)
         if "config" in changed:
@@ -711,7 +712,7 @@ class Instance:
             "memory": slow["memory"],
             "cache": self.vfs.stats(),
             "js": self.runtime.stats(),
-            "db": {"size_bytes": slow["db_size"], "ratio": self.ratio,
+            "db": {"size_bytes": slow["db_size"], "ratio": slow["ratio"],
                    "maintenance_ratio": c["maintenance_ratio"]},
             "requests": {"per_second": self.rate.per_second(), "total": self.rate.total},
             "https": {"enabled": self.autocert is not None, "port": self.https_port,
@@ -730,13 +731,15 @@ class Instance:
             self._process = psutil.Process()
         thresholds = {k: self.config[k] for k in th.keys()}
         ledger = th.ledger(thresholds, self.machine)
+        size = self.db.size_bytes()
         return {
             "at": time.monotonic(),
             "machine": self.machine.as_dict(),
             "thresholds": thresholds,
             "memory": {"rss_bytes": self._process.memory_info().rss,
                        "budget_bytes": int(ledger["usable_mb"] * MB), "ledger": ledger},
-            "db_size": self.db.size_bytes(),
+            "db_size": size,
+            "ratio": size / (self.machine.ram_mb * MB),  # of this size, not the last apply's
             "replica": self.replica_status(),
         }
 

@@ -479,6 +479,23 @@ def test_replica_off_stops_litestream_and_removes_its_folder(tmp_path, replica_u
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
+@needs_s3
+def test_replica_set_and_off_show_in_the_next_status(tmp_path, replica_url):
+    """The status read right after `fazt replica set/off` says what the owner just chose:
+    it showed no replica after `set`, and the old one, running, after `off`, until the
+    server's next housekeeping turn (up to 2 s later) started or stopped Litestream."""
+    primary = init_db(tmp_path / "data.db")
+    with Server.running(primary, env=s3_env()) as server:
+        admin = Admin(server)
+        for _ in range(2):
+            fazt("replica", "set", replica_url, "--db", str(primary), env=s3_env())
+            assert admin.status()["replica"]["url"] == replica_url
+            assert eventually(lambda: litestream_pid(admin), timeout=15)
+            fazt("replica", "off", "--db", str(primary), env=s3_env())
+            shown = admin.status()["replica"]
+            assert shown["url"] is None and not shown["running"], shown
+
+
 @needs_litestream
 def test_credentials_are_never_printed(db_path):
     env = fazt_env(AWS_ACCESS_KEY_ID="AKIA-NEVER-SHOWN", AWS_SECRET_ACCESS_KEY="never-shown-2")

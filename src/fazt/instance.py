@@ -359,6 +359,7 @@ class Instance:
         self._collect_wanted = False  # a site changed: collect at the next tick
         self._next_sweep = time.monotonic() + SWEEP_SECONDS
         self._config_moved = False  # the config changed: see to Litestream at the next tick
+        self._tick_now = threading.Event()  # run the next housekeeping turn now
 
     # -- boot --------------------------------------------------------------
 
@@ -525,11 +526,18 @@ class Instance:
         old, self.config = self.config, config
         self._config_moved = True
         probed = ("declared_memory_mb", "declared_cpus", replica_target.URL_KEY)
+        if config.get(replica_target.URL_KEY) != old.get(replica_target.URL_KEY):
+            self._tick_now.set()  # Litestream starts or stops now, not in up to TICK seconds
         if any(config.get(k) != old.get(k) for k in probed):
             self.machine = machine_for(config, self.db_path)
             self.machine.replica = self.machine.replica or self.read_only
         if any(config.get(k) != old.get(k) for k in (*th.keys(), *probed)):
             self.apply()
+
+    def wait_for_tick(self, seconds: float) -> None:
+        """Until the next housekeeping turn: `seconds`, or sooner when a change wants one."""
+        self._tick_now.wait(seconds)
+        self._tick_now.clear()
 
     def tick(self) -> None:
         """Every few seconds, off the request path: keep an idle server's state current
@@ -771,11 +779,14 @@ class Instance:
     def replica_status(self) -> dict:
         from fazt.replica.primary import replication_status
 
-        if self.replication is not None:
-            return self.replication.status()
-        # A server (the sampler runs) with no Replication runs no Litestream: its control
-        # socket is not asked. The command line asks: a server elsewhere may run one.
-        return replication_status(self.db_path, None, ask=self._sampler is None)
+        url = self.config.get(replica_target.URL_KEY) or None
+        current = self.replication
+        if current is not None and (self.read_only or current.url == url):
+            return current.status()
+        # A server (the sampler runs) with no Replication for the URL set runs no Litestream
+        # for it (yet: `fazt replica set/off` just came, the next tick starts or stops it):
+        # its control socket is not asked. The command line asks: a server elsewhere may.
+        return replication_status(self.db_path, url, ask=self._sampler is None)
 
     def keep_replicating(self) -> None:
         """Start, stop or re-point Litestream to match the `replica_url` setting

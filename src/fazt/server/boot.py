@@ -296,7 +296,7 @@ def _tick(instance: Instance) -> None:
     # Not for freshness: every request brings the state up to date itself (Router,
     # and the fast path declines while it is not current).
     while True:
-        time.sleep(TICK)
+        instance.wait_for_tick(TICK)
         _safely(instance.tick)
 
 

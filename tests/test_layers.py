@@ -19,10 +19,11 @@ LAYERS = [
     ("fazt.cockpit", "fazt.sites", "fazt.webapp", "fazt.requestlog"),
     ("fazt.instance",),
     ("fazt.runtime", "fazt.vfs", "fazt.stability", "fazt.deploy", "fazt.deploy_client",
-     "fazt.zipbuild", "fazt.tokens", "fazt.auth", "fazt.settings", "fazt.hosts",
-     "fazt.http_errors", "fazt.negotiation", "fazt.compression", "fazt.siterules",
-     "fazt.lanes", "fazt.metrics", "fazt.restore", "fazt.https", "fazt.certs",
-     "fazt.autocert", "fazt.acme_client", "fazt.pem"),
+     "fazt.zipbuild", "fazt.archive", "fazt.tokens", "fazt.auth", "fazt.settings",
+     "fazt.hosts", "fazt.http_errors", "fazt.negotiation", "fazt.compression",
+     "fazt.siterules", "fazt.metrics", "fazt.restore", "fazt.https", "fazt.certs",
+     "fazt.autocert", "fazt.acme_client", "fazt.pem", "fazt.proxies", "fazt.replica",
+     "fazt.heap", "fazt.envtuning"),
     ("fazt.store",),
     ("fazt.errors", "fazt.constants", "fazt"),
 ]
@@ -40,18 +41,30 @@ def imports() -> dict[str, set[str]]:
     for name, path in modules.items():
         found = set()
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fazt"):
+            if isinstance(node, ast.ImportFrom):
+                base = absolute(node, name, path.name == "__init__.py")
+                if not base.startswith("fazt"):
+                    continue
                 for alias in node.names:
-                    sub = f"{node.module}.{alias.name}"
-                    found.add(sub if sub in modules else node.module)
+                    sub = f"{base}.{alias.name}"
+                    found.add(sub if sub in modules else base)
             elif isinstance(node, ast.Import):
                 found |= {a.name for a in node.names if a.name.startswith("fazt")}
         graph[name] = found - {name}
     return graph
 
 
+def absolute(node: ast.ImportFrom, module: str, package: bool) -> str:
+    """The module a `from ... import` names, a relative one (`from .x import y`) included."""
+    if not node.level:
+        return node.module or ""
+    parts = module.split(".") if package else module.split(".")[:-1]
+    parts = parts[:len(parts) - (node.level - 1)]
+    return ".".join(parts + ([node.module] if node.module else []))
+
+
 def layer_of(module: str) -> int | None:
-    """The module's layer; None for one not placed yet (only the cycle test sees it)."""
+    """The module's layer; None for one not placed (test_every_module_has_a_layer)."""
     best = None
     for rank, prefixes in enumerate(LAYERS):
         for prefix in prefixes:
@@ -61,8 +74,8 @@ def layer_of(module: str) -> int | None:
     return None if best is None else best[0]
 
 
-def test_no_import_cycle():
-    graph = imports()
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of `graph` (module -> what it imports), or None."""
     state: dict[str, int] = {}
 
     def visit(module: str, path: list[str]) -> None:
@@ -70,14 +83,49 @@ def test_no_import_cycle():
         for target in sorted(graph.get(module, ())):
             if state.get(target) == 1:
                 cycle = path[path.index(target):] + [target] if target in path else [module, target]
-                raise AssertionError("import cycle: " + " -> ".join(cycle))
+                raise Cycle(cycle)
             if target not in state:
                 visit(target, path + [target])
         state[module] = 2
 
-    for module in sorted(graph):
-        if module not in state:
-            visit(module, [module])
+    try:
+        for module in sorted(graph):
+            if module not in state:
+                visit(module, [module])
+    except Cycle as found:
+        return found.args[0]
+    return None
+
+
+class Cycle(Exception):
+    pass
+
+
+def test_no_import_cycle():
+    cycle = find_cycle(imports())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_cycle_check_finds_cycles():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_every_module_has_a_layer():
+    """A module no layer names would be free to import anything, upward included."""
+    unplaced = sorted(module for module in imports() if layer_of(module) is None)
+    assert not unplaced, f"modules in no layer of LAYERS: {unplaced}"
+
+
+def test_relative_imports_are_read_as_the_modules_they_name():
+    def parsed(code: str, module: str, package: bool = False) -> str:
+        return absolute(ast.parse(code).body[0], module, package)
+
+    assert parsed("from .kv import x", "fazt.runtime.bridge") == "fazt.runtime.kv"
+    assert parsed("from .. import cli", "fazt.runtime.bridge") == "fazt"
+    assert parsed("from .engine import x", "fazt.runtime", package=True) == \
+        "fazt.runtime.engine"
+    assert parsed("from fazt.store import x", "fazt.vfs") == "fazt.store"
 
 
 def test_imports_point_down_the_layers():

@@ -292,3 +292,32 @@ def test_the_status_shows_the_size_a_deploy_from_another_process_left(db_path, t
         assert after["size_bytes"] >= before["size_bytes"] + (4 << 20), (before, after)
         assert after["ratio"] / after["size_bytes"] == pytest.approx(
             before["ratio"] / before["size_bytes"])
+
+
+def test_writes_made_after_the_clock_stepped_back_are_seen(db_path, instance):
+    """The server told what changed by the newest write time of each table: a setting
+    saved, or a token revoked, after the clock stepped back (NTP, a restored VM) was
+    never seen, and the revoked token went on working until a restart."""
+    from unittest import mock
+
+    from fazt import tokens
+    from fazt.store import open_database
+    from fazt.store.config import save_config
+
+    first = instance.create_token("first")
+    second = instance.create_token("second")
+    fazt("token", "revoke", "1", "--db", str(db_path))
+    fazt("config", "set", "keep_versions", "6", "--db", str(db_path))
+    instance.refresh()
+    assert not instance.check_token(first) and instance.check_token(second)
+    db = open_database(str(db_path))
+    try:
+        with mock.patch("time.time", lambda: 1_000_000_000.0):  # 2001
+            with db.write() as conn:
+                save_config(conn, {"keep_versions": 8})
+            assert tokens.revoke_token(db, 2) is not None
+    finally:
+        db.close()
+    instance.refresh()
+    assert instance.config["keep_versions"] == 8
+    assert not instance.check_token(second)

@@ -827,12 +827,14 @@ class Instance:
 def _stamps(conn) -> dict[str, tuple]:
     """What changes when the config, the tokens, the sites (custom domains included), the
     handlers' secrets or the certificates change, by any process: compared to know what
-    to reload."""
+    to reload. Sums of the times, not their maximum: a write made after the clock stepped
+    back (NTP, a restored VM) is older than the newest row, and a maximum would not move."""
     return {
-        "config": tuple(conn.execute("SELECT COUNT(*), MAX(updated_at) FROM config").fetchone()),
-        "tokens": tuple(conn.execute("SELECT COUNT(*), MAX(created_at), MAX(revoked_at)"
+        "config": tuple(conn.execute("SELECT COUNT(*), TOTAL(updated_at) FROM config"
+                                     ).fetchone()),
+        "tokens": tuple(conn.execute("SELECT COUNT(*), TOTAL(created_at), TOTAL(revoked_at)"
                                      " FROM tokens").fetchone()),
-        "sites": tuple(conn.execute("SELECT COUNT(*), MAX(updated_at), SUM(deploy_id) FROM sites"
+        "sites": tuple(conn.execute("SELECT COUNT(*), TOTAL(updated_at), SUM(deploy_id) FROM sites"
                                     ).fetchone()) + domains_stamp(conn),
         "env": env_stamp(conn),
         "certs": certificates_stamp(conn),

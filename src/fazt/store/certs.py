@@ -60,7 +60,7 @@ def list_certificates(conn: sqlite3.Connection) -> list[dict]:
 
 def certificates_stamp(conn: sqlite3.Connection) -> tuple:
     """Changes whenever a certificate is stored or removed, by any process."""
-    return tuple(conn.execute("SELECT COUNT(*), MAX(updated_at) FROM certificates").fetchone())
+    return tuple(conn.execute("SELECT COUNT(*), TOTAL(updated_at) FROM certificates").fetchone())
 
 
 # -- ACME order state ----------------------------------------------------------
@@ -134,4 +134,4 @@ def load_domains(conn: sqlite3.Connection) -> dict[str, str]:
 
 
 def domains_stamp(conn: sqlite3.Connection) -> tuple:
-    return tuple(conn.execute("SELECT COUNT(*), MAX(created_at) FROM domains").fetchone())
+    return tuple(conn.execute("SELECT COUNT(*), TOTAL(created_at) FROM domains").fetchone())

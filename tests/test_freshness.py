@@ -321,3 +321,21 @@ def test_writes_made_after_the_clock_stepped_back_are_seen(db_path, instance):
     instance.refresh()
     assert instance.config["keep_versions"] == 8
     assert not instance.check_token(second)
+
+
+def test_a_write_through_a_hard_link_to_a_served_database_is_refused(db_path, tmp_path):
+    """SQLite keeps the WAL beside the name it is given: `fazt deploy --db LINK` to a
+    database a server runs on under another name succeeded into a second WAL the server
+    never read (the site stayed a 404), and two WALs on one file spoil it."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("linked")
+    link = tmp_path / "link.db"
+    os.link(db_path, link)
+    with Server.running(db_path) as srv:
+        refused = fazt("deploy", str(site), "--site", "hard", "--db", str(link), check=False)
+        assert refused.returncode == 1 and "another name" in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr and not (tmp_path / "link.db-wal").exists()
+        fazt("deploy", str(site), "--site", "hard", "--db", str(db_path))
+        assert srv.get("/", host="hard.localhost").text == "linked"
+    fazt("site", "list", "--db", str(link))  # no server: either name will do

@@ -84,6 +84,26 @@ def is_claimed(db_path: str) -> bool:
     return False
 
 
+def held_under_another_name(db_path: str) -> bool:
+    """Whether another process holds the file at `db_path` through another path to it (a
+    hard link). SQLite keeps the WAL beside the name it was given: what is written through
+    this name would go to a WAL that process never reads, and two WALs spoil the file."""
+    path, *inode = _addresses(db_path)
+    if not inode:
+        return False
+    by_path = _bind(path)
+    if by_path is None:
+        return False  # held under this very name: one WAL
+    try:
+        by_inode = _bind(inode[0])
+        if by_inode is None:
+            return True
+        by_inode.close()
+        return False
+    finally:
+        by_path.close()
+
+
 def claim_for_server(db_path: str) -> Claim:
     """The server's claim for its whole life: waits out a brief holder, refuses a server."""
     while True:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from fazt.constants import MB
 from fazt.errors import FaztError, ReadOnly, Unavailable
+from fazt.store.claim import held_under_another_name
 from fazt.store.schema import MIGRATIONS, migrate
 
 WAL_HEADER = 48  # bytes of the WAL-index header's first copy
@@ -420,6 +421,9 @@ def open_database(path: str, limits: Limits | None = None, read_only: bool = Fal
             raise FaztError(f"The replica holds schema version {version}, this fazt needs "
                             f"{len(MIGRATIONS)}: run the same fazt version as the primary.")
         return Database(path, limits, read_only=True)
+    if held_under_another_name(path):
+        raise FaztError(f"A running fazt holds the database at {path} under another name (a "
+                        "hard link to the same file); use the path it was started with.")
     if os.path.exists(path + "-txid"):
         # Litestream's mark of a follower's copy: switching it to WAL, as any open for
         # writing does, would stall the updates Litestream applies under its locks.

@@ -421,3 +421,40 @@ def test_a_server_killed_mid_backup_download_leaves_no_copy_for_good(tmp_path):
         assert srv.get("/_fazt/health").status_code == 200
         assert not any(p.exists() for p in leftovers)
         assert mine.exists()
+
+
+def _first_line(sock: socket.socket) -> bytes:
+    sock.settimeout(10)
+    data = b""
+    while b"\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return data or b"EOF"
+        data += chunk
+    return data.split(b"\r\n")[0]
+
+
+def test_requests_sent_while_the_server_was_stopped_are_answered(db_path):
+    """SIGSTOP, then SIGCONT after the clocks ran out (a paused VM, a debugger, a host
+    starved for longer than a timeout): the requests that arrived meanwhile are waiting
+    in the kernel's buffers and are answered, not dropped by a clock that never looked.
+    Python's epoll, woken by SIGCONT past its deadline, returns no events without asking
+    the kernel; the loop then ran its timers first and closed these connections."""
+    env = fazt_env(FAZT_CLIENT_TIMEOUT="1")
+    with Server.running(db_path, env=env) as srv:
+        kept = socket.create_connection(("127.0.0.1", srv.port))
+        kept.sendall(b"GET /_fazt/health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert _first_line(kept) == b"HTTP/1.1 200 OK"
+        fresh = socket.create_connection(("127.0.0.1", srv.port))  # says nothing yet
+        eventually(lambda: srv.get("/_fazt/health").status_code == 200)  # fresh is accepted
+        srv.proc.send_signal(signal.SIGSTOP)
+        try:
+            for sock in (kept, fresh):
+                sock.sendall(b"GET /_fazt/health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            time.sleep(2.5)  # past the first request's timeout (1 s) and the loop's wait
+        finally:
+            srv.proc.send_signal(signal.SIGCONT)
+        assert _first_line(fresh) == b"HTTP/1.1 200 OK"
+        assert _first_line(kept) == b"HTTP/1.1 200 OK"
+        kept.close()
+        fresh.close()

@@ -832,6 +832,19 @@ class Connection:
 
     # -- timeouts ----------------------------------------------------------------------
 
+    def _caught_up(self) -> bool:
+        """Before a clock closes it: read what the client sent while the loop was not
+        looking (the process was stopped and continued, or starved of CPU; Python's epoll,
+        woken past its deadline, returns no events, and the timers run first). True when
+        something was waiting, so the client was not the slow one: a request that sat in
+        the kernel's buffer is answered, not closed on."""
+        if self.eof or not self._reading():
+            return False
+        before = (self.state, self.since, self.body_bytes, len(self.inbuf))
+        self.read()
+        return self.closed or before != (self.state, self.since, self.body_bytes,
+                                         len(self.inbuf))
+
     def check_time(self, now: float) -> None:
         """Called about once a second by the server's sweep."""
         state = self.state
@@ -839,14 +852,15 @@ class Connection:
             if self.wire or self.out:
                 if now - self.last_write > WRITE_TIMEOUT:
                     self.abort()
-            elif now - self.since > (KEEPALIVE_TIMEOUT if self.served else FIRST_REQUEST_TIMEOUT):
+            elif now - self.since > (KEEPALIVE_TIMEOUT if self.served else FIRST_REQUEST_TIMEOUT) \
+                    and not self._caught_up():
                 self._begin_close()
         elif state == HEADERS:
-            if now - self.since > HEADER_TIMEOUT:
+            if now - self.since > HEADER_TIMEOUT and not self._caught_up():
                 self.refuse(Refusal(408, "request_timeout",
                                     "The request's headers took too long to arrive."))
         elif state == BODY:
-            if self.body_too_slow(now):
+            if self.body_too_slow(now) and not self._caught_up():
                 self.refuse(Refusal(408, "request_timeout",
                                     "The request body arrives too slowly."))
         elif state == TASK:
@@ -854,7 +868,7 @@ class Connection:
                     now - max(self.last_write, self.since) > WRITE_TIMEOUT:
                 self.abort()
         elif state == HANDSHAKE:
-            if self.transport.handshake_expired(now):
+            if self.transport.handshake_expired(now) and not self._caught_up():
                 self.abort()
         elif state == CLOSING and now - self.since > LINGER:
             self.abort()

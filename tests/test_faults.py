@@ -12,7 +12,17 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import Admin, DatabaseLock, Server, eventually, fazt, fazt_env, init_db, zip_of
+from conftest import (
+    Admin,
+    DatabaseLock,
+    Server,
+    eventually,
+    fazt,
+    fazt_env,
+    free_port,
+    init_db,
+    zip_of,
+)
 
 
 def _integrity(db: Path) -> str:
@@ -458,3 +468,41 @@ def test_requests_sent_while_the_server_was_stopped_are_answered(db_path):
         assert _first_line(kept) == b"HTTP/1.1 200 OK"
         kept.close()
         fresh.close()
+
+
+def _fill(folder: Path) -> Path:
+    """A file that takes every free byte of the disk under `folder`."""
+    filler = folder / "filler"
+    with open(filler, "wb") as out:
+        try:
+            while True:
+                out.write(bytes(1 << 16))
+                out.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_sighup_on_a_full_disk_logs_one_sentence(tmp_path, small_disk):
+    """A recalibration the disk has no room for is a sentence in the server's log (and the
+    server serves on), not a Python traceback; with room again, SIGHUP works."""
+    db = init_db(small_disk(24) / "data.db")
+    srv = Server.__new__(Server)  # its log off the full disk, so the line can be read
+    srv.db, srv.port, srv.log_path = db, free_port(), tmp_path / "server.log"
+    srv._log = open(srv.log_path, "wb")
+    srv.proc = subprocess.Popen(
+        [sys.executable, "-m", "fazt", "server", "start", "--db", str(db), "--host",
+         "127.0.0.1", "--port", str(srv.port)], stdout=srv._log, stderr=subprocess.STDOUT,
+        env=fazt_env())
+    try:
+        srv.wait_ready()
+        filler = _fill(db.parent)
+        srv.proc.send_signal(signal.SIGHUP)
+        assert eventually(lambda: "failed" in srv.log(), timeout=15), srv.log()
+        assert "Recalibration (SIGHUP) failed: The disk is full" in srv.log()
+        assert "Traceback" not in srv.log()
+        assert srv.get("/_fazt/health").status_code == 200
+        filler.unlink()
+    finally:
+        assert srv.stop() == 0
+    assert _integrity(db) == "ok"

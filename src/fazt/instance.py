@@ -630,8 +630,8 @@ class Instance:
         leases = self.vfs.leases
         try:
             dropped = leases.sweep(self.db) if sweep else leases.collect(self.db)
-        except FaztError:
-            log.warning("could not collect unused files (the database is busy); will retry")
+        except FaztError as exc:  # busy, or a full disk: say which
+            log.warning("could not collect unused files (%s); will retry", exc.message)
             return 0
         self.compact_if_worth_it()
         return dropped

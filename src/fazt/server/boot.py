@@ -205,7 +205,8 @@ def run(db_path: str, host: str, port: int | None, https_port: int | None = None
             log.warning("SIGHUP ignored: a follower runs with the primary's thresholds")
             return
         # Recalibration writes to the database: never on the event loop's thread.
-        threading.Thread(target=_safely, args=(instance.recalibrate,), daemon=True).start()
+        threading.Thread(target=_safely, args=(instance.recalibrate, "Recalibration (SIGHUP)"),
+                         daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -300,9 +301,11 @@ def _tick(instance: Instance) -> None:
         _safely(instance.tick)
 
 
-def _safely(action):
+def _safely(action, what: str = "a background task"):
     try:
         return action()
+    except FaztError as exc:  # expected (a full disk, a busy database): its sentence
+        log.warning("%s failed: %s", what, exc.message)
     except Exception:  # a background duty must never kill the server
-        log.exception("background task failed")
-        return None
+        log.exception("%s failed", what)
+    return None

@@ -188,3 +188,15 @@ def test_disk_is_free_space_near_the_database(tmp_path):
     assert machine.disk_gb == pytest.approx(free_gb, abs=0.5)
     assert machine.source["disk"] == f"free space at {tmp_path}"
     assert machine.as_dict()["disk_gb"] == machine.disk_gb
+
+
+def test_another_process_is_probed_through_its_own_entries(tmp_path):
+    """probe(pid=N): the machine a running server sees (its cgroup, its FAZT_* settings),
+    not the one of the command asking."""
+    roots = tree(tmp_path, "0::/")  # the asking process: no limit at all
+    write(tmp_path / "proc" / "4242" / "cgroup", "0::/server")
+    (tmp_path / "proc" / "4242" / "environ").write_bytes(b"FAZT_CPUS=1.5\0PATH=/bin\0")
+    write(tmp_path / "cg" / "server" / "memory.max", str(256 * MB))
+    machine = probe(pid=4242, **roots)
+    assert (machine.ram_mb, machine.cpus) == (256, 1.5)
+    assert machine.source["ram"] == f"cgroup v2 {tmp_path / 'cg' / 'server' / 'memory.max'}"

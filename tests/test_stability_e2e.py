@@ -2,6 +2,7 @@
 
 import hashlib
 import http.client
+import json
 import os
 import signal
 import sqlite3
@@ -146,28 +147,51 @@ def _make_cgroup(limit_mb: int) -> Path:
     return group
 
 
+def _remove_cgroup(group: Path) -> None:
+    for _ in range(50):
+        try:
+            group.rmdir()
+            return
+        except OSError:
+            time.sleep(0.1)
+
+
+def _in_cgroup(group: Path, *args: str) -> list[str]:
+    """A `fazt` command line that runs inside the memory cgroup `group`."""
+    enter = f'echo $$ > {group}/cgroup.procs && exec "$@"'
+    return ["sh", "-c", enter, "sh", sys.executable, "-m", "fazt", *args]
+
+
+def _server_in(group: Path, db: Path, tmp_path: Path) -> Server:
+    """`fazt server start` inside `group`, ready."""
+    port = free_port()
+    proc = subprocess.Popen(_in_cgroup(group, "server", "start", "--db", str(db), "--host",
+                                       "127.0.0.1", "--port", str(port)),
+                            env=fazt_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    srv = Server.__new__(Server)
+    srv.port, srv.proc, srv.db = port, proc, db
+    srv.log_path = tmp_path / "log"
+    srv.log_path.write_text("")
+    srv._log = open(srv.log_path, "wb")
+    try:
+        srv.wait_ready()
+    except AssertionError:
+        srv.stop()
+        raise
+    return srv
+
+
 def test_inside_a_real_256_mb_cgroup(tmp_path):
     group = _make_cgroup(256)
     db = tmp_path / "data.db"
-    port = free_port()
-    enter = f'echo $$ > {group}/cgroup.procs && exec "$@"'
-    env = fazt_env()
     try:
-        subprocess.run(["sh", "-c", enter, "sh", sys.executable, "-m", "fazt", "server", "init",
-                        "--db", str(db), "--domain", "example.test", "--username", "owner",
-                        "--password", "correct horse battery"], check=True, env=env,
-                       capture_output=True)
-        proc = subprocess.Popen(["sh", "-c", enter, "sh", sys.executable, "-m", "fazt", "server",
-                                 "start", "--db", str(db), "--host", "127.0.0.1", "--port",
-                                 str(port)], env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        srv = Server.__new__(Server)
-        srv.port, srv.proc, srv.db = port, proc, db
-        srv.log_path = tmp_path / "log"
-        srv.log_path.write_text("")
-        srv._log = open(srv.log_path, "wb")
+        subprocess.run(_in_cgroup(group, "server", "init", "--db", str(db), "--domain",
+                                  "example.test", "--username", "owner", "--password",
+                                  "correct horse battery"),
+                       check=True, env=fazt_env(), capture_output=True)
+        srv = _server_in(group, db, tmp_path)
         try:
-            srv.wait_ready()
             status = Admin(srv).status()
             assert status["machine"]["ram_mb"] == 256
             ledger = status["memory"]["ledger"]
@@ -178,9 +202,33 @@ def test_inside_a_real_256_mb_cgroup(tmp_path):
             srv.stop()
         assert int((group / "memory.failcnt").read_text()) == 0
     finally:
-        for _ in range(50):
-            try:
-                group.rmdir()
-                break
-            except OSError:
-                time.sleep(0.1)
+        _remove_cgroup(group)
+
+
+def test_commands_beside_a_confined_server_use_the_servers_machine(tmp_path):
+    """The server runs confined to 256 MB (a systemd unit's MemoryMax=, a container), the
+    owner types commands in a shell that is not (it sees the whole host). Recalibrating
+    from there wrote thresholds for the host into the confined server (a file cache of
+    gigabytes: a kill for lack of memory once it fills); status showed the host's ratio
+    and mode, and `config set` took a value as safe for the host."""
+    group = _make_cgroup(256)
+    db = tmp_path / "data.db"
+    fazt("server", "init", "--db", str(db), "--domain", "example.test", "--username",
+         "owner", "--password", "correct horse battery")  # no --memory-mb: nothing declared
+    try:
+        srv = _server_in(group, db, tmp_path)
+        try:
+            out = fazt("server", "recalibrate", "--db", str(db)).stdout
+            assert "256 MB RAM" in out, out
+            status = Admin(srv).status()
+            ledger = status["memory"]["ledger"]
+            assert ledger["total_mb"] <= ledger["usable_mb"] < 256, ledger
+            seen = json.loads(fazt("server", "status", "--db", str(db), "--json").stdout)
+            assert seen["machine"]["ram_mb"] == 256
+            assert seen["thresholds"] == status["thresholds"]
+            refused = fazt("config", "set", "vfs_cache_mb", "500", "--db", str(db), check=False)
+            assert refused.returncode == 1 and "break glass" in refused.stderr
+        finally:
+            srv.stop()
+    finally:
+        _remove_cgroup(group)

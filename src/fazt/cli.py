@@ -107,10 +107,13 @@ def cmd_probe(args) -> int:
 def cmd_recalibrate(args) -> int:
     from fazt.instance import recalibrate_database
     from fazt.stability import thresholds as th
+    from fazt.store.claim import server_pid
 
     with _database(args) as db:
         machine, config = recalibrate_database(db, args.memory_mb, args.cpus)
-    print(f"Re-probed: {machine.ram_mb:.0f} MB RAM, {machine.cpus:g} CPUs. "
+        pid = server_pid(db.path)
+    where = f" where its server (pid {pid}) runs" if pid else ""
+    print(f"Re-probed{where}: {machine.ram_mb:.0f} MB RAM, {machine.cpus:g} CPUs. "
           "A running server uses the new thresholds from its next request.")
     _print_thresholds({k: config[k] for k in th.keys()})
     return 0

@@ -31,7 +31,7 @@ from fazt.stability.probe import Machine, probe
 from fazt.store import Database, open_database, space
 from fazt.store import sites as sites_store
 from fazt.store.certs import certificates_stamp, domains_stamp, forget_failures, load_domains
-from fazt.store.claim import try_claim
+from fazt.store.claim import server_pid, try_claim
 from fazt.store.config import (
     active_overrides,
     load_config,
@@ -129,11 +129,14 @@ def replicating(db: Database) -> bool:
 def machine_for(config: dict, db_path: str, memory_mb: float | None = None,
                 cpus: float | None = None) -> Machine:
     """Probe, with what the owner declared at init (or now) winning over what is seen.
-    With replication on, Litestream runs beside fazt and shares its budget."""
+    With replication on, Litestream runs beside fazt and shares its budget. While a
+    server runs on the database, the machine probed is the server's (its container),
+    not the one of the command that asks (claim.server_pid)."""
     machine = probe(
         db_path,
         memory_mb=memory_mb or config.get("declared_memory_mb"),
         cpus=cpus or config.get("declared_cpus"),
+        pid=server_pid(db_path),
     )
     machine.replica = bool(config.get(replica_target.URL_KEY))
     return machine

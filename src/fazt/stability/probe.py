@@ -57,13 +57,13 @@ def _read(path: Path) -> str | None:
         return None
 
 
-def _own_cgroups(proc_root: str) -> dict[str, str]:
-    """Controller name -> cgroup path of this process; "" is the cgroup v2 path.
+def _own_cgroups(proc_root: str, process: str = "self") -> dict[str, str]:
+    """Controller name -> cgroup path of the process; "" is the cgroup v2 path.
 
     Lines of /proc/self/cgroup look like `4:memory:/docker/abc` (v1) or
     `0::/user.slice/app.scope` (v2).
     """
-    text = _read(Path(proc_root) / "self" / "cgroup") or ""
+    text = _read(Path(proc_root) / process / "cgroup") or ""
     groups: dict[str, str] = {}
     for line in text.splitlines():
         parts = line.split(":", 2)
@@ -133,11 +133,24 @@ def _cpu_limit(groups: dict[str, str], cgroup_root: Path) -> tuple[float, str] |
     return min(found) if found else None
 
 
-def _host_cpus() -> tuple[float, str]:
-    """CPUs this process may be scheduled on (affinity and cpusets included)."""
+def _host_cpus(pid: int = 0) -> tuple[float, str]:
+    """CPUs the process may be scheduled on (affinity and cpusets included)."""
     if hasattr(os, "sched_getaffinity"):
-        return float(len(os.sched_getaffinity(0))), "sched_getaffinity"
+        try:
+            return float(len(os.sched_getaffinity(pid))), "sched_getaffinity"
+        except OSError:  # the process is gone: this one's
+            return float(len(os.sched_getaffinity(0))), "sched_getaffinity"
     return float(psutil.cpu_count() or 1), "psutil"
+
+
+def _environ_of(pid: int, proc_root: str, own: Mapping[str, str]) -> Mapping[str, str]:
+    """Another process's environment (its FAZT_MEMORY_MB), or `own` when it cannot be read."""
+    try:
+        raw = (Path(proc_root) / str(pid) / "environ").read_bytes()
+    except OSError:
+        return own
+    pairs = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
+    return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in pairs}
 
 
 def _override(
@@ -176,10 +189,14 @@ def probe(
     proc_root: str = "/proc",
     cgroup_root: str = "/sys/fs/cgroup",
     environ: Mapping[str, str] = os.environ,
+    pid: int | None = None,
 ) -> Machine:
-    """Measure the machine this process runs in; the smaller of host and container wins."""
+    """Measure the machine this process (or process `pid`: a running server) runs in; the
+    smaller of host and container wins."""
     source: dict[str, str] = {}
-    groups = _own_cgroups(proc_root)
+    groups = _own_cgroups(proc_root, str(pid) if pid else "self")
+    if pid:
+        environ = _environ_of(pid, proc_root, environ)
     root = Path(cgroup_root)
 
     host_ram_mb = psutil.virtual_memory().total / MB
@@ -191,7 +208,7 @@ def probe(
     if declared_ram:
         ram_mb, source["ram"] = declared_ram, how
 
-    host_cpus, source["cpus"] = _host_cpus()
+    host_cpus, source["cpus"] = _host_cpus(pid or 0)
     machine_cpus = host_cpus
     container_cpus = _cpu_limit(groups, root)
     if container_cpus is not None and container_cpus[0] < host_cpus:

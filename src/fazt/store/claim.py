@@ -117,3 +117,54 @@ def claim_for_server(db_path: str) -> Claim:
                 raise FaztError(f"Another fazt server is running on {db_path}; "
                                 "stop it first.")
         time.sleep(0.05)
+
+
+def _unix_names() -> dict[str, str]:
+    """Abstract Unix socket names bound in this network namespace -> their inodes."""
+    names: dict[str, str] = {}
+    try:
+        with open("/proc/net/unix", encoding="ascii", errors="replace") as table:
+            next(table, None)  # the header
+            for line in table:
+                fields = line.split()
+                if len(fields) >= 8 and fields[7].startswith("@"):
+                    names[fields[7][1:]] = fields[6]
+    except OSError:
+        pass
+    return names
+
+
+def _holds(pid: str, sockets: set[str]) -> bool:
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:  # gone, or not ours to look at
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in sockets:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def server_pid(db_path: str) -> int | None:
+    """The process id of the server running on `db_path`, when it is another process this
+    one may look at; else None (no server, a brief holder such as a restore, this very
+    process, or another user's process).
+
+    The command line probes through it the machine the server runs in: a shell
+    beside a systemd unit with MemoryMax= (or in another container) sees more RAM
+    than the server may use, and thresholds computed there would be the server's.
+    """
+    bound = _unix_names()
+    if any(a[1:].decode() in bound for a in _addresses(db_path, brief=True)):
+        return None  # a restore or a collection holds it for a moment
+    sockets = {f"socket:[{bound[name]}]" for name in
+               (a[1:].decode() for a in _addresses(db_path)) if name in bound}
+    if not sockets or _holds("self", sockets):
+        return None
+    for pid in os.listdir("/proc"):
+        if pid.isdigit() and _holds(pid, sockets):
+            return int(pid)
+    return None

@@ -13,6 +13,7 @@ import time
 import uuid
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import Admin, Server, eventually, fazt, fazt_env, free_port, init_db
 
@@ -232,3 +233,26 @@ def test_commands_beside_a_confined_server_use_the_servers_machine(tmp_path):
             srv.stop()
     finally:
         _remove_cgroup(group)
+
+
+def test_thresholds_from_a_larger_machine_are_recalibrated_at_boot(tmp_path):
+    """A database made for more RAM than the server has (restored onto a smaller machine,
+    or made by `init` outside the container the server runs in): its thresholds would
+    let the server use more memory than it has. It recalibrates before serving and says
+    so; the owner's own values stay."""
+    if psutil.virtual_memory().total < 2 << 30:
+        pytest.skip("the host itself is too small to stand for the larger machine")
+    db = tmp_path / "data.db"
+    fazt("server", "init", "--db", str(db), "--domain", "example.test", "--username", "owner",
+         "--password", "correct horse battery")  # the host's thresholds
+    fazt("config", "set", "js_timeout_ms", "1234", "--db", str(db))
+    with Server.running(db, env=fazt_env(FAZT_MEMORY_MB="256")) as srv:
+        status = Admin(srv).status()
+        assert status["machine"]["ram_mb"] == 256
+        ledger = status["memory"]["ledger"]
+        assert ledger["total_mb"] <= ledger["usable_mb"], ledger
+        assert status["thresholds"]["js_timeout_ms"] == 1234
+        assert "recalibrated for it" in srv.log()
+    with Server.running(db, env=fazt_env(FAZT_MEMORY_MB="256")) as srv:
+        srv.get("/_fazt/health")
+        assert "recalibrated" not in srv.log()  # once is enough: they fit now

@@ -386,6 +386,8 @@ class Instance:
                          token_hashes, json.loads(secrets.get(REVOKED_SESSIONS) or "{}"))
         self.machine = machine_for(self.config, self.db_path)
         self.machine.replica = self.machine.replica or self.read_only
+        if not self.read_only:
+            self._fit_machine()
         self.vfs = VFS(self.db, self._mb("vfs_cache_mb"), self._mb("large_file_mb"))
         self.vfs.pin_site(ADMIN_SITE)
         self.collect()  # what a command-line deploy left while a server held the database
@@ -402,6 +404,25 @@ class Instance:
         self.sites_changed()
         self._seen = self.db.wal_header()
         return self
+
+    def _fit_machine(self) -> None:
+        """Thresholds computed for a larger machine (a database restored onto a new, smaller
+        one; made by `init` outside the container the server runs in) would let this
+        server use more memory than it has: recalibrate before serving, as the owner
+        would (the values the owner set stay as set), and say so."""
+        ledger = th.ledger({k: self.config[k] for k in th.keys()}, self.machine)
+        if ledger["total_mb"] <= ledger["usable_mb"]:
+            return
+        try:
+            self.machine, self.config = recalibrate_database(self.db)
+        except FaztError as exc:  # a full disk: serve, but say what it risks
+            log.warning("The thresholds allow %.0f MB, past this machine's budget of %.0f MB, "
+                        "and could not be recalibrated: %s", ledger["total_mb"],
+                        ledger["usable_mb"], exc.message)
+            return
+        log.warning("The thresholds allowed %.0f MB, past this machine's budget of %.0f MB "
+                    "(%.0f MB RAM): recalibrated for it.", ledger["total_mb"],
+                    ledger["usable_mb"], self.machine.ram_mb)
 
     def _mb(self, key: str) -> int:
         return int(float(self.config[key]) * MB)

@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -449,6 +450,13 @@ def test_litestream_crash_is_restarted_and_replication_goes_on(tmp_path, replica
         deployed = time.time()
         assert eventually(lambda: synced_after(admin, deployed), timeout=30)
         assert "killed by SIGKILL" in server.log()
+        # Replication works again: the error is shown as past, with its time, not as current.
+        status = admin.status()["replica"]
+        assert status["last_error_past"] and status["last_error_at"] < status["last_sync_at"]
+        assert not status["warning"]
+        shown = fazt("replica", "status", "--db", str(primary), env=s3_env()).stdout
+        at = time.strftime("%Y-%m-%d %H:%M", time.localtime(status["last_error_at"]))
+        assert f"(at {at}" in shown and "past: a sync has succeeded since)" in shown, shown
     restored = tmp_path / "restored.db"
     fazt("restore", "--from", replica_url, "--db", str(restored), env=s3_env())
     with Server.running(restored) as again:
@@ -675,3 +683,88 @@ def test_commands_refuse_a_followers_copy(db_path, site_dir, tmp_path):
         assert result.returncode == 1 and "follower's copy" in result.stderr, result.stderr
     assert copy.read_bytes() == before
     assert sorted(p.name for p in copy.parent.iterdir()) == ["data.db", "data.db-txid"]
+
+
+class Outage:
+    """A loopback port in front of the S3 store that the test can cut and restore:
+    cut, nothing listens there (connections are refused), as when the store is down."""
+
+    def __init__(self, endpoint: str):
+        self.target = ("127.0.0.1", int(endpoint.rsplit(":", 1)[1]))
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._listener: socket.socket | None = None
+        self._open: list[socket.socket] = []
+        self.restore()
+
+    def url(self) -> str:
+        return f"s3://fazt/{uuid.uuid4().hex}?endpoint={self.endpoint}&region=us-east-1"
+
+    def restore(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        self._listener.close()
+        for sock in self._open:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        self._open.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:  # cut
+                return
+            upstream = socket.create_connection(self.target)
+            self._open += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+
+@needs_s3
+def test_status_says_at_once_that_the_store_cannot_be_reached(tmp_path, s3):
+    """Litestream's first error about a store that does not answer comes over a minute
+    late (its S3 client retries); the status says so within seconds, and stops saying
+    it once the store answers again. A bucket that does not exist is named at once too."""
+    outage = Outage(s3)
+    url = outage.url()
+    primary = init_db(tmp_path / "data.db")
+    fazt("replica", "set", url, "--db", str(primary), env=s3_env())
+    with Server.running(primary, env=s3_env()) as server:
+        admin = synced_now(server)
+        outage.cut()
+        cut_at = time.monotonic()
+        warned = eventually(lambda: "cannot be reached" in (
+            admin.status()["replica"]["warning"] or ""), timeout=15)
+        print(f"\nthe status said the store cannot be reached {time.monotonic() - cut_at:.1f} s "
+              "after it went away")
+        assert warned, admin.status()["replica"]
+        shown = fazt("replica", "status", "--db", str(primary), env=s3_env()).stdout
+        assert "The replica's store cannot be reached" in shown, shown
+        assert f"{outage.endpoint} does not answer" in shown
+        assert replica_status(primary)["store_error"]
+        outage.restore()
+        assert eventually(lambda: admin.status()["replica"]["warning"] is None, timeout=15)
+        assert replica_status(primary)["store_error"] is None
+
+        missing = f"s3://no-such-bucket/fazt?endpoint={s3}&region=us-east-1"
+        fazt("replica", "set", missing, "--db", str(primary), env=s3_env())
+        assert eventually(lambda: "bucket was not found" in (
+            admin.status()["replica"]["warning"] or ""), timeout=15), admin.status()["replica"]
+    outage.cut()
+

@@ -181,7 +181,7 @@ def _print_replica(replica: dict) -> None:
         if replica.get("lag_s") is not None:
             print(f"  Last confirmed sync: {replica['lag_s']:.1f} s ago")
     if replica.get("last_error"):
-        print(f"  Last error: {replica['last_error']}")
+        print(f"  Last error: {replica['last_error']} {_error_when(replica)}")
     if replica.get("warning"):
         print(f"  (!) {replica['warning']}")
 
@@ -722,6 +722,25 @@ def cmd_replica_status(args) -> int:
     if url:
         print(f"  Credentials: {source}")
     return 0
+
+
+def _error_when(replica: dict) -> str:
+    """When the last error happened, and whether replication has worked since: an old
+    error must not read as a current one."""
+    at = replica.get("last_error_at")
+    when = f"at {_when(at)}, {_ago(time.time() - at)} ago" if at else "at an unknown time"
+    synced = "update" if replica.get("role") == "follower" else "sync"
+    return f"({when}; past: a {synced} has succeeded since)" if replica.get(
+        "last_error_past") else f"({when})"
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    for unit, size in (("day", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            count = int(seconds // size)
+            return f"{count} {unit}{'s' if unit == 'day' and count > 1 else ''}"
+    return f"{seconds:.0f} s"
 
 
 def _print_thresholds(values: dict, marked: set | None = None) -> None:

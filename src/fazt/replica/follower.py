@@ -28,7 +28,8 @@ from collections.abc import Callable
 
 from fazt.errors import FaztError
 from fazt.replica import litestream, target
-from fazt.replica.primary import rss
+from fazt.replica.primary import error_is_past, rss
+from fazt.replica.reach import StoreWatch
 from fazt.replica.supervisor import Child, describe_exit
 from fazt.restore import database_folder
 
@@ -72,6 +73,7 @@ class Follower:
                            litestream.child_env(credentials, gomemlimit_mb),
                            cwd=os.path.dirname(self.db_path), on_line=self._line,
                            prepare=self._clear)
+        self.store = StoreWatch(url)
 
     def _clear(self) -> None:
         """Before each start: no old copy, so Litestream restores afresh."""
@@ -98,26 +100,34 @@ class Follower:
     def start(self, timeout: float = 600.0) -> "Follower":
         """Start following; return once the first restore is complete."""
         self.child.start()
+        self.store.start()
         deadline = time.monotonic() + timeout
         while not self._ready.wait(0.1):
             if self.child.exits:
-                self.child.stop()
+                self.stop()
                 reason = self.child.said or f"it exited ({describe_exit(self.child.exits[-1])})"
                 raise FaztError(f"Litestream could not restore {self.url}: {reason}.")
             if time.monotonic() > deadline:
-                self.child.stop()
+                self.stop()
                 raise FaztError(f"The first restore from {self.url} took over "
                                 f"{timeout:.0f} s; giving up.")
         return self
 
     def stop(self) -> None:
+        self.store.stop()
         self.child.stop()
 
     def status(self) -> dict:
         pid = self.child.pid
+        errors = {"last_error": self.child.last_error,
+                  "last_error_at": self.child.last_error_at}
+        past = error_is_past(errors, self.applied_at)
         warning = None
         if pid is None:
             warning = "Litestream is not running: this follower is not being updated."
+        elif self.store.problem:
+            warning = (f"The replica's store cannot be reached: {self.store.problem} "
+                       "This follower is not being updated.")
         elif (self.child.last_error_at or 0) > (self.applied_at or 0) + 10:
             warning = f"Litestream cannot update this follower: {self.child.last_error}"
         return {
@@ -133,6 +143,7 @@ class Follower:
             "rss_bytes": rss(pid),
             "gomemlimit_mb": self.gomemlimit_mb,
             "restarts": self.child.restarts,
-            "last_error": self.child.last_error,
-            "last_error_at": self.child.last_error_at,
+            **errors,
+            **self.store.as_dict(),
+            "last_error_past": past,
         }

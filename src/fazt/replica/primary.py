@@ -15,7 +15,9 @@ import re
 import time
 
 from fazt.replica import litestream, target
+from fazt.replica.reach import StoreWatch
 from fazt.replica.supervisor import Child
+from fazt.store.claim import is_claimed
 
 LAG_WARN_S = 30.0  # seconds without a confirmed sync before the status warns
 _RFC3339 = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)\Z")
@@ -48,6 +50,11 @@ class Replication:
                            stdin=litestream.replicate_config(db_path,
                                                              target.litestream_url(url)),
                            cwd=os.path.dirname(self.db_path), on_error=self._publish)
+        self.store = StoreWatch(url, on_change=self._publish)
+
+    def errors(self) -> dict:
+        return {"last_error": self.child.last_error, "last_error_at": self.child.last_error_at,
+                **self.store.as_dict()}
 
     def _publish(self) -> None:
         """The last error where `fazt server status` and `fazt replica status` (other
@@ -55,22 +62,24 @@ class Replication:
         temp = errors_path(self.db_path) + ".tmp"
         with contextlib.suppress(OSError):
             with open(temp, "w") as f:
-                json.dump({"last_error": self.child.last_error,
-                           "last_error_at": self.child.last_error_at}, f)
+                json.dump(self.errors(), f)
             os.replace(temp, errors_path(self.db_path))
 
     def start(self) -> "Replication":
         self.child.start()
+        self.store.start()
         return self
 
     def stop(self) -> None:
+        self.store.stop()
         self.child.stop()
 
     def same(self, url: str, credentials: dict[str, str]) -> bool:
         return url == self.url and credentials == self.credentials
 
     def status(self) -> dict:
-        return replication_status(self.db_path, self.url, self.child, self.gomemlimit_mb)
+        return replication_status(self.db_path, self.url, self.child, self.gomemlimit_mb,
+                                  errors=self.errors())
 
 
 def errors_path(db_path: str) -> str:
@@ -78,12 +87,14 @@ def errors_path(db_path: str) -> str:
 
 
 def replication_status(db_path: str, url: str | None, child: Child | None = None,
-                       gomemlimit_mb: int | None = None, ask: bool = True) -> dict:
+                       gomemlimit_mb: int | None = None, ask: bool = True,
+                       errors: dict | None = None) -> dict:
     """What `fazt replica status`, `fazt server status` and the status API show.
 
     Without `child` (another process runs Litestream) the control socket still
-    answers, so the command line sees what the server sees. With `ask` False (a
-    server that runs no Litestream: replication is off) the socket is not tried.
+    answers, so the command line sees what the server sees, and the errors the
+    server publishes beside the database. With `ask` False (a server that runs no
+    Litestream: replication is off) the socket is not tried.
     """
     now = time.time()
     listing = (litestream.control(db_path, "/list") if ask else None) or {}
@@ -96,9 +107,18 @@ def replication_status(db_path: str, url: str | None, child: Child | None = None
     lag = round(now - last_sync, 1) if last_sync else None
     started = child.started_at if child is not None else (
         now - info["uptime_seconds"] if "uptime_seconds" in info else None)
+    if errors is None and child is None and (running or is_claimed(db_path)):
+        errors = published_errors(db_path)  # a server runs: its Litestream may be restarting
+    errors = {**NO_ERRORS, **(errors or {})}
+    past = error_is_past(errors, last_sync)
     warning = None
     if url and not running:
         warning = "Litestream is not running: changes are not being replicated."
+    elif url and errors["store_error"]:
+        warning = (f"The replica's store cannot be reached: {errors['store_error']} "
+                   "Changes are not being replicated.")
+    elif url and errors["last_error"] and not past:
+        warning = f"Litestream cannot sync with the replica: {plain(errors['last_error'])}"
     elif url and lag is not None and lag > LAG_WARN_S:
         warning = f"The replica is behind: the last confirmed sync was {lag:.0f} s ago."
     elif url and lag is None and started and now - started > LAG_WARN_S:
@@ -115,15 +135,52 @@ def replication_status(db_path: str, url: str | None, child: Child | None = None
         "warning": warning,
         "rss_bytes": rss(pid),
         "gomemlimit_mb": gomemlimit_mb,
+        **errors,
+        "last_error_past": past,
     }
     if child is not None:
-        status.update(restarts=child.restarts, last_error=child.last_error,
-                      last_error_at=child.last_error_at)
-    elif running:  # the server's supervisor publishes what went wrong
-        with contextlib.suppress(OSError, ValueError):
-            with open(errors_path(db_path)) as f:
-                status.update(json.load(f))
+        status["restarts"] = child.restarts
     return status
+
+
+NO_ERRORS = {"last_error": None, "last_error_at": None, "store_error": None,
+             "store_error_since": None}
+
+
+def published_errors(db_path: str) -> dict:
+    """What the server that runs Litestream found wrong (Replication._publish)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open(errors_path(db_path)) as f:
+            found = json.load(f)
+        if isinstance(found, dict):
+            return {k: found.get(k) for k in NO_ERRORS}
+    return {}
+
+
+def error_is_past(errors: dict, confirmed_at: float | None) -> bool:
+    """Whether the last error came before the last confirmed sync (or update, on a
+    follower): replication has worked since, so it is history, not the present."""
+    at = errors.get("last_error_at")
+    return bool(errors.get("last_error") and at and confirmed_at and confirmed_at > at)
+
+
+# What an owner can act on in Litestream's long S3 errors, in words.
+_PLAIN = (
+    (("connection refused", "no such host", "i/o timeout", "network is unreachable",
+      "exceeded maximum number of attempts"), "the store cannot be reached"),
+    (("nosuchbucket", "statuscode: 404"), "the bucket was not found (404)"),
+    (("accessdenied", "invalidaccesskeyid", "signaturedoesnotmatch", "statuscode: 403"),
+     "the store refused the credentials (403)"),
+)
+
+
+def plain(error: str) -> str:
+    """What Litestream's error means, when that is known; else the error itself."""
+    text = error.lower()
+    for words, meaning in _PLAIN:
+        if any(w in text for w in words):
+            return f"{meaning}; see the last error."
+    return error
 
 
 def rss(pid: int | None) -> int | None:

@@ -239,6 +239,11 @@ function renderReplica(r) {
   $("status-replica-process").textContent = !r.url ? "not running"
     : r.running ? `pid ${r.pid} · ${bytes(r.rss_bytes)}${r.restarts ? ` · ${r.restarts} restarts` : ""}`
       : "not running";
+  // An old error says when it was, and that replication worked since: not a current one.
+  const success = r.role === "follower" ? "an update" : "a sync";
+  $("status-replica-error").textContent = !r.last_error ? "–"
+    : `${when(r.last_error_at)}${r.last_error_past ? ` (past: ${success} has succeeded since)` : ""}: ${r.last_error}`;
+  $("status-replica-error").classList.toggle("error", Boolean(r.last_error && !r.last_error_past));
   $("status-replica-warning").hidden = !r.warning;
   $("status-replica-warning").textContent = r.warning || "";
 }

@@ -768,3 +768,42 @@ def test_status_says_at_once_that_the_store_cannot_be_reached(tmp_path, s3):
             admin.status()["replica"]["warning"] or ""), timeout=15), admin.status()["replica"]
     outage.cut()
 
+
+@needs_s3
+def test_follower_goes_on_serving_while_its_store_is_down(tmp_path, s3, site_dir):
+    """A follower whose store goes away says so at once; and if its Litestream dies
+    meanwhile (its restart restores afresh, which cannot succeed until the store is
+    back), it goes on serving its copy instead of failing every request."""
+    outage = Outage(s3)
+    url = outage.url()
+    primary = init_db(tmp_path / "primary" / "data.db")
+    fazt("replica", "set", url, "--db", str(primary), env=s3_env())
+    fazt("deploy", str(site_dir), "--site", "docs", "--db", str(primary))
+    page = (site_dir / "index.html").read_text()
+    with Server.running(primary, env=s3_env()) as server:
+        synced_now(server)
+        with follower_of(tmp_path, url) as follower:
+            owner = Admin(follower)
+            assert follower.get("/", host="docs.localhost").text == page
+            outage.cut()
+            assert eventually(lambda: "cannot be reached" in (
+                owner.status()["replica"]["warning"] or ""), timeout=15), \
+                owner.status()["replica"]
+            first = owner.status()["replica"]["pid"]
+            os.kill(first, signal.SIGKILL)
+            assert eventually(lambda: owner.status()["replica"]["restarts"] >= 1, timeout=15)
+            for _ in range(20):  # new connections too: each request may take another thread
+                with requests.Session() as fresh:
+                    r = fresh.get(follower.url("/"), headers={"Host": "docs.localhost"},
+                                  timeout=10)
+                assert r.status_code == 200 and r.text == page
+                assert Admin(follower).get("/api/sites").status_code == 200
+            outage.restore()
+            (site_dir / "index.html").write_text("<h1>after the outage</h1>")
+            fazt("deploy", str(site_dir), "--site", "docs", "--db", str(primary))
+            assert eventually(lambda: "after the outage" in follower.get(
+                "/", host="docs.localhost").text, timeout=60)
+            assert eventually(lambda: owner.status()["replica"]["warning"] is None, timeout=15)
+        assert sorted(p.name for p in follower.db.parent.iterdir()
+                      if p.name.startswith("data.db")) == ["data.db", "data.db-txid"]
+    outage.cut()

@@ -15,9 +15,13 @@ Three details measured with Litestream 0.5.17:
   primary never moves, so an open connection keeps serving its cached pages
   until the page count happens to change. So the server reopens its
   connections after each update (at most once a sync interval).
-- Restarted on an existing copy, `restore -f` refuses to resume when no
-  snapshot is newer than the copy. So a restarted follower restores afresh, and
-  the database reopens its connections on the new file once it is complete.
+- Restarted on an existing copy, `restore -f` refuses to resume once it applied
+  anything newer than the replica's latest snapshot ("saved TXID ... is ahead of
+  latest snapshot"), and it will not restore over a file without its `-txid`. So
+  a restarted follower restores afresh: the copy is moved aside to `PATH.serving`,
+  which the server reads meanwhile (for as long as the store does not answer, if
+  need be), and the database reopens its connections on the new file once it is
+  complete.
 """
 
 import contextlib
@@ -33,7 +37,8 @@ from fazt.replica.reach import StoreWatch
 from fazt.replica.supervisor import Child, describe_exit
 from fazt.restore import database_folder
 
-_SIDE_FILES = ("-txid", "-wal", "-shm", "-journal")
+_SIDE_FILES = ("-txid", "-wal", "-shm", "-journal", ".tmp")
+SERVING = ".serving"  # the old copy, read while Litestream restores a new one
 _HEADER_JOURNAL_MODE = 18  # two bytes: 1 1 rollback journal, 2 2 WAL
 
 
@@ -50,6 +55,11 @@ def mark_rollback_mode(path: str) -> None:
             f.write(b"\x01\x01")
 
 
+def _remove(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
 class Follower:
     """Litestream following `url` into `db_path`, restarted (and re-restored) if it dies."""
 
@@ -63,6 +73,7 @@ class Follower:
         self.url = url
         self.gomemlimit_mb = gomemlimit_mb
         self.on_restored: Callable[[], None] | None = None  # the copy was replaced
+        self.on_moved: Callable[[str], None] | None = None  # the copy moved aside, to here
         self.on_applied: Callable[[], None] | None = None  # pages changed in the copy
         self.restored_at: float | None = None
         self.applied_at: float | None = None
@@ -76,11 +87,19 @@ class Follower:
         self.store = StoreWatch(url)
 
     def _clear(self) -> None:
-        """Before each start: no old copy, so Litestream restores afresh."""
+        """Before each start: no copy where Litestream writes, so it restores afresh. A
+        server reading the copy goes on reading it, moved aside, until the new one is
+        complete; at the first start there is none, and what a killed follower left
+        goes."""
         self._ready.clear()
+        serving = self.db_path + SERVING
+        if self.on_moved is None:
+            _remove(serving)
+        elif os.path.exists(self.db_path):
+            os.replace(self.db_path, serving)  # in one step: a reader always finds a file
+            self.on_moved(serving)
         for suffix in ("", *_SIDE_FILES):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.db_path + suffix)
+            _remove(self.db_path + suffix)
 
     def _line(self, fields: dict[str, str]) -> None:
         message = fields.get("msg")
@@ -91,6 +110,7 @@ class Follower:
             self._ready.set()
             if self.on_restored is not None:
                 self.on_restored()
+            _remove(self.db_path + SERVING)  # readers open the new copy from now on
         elif message == "follow: applied updates":
             self.txid = fields.get("to_txid")
             self.applied_at = time.time()

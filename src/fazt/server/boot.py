@@ -285,10 +285,11 @@ def _follower(db_path: str, url: str) -> Instance:
     instance.replication = follower
 
     def restored() -> None:  # Litestream died and restored afresh: read the new file
-        instance.db.reopen()
+        instance.db.serve_from(None)
         instance.vfs.forget_files()
 
     follower.on_restored = restored
+    follower.on_moved = instance.db.serve_from  # read the old copy while it restores
     follower.on_applied = instance.db.reopen  # the counter SQLite checks did not move
     return instance
 

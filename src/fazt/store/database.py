@@ -61,6 +61,7 @@ class Database:
         # A follower's copy, which Litestream rewrites underneath: opened read-only, in
         # whatever journal mode the file says, and every write refused.
         self.read_only = read_only
+        self._read_path: str | None = None  # where a follower's readers open it, if elsewhere
         self._generation = 0
         self._reopened = 0  # readers of an older generation than this reconnect
         self._local = threading.local()
@@ -75,7 +76,7 @@ class Database:
 
     def _connect(self, busy_ms: int, cache_mb: float | None = None) -> sqlite3.Connection:
         if self.read_only:
-            conn = _connect_read_only(self.path, busy_ms / 1000)
+            conn = _connect_read_only(self._read_path or self.path, busy_ms / 1000)
         else:
             conn = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False,
@@ -105,6 +106,12 @@ class Database:
         self._generation += 1
         self._reopened = self._generation
         self._forget_shm()  # the new file has its own -shm: map that one
+
+    def serve_from(self, path: str | None) -> None:
+        """Read-only readers open `path` from now on (None: the database's own path):
+        a follower's copy moved aside while Litestream restores a new one in its place."""
+        self._read_path = path
+        self.reopen()
 
     def set_limits(self, limits: Limits) -> None:
         """New PRAGMAs; each connection picks them up when next used."""

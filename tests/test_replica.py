@@ -8,6 +8,7 @@ through the test extra.
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -160,7 +161,8 @@ def _follower_copy(db_path: Path, site_dir: Path, tmp_path: Path) -> Path:
     return copy
 
 
-def test_follower_boot_writes_nothing_and_refuses_writes(db_path, site_dir, tmp_path):
+def test_follower_boot_writes_nothing_and_refuses_writes(db_path, site_dir, tmp_path,
+                                                          caplog):
     from falcon import testing
 
     from fazt.app import Router
@@ -193,6 +195,15 @@ def test_follower_boot_writes_nothing_and_refuses_writes(db_path, site_dir, tmp_
                                        "This server is a read-only follower, write to the "
                                        "primary."}
         assert client.simulate_get("/api/", host="app.localhost").json == {}  # no note
+        with caplog.at_level(logging.WARNING):  # signing out is RAM only, not a busy database
+            out = client.simulate_post("/api/logout", host="admin.localhost", headers=cookie)
+        assert out.status_code == 200 and not caplog.records, caplog.text
+        assert client.simulate_get("/api/session", host="admin.localhost",
+                                   headers=cookie).status_code == 401
+        login = client.simulate_post("/api/login", host="admin.localhost",
+                                     json={"username": USERNAME, "password": PASSWORD},
+                                     headers={"X-Fazt-Request": "1"})
+        cookie["Cookie"] = f"fazt_session={login.cookies['fazt_session'].value}"
         status = client.simulate_get("/api/system/status", host="admin.localhost",
                                      headers=cookie).json
         assert status["memory"]["ledger"]["replica"] > 0  # a follower runs Litestream too

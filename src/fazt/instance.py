@@ -685,7 +685,10 @@ class Instance:
 
         Best effort: the session is already refused in RAM, and a locked
         database must not make logging out fail; the next logout saves again.
+        A follower keeps them in RAM only: its database is the primary's copy.
         """
+        if self.read_only:
+            return
         try:
             with self.db.write() as conn:
                 # read while holding the writer: two logouts at once each save, and the

@@ -611,6 +611,11 @@ def test_follower_of_an_empty_replica_says_why(tmp_path, replica_url):
     last = result.stderr.strip().splitlines()[-1]
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert last.endswith("no matching backup files available."), last
+    assert "holds no database yet" in last and "fazt replica set" in last
+    assert "fazt restarts it" not in result.stderr  # it does not: the start ends here
+    result = fazt("restore", "--from", replica_url, "--db", str(tmp_path / "data.db"),
+                  env=s3_env(), check=False)
+    assert result.returncode == 1 and "holds no database yet" in result.stderr
 
 
 def _litestreams(pid: int) -> list[int]:

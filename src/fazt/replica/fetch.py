@@ -41,7 +41,7 @@ def restore_from(url: str, db_path: str, gomemlimit_mb: int) -> dict:
         done = subprocess.run(argv, env=env, umask=0o077, capture_output=True, text=True,
                               stdin=subprocess.DEVNULL, preexec_fn=die_with_parent(os.getpid()))
         if done.returncode != 0 or not os.path.isfile(fetched):
-            raise FaztError(f"Litestream could not restore from {url}: {_reason(done)}")
+            raise FaztError(litestream.restore_failed(url, _reason(done)))
         fetch_s = time.monotonic() - began
         result = restore_file(fetched, db_path, consume=True)
     finally:

@@ -83,7 +83,9 @@ class Follower:
                                litestream.binary(), target.litestream_url(url), self.db_path),
                            litestream.child_env(credentials, gomemlimit_mb),
                            cwd=os.path.dirname(self.db_path), on_line=self._line,
-                           prepare=self._clear)
+                           prepare=self._clear,
+                           # a first restore that fails ends the start (start() says why)
+                           restart=lambda: self.restored_at is not None)
         self.store = StoreWatch(url)
 
     def _clear(self) -> None:
@@ -126,7 +128,7 @@ class Follower:
             if self.child.exits:
                 self.stop()
                 reason = self.child.said or f"it exited ({describe_exit(self.child.exits[-1])})"
-                raise FaztError(f"Litestream could not restore {self.url}: {reason}.")
+                raise FaztError(litestream.restore_failed(self.url, reason))
             if time.monotonic() > deadline:
                 self.stop()
                 raise FaztError(f"The first restore from {self.url} took over "

@@ -107,6 +107,19 @@ def restore_argv(exe: str, url: str, out_path: str) -> list[str]:
     return [exe, "restore", "-integrity-check", "full", "-o", out_path, url]
 
 
+EMPTY_REPLICA = "no matching backup files available"  # Litestream's words
+
+
+def restore_failed(url: str, reason: str) -> str:
+    """Why a restore from `url` failed, in one sentence that ends with Litestream's own
+    words; a replica that holds nothing yet (the usual first mistake) is said plainly."""
+    reason = reason.rstrip(".")
+    if reason == EMPTY_REPLICA:
+        return (f"The replica at {url} holds no database yet: start replicating there on "
+                f"the primary first (`fazt replica set URL`). Litestream: {reason}.")
+    return f"Litestream could not restore {url}: {reason}."
+
+
 class _UnixHTTP(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float):
         super().__init__("localhost", timeout=timeout)

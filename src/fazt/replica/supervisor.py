@@ -57,7 +57,8 @@ class Child:
                  stdin: str | None = None, cwd: str | None = None,
                  on_line: Callable[[dict[str, str]], None] | None = None,
                  prepare: Callable[[], None] | None = None,
-                 on_error: Callable[[], None] | None = None):
+                 on_error: Callable[[], None] | None = None,
+                 restart: Callable[[], bool] | None = None):
         self.name = name
         self.argv = argv
         self.env = env
@@ -66,6 +67,7 @@ class Child:
         self.on_line = on_line
         self.prepare = prepare  # runs before each start
         self.on_error = on_error  # after last_error changed
+        self.restart = restart  # asked after a child died: start another? (None: always)
         self.restarts = 0
         self.started_at: float | None = None
         self.last_error: str | None = None
@@ -120,6 +122,9 @@ class Child:
                 if self._stopping.is_set():
                     break
                 self.exits.append(code)
+                if self.restart is not None and not self.restart():
+                    self._error(f"litestream {self.argv[1]} exited ({describe_exit(code)})")
+                    break
                 self._error(f"litestream {self.argv[1]} exited ({describe_exit(code)}); "
                             "fazt restarts it")
             if time.monotonic() - began > HEALTHY_AFTER:

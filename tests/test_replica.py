@@ -823,3 +823,30 @@ def test_follower_goes_on_serving_while_its_store_is_down(tmp_path, s3, site_dir
         assert sorted(p.name for p in follower.db.parent.iterdir()
                       if p.name.startswith("data.db")) == ["data.db", "data.db-txid"]
     outage.cut()
+
+
+@needs_s3
+def test_follower_says_when_the_primary_replicates_elsewhere(tmp_path, replica_url, s3):
+    """`fazt replica set` another URL (or `replica off`) on the primary: the change
+    reaches the old replica last, and the follower of it says it is left behind
+    instead of looking current."""
+    primary = init_db(tmp_path / "primary" / "data.db")
+    fazt("replica", "set", replica_url, "--db", str(primary), env=s3_env())
+    with Server.running(primary, env=s3_env()) as server:
+        synced_now(server)
+        with follower_of(tmp_path, replica_url) as follower:
+            owner = Admin(follower)
+            assert owner.status()["replica"]["warning"] is None
+            elsewhere = f"s3://fazt/{uuid.uuid4().hex}?endpoint={s3}&region=us-east-1"
+            fazt("replica", "set", elsewhere, "--db", str(primary), env=s3_env())
+
+            def warning() -> str:
+                return owner.status()["replica"]["warning"] or ""
+
+            assert eventually(lambda: "now replicates to" in warning(), timeout=30), warning()
+            assert f"--follow {elsewhere}" in warning()
+            assert owner.status()["replica"]["behind"]
+            # The same bucket and path through another endpoint is the same replica.
+            from fazt.replica.target import same_place
+            assert same_place(replica_url, replica_url.replace("127.0.0.1", "localhost"))
+            assert not same_place(replica_url, elsewhere)

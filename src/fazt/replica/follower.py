@@ -75,6 +75,8 @@ class Follower:
         self.on_restored: Callable[[], None] | None = None  # the copy was replaced
         self.on_moved: Callable[[str], None] | None = None  # the copy moved aside, to here
         self.on_applied: Callable[[], None] | None = None  # pages changed in the copy
+        # The primary's replica_url, as the copy holds it (the server's config).
+        self.primary_url: Callable[[], str | None] | None = None
         self.restored_at: float | None = None
         self.applied_at: float | None = None
         self.txid: str | None = None
@@ -139,6 +141,21 @@ class Follower:
         self.store.stop()
         self.child.stop()
 
+    def _moved(self) -> str | None:
+        """When the primary replicates elsewhere now (`fazt replica set` another URL, or
+        `replica off`: the change itself reached this replica last), nothing new will
+        come here: say so, rather than look current."""
+        if self.primary_url is None:
+            return None
+        theirs = self.primary_url() or ""
+        if not theirs:
+            return ("The primary no longer replicates (its replica_url is off): this "
+                    "follower is not being updated.")
+        if target.same_place(theirs, self.url):
+            return None
+        return (f"The primary now replicates to {theirs}, not to {self.url}: this follower "
+                f"is not being updated; start it with --follow {theirs}.")
+
     def status(self) -> dict:
         pid = self.child.pid
         errors = {"last_error": self.child.last_error,
@@ -150,6 +167,8 @@ class Follower:
         elif self.store.problem:
             warning = (f"The replica's store cannot be reached: {self.store.problem} "
                        "This follower is not being updated.")
+        elif self._moved():
+            warning = self._moved()
         elif (self.child.last_error_at or 0) > (self.applied_at or 0) + 10:
             warning = f"Litestream cannot update this follower: {self.child.last_error}"
         return {

@@ -68,6 +68,14 @@ def check_reachable(url: str, timeout: float = 3.0) -> str | None:
     return None
 
 
+def same_place(a: str, b: str) -> bool:
+    """Whether two replica URLs name the same bucket and path (the endpoints may differ:
+    a follower may reach the store by another address than its primary)."""
+    pa, pb = urllib.parse.urlsplit(a), urllib.parse.urlsplit(b)
+    return (pa.scheme, pa.hostname, pa.path.strip("/")) == \
+        (pb.scheme, pb.hostname, pb.path.strip("/"))
+
+
 def litestream_url(url: str) -> str:
     """The URL as Litestream gets it: S3-compatible stores (MinIO, R2, moto) behind an
     endpoint want bucket-in-path addressing unless the owner said otherwise."""

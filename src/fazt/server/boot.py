@@ -290,6 +290,7 @@ def _follower(db_path: str, url: str) -> Instance:
 
     follower.on_restored = restored
     follower.on_moved = instance.db.serve_from  # read the old copy while it restores
+    follower.primary_url = lambda: instance.config.get(target.URL_KEY)
     follower.on_applied = instance.db.reopen  # the counter SQLite checks did not move
     return instance
 

@@ -850,3 +850,57 @@ def test_follower_says_when_the_primary_replicates_elsewhere(tmp_path, replica_u
             from fazt.replica.target import same_place
             assert same_place(replica_url, replica_url.replace("127.0.0.1", "localhost"))
             assert not same_place(replica_url, elsewhere)
+
+
+def _first_txid(folder: Path) -> int:
+    """The first transaction Litestream still keeps a local file of (0: none yet)."""
+    names = [n for n in os.listdir(folder) if n.endswith(".ltx")] if folder.is_dir() else []
+    return int(min(names).split("-")[0], 16) if names else 0
+
+
+@needs_s3
+def test_a_new_replica_url_gets_every_later_change(tmp_path, replica_url, s3, site_dir):
+    """`fazt replica set` another URL, while the server runs and while it is stopped:
+    every change made after it reaches the new replica. Litestream's working state of
+    the old replica made it fail on every change after its first snapshot to the new
+    one, once that state no longer began at the first transaction (as after `replica
+    off` and on again, after a restore, or after a few minutes of running)."""
+    primary = init_db(tmp_path / "primary" / "data.db")
+    fazt("deploy", str(site_dir), "--site", "docs", "--db", str(primary))
+    level0 = primary.parent / ".data.db-litestream" / "ltx" / "0"
+    url = replica_url
+    for running in (True, False):
+        fazt("replica", "set", url, "--db", str(primary), env=s3_env())
+        with Server.running(primary, env=s3_env()) as server:
+            admin = synced_now(server)
+            for n in range(3):
+                r = admin.post("/api/deploy?site=docs", data=zip_of({"index.html": f"{n}"}))
+                assert r.status_code == 200, r.text
+            synced_now(server)
+        # Off and on again: Litestream's new state begins where the replica is.
+        fazt("replica", "off", "--db", str(primary), env=s3_env())
+        fazt("replica", "set", url, "--db", str(primary), env=s3_env())
+        server = Server(primary, env=s3_env())
+        try:
+            admin = synced_now(server)
+            assert _first_txid(level0) > 1
+            url = f"s3://fazt/{uuid.uuid4().hex}?endpoint={s3}&region=us-east-1"
+            fazt("replica", "set", url, "--db", str(primary), env=s3_env())
+            if not running:
+                server.stop()
+                server = Server(primary, env=s3_env())
+                admin = Admin(server)
+            assert eventually(lambda url=url, admin=admin: admin.status()["replica"]["url"] == url
+                              and admin.status()["replica"]["last_sync_at"], timeout=15)
+            text = f"after the switch ({'running' if running else 'stopped'})"
+            r = admin.post("/api/deploy?site=docs", data=zip_of({"index.html": text}))
+            assert r.status_code == 200, r.text
+            synced_now(server)
+            status = admin.status()["replica"]
+            assert status["warning"] is None, status
+        finally:
+            server.stop()
+        restored = tmp_path / f"restored-{running}" / "data.db"
+        fazt("restore", "--from", url, "--db", str(restored), env=s3_env())
+        with Server.running(restored) as again:
+            assert again.get("/", host="docs.localhost").text == text

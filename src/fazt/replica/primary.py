@@ -42,7 +42,10 @@ class Replication:
         self.url = url
         self.credentials = credentials
         self.gomemlimit_mb = gomemlimit_mb
+        _forget_another_replicas_state(db_path, url)
         os.makedirs(litestream.meta_dir(db_path), mode=0o700, exist_ok=True)
+        with open(_url_path(db_path), "w") as f:
+            f.write(url)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(errors_path(db_path))  # a past run's errors are not this one's
         self.child = Child("replicate", litestream.replicate_argv(litestream.binary()),
@@ -80,6 +83,26 @@ class Replication:
     def status(self) -> dict:
         return replication_status(self.db_path, self.url, self.child, self.gomemlimit_mb,
                                   errors=self.errors())
+
+
+def _url_path(db_path: str) -> str:
+    return os.path.join(litestream.meta_dir(db_path), "fazt-replica-url")
+
+
+def _forget_another_replicas_state(db_path: str, url: str) -> None:
+    """Litestream's working folder describes what the replica it last wrote to holds.
+    Kept across a change of URL, Litestream uploads a snapshot to the new replica and
+    then fails on every later change (measured with 0.5.17: "open ltx file
+    .../0000000000000001-...ltx: no such file"), so nothing after the switch is
+    replicated. Started without it, Litestream reads where the replica is and goes on
+    from there (a new replica, or the same one again after `replica off`)."""
+    try:
+        with open(_url_path(db_path)) as f:
+            before = f.read()
+    except OSError:
+        return
+    if before != url:
+        litestream.remove_working_files(db_path)
 
 
 def errors_path(db_path: str) -> str:

@@ -741,6 +741,23 @@ def test_kv_values_are_json_and_list_takes_a_prefix(rt):
                                    "users": ["user:1", "user:2"], "all": ["user:1", "user:2"]}
 
 
+def test_kv_list_prefix_is_exact_whatever_the_key_holds(rt):
+    source = r"""function handler() {
+      const keys = ['a\u0000b', 'a\u0000', 'a', 'ab', 'a%', '\u{1F600}x', 'b'];
+      for (const k of keys) fazt.kv.set(k, 1);
+      let lone = 'no error';
+      try { fazt.kv.list('\ud800'); } catch (e) { lone = e.name + ': ' + e.message; }
+      return {body: {nul: fazt.kv.list('a\u0000'), a: fazt.kv.list('a'),
+                     pct: fazt.kv.list('%'), emoji: fazt.kv.list('\u{1F600}'), lone: lone}};
+    }"""
+    body = call(rt, source)[1]
+    assert body["nul"] == ["a\x00", "a\x00b"]
+    assert body["a"] == ["a", "a\x00", "a\x00b", "a%", "ab"]
+    assert body["pct"] == [] and body["emoji"] == ["\U0001F600x"]
+    assert body["lone"].startswith("TypeError") and "surrogate" in body["lone"]
+    assert rt.logs("alpha") == []  # no "fazt internal error" line
+
+
 def test_kv_limits_are_js_exceptions(rt):
     rt.kv.max_site = 2000
     source = """function handler() {

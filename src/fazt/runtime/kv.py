@@ -79,10 +79,13 @@ class KvStore:
         """The site's keys that start with `prefix`, in order. The site quota bounds the count."""
         if not isinstance(prefix, str):
             raise KvError("fazt.kv.list: the prefix must be a string.", js_type="TypeError")
+        raw = _utf8(prefix, "fazt.kv.list: the prefix")
+        # Compared as bytes: SQLite's text functions stop at a NUL, which a key may hold.
         with self.db.read() as conn:
             rows = conn.execute(
-                "SELECT key FROM kv WHERE site = ? AND key >= ? AND substr(key, 1, ?) = ?"
-                " ORDER BY key", (site, prefix, len(prefix), prefix)).fetchall()
+                "SELECT key FROM kv WHERE site = ? AND key >= ?"
+                " AND substr(CAST(key AS BLOB), 1, ?) = ? ORDER BY key",
+                (site, prefix, len(raw), raw)).fetchall()
         return [r[0] for r in rows]
 
     def used_bytes(self, site: str) -> int:

@@ -615,6 +615,15 @@ def test_a_failed_handshake_is_closed_at_once(shared, ca):
     assert "Traceback" not in shared.server.log()
 
 
+def test_a_plain_request_on_the_https_port_has_its_log_line(shared):
+    """It is a request, answered 400: one line in the request log, fields escaped."""
+    with socket.create_connection(("127.0.0.1", shared.https_port), timeout=5) as plain:
+        plain.sendall(f'POST /plain"probe%0a HTTP/1.1\r\nHost: blog.{DOMAIN}\r\n\r\n'.encode())
+        assert _closed_within(plain)[1].startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    expected = f'127.0.0.1 blog.{DOMAIN} "POST /plain\\x22probe%0a" 400 '
+    assert eventually(lambda: expected in shared.server.log()), shared.server.log()[-2000:]
+
+
 def test_a_close_notify_closes_at_once_and_a_request_sent_with_one_is_answered(shared, ca):
     """A client's close_notify is its goodbye: half a request then close_notify, or none at
     all, was held until the header timeout, and then sent a 408 after the goodbye

@@ -257,7 +257,9 @@ class Connection:
     def _received(self, data: bytes) -> None:
         try:
             plain = self.transport.feed(data)
-        except TransportFailure:
+        except TransportFailure as failure:
+            if failure.answered:  # a plain request on the HTTPS port, answered 400
+                self.server.log_plain_answer(self, failure.request, failure.answered)
             return self._transport_failed()
         out = self.transport.outgoing()
         if out:

@@ -206,6 +206,18 @@ class HTTPServer:
                             str(status),
                             (time.monotonic() - conn.began) * 1000 if conn.began else 0.0))
 
+    def log_plain_answer(self, conn: Connection, request: bytes, status: int) -> None:
+        """The log line of a request a transport answered itself (plain HTTP on the HTTPS
+        port): its method, target and Host as far as the first read holds them."""
+        if self.log is None:
+            return
+        head = request.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+        words = head[0].split(" ")
+        host = next((h.split(":", 1)[1].strip() for h in head[1:]
+                     if h.lower().startswith("host:")), None)
+        self.log.write(line(conn.ip, host, words[0] if words[0] else None,
+                            words[1] if len(words) > 1 else None, str(status), 0.0))
+
     def run(self) -> None:
         self.loop.run()
 

@@ -45,6 +45,7 @@ class TLSFailure(TransportFailure):
     """The handshake or the record layer failed: send `outgoing()` (the alert), then close."""
 
 
+EARLY_BYTES = 1024  # of a plain HTTP request on the TLS port, kept for its log line
 PLAIN_HTTP_TEXT = b"The plain HTTP request was sent to the HTTPS port: use https:// instead.\n"
 
 
@@ -160,6 +161,7 @@ class TLSTransport:
         self.started = time.monotonic()
         self.handshake_done = False
         self.peer_closed = False  # the peer sent close_notify (or the TCP stream ended)
+        self._early = b""  # what came before the handshake ended, the first EARLY_BYTES
 
     @property
     def server_name(self) -> str | None:
@@ -178,12 +180,15 @@ class TLSTransport:
         """
         if data:
             self._in.write(data)
+            if not self.handshake_done and len(self._early) < EARLY_BYTES:
+                self._early += data[:EARLY_BYTES]  # a plain request's head, for its log line
         else:
             self._in.write_eof()
         try:
             if not self.handshake_done:
                 self._ssl.do_handshake()
                 self.handshake_done = True
+                self._early = b""
             return self._read()
         except ssl.SSLWantReadError:
             return b""
@@ -196,6 +201,7 @@ class TLSTransport:
                 # queued no alert): answer in the client's own protocol.
                 self._out.read()
                 self._out.write(plain_http_answer())
+                raise TLSFailure(exc.reason, answered=400, request=self._early) from None
             raise TLSFailure(exc.reason or str(exc)) from None
 
     def _read(self) -> bytes:

@@ -19,7 +19,16 @@ from typing import Protocol
 
 
 class TransportFailure(Exception):
-    """The peer broke the transport's protocol: send `outgoing()`, then close."""
+    """The peer broke the transport's protocol: send `outgoing()`, then close.
+
+    `answered` is the HTTP status `outgoing()` holds when the transport answered the
+    peer in plain HTTP (TLS: a plain request on the HTTPS port), and `request` the bytes
+    of that request it read, so that the answer gets its request log line."""
+
+    def __init__(self, reason: str, answered: int | None = None, request: bytes = b""):
+        super().__init__(reason)
+        self.answered = answered
+        self.request = request
 
 
 class Transport(Protocol):

@@ -121,6 +121,28 @@ def test_site_logs_follow_and_outlive_a_restart(tmp_path, db_path):
     assert missing.returncode == 1 and "no site named" in missing.stderr
 
 
+def test_following_a_removed_sites_logs_ends_with_a_sentence(db_path, tmp_path):
+    """`site logs --follow` went on after the site was removed, silent, and later printed
+    the lines of another site made under the same name."""
+    (tmp_path / "quiet").mkdir()
+    (tmp_path / "quiet" / "index.html").write_text("quiet")
+    fazt("deploy", str(tmp_path / "quiet"), "--site", "quiet", "--db", str(db_path))
+    empty = fazt("site", "logs", "quiet", "--db", str(db_path))
+    assert empty.stdout == "" and "no log lines yet" in empty.stderr
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "fazt", "site", "logs", "quiet", "--follow", "--db",
+         str(db_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=fazt_env())
+    try:
+        assert "waiting for new ones" in follow.stderr.readline()
+        fazt("site", "remove", "quiet", "--db", str(db_path))
+        out, err = follow.communicate(timeout=30)
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+    assert follow.returncode == 1 and "was removed" in err, err
+
+
 TELLING = r"""
 function handler(request) {
   const k = fazt.env.TOKEN;

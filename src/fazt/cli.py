@@ -440,6 +440,7 @@ def cmd_site_logs(args) -> int:
 
 def _follow_logs(db, args) -> None:
     from fazt.store.logs import read_lines
+    from fazt.store.sites import site_exists
 
     _existing_site(db, args.name)
     with db.read() as conn:
@@ -448,6 +449,9 @@ def _follow_logs(db, args) -> None:
     if args.json and not args.follow:
         _print_json({"site": args.name, "lines": lines})
         return
+    if not lines and not args.json:  # a sentence, on stderr: stdout stays the lines alone
+        print(f"Site {args.name!r} has no log lines yet"
+              + (" (waiting for new ones)." if args.follow else "."), file=sys.stderr)
     last = newest[0]["id"] if newest else 0  # following: new lines only, past ones as asked
     while True:
         for line in lines:
@@ -461,6 +465,9 @@ def _follow_logs(db, args) -> None:
         sys.stdout.flush()
         time.sleep(0.5)  # a running server writes its lines every half second
         with db.read() as conn:
+            if not site_exists(conn, args.name):  # else it would go on, silent, and later
+                # print the lines of another site made under the same name
+                raise FaztError(f"The site {args.name!r} was removed; no more lines.")
             lines = read_lines(conn, args.name, after=last)
 
 

@@ -298,6 +298,19 @@ def test_config_past_the_safe_range_needs_break_glass(client, instance):
     assert back.status_code == 200 and back.json["overrides"] == []
 
 
+def test_deeply_nested_json_is_a_400_not_a_500(client):
+    """A few KB of "[" nest past Python's recursion limit in json.loads: a bad body,
+    said so as a 400, for every call that reads JSON."""
+    session = sign_in(client)
+    body = '{"a": ' + "[" * 5000 + "]" * 5000 + "}"
+    headers = {**session, "Content-Type": "application/json"}
+    for method, path in (("PUT", "/api/config"), ("POST", "/api/tokens"),
+                         ("POST", "/api/config/reset"), ("POST", "/api/certificates")):
+        r = call(client, method, path, headers, body=body)
+        assert r.status_code == 400, (path, r.text)
+        assert r.json["error"]["code"] == "bad_json"
+
+
 def test_recalibrate_answers_the_new_status(client):
     r = call(client, "POST", "/api/system/recalibrate", sign_in(client))
     assert r.status_code == 200

@@ -41,7 +41,7 @@ def read_json(req: falcon.Request) -> dict:
         raise http_error(413, "too_large", f"A JSON body may be {JSON_LIMIT // 1024} KB at most.")
     try:
         body = json.loads(raw or b"{}")
-    except ValueError:
+    except (ValueError, RecursionError):  # a few KB of "[" nest past Python's stack
         raise http_error(400, "bad_json", "The body is not valid JSON.") from None
     if not isinstance(body, dict):
         raise http_error(400, "bad_json", "The body must be a JSON object.")

@@ -155,3 +155,20 @@ def test_maintenance_banner_shows_the_ratio_and_goes_when_the_ratio_is_raised(
         page.wait_for_selector("#maintenance-banner", state="hidden", timeout=20_000)
         assert page.text_content("#status-mode").strip().lower() == "normal"
         assert srv.get("/", host="shop.localhost").text == "<p>shop</p>"
+
+
+def test_every_view_opens_without_a_script_error(new_page, server: Server):
+    """Each hash route, a hand-typed bad one included, shows a view and throws nothing:
+    #/sites/%ZZ/logs threw "URI malformed" out of the router."""
+    base = f"http://admin.localhost:{server.port}"
+    page = new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    sign_in(page, base)
+    for route, view in (("#/sites", "sites"), ("#/https", "https"), ("#/tokens", "tokens"),
+                        ("#/settings", "settings"), ("#/sites/%ZZ/logs", "sites"),
+                        ("#/sites/%E0%A4%A/env", "sites"), ("#/nowhere", "status")):
+        page.goto(f"{base}/{route}")
+        page.wait_for_selector(f"body[data-view={view}]")
+        page.wait_for_load_state("networkidle")
+        assert errors == [], (route, errors)

@@ -90,13 +90,20 @@ function show(view) {
   document.body.dataset.view = view;
 }
 
+// A site name from the address bar; null when it is not valid percent-encoding
+// (#/sites/%ZZ/logs threw "URI malformed" out of route()): the sites list instead.
+function siteName(part) {
+  try { return decodeURIComponent(part || ""); } catch { return null; }
+}
+
 async function route() {
   if (!state.signedIn) { show("login"); $("login-username").focus(); return; }
   const parts = location.hash.replace(/^#\/?/, "").split("/").filter(Boolean);
   const page = parts[0] || "status";
-  if (page === "sites" && Object.hasOwn(SITE_PAGES, parts[2] || "")) {
+  const site = siteName(parts[1]);
+  if (page === "sites" && site !== null && Object.hasOwn(SITE_PAGES, parts[2] || "")) {
     show(parts[2]);
-    return SITE_PAGES[parts[2]](decodeURIComponent(parts[1]));
+    return SITE_PAGES[parts[2]](site);
   }
   const view = VIEWS.includes(page) && page !== "login" ? page : "status";
   show(view);

@@ -360,7 +360,8 @@ def _spool_files(pid: int) -> list[str]:
 
 def test_unwanted_bodies_are_refused_before_they_are_read(live: Server, db_path, tmp_path):
     """A 500 MB POST to a static page is answered 405 at once and nothing reaches a disk;
-    a JS handler's limit gives 413 before its body; a deploy with no length gives 411."""
+    a JS handler's limit gives 413 before its body; a deploy with no length gives 411,
+    one with "Content-Length: 0" a 400 that says the upload is empty."""
     before = sorted(os.listdir(db_path.parent))
     s = socket.create_connection(("127.0.0.1", live.port))
     s.settimeout(5)
@@ -381,6 +382,12 @@ def test_unwanted_bodies_are_refused_before_they_are_read(live: Server, db_path,
     assert status_of(live.port, b"POST /api/deploy?site=x HTTP/1.1\r\nHost: admin.localhost\r\n"
                                 b"X-Fazt-Request: 1\r\nCookie: " + cookie.encode() +
                      b"\r\n\r\n") == 411
+    # "Content-Length: 0" is a length: an empty deploy is a bad upload, said so
+    empty = requests.post(live.url("/api/deploy?site=x"), data=b"",
+                          headers={"Host": "admin.localhost", "X-Fazt-Request": "1",
+                                   "Cookie": cookie}, timeout=10)
+    assert empty.status_code == 400, empty.text
+    assert "empty" in empty.json()["error"]["message"]
     assert status_of(live.port, b"POST /api/login HTTP/1.1\r\nHost: admin.localhost\r\n"
                                 b"Content-Length: 100000\r\n\r\n") == 413
     # a chunked body where the route takes none

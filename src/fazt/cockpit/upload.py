@@ -52,6 +52,14 @@ def _body(req: falcon.Request, limit: int):
     return spool(req.bounded_stream, limit)
 
 
+def is_empty(upload) -> bool:
+    """Whether a seekable upload holds no byte (its position kept)."""
+    here = upload.tell()
+    size = upload.seek(0, 2)
+    upload.seek(here)
+    return size == 0
+
+
 class Deploy:
     def __init__(self, instance: Instance):
         self.instance = instance
@@ -65,6 +73,8 @@ class Deploy:
         if (req.content_length or 0) > limit:
             raise TooLarge(f"The upload is over the limit of {limit // MB} MB.")
         with _body(req, limit) as upload:
+            if is_empty(upload):
+                raise FaztError("The upload is empty: send the site as a zip archive.")
             source = files_from_zip(upload, ArchiveLimits.from_config(self.instance.config))
             result = self.instance.deploy(name, source)
         resp.media = {"site": result["site"], "version": result["version"],

@@ -406,9 +406,12 @@ class Admission:
                     allow=", ".join(STATIC_METHODS)))
         return NO_BODY
 
-    def check_body(self, conn, rule: BodyRule, content_length: int, chunked: bool
-                   ) -> Refusal | None:
-        """Before the first byte of a body: may it be read?"""
+    def check_body(self, conn, rule: BodyRule, content_length: int, chunked: bool,
+                   length_given: bool | None = None) -> Refusal | None:
+        """Before the first byte of a body: may it be read? `length_given`: whether the
+        request has a Content-Length header (by default, whether the length is not 0)."""
+        if length_given is None:
+            length_given = bool(content_length)
         if rule.refusal is not None:
             return rule.refusal
         if (content_length or chunked) and conn.target.kind not in (ADMIN, SITE):
@@ -418,7 +421,9 @@ class Admission:
             return Refusal(413, "too_large",
                            f"The request body is larger than this URL takes: at most "
                            f"{_size(rule.limit)}.")
-        if rule.needs_length and not content_length and not chunked:
+        # An explicit "Content-Length: 0" is a length: the route says what is wrong with
+        # an empty body (a deploy of nothing is a 400), not "send a Content-Length".
+        if rule.needs_length and not length_given and not chunked:
             return Refusal(411, "length_required", "Send the body with a Content-Length.")
         if not content_length and not chunked:
             return None

@@ -425,7 +425,8 @@ class Connection:
         if isinstance(verdict, Refusal):
             return self.refuse(verdict)
         refusal = self.server.admission.check_body(self, verdict, parser.content_length,
-                                                   parser.chunked)
+                                                   parser.chunked,
+                                                   "CONTENT_LENGTH" in parser.headers)
         if refusal is not None:
             return self.refuse(refusal)
         if parser.completed:

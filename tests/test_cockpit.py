@@ -311,6 +311,16 @@ def test_deeply_nested_json_is_a_400_not_a_500(client):
         assert r.json["error"]["code"] == "bad_json"
 
 
+def test_head_answers_wherever_get_does(client):
+    session = sign_in(client)
+    for path in ("/api/session", "/api/system/status", "/api/config", "/api/sites",
+                 "/api/tokens"):
+        r = call(client, "HEAD", path, session)
+        assert r.status_code == 200 and r.content == b"", (path, r.status)
+        assert r.headers["content-type"].startswith("application/json")
+    assert call(client, "HEAD", "/api/config").status_code == 401  # still signed in only
+
+
 def test_recalibrate_answers_the_new_status(client):
     r = call(client, "POST", "/api/system/recalibrate", sign_in(client))
     assert r.status_code == 200

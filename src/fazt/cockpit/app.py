@@ -72,6 +72,10 @@ def cockpit_app(instance: Instance) -> falcon.App:
         "/api/backup": Backup(instance),
     }
     for path, resource in routes.items():
+        if hasattr(resource, "on_get") and not isinstance(resource, Backup):
+            # HTTP wants HEAD wherever GET is (a 405 here broke curl -I and monitors);
+            # Falcon sends the headers alone. Not the backup: HEAD would copy the database.
+            resource.on_head = resource.on_get
         app.add_route(path, resource)
     app.add_sink(Dashboard(instance), prefix=r"^/(?!api(?:/|$))")  # routes match first
     return app

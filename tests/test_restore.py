@@ -153,6 +153,24 @@ def test_a_bad_backup_is_refused_and_nothing_changes(db_path, tmp_path, damage):
     assert not list(tmp_path.glob("data.db.r*"))  # no .restoring / .replaced left
 
 
+def test_a_database_of_a_newer_schema_is_refused_and_left_as_it_is(db_path):
+    """A newer fazt's database (the binary rolled back after an upgrade): a server or a
+    command writing to tables whose meaning it does not know could lose data."""
+    from fazt.store.schema import MIGRATIONS
+
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    conn.execute("INSERT INTO schema_migrations VALUES (?, 0)", (len(MIGRATIONS) + 1,))
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    digest = hashlib.sha256(db_path.read_bytes()).hexdigest()
+    for command in (["server", "start", "--port", "1"], ["site", "list"],
+                    ["server", "recalibrate"], ["deploy", str(db_path.parent), "--site", "x"]):
+        failed = fazt(*command, "--db", str(db_path), check=False, timeout=30)
+        assert failed.returncode == 1, (command, failed.stdout, failed.stderr)
+        assert "newer fazt" in failed.stderr and failed.stderr.count("\n") == 1, failed.stderr
+    assert hashlib.sha256(db_path.read_bytes()).hexdigest() == digest
+
+
 def test_restore_refuses_a_database_a_running_server_holds(server, db_path, tmp_path):
     backup = tmp_path / "backup.db"
     fazt("backup", str(backup), "--db", str(db_path))

@@ -408,6 +408,18 @@ def _connect_read_only(path: str, timeout: float) -> sqlite3.Connection:
                            timeout=timeout)
 
 
+def _refuse_a_newer_schema(conn: sqlite3.Connection, path: str) -> None:
+    """A newer fazt's tables mean things this one does not know: writing to them (a
+    deploy, a recalibration, a server) could lose or corrupt its data, so stop first."""
+    try:
+        version = conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0]
+    except sqlite3.OperationalError:
+        return  # no such table yet (an empty file), or busy: migrate() then decides
+    if version is not None and version > len(MIGRATIONS):
+        raise FaztError(f"{path} was made by a newer fazt (schema {version}, this fazt knows "
+                        f"{len(MIGRATIONS)}); upgrade fazt first.")
+
+
 def open_database(path: str, limits: Limits | None = None, read_only: bool = False
                   ) -> Database:
     """Open an existing database and bring its schema forward (read-only: check it is
@@ -439,6 +451,7 @@ def open_database(path: str, limits: Limits | None = None, read_only: bool = Fal
     try:
         conn = sqlite3.connect(path, isolation_level=None, timeout=5)
         try:
+            _refuse_a_newer_schema(conn, path)
             conn.execute("PRAGMA journal_mode=WAL")
             migrate(conn)
         finally:

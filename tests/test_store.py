@@ -1,8 +1,14 @@
 """The store: page size, WAL, migrations, chunks, atomic deploys."""
 
+import os
+import shutil
 import sqlite3
+import subprocess
+import sys
+import tempfile
 
 import pytest
+from conftest import fazt_env
 
 from fazt.errors import FaztError
 from fazt.store import open_database
@@ -411,3 +417,47 @@ def test_a_locked_database_is_unavailable_not_an_error(db):
         holder.close()
     with db.write() as conn:  # and the writer works again afterwards
         conn.execute("INSERT INTO config (key, value, updated_at) VALUES ('k', '1', 0)")
+
+
+# Opens the database as another user (nobody, when the tests run as root: root may write
+# anywhere), after the imports, which that user could not read.
+_OPEN_AS_NOBODY = """
+import os, sys
+from fazt.errors import FaztError
+from fazt.store import open_database
+if os.getuid() == 0:
+    os.setgid(65534)
+    os.setuid(65534)
+try:
+    open_database(sys.argv[1]).close()
+except FaztError as exc:
+    print(exc)
+"""
+
+
+@pytest.mark.parametrize("case", ["folder", "file"])
+def test_a_database_this_user_may_not_write_says_so_not_that_it_is_damaged(case):
+    """SQLite's "attempt to write a readonly database" (a folder without write access:
+    the -wal and -shm files go beside the database) read as "not a usable fazt database",
+    as if the file were broken."""
+    folder = tempfile.mkdtemp(dir="/tmp")  # pytest's tmp_path is closed to nobody
+    try:
+        path = os.path.join(folder, "data.db")
+        create_database(path).close()
+        for name in os.listdir(folder):  # a cleanly closed database: the -wal/-shm are gone
+            assert name == "data.db"
+        if case == "folder":
+            os.chmod(folder, 0o555)
+            if os.getuid() == 0:
+                os.chown(path, 65534, 65534)
+        else:
+            os.chmod(folder, 0o777)
+            os.chmod(path, 0o600 if os.getuid() == 0 else 0)
+        said = subprocess.run([sys.executable, "-c", _OPEN_AS_NOBODY, path],
+                              capture_output=True, text=True, timeout=60, env=fazt_env()).stdout
+        assert "not a usable" not in said, said
+        assert ("may not write in " + folder if case == "folder" else
+                "may not read and write " + path) in said, said
+    finally:
+        os.chmod(folder, 0o755)
+        shutil.rmtree(folder)

@@ -408,6 +408,22 @@ def _connect_read_only(path: str, timeout: float) -> sqlite3.Connection:
                            timeout=timeout)
 
 
+def _access_problem(path: str) -> str | None:
+    """What this user may not do with the database or its folder, as one sentence, or None.
+
+    SQLite only says "attempt to write a readonly database" or "unable to open database
+    file", which reads as if the file were damaged; a folder without write access is the
+    usual cause (SQLite creates the -wal and -shm files beside the database)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.access(path, os.R_OK | os.W_OK):
+        return (f"This user may not read and write {path}; fix its permissions "
+                "(or run fazt as its owner).")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return (f"This user may not write in {folder}, where SQLite keeps the database's "
+                "-wal and -shm files; give it write access to that folder.")
+    return None
+
+
 def _refuse_a_newer_schema(conn: sqlite3.Connection, path: str) -> None:
     """A newer fazt's tables mean things this one does not know: writing to them (a
     deploy, a recalibration, a server) could lose or corrupt its data, so stop first."""
@@ -457,5 +473,6 @@ def open_database(path: str, limits: Limits | None = None, read_only: bool = Fal
         finally:
             conn.close()
     except sqlite3.DatabaseError as exc:
-        raise FaztError(f"{path} is not a usable fazt database ({exc}).") from None
+        raise FaztError(_access_problem(path) or f"{path} is not a usable fazt database "
+                        f"({exc}).") from None
     return Database(path, limits)

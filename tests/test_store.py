@@ -461,3 +461,13 @@ def test_a_database_this_user_may_not_write_says_so_not_that_it_is_damaged(case)
     finally:
         os.chmod(folder, 0o755)
         shutil.rmtree(folder)
+
+
+def test_a_db_path_naming_a_folder_says_so(tmp_path):
+    """Init said "A database already exists at DIR" and start "No database at DIR"."""
+    for command in (["server", "init", "--domain", "localhost", "--username", "a",
+                     "--password", "change-me-now"], ["server", "start"], ["site", "list"]):
+        failed = subprocess.run([sys.executable, "-m", "fazt", *command, "--db", str(tmp_path)],
+                                capture_output=True, text=True, timeout=60, env=fazt_env())
+        assert failed.returncode == 1 and f"{tmp_path} is a folder" in failed.stderr, failed
+    assert list(tmp_path.iterdir()) == []

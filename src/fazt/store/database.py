@@ -367,8 +367,16 @@ def _as_fazt_errors() -> Iterator[None]:
         raise
 
 
+def refuse_a_folder(path: str) -> None:
+    """`--db DIR` is a slip for a file inside it: say so, not "exists" or "no database"."""
+    if os.path.isdir(path):
+        raise FaztError(f"{path} is a folder; --db names the database file (such as "
+                        f"{os.path.join(path, 'data.db')}).")
+
+
 def create_database(path: str) -> Database:
     """Make a new database file; refuse one that exists (nothing is overwritten)."""
+    refuse_a_folder(path)
     if os.path.exists(path):
         raise FaztError(f"A database already exists at {path}; refusing to touch it.")
     folder = os.path.dirname(os.path.abspath(path))
@@ -440,6 +448,7 @@ def open_database(path: str, limits: Limits | None = None, read_only: bool = Fal
                   ) -> Database:
     """Open an existing database and bring its schema forward (read-only: check it is
     already this fazt's schema, since nothing may be written)."""
+    refuse_a_folder(path)
     if not os.path.isfile(path):
         raise FaztError(f"No database at {path}; create one with `fazt server init`.")
     if read_only:

@@ -30,7 +30,7 @@ from fazt.errors import FaztError
 from fazt.store.claim import try_claim
 from fazt.store.config import load_config
 from fazt.store.database import read_only_uri
-from fazt.store.schema import MIGRATIONS
+from fazt.store.schema import refuse_newer, schema_version
 
 _SIDE_FILES = ("-wal", "-shm", "-journal")
 OWNER_SECRETS = {"username", "password_hash", "session_key"}
@@ -58,10 +58,8 @@ def check_backup(path: str) -> dict:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if not {"schema_migrations", "secrets", "sites"} <= tables:
             raise FaztError(f"{path} is a SQLite file but not a fazt database.")
-        version = conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0] or 0
-        if version > len(MIGRATIONS):
-            raise FaztError(f"{path} was made by a newer fazt (schema {version}); "
-                            "upgrade fazt first.")
+        version = schema_version(conn)
+        refuse_newer(version, path)
         secrets = {r[0] for r in conn.execute("SELECT key FROM secrets")}
         if not OWNER_SECRETS <= secrets:
             raise FaztError(f"{path} has no owner; it was not made by `fazt server init`.")

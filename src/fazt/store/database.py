@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from fazt.constants import MB
 from fazt.errors import FaztError, ReadOnly, Unavailable
 from fazt.store.claim import held_under_another_name
-from fazt.store.schema import MIGRATIONS, migrate
+from fazt.store.schema import MIGRATIONS, migrate, refuse_newer, schema_version
 
 WAL_HEADER = 48  # bytes of the WAL-index header's first copy
 # Our read-only maps of `-shm` files: path -> (inode, fd, map). Never closed while the
@@ -433,15 +433,12 @@ def _access_problem(path: str) -> str | None:
 
 
 def _refuse_a_newer_schema(conn: sqlite3.Connection, path: str) -> None:
-    """A newer fazt's tables mean things this one does not know: writing to them (a
-    deploy, a recalibration, a server) could lose or corrupt its data, so stop first."""
+    """Before anything is written (schema.refuse_newer)."""
     try:
-        version = conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0]
+        version = schema_version(conn)
     except sqlite3.OperationalError:
         return  # no such table yet (an empty file), or busy: migrate() then decides
-    if version is not None and version > len(MIGRATIONS):
-        raise FaztError(f"{path} was made by a newer fazt (schema {version}, this fazt knows "
-                        f"{len(MIGRATIONS)}); upgrade fazt first.")
+    refuse_newer(version, path)
 
 
 def open_database(path: str, limits: Limits | None = None, read_only: bool = False
@@ -455,8 +452,7 @@ def open_database(path: str, limits: Limits | None = None, read_only: bool = Fal
         try:
             conn = _connect_read_only(path, 5)
             try:
-                version = conn.execute("SELECT MAX(version) FROM schema_migrations"
-                                       ).fetchone()[0]
+                version = schema_version(conn)
             finally:
                 conn.close()
         except sqlite3.DatabaseError as exc:

@@ -8,6 +8,8 @@ open. Never edit a migration that has shipped: append a new one.
 import sqlite3
 import time
 
+from fazt.errors import FaztError
+
 MIGRATIONS: list[str] = [
     # 1: the whole first schema.
     """
@@ -180,6 +182,19 @@ MIGRATIONS: list[str] = [
                                      WHERE d.site = sites.name);
     """,
 ]
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The highest migration the database records (0: none)."""
+    return conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0] or 0
+
+
+def refuse_newer(version: int, path: str) -> None:
+    """A newer fazt's tables mean things this one does not know: writing to them (a
+    deploy, a recalibration, a server, a restore) could lose or corrupt its data."""
+    if version > len(MIGRATIONS):
+        raise FaztError(f"{path} was made by a newer fazt (schema {version}, this fazt knows "
+                        f"{len(MIGRATIONS)}); upgrade fazt first.")
 
 
 def migrate(conn: sqlite3.Connection) -> int:

@@ -29,7 +29,7 @@ import time
 from fazt.errors import FaztError
 from fazt.store.claim import try_claim
 from fazt.store.config import load_config
-from fazt.store.database import read_only_uri
+from fazt.store.database import read_only_uri, refuse_a_folder
 from fazt.store.schema import refuse_newer, schema_version
 
 _SIDE_FILES = ("-wal", "-shm", "-journal")
@@ -77,8 +77,7 @@ def database_folder(path: str) -> str:
     """The folder that holds the database at `path`, made if missing; FaztError when
     `path` is a folder itself or its folder cannot be made (a file in the way, no
     permission), before any long work starts."""
-    if os.path.isdir(path):
-        raise FaztError(f"--db {path} is a folder; give the database file's path.")
+    refuse_a_folder(path)
     folder = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(folder, exist_ok=True)

@@ -142,8 +142,13 @@ def machine_for(config: dict, db_path: str, memory_mb: float | None = None,
     return machine
 
 
+def db_ratio(db_size: int, machine: Machine) -> float:
+    """The database's size over the machine's RAM (maintenance_ratio's measure)."""
+    return db_size / (machine.ram_mb * MB)
+
+
 def mode_for(db_size: int, machine: Machine, ratio_limit: float) -> tuple[str, float]:
-    ratio = db_size / (machine.ram_mb * MB)
+    ratio = db_ratio(db_size, machine)
     return (MAINTENANCE if ratio > ratio_limit else NORMAL), ratio
 
 
@@ -775,7 +780,7 @@ class Instance:
             "memory": {"rss_bytes": self._process.memory_info().rss,
                        "budget_bytes": int(ledger["usable_mb"] * MB), "ledger": ledger},
             "db_size": size,
-            "ratio": size / (self.machine.ram_mb * MB),  # of this size, not the last apply's
+            "ratio": db_ratio(size, self.machine),  # of this size, not the last apply's
             "replica": self.replica_status(),
         }
 

@@ -623,7 +623,8 @@ def test_one_ipv6_64_is_one_address_for_every_share():
     peers = _arrived(admission, *(f"2001:db8:1:2::{n}" for n in range(1, 6)),
                      "2001:db8:1:3::1")
     refusals = [admission.check_body(peer, admission.admit(peer, "POST", "/api/x",
-                                                           "s.localhost", 0), 10, False)
+                                                           "s.localhost", 0), 10, False,
+                                      True)
                 for peer in peers]
     assert refusals[:4] == [None] * 4 and refusals[5] is None
     assert refusals[4].code == "too_many_uploads"

@@ -112,10 +112,6 @@ class LoginLimiter:
             self._record(address, now)
             return 0, now
 
-    def failed(self, address: str) -> None:
-        with self._lock:
-            self._record(address, time.monotonic())
-
     def succeeded(self, address: str, stamp: float | None = None) -> None:
         """The owner signed in from `address`: forget its failures (and the attempt
         `begin` counted), and trust it past the ceiling from now on."""

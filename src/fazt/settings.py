@@ -32,20 +32,15 @@ CA_SETTINGS = ("acme_directory", "acme_email", "acme_ca_bundle")
 
 
 def check_domain(value: str) -> str | None:
-    """`value` as clean_domain leaves it: ACME orders certificates for D and admin.D, so
-    anything a CA would refuse ('a..b', '*.test', 'Bücher.test' unconverted) is refused."""
+    """`value` as ascii_host leaves it (lower-case, no trailing dot, an IDN as xn--, as Host
+    headers and SNI carry it): ACME orders certificates for D and admin.D, so anything a
+    CA would refuse ('a..b', '*.test', 'Bücher.test' unconverted) is refused."""
     if not value or not all(_DOMAIN_LABEL.fullmatch(x) for x in value.split(".")):
         return f"{value!r} is not a valid domain."
     return None
 
 
 _DOMAIN_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
-
-
-def clean_domain(value: str) -> str:
-    """The domain as Host headers and SNI carry it: 'Example.COM.' is example.com and
-    'bücher.test' is xn--bcher-kva.test (compared, and ordered from the CA, as such)."""
-    return ascii_host(value)
 
 
 def _check_address(value: str) -> str | None:
@@ -107,7 +102,7 @@ class Setting:
 SETTINGS: dict[str, Setting] = {s.key: s for s in (
     Setting("domain", "string", "localhost", "Domain",
             "Sites are served at NAME.domain and the dashboard at admin.domain.",
-            check=check_domain, clean=clean_domain),
+            check=check_domain, clean=ascii_host),
     Setting("port", "int", DEFAULT_PORT, "Port",
             "The plain HTTP port `fazt server start` listens on when --port is not given.",
             min=1, max=65535),

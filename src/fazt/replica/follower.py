@@ -167,8 +167,8 @@ class Follower:
         elif self.store.problem:
             warning = (f"The replica's store cannot be reached: {self.store.problem} "
                        "This follower is not being updated.")
-        elif self._moved():
-            warning = self._moved()
+        elif moved := self._moved():
+            warning = moved
         elif (self.child.last_error_at or 0) > (self.applied_at or 0) + 10:
             warning = f"Litestream cannot update this follower: {self.child.last_error}"
         return {

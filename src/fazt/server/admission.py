@@ -407,11 +407,9 @@ class Admission:
         return NO_BODY
 
     def check_body(self, conn, rule: BodyRule, content_length: int, chunked: bool,
-                   length_given: bool | None = None) -> Refusal | None:
+                   length_given: bool) -> Refusal | None:
         """Before the first byte of a body: may it be read? `length_given`: whether the
-        request has a Content-Length header (by default, whether the length is not 0)."""
-        if length_given is None:
-            length_given = bool(content_length)
+        request has a Content-Length header."""
         if rule.refusal is not None:
             return rule.refusal
         if (content_length or chunked) and conn.target.kind not in (ADMIN, SITE):

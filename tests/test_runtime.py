@@ -685,6 +685,45 @@ def test_one_slow_run_does_not_send_a_quick_handler_away(loop_rt, monkeypatch):
     assert [on_loop(loop_rt, source).body for _ in range(3)] == [b"4", b"5", b"6"]
 
 
+WORK = "function handler(r) { var n = 0; for (var i = 0; i < Number(r.query.n || 0); i++)" \
+       " { n += i; } if (r.query.spin) while (true) {} return {body: String(n)}; }"
+
+
+def _windowed(window: float):
+    """A context loaded under a 0.2 s budget whose clock starts at most every `window`."""
+    from fazt.runtime import engine
+    from fazt.runtime.bridge import Bridge
+
+    limits = engine.Limits(memory_bytes=32 << 20, timeout_ms=100, cpu_seconds=0.2,
+                           clock_window=window)
+    bridge = Bridge("alpha", None, SiteLogs(), None)
+    return engine, limits, engine.load(WORK, limits, bridge)
+
+
+def test_a_clock_not_started_again_in_its_window_still_stops_a_runaway(monkeypatch):
+    engine, limits, loaded = _windowed(3600)
+    assert engine.invoke(loaded, request(), limits).body == b"0"
+    started = []
+    monkeypatch.setattr(engine, "arm_cpu_clock", lambda *a: started.append(a))
+    assert engine.invoke(loaded, request(), limits).body == b"0"
+    assert started == []  # within the window: the clock of the first request counts on
+    began = time.monotonic()
+    answer = engine.invoke(loaded, request(query={"spin": "1"}), limits)
+    assert answer.error == "js_timeout" and time.monotonic() - began < 2
+
+
+def test_a_clock_starts_again_once_its_window_has_passed():
+    engine, limits, loaded = _windowed(0.05)
+    assert engine.invoke(loaded, request(), limits).body == b"0"
+    end = time.process_time() + 0.3  # the process burns more than the budget meanwhile
+    while time.process_time() < end:
+        pass
+    # A handler that works through interrupt checks: under a clock that had not started
+    # again, 0.3 s past its start, it would be cut short.
+    answer = engine.invoke(loaded, request(query={"n": "300000"}), limits)
+    assert answer.error is None and answer.body == str(sum(range(300000))).encode()
+
+
 def test_the_loop_loads_contexts_sparingly(rt):
     rt.env.get("alpha")
     rt.env.get("beta")

@@ -302,12 +302,14 @@ def handler_request(method: str, path: str, params: Mapping[str, str | list[str]
 
 def run_handler(instance: Instance, site: str, script: FileInfo, request: dict,
                 host: str | None, https: bool, accept_encoding: str | None,
-                on_loop: bool = False) -> HandlerAnswer | None:
+                on_loop: bool = False) -> HandlerAnswer | str | None:
     """Run the site's handler on `request` (JsBusy, ReadOnly: FaztErrors for the caller
     to answer) and shape what it answered for the wire. Every way to a handler calls it:
     the WSGI app's, and the direct ones on a lane thread and on the event loop
     (fazt.server.jspath). `on_loop`: from RAM alone, and None when a thread must run it
-    (see Runtime.handle_on_loop)."""
+    (see Runtime.handle_on_loop); a usual answer comes back there as the handler's raw
+    text, for the caller to `shape_answer(..., runtime.read_answer(site, text), ...)`
+    unless it rendered the same answer before."""
     if on_loop:
         def source() -> str | None:
             if script.identity.size > LOOP_SCRIPT_BYTES:
@@ -315,14 +317,20 @@ def run_handler(instance: Instance, site: str, script: FileInfo, request: dict,
             held = instance.vfs.held(site, script.path, IDENTITY, script.identity.sha256)
             return None if held is None else held.decode("utf-8", errors="replace")
 
-        answer = instance.runtime.handle_on_loop(site, script.sha256, source, request)
-        if answer is None:
-            return None
+        answer = instance.runtime.handle_on_loop(site, script.sha256, source, request, True)
+        if answer is None or type(answer) is str:
+            return answer
     else:
         def source() -> str:  # read only when a context is loaded, not per warm request
             return instance.vfs.content(site, script).decode("utf-8", errors="replace")
 
         answer = instance.runtime.handle(site, script.sha256, source, request)
+    return shape_answer(instance, site, answer, host, https, accept_encoding)
+
+
+def shape_answer(instance: Instance, site: str, answer: JsResponse, host: str | None,
+                 https: bool, accept_encoding: str | None) -> HandlerAnswer:
+    """A handler's checked answer as it goes out (its cookies, caching, compression)."""
     answer = _site_cookies(instance, site, answer, host, https)
     headers, body = _as_sent(answer, accept_encoding)
     return HandlerAnswer(answer.status, headers, answer.cookies, body)
@@ -367,9 +375,7 @@ def _as_sent(answer: JsResponse, accept_encoding: str | None
     headers = {name.lower(): (name, value) for name, value in answer.headers.items()}
     headers.setdefault("cache-control", ("Cache-Control", "no-store"))
     body = answer.body
-    if (1024 <= len(body) <= ON_THE_FLY_MAX and answer.status not in (204, 206, 304)
-            and compressible(headers["content-type"][1])
-            and not {"content-encoding", "etag", "content-range"} & headers.keys()):
+    if 1024 <= len(body) <= ON_THE_FLY_MAX and may_compress(answer.status, headers):
         vary = headers.get("vary", ("Vary", ""))[1]
         headers["vary"] = ("Vary", f"{vary}, Accept-Encoding" if vary else "Accept-Encoding")
         coding = choose(accept_encoding, CODINGS)
@@ -379,6 +385,13 @@ def _as_sent(answer: JsResponse, accept_encoding: str | None
                 headers["content-encoding"] = ("Content-Encoding", coding)
                 body = packed
     return headers, body
+
+
+def may_compress(status: int, headers: dict[str, tuple[str, str]]) -> bool:
+    """Whether an answer of this status and these headers (as `_as_sent` keys them) is
+    compressed when its body's size is in range and the client takes an encoding."""
+    return (status not in (204, 206, 304) and compressible(headers["content-type"][1])
+            and not {"content-encoding", "etag", "content-range"} & headers.keys())
 
 
 def _set_headers(resp: falcon.Response, headers: Iterable[tuple[str, str]]) -> None:

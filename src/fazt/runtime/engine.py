@@ -154,9 +154,14 @@ def load(source: str, limits: Limits, bridge: Bridge) -> "Loaded | JsResponse":
         return _failure(exc, limits, bridge)
 
 
-def invoke(loaded: Loaded, request: dict, limits: Limits) -> JsResponse | None:
+def invoke(loaded: Loaded, request: dict, limits: Limits, raw: bool = False
+           ) -> JsResponse | str | None:
     """Run the handler once more in a loaded context; None when the context cannot be
-    used again (the script got in the way of the CPU clock): load a fresh one."""
+    used again (the script got in the way of the CPU clock): load a fresh one.
+
+    `raw`: a usual answer (the body's length, its description, a newline, the body) comes
+    back as the prelude wrote it, for `read_answer` later: the event loop renders the
+    answers it has seen before without reading them again (fazt.server.jspath)."""
     ctx, step, bridge = loaded.ctx, loaded.step, loaded.bridge
     clock = None
     if loaded.runs and _clock_due(loaded, limits):  # a warm context: its clock starts again
@@ -182,6 +187,8 @@ def invoke(loaded: Loaded, request: dict, limits: Limits) -> JsResponse | None:
             return read_answer(step(True), bridge, escaped=True)  # the body as JSON text
         if len(answer) > FORGET_CHARS:
             step(False)  # not kept in the context until its next request
+        if raw and type(answer) is str and answer[:1] != "{":  # ("{": a problem)
+            return answer
         return read_answer(answer, bridge)
     except quickjs.JSException as exc:
         if _clock_kept(clock):

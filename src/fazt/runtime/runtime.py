@@ -66,7 +66,7 @@ from fazt.runtime.env import SiteEnv
 from fazt.runtime.kv import KvStore
 from fazt.runtime.logs import SiteLogs
 from fazt.runtime.memory import release_free_memory
-from fazt.runtime.response import JsResponse
+from fazt.runtime.response import JsResponse, read_answer
 from fazt.runtime.slots import Slots
 from fazt.store.database import Database
 
@@ -173,12 +173,13 @@ class Runtime:
         return answer
 
     def handle_on_loop(self, site: str, script_sha: str, source: Callable[[], str | None],
-                       request: dict) -> JsResponse | None:
+                       request: dict, raw: bool = False) -> JsResponse | str | None:
         """On the event loop's thread: run a quick handler right there (see the module's
         docstring), or None when a thread must run the request (nothing it did shows).
 
         `source` reads the script from RAM alone (None when it is not there). JsBusy
-        (429) as `handle`: a run on the loop takes a slot like any other."""
+        (429) as `handle`: a run on the loop takes a slot like any other. `raw`: a usual
+        answer comes back as text, for `read_answer` (engine.invoke)."""
         if not self._warm_bytes:
             return None  # no warm contexts: each run would load one on the loop
         key = (site, script_sha)
@@ -195,7 +196,7 @@ class Runtime:
         began = time.thread_time() if timed else 0.0
         try:
             answer, warm = self._run(site, script_sha, source, request, self._loop_limits,
-                                     values)
+                                     values, raw)
         finally:
             self._slots.release(site)
         if answer is None:
@@ -207,25 +208,33 @@ class Runtime:
         if timed and warm:  # (a run that loaded its context also paid for the load, once)
             spent = min(time.thread_time() - began, _QUICK_CAP * QUICK_SECONDS)
             seen[0] += (spent - seen[0]) * _QUICK_WEIGHT
-        if answer is _MOVED or seen[0] > QUICK_SECONDS or len(answer.body) > LOOP_ANSWER_BYTES:
+        moved = answer is _MOVED
+        if moved or seen[0] > QUICK_SECONDS or (
+                len(answer) if type(answer) is str else len(answer.body)) > LOOP_ANSWER_BYTES:
             seen[0], seen[1] = 0.0, time.monotonic() + OFF_LOOP_SECONDS
-        if answer is _MOVED:
+        if moved:
             return None
         self._count(answer, warm)
         return answer
 
-    def _count(self, answer: JsResponse, warm: bool) -> None:
+    def read_answer(self, site: str, text: str) -> JsResponse:
+        """A raw answer of `handle_on_loop` read and checked (response.read_answer), a
+        bad one logged in the site's log."""
+        return read_answer(text, Bridge(site, self.kv, self.logs_ring, self.env))
+
+    def _count(self, answer: JsResponse | str, warm: bool) -> None:
+        error = None if type(answer) is str else answer.error
         with self._lock:
             self._counts["runs"] += 1
             self._counts["warm_runs"] += warm
-            if answer.error == "js_timeout":
+            if error == "js_timeout":
                 self._counts["timeouts"] += 1
-            elif answer.error:
+            elif error:
                 self._counts["errors"] += 1
 
     def _run(self, site: str, script_sha: str, source: str | Callable[[], str | None],
-             request: dict, limits: Limits, loop_values: dict[str, str] | None = None
-             ) -> tuple[JsResponse | str | None, bool]:
+             request: dict, limits: Limits, loop_values: dict[str, str] | None = None,
+             raw: bool = False) -> tuple[JsResponse | str | None, bool]:
         """(the answer, whether a warm context gave it), on this thread's context.
 
         With `loop_values` (the site's secrets), on the event loop: the answer may then
@@ -241,11 +250,11 @@ class Runtime:
             if text is None:
                 return None, False  # on the loop: the warm context stays for its site
             here.loaded = loaded = None  # another site or version: freed before a new one
-            return self._run_fresh(site, text, request, limits, key, loop_values)
+            return self._run_fresh(site, text, request, limits, key, loop_values, raw)
         here.loaded = None  # taken: whatever happens below, nothing stale stays behind
         if on_loop:
             loaded.bridge.begin(loop_values)
-        answer = engine.invoke(loaded, request, limits)
+        answer = engine.invoke(loaded, request, limits, raw)
         if answer is None:  # the script broke the clock's restart: start afresh
             del loaded
             if on_loop:
@@ -269,7 +278,8 @@ class Runtime:
         return text
 
     def _run_fresh(self, site: str, source: str, request: dict, limits: Limits, key: tuple,
-                   loop_values: dict[str, str] | None) -> tuple[JsResponse | str, bool]:
+                   loop_values: dict[str, str] | None, raw: bool = False
+                   ) -> tuple[JsResponse | str, bool]:
         """Load the script in a new context and run the request in it."""
         if loop_values is None:
             bridge = Bridge(site, self.kv, self.logs_ring, self.env)
@@ -281,29 +291,31 @@ class Runtime:
             if loop_values is not None:
                 return _MOVED, False  # a thread loads it with the site's own limits
             return made, False
-        answer = engine.invoke(made, request, limits)  # a first run never restarts a clock
+        answer = engine.invoke(made, request, limits, raw)  # a first run restarts no clock
         return self._after(made, answer, key, source, loop_values), False
 
-    def _after(self, loaded: Loaded, answer: JsResponse, key: tuple,
+    def _after(self, loaded: Loaded, answer: JsResponse | str, key: tuple,
                source: str | Callable[[], str | None], loop_values: dict[str, str] | None
                ) -> JsResponse | str:
-        """Keep the context warm for the next request of its site, or drop it."""
+        """Keep the context warm for the next request of its site, or drop it (a raw
+        answer, a str, is a usual one: no error)."""
         bridge = loaded.bridge
-        if loop_values is not None and (bridge.moved or answer.error in ("js_timeout",
-                                                                        "js_memory_limit")):
+        error = None if type(answer) is str else answer.error
+        if loop_values is not None and (bridge.moved or error in ("js_timeout",
+                                                                  "js_memory_limit")):
             # Past the loop's budget, into the database, or out of memory (a thread trims
             # the heap after that; see memory.py): the context goes, a thread starts over.
             return _MOVED
         here = self._warm
         measured = loop_values is None or loaded.runs % LOOP_MEMORY_EVERY == 1
-        if (answer.error is None and loaded.runs < WARM_RUNS
+        if (error is None and loaded.runs < WARM_RUNS
                 and (not measured or loaded.memory_bytes() <= self._warm_bytes)):
             if isinstance(source, str):  # (reused warm with a reader: it keeps its text)
                 here.source = source
             here.key, here.loaded = key, loaded
         else:
             del loaded
-            if answer.error == "js_memory_limit":
+            if error == "js_memory_limit":
                 release_free_memory()  # the context is gone by now; see memory.py
         if loop_values is not None:
             bridge.end()

@@ -42,7 +42,14 @@ from fazt.instance import MAINTENANCE, NORMAL, Instance
 from fazt.requestlog import RequestLog, line
 from fazt.server import responses
 from fazt.server.bridge import Job
-from fazt.sites import SiteResource, handler_request, js_body_limit, run_handler
+from fazt.sites import (
+    SiteResource,
+    handler_request,
+    js_body_limit,
+    may_compress,
+    run_handler,
+    shape_answer,
+)
 from fazt.store.sites import FileInfo
 from fazt.vfs import Stale
 
@@ -160,36 +167,80 @@ class JsPath:
         headers = parser.headers
         method = parser.command.upper()
         tls = conn.listener.scheme == "https"
+        close = headers.get("CONNECTION", "").lower() == "close"
+        hsts_on = tls and bool(instance.https_port)
+        plan_key = None
         try:
             answer = self._run(parser, method, raw, site, script, tls, on_loop)
             if answer is None:
                 return None
+            if type(answer) is str:  # on the loop, a usual answer as the handler wrote it
+                meta, _, text = answer.partition("\n")
+                key = (site, meta[meta.find(" ") + 1:], close,
+                       hsts_on and instance.config.get("hsts_max_age"))
+                plan = _PLANS.get(key)
+                if plan is not None:
+                    return self._planned(conn, parser, plan, text, method, raw, began, close)
+                checked = instance.runtime.read_answer(site, answer)
+                if _plannable(checked):
+                    plan_key = key
+                answer = shape_answer(instance, site, checked, headers.get("HOST"), tls,
+                                      headers.get("ACCEPT_ENCODING"))
             # `sent` is this answer's own dict (made by _as_sent): HSTS is added to it below
             status, sent, body = answer.status, answer.headers, answer.body
             cookies = answer.cookies
         except FaztError as exc:
+            plan_key = None
             status, sent, body = self._error(raw, headers, http_errors.status_of(exc),
                                              exc.code, exc.message,
                                              getattr(exc, "retry_after", None))
             cookies = []
         except Exception as exc:  # noqa: BLE001 - as the WSGI app's last error handler
+            plan_key = None
             sys.stderr.write(f"fazt: unexpected error on {method} {raw}\n"
                              + "".join(traceback.format_exception(exc)))
             status, sent, body = self._error(raw, headers, 500, "internal_error",
                                              "Something went wrong on the server; it is logged.")
             cookies = []
         instance.rate.hit()
-        if tls and instance.https_port:
+        if hsts_on:
             for name, value in hsts(instance.config):
                 sent[name.lower()] = (name, value)
-        close = headers.get("CONNECTION", "").lower() == "close"
         data = self._render(status, sent, cookies, body, method, close)
+        if plan_key is not None:
+            self._plan(plan_key, status, sent, close)
         self.answered += 1
         self.on_loop_answers += on_loop
         if self.log is not None:
             self.log.write(line(conn.ip, headers.get("HOST"), method, raw, str(status),
                                 (time.monotonic() - began) * 1000))
         return data, close
+
+    def _planned(self, conn, parser, plan: tuple, text: str, method: str, raw: str,
+                 began: float, close: bool) -> tuple[bytes, bool]:
+        """The answer to a handler's usual answer rendered before (see _PLANS)."""
+        status, head, bodiless = plan
+        body = text.encode("utf-8", "replace")  # as response.read_answer encodes it
+        data = head.format(length=len(body), date=responses.http_date()).encode("latin-1")
+        if not bodiless and method != "HEAD":
+            data += body
+        self.instance.rate.hit()
+        self.answered += 1
+        self.on_loop_answers += 1
+        if self.log is not None:
+            self.log.write(line(conn.ip, parser.headers.get("HOST"), method, raw, status,
+                                (time.monotonic() - began) * 1000))
+        return data, close
+
+    @staticmethod
+    def _plan(key: tuple, status: int, sent: dict, close: bool) -> None:
+        """Remember how a handler's usual answer was rendered, for the next time."""
+        bodiless = status in _BODILESS
+        head = _head(status, sent, [], bodiless, close)
+        if len(head) <= _HEADS_SIZE:
+            if len(_PLANS) >= _HEADS_COUNT:
+                _PLANS.clear()
+            _PLANS[key] = (str(status), head, bodiless)
 
     def _run(self, parser, method: str, path: str, site: str, script: FileInfo, tls: bool,
              on_loop: bool):
@@ -242,6 +293,21 @@ class JsPath:
 _HEADS: dict[tuple, str] = {}
 _HEADS_COUNT = 1024
 _HEADS_SIZE = 2048  # characters; a longer head is rendered every time
+
+# A step further on the loop: the rendered head of a handler's usual answer by the site and
+# the answer's description as the prelude wrote it (status, headers), with the framing (the
+# client's Connection: close, HEAD, HSTS). The text is then neither checked, made a
+# JsResponse, shaped nor rendered again: only its body is encoded and framed. Not for an
+# answer with cookies (often one visitor's) or one compressed by its body's size, nor for a
+# failure (its site log line is written each time).
+_PLANS: dict[tuple, tuple[str, str, bool]] = {}
+
+
+def _plannable(checked) -> bool:
+    """Whether the head of this checked answer (a JsResponse) is the same whatever its
+    body and its visitor: no failure, no cookie, no compression."""
+    return checked.error is None and not checked.cookies and not may_compress(
+        checked.status, {name.lower(): (name, value) for name, value in checked.headers.items()})
 
 
 def _head(status: int, sent: dict, cookies: list[str], bodiless: bool, close: bool) -> str:

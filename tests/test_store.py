@@ -58,6 +58,27 @@ def test_open_refuses_missing_and_garbage(tmp_path):
         open_database(str(junk))
 
 
+def test_open_leaves_a_file_it_did_not_make_untouched(tmp_path):
+    """--db naming another program's SQLite file, or an empty one, by mistake: refused,
+    and the file keeps its bytes (no fazt tables written in, no switch to WAL)."""
+    other = tmp_path / "notes.db"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE notes (text TEXT)")
+    conn.execute("INSERT INTO notes VALUES ('precious')")
+    conn.commit()
+    conn.close()
+    before = other.read_bytes()
+    with pytest.raises(FaztError, match="not a fazt one"):
+        open_database(str(other))
+    assert other.read_bytes() == before
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    with pytest.raises(FaztError, match="empty file"):
+        open_database(str(empty))
+    assert empty.read_bytes() == b""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db", "notes.db"]
+
+
 def test_connections_get_the_pragmas(db):
     with db.read() as conn:
         assert conn.execute("PRAGMA mmap_size").fetchone()[0] == 0

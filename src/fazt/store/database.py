@@ -437,8 +437,22 @@ def _refuse_a_newer_schema(conn: sqlite3.Connection, path: str) -> None:
     try:
         version = schema_version(conn)
     except sqlite3.OperationalError:
-        return  # no such table yet (an empty file), or busy: migrate() then decides
+        return  # busy: migrate() then decides
     refuse_newer(version, path)
+
+
+def _refuse_a_foreign_file(conn: sqlite3.Connection, path: str) -> None:
+    """Only a database `fazt server init` made is opened for writing: migrating any other
+    SQLite file (another program's, given to --db by mistake, or an empty one) would write
+    fazt's tables into it and switch it to WAL."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                    "AND name = 'schema_migrations'").fetchone():
+        return
+    if os.path.getsize(path) == 0:
+        raise FaztError(f"{path} is an empty file, not a fazt database; remove it and "
+                        "create one with `fazt server init`.")
+    raise FaztError(f"{path} is a SQLite database but not a fazt one; fazt leaves it "
+                    "untouched (check --db or $FAZT_DB).")
 
 
 def open_database(path: str, limits: Limits | None = None, read_only: bool = False
@@ -472,6 +486,7 @@ def open_database(path: str, limits: Limits | None = None, read_only: bool = Fal
     try:
         conn = sqlite3.connect(path, isolation_level=None, timeout=5)
         try:
+            _refuse_a_foreign_file(conn, path)
             _refuse_a_newer_schema(conn, path)
             conn.execute("PRAGMA journal_mode=WAL")
             migrate(conn)

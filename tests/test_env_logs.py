@@ -195,6 +195,14 @@ def test_env_commands_refuse_what_they_cannot_do(db_path, site_dir):
     assert elsewhere.returncode == 1 and "no site named 'nosuch'" in elsewhere.stderr
 
 
+def test_site_logs_with_a_huge_count_prints_them_all(db_path, site_dir):
+    """`-n 99999999999999999999` (more than SQLite's integers hold) means every line, not
+    an OverflowError traceback."""
+    fazt("deploy", str(site_dir), "--site", "blog", "--db", str(db_path))
+    shown = fazt("site", "logs", "blog", "-n", "9" * 25, "--json", "--db", str(db_path))
+    assert json.loads(shown.stdout) == {"site": "blog", "lines": []}
+
+
 def test_env_set_from_stdin_that_is_not_utf8_says_so(db_path, site_dir):
     """A value piped in with a stray byte, in a UTF-8 locale (Python reads stdin strictly
     there): one sentence, not a UnicodeDecodeError traceback."""

@@ -764,7 +764,7 @@ def _print_thresholds(values: dict, marked: set | None = None) -> None:
 def _count(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 0 or more")
-    return int(text)
+    return min(int(text), sys.maxsize)  # more than SQLite's LIMIT takes means "all of them"
 
 
 def parser() -> argparse.ArgumentParser:

@@ -118,3 +118,13 @@ def test_server_init_and_config_set_keep_the_domain_as_clients_send_it(tmp_path)
     assert json.loads(fazt("config", "get", "domain", "--db", str(db)).stdout) == "fazt.example"
     bad = fazt("config", "set", "domain", "fazt..example", "--db", str(db), check=False)
     assert bad.returncode == 1 and "not a valid domain" in bad.stderr
+
+
+@pytest.mark.parametrize("port", ["0", "-1", "70000", "99999999999999999999999"])
+def test_server_init_refuses_a_port_config_set_would_refuse(tmp_path, port):
+    """Stored as given, it made every later `server start` fail over a --port never given."""
+    db = tmp_path / "d.db"
+    bad = fazt("server", "init", "--domain", "localhost", "--username", "o", "--password",
+               "correct horse battery", "--port", port, "--db", str(db), check=False)
+    assert bad.returncode == 1 and "port must be between 1 and 65535" in bad.stderr, bad.stderr
+    assert "Traceback" not in bad.stderr and not db.exists()

@@ -157,6 +157,7 @@ def init_database(path: str, *, domain: str, username: str, password: str,
                   cpus: float | None = None) -> dict:
     """`fazt server init`: a new database with owner, thresholds and admin assets."""
     domain = settings.parse("domain", domain)  # lower-case, no trailing dot, IDN as xn--
+    port = settings.parse("port", port)  # 1-65535, as `config set port` checks it
     if not username.strip():
         raise FaztError("The username must not be empty.")
     if len(password) < 8:

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import fazt, fazt_env
 
+from fazt.errors import FaztError
 from fazt.stability.probe import MB, probe
 
 HOST_MB = psutil.virtual_memory().total / MB
@@ -173,11 +175,11 @@ def test_environment_wins_over_container(tmp_path):
     assert machine.source["ram"] == "environment FAZT_MEMORY_MB"
 
 
-@pytest.mark.parametrize("bad", ["lots", "-5", "0", "nan"])
+@pytest.mark.parametrize("bad", ["lots", "-5", "0", "nan", "inf", "0.001"])
 def test_bad_environment_value_is_a_clear_error(tmp_path, bad):
     roots = tree(tmp_path, "0::/")
     roots["environ"] = {"FAZT_MEMORY_MB": bad}
-    with pytest.raises(ValueError, match="FAZT_MEMORY_MB"):
+    with pytest.raises(FaztError, match="FAZT_MEMORY_MB"):
         probe(**roots)
 
 
@@ -200,3 +202,20 @@ def test_another_process_is_probed_through_its_own_entries(tmp_path):
     machine = probe(pid=4242, **roots)
     assert (machine.ram_mb, machine.cpus) == (256, 1.5)
     assert machine.source["ram"] == f"cgroup v2 {tmp_path / 'cg' / 'server' / 'memory.max'}"
+
+
+@pytest.mark.parametrize("flag, value", [("--memory-mb", "nan"), ("--memory-mb", "0"),
+                                         ("--memory-mb", "-5"), ("--cpus", "inf"),
+                                         ("--cpus", "1e-300")])
+def test_a_declared_machine_that_is_no_number_is_one_sentence(tmp_path, flag, value):
+    """`server probe`/`init`/`recalibrate --cpus inf` (or FAZT_CPUS=inf): a sentence and
+    exit 1, not a ValueError or QuickJS traceback; init leaves no database behind."""
+    probed = fazt("server", "probe", f"{flag}={value}", check=False)
+    assert probed.returncode == 1 and "Traceback" not in probed.stderr, probed.stderr
+    assert f"{flag} must be a positive number" in probed.stderr
+    db = tmp_path / "d.db"
+    made = fazt("server", "init", "--domain", "localhost", "--username", "o", "--password",
+                "correct horse battery", f"{flag}={value}", "--db", str(db), check=False)
+    assert made.returncode == 1 and "Traceback" not in made.stderr and not db.exists()
+    env = fazt("server", "probe", check=False, env=fazt_env(FAZT_CPUS=value))
+    assert env.returncode == 1 and "FAZT_CPUS must be a positive number" in env.stderr

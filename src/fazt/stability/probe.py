@@ -12,6 +12,7 @@ fake trees.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from collections.abc import Iterator, Mapping
@@ -22,6 +23,7 @@ from typing import Any
 import psutil
 
 from fazt.constants import MB
+from fazt.errors import FaztError
 
 GB = 1024 * MB
 
@@ -156,10 +158,13 @@ def _environ_of(pid: int, proc_root: str, own: Mapping[str, str]) -> Mapping[str
 def _override(
     value: float | None, argument: str, name: str, environ: Mapping[str, str]
 ) -> tuple[float, str]:
-    """An explicit argument, else the environment variable; 0 means none was given."""
+    """An explicit argument, else the environment variable; 0 means none was given.
+    FaztError (one sentence, no traceback) for a value that is not a finite positive
+    number, or one the Machine's rounding to hundredths would make 0."""
     if value is not None:
-        if not value > 0:
-            raise ValueError(f"{argument} must be a positive number, not {value}")
+        if not (math.isfinite(value) and round(value, 2) > 0):
+            raise FaztError(f"{argument} must be a positive number (at least 0.01), "
+                            f"not {value:g}.")
         return float(value), "argument"
     text = environ.get(name, "").strip()
     if not text:
@@ -168,8 +173,8 @@ def _override(
         number = float(text)
     except ValueError:
         number = 0.0
-    if not number > 0 or number == float("inf"):
-        raise ValueError(f"{name} must be a positive number, not {text!r}")
+    if not (math.isfinite(number) and round(number, 2) > 0):
+        raise FaztError(f"{name} must be a positive number (at least 0.01), not {text!r}.")
     return number, f"environment {name}"
 
 

@@ -104,6 +104,10 @@ def test_bad_redirect_lines(text, line, words):
     ("/a\n  X-A: 1\x85\n  Vary: x\n", 2, "control character"),  # U+0085 ends no line either
     ("/a\n  Last-Modified: Thu, 01 Jan 1970 00:00:00 GMT\n", 2, "cannot be set"),
     ("/a\n  Strict-Transport-Security: max-age=1\n", 2, "cannot be set"),
+    # hop-by-hop: Waitress refuses them from an application (a thread's 500)
+    ("/a\n  Proxy-Authenticate: Basic\n", 2, "cannot be set"),
+    ("/a\n  Proxy-Authorization: Basic eA==\n", 2, "cannot be set"),
+    ("/a\n  Trailers: x\n", 2, "cannot be set"),
 ])
 def test_bad_header_lines(text, line, words):
     with pytest.raises(FaztError, match=f"^_headers line {line}: .*{words}"):
@@ -114,6 +118,8 @@ def test_an_older_headers_file_loses_only_the_names_fazt_owns():
     """A `_headers` deployed before a name was refused still applies, without that name
     (sent twice, a Date or a Server would contradict fazt's own)."""
     text = "/*\n  Date: yesterday\n  X-A: 1\n  Server: mine\n"
+    assert parse_headers(text, strict=False)[0].headers == (("X-A", "1"),)
+    text = "/*\n  Proxy-Authenticate: Basic\n  X-A: 1\n  Trailers: x\n"
     assert parse_headers(text, strict=False)[0].headers == (("X-A", "1"),)
 
 

@@ -40,11 +40,14 @@ MAX_FILE_BYTES = 256 * 1024  # rules are matched one by one on a request: keep t
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 REWRITE_CODES = frozenset({200, 404})
 # fazt owns these: framing, validators, the negotiation's Vary, the ones every answer
-# carries once (Date, Server) and HTTPS's HSTS (the https settings)
+# carries once (Date, Server) and HTTPS's HSTS (the https settings); and the hop-by-hop
+# ones Waitress refuses from an application (PEP 3333), which made a thread's answer a 500
+# while the event loop's fast path sent the file
 RESERVED_HEADERS = frozenset({
     "content-length", "content-encoding", "content-range", "transfer-encoding", "connection",
-    "keep-alive", "upgrade", "trailer", "te", "etag", "last-modified", "vary", "accept-ranges",
-    "set-cookie", "date", "server", "strict-transport-security",
+    "keep-alive", "upgrade", "trailer", "trailers", "te", "proxy-authenticate",
+    "proxy-authorization", "etag", "last-modified", "vary", "accept-ranges", "set-cookie",
+    "date", "server", "strict-transport-security",
 })
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 _VALUE = re.compile(r"^[\t\x20-\x7e\x80-\xff]*\Z")

@@ -91,6 +91,7 @@ def test_static_files_answer_alike_on_odd_requests(static_pair):
               f"Range: bytes=0-9\r\nIf-Range: {date}\r\n", f"If-None-Match: {etag}\r\n",
               f"If-None-Match: W/{etag}\r\n", f'If-None-Match: "a", {etag}\r\n',
               "If-None-Match: *\r\n", f"If-Modified-Since: {date}\r\n",
+              'If-Match: "zz"\r\n', f"If-Match: {etag}\r\nRange: bytes=0-9\r\n",
               "If-Modified-Since: garbage\r\n",
               f'If-None-Match: "zz"\r\nIf-Modified-Since: {date}\r\n',
               "Accept: application/json\r\n", "Accept: text/html\r\n",

@@ -171,6 +171,32 @@ def test_range_gets_identity(srv):
     assert h["etag"] == identity["etag"]
 
 
+def test_if_match_naming_another_version_is_412(srv):
+    """If-Match (RFC 9110 13.1.1, evaluated before the other conditions): a download resumed
+    after a deploy replaced the file gets 412, not the new file's bytes to splice onto the
+    old ones. Each request twice: from a thread, then from the event loop's fast path."""
+    _, h, _ = fetch(srv, "/app.js")
+    tag = h["etag"]
+    cases = [
+        ({"If_Match": '"old"', "Range": "bytes=10-19"}, 412),
+        ({"If_Match": '"old"'}, 412),
+        ({"If_Match": f"W/{tag}"}, 412),  # a weak tag never matches
+        ({"If_Match": '"old"', "If_None_Match": tag}, 412),
+        ({"If_Match": tag, "Range": "bytes=10-19"}, 206),
+        ({"If_Match": f'"old", {tag}'}, 200),
+        ({"If_Match": "*"}, 200),
+        ({"If_Match": tag, "If_None_Match": tag}, 304),
+    ]
+    for headers, expected in cases:
+        for method in ("GET", "GET", "HEAD", "HEAD"):
+            status, _, body = fetch(srv, "/app.js", method=method, **headers)
+            assert status == expected, (method, headers)
+            if expected == 412 and method == "GET":
+                assert json.loads(body)["error"]["code"] == "precondition_failed"
+    # a request that is no 2xx without it ignores the condition (RFC 9110 13.2.1)
+    assert fetch(srv, "/nothing-here", If_Match='"old"')[0] == 404
+
+
 def test_small_and_binary_files_are_sent_as_they_are(srv):
     _, h, body = fetch(srv, "/tiny.css", Accept_Encoding="gzip, br")
     assert body == TINY.encode() and "content-encoding" not in h

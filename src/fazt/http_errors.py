@@ -13,9 +13,9 @@ import falcon
 from fazt.errors import Busy, Conflict, FaztError, NotFound, TooLarge, Unavailable
 
 _TITLES = {400: "Bad request", 401: "Sign-in required", 403: "Forbidden", 404: "Not found",
-           405: "Method not allowed", 409: "Confirmation needed", 413: "Too large",
-           416: "Range not satisfiable", 429: "Too many requests", 500: "Server error",
-           503: "Unavailable", 504: "Timed out"}
+           405: "Method not allowed", 409: "Confirmation needed", 412: "Precondition failed",
+           413: "Too large", 416: "Range not satisfiable", 429: "Too many requests",
+           500: "Server error", 503: "Unavailable", 504: "Timed out"}
 
 
 # The HTTP status of each kind of domain error; any other FaztError is a 400.

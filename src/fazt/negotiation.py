@@ -170,6 +170,12 @@ def etag_matches(if_none_match: str | None, tag: str) -> bool:
     return any(t.strip().removeprefix("W/") == tag for t in if_none_match.split(","))
 
 
+def if_match(header: str, tag: str) -> bool:
+    """If-Match against an ETag: `*`, or the tag in the list by strong comparison (RFC 9110
+    13.1.1: a weak tag never matches)."""
+    return header.strip() == "*" or any(t.strip() == tag for t in header.split(","))
+
+
 def static_headers(info: FileInfo, body: Body, *, not_modified: bool = False,
                    site_headers: Sequence[tuple[str, str]] = ()) -> list[tuple[str, str]]:
     """Every header of a 200 (or, with `not_modified`, a 304) that sends `body` of `info`.

@@ -29,6 +29,7 @@ from fazt.negotiation import (
     choose,
     compressible,
     etag,
+    if_match,
     not_modified,
     pick,
     static_headers,
@@ -219,6 +220,12 @@ class SiteResource:
               site_headers: list[tuple[str, str]]) -> None:
         range_header = req.get_header("Range")
         body = pick(info, req.get_header("Accept-Encoding"), ranged=bool(range_header))
+        match = req.get_header("If-Match")
+        if match and not if_match(match, etag(body)):
+            # RFC 9110 13.1.1, evaluated first (13.2.2): a client resuming a download of a
+            # version a deploy replaced would otherwise splice the new bytes onto the old
+            raise http_error(412, "precondition_failed",
+                             "The file is no longer the version If-Match names.")
         if not_modified(req.get_header("If-None-Match"), body):
             resp.status = falcon.HTTP_304
             _set_headers(resp, static_headers(info, body, not_modified=True,

@@ -12,7 +12,7 @@ pure functions: `fazt.negotiation` picks the body and renders its headers,
 `SiteResource._relative` cleans the path, the site's rules come from the same
 parse, and the log line from `requestlog.line`. Header names are spelled as
 Waitress spells them (each dash-separated part capitalised). Anything
-unusual goes to a thread: another method, HTTP/1.0, a Range or If-Range, a
+unusual goes to a thread: another method, HTTP/1.0, a Range, If-Range or If-Match, a
 path under /api/, a file or rule not yet in RAM, a forced redirect, a large
 file, maintenance mode, a non-ASCII path, and with HTTPS on every request on the
 plain port (the thread redirects it, fazt.https). Answers over HTTPS carry
@@ -81,7 +81,7 @@ class FastPath:
         if (method != "GET" and method != "HEAD") or parser.version != "1.1":
             return None
         headers = parser.headers
-        if "RANGE" in headers or "IF_RANGE" in headers:
+        if "RANGE" in headers or "IF_RANGE" in headers or "IF_MATCH" in headers:
             return None
         instance = self.instance
         if not instance.is_current():

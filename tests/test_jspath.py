@@ -35,6 +35,9 @@ function handler(request) {
     throw new Error("boom");
   }
   if (request.path === "/api/bad-status") return { status: 99 };
+  if (request.path === "/api/size") {  // one description, bodies of any size
+    return { headers: { "Content-Type": q.type }, body: "a".repeat(Number(q.n)) };
+  }
   if (request.path === "/api/promise") return Promise.resolve({ status: 201, body: [1, 2] });
   return { status: 404, body: { missing: request.path } };
 }
@@ -91,6 +94,22 @@ def requests_to_send() -> list[bytes]:
     out.append(b"PUT /api/echo HTTP/1.1\r\n" + host.encode() + b"\r\n")
     out.append(b"DELETE /api/status?code=200 HTTP/1.0\r\n" + host.encode() + b"\r\n")
     return out
+
+
+def test_answers_rendered_once_on_the_loop_fit_every_body(pair):
+    # The loop remembers how a handler's answer was rendered by its status and headers
+    # (jspath._PLANS): the bodies that follow, of other sizes, still get their own length,
+    # and the compression (and Vary) a compressible type gets from 1 KiB on.
+    direct, wsgi = pair
+    for kind in ("text/plain", "application/octet-stream"):
+        for n in (10, 2000, 10, 10, 70000, 10, 3000, 3000, 0):
+            for extra in ("", "Accept-Encoding: gzip\r\n"):
+                request = (f"GET /api/size?n={n}&type={kind} HTTP/1.1\r\n"
+                           f"Host: js.localhost\r\n{extra}\r\n").encode()
+                a, b = raw(direct.port, request), raw(wsgi.port, request)
+                assert a == b, request
+                assert f"Content-Length: {len(a[1])}" in a[0]
+    assert Admin(direct).status()["connections"]["js_loop_answers"] >= 20
 
 
 def test_direct_and_wsgi_answer_alike(pair):

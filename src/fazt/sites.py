@@ -382,7 +382,7 @@ def _as_sent(answer: JsResponse, accept_encoding: str | None
     headers = {name.lower(): (name, value) for name, value in answer.headers.items()}
     headers.setdefault("cache-control", ("Cache-Control", "no-store"))
     body = answer.body
-    if 1024 <= len(body) <= ON_THE_FLY_MAX and may_compress(answer.status, headers):
+    if compressed_size(len(body)) and may_compress(answer.status, headers):
         vary = headers.get("vary", ("Vary", ""))[1]
         headers["vary"] = ("Vary", f"{vary}, Accept-Encoding" if vary else "Accept-Encoding")
         coding = choose(accept_encoding, CODINGS)
@@ -392,6 +392,11 @@ def _as_sent(answer: JsResponse, accept_encoding: str | None
                 headers["content-encoding"] = ("Content-Encoding", coding)
                 body = packed
     return headers, body
+
+
+def compressed_size(size: int) -> bool:
+    """Whether a handler's body of `size` bytes is one `_as_sent` may compress."""
+    return 1024 <= size <= ON_THE_FLY_MAX
 
 
 def may_compress(status: int, headers: dict[str, tuple[str, str]]) -> bool:

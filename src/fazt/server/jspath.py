@@ -44,6 +44,7 @@ from fazt.server import responses
 from fazt.server.bridge import Job
 from fazt.sites import (
     SiteResource,
+    compressed_size,
     handler_request,
     js_body_limit,
     may_compress,
@@ -180,9 +181,12 @@ class JsPath:
                        hsts_on and instance.config.get("hsts_max_age"))
                 plan = _PLANS.get(key)
                 if plan is not None:
-                    return self._planned(conn, parser, plan, text, method, raw, began, close)
+                    done = self._planned(conn, parser, plan, text, method, raw, began, close)
+                    if done is not None:
+                        return done
                 checked = instance.runtime.read_answer(site, answer)
-                if _plannable(checked):
+                sized = _plan_kind(checked)
+                if sized is not None:
                     plan_key = key
                 answer = shape_answer(instance, site, checked, headers.get("HOST"), tls,
                                       headers.get("ACCEPT_ENCODING"))
@@ -208,7 +212,7 @@ class JsPath:
                 sent[name.lower()] = (name, value)
         data = self._render(status, sent, cookies, body, method, close)
         if plan_key is not None:
-            self._plan(plan_key, status, sent, close)
+            self._plan(plan_key, status, sent, close, sized)
         self.answered += 1
         self.on_loop_answers += on_loop
         if self.log is not None:
@@ -217,10 +221,13 @@ class JsPath:
         return data, close
 
     def _planned(self, conn, parser, plan: tuple, text: str, method: str, raw: str,
-                 began: float, close: bool) -> tuple[bytes, bool]:
-        """The answer to a handler's usual answer rendered before (see _PLANS)."""
-        status, head, bodiless = plan
+                 began: float, close: bool) -> tuple[bytes, bool] | None:
+        """The answer to a handler's usual answer rendered before (see _PLANS); None when
+        its body is of a size that is compressed."""
+        status, head, bodiless, sized = plan
         body = text.encode("utf-8", "replace")  # as response.read_answer encodes it
+        if sized and compressed_size(len(body)):
+            return None
         data = head.format(length=len(body), date=responses.http_date()).encode("latin-1")
         if not bodiless and method != "HEAD":
             data += body
@@ -233,14 +240,14 @@ class JsPath:
         return data, close
 
     @staticmethod
-    def _plan(key: tuple, status: int, sent: dict, close: bool) -> None:
+    def _plan(key: tuple, status: int, sent: dict, close: bool, sized: bool) -> None:
         """Remember how a handler's usual answer was rendered, for the next time."""
         bodiless = status in _BODILESS
         head = _head(status, sent, [], bodiless, close)
         if len(head) <= _HEADS_SIZE:
             if len(_PLANS) >= _HEADS_COUNT:
                 _PLANS.clear()
-            _PLANS[key] = (str(status), head, bodiless)
+            _PLANS[key] = (str(status), head, bodiless, sized)
 
     def _run(self, parser, method: str, path: str, site: str, script: FileInfo, tls: bool,
              on_loop: bool):
@@ -298,16 +305,22 @@ _HEADS_SIZE = 2048  # characters; a longer head is rendered every time
 # the answer's description as the prelude wrote it (status, headers), with the framing (the
 # client's Connection: close, HEAD, HSTS). The text is then neither checked, made a
 # JsResponse, shaped nor rendered again: only its body is encoded and framed. Not for an
-# answer with cookies (often one visitor's) or one compressed by its body's size, nor for a
-# failure (its site log line is written each time).
-_PLANS: dict[tuple, tuple[str, str, bool]] = {}
+# answer with cookies (often one visitor's), nor for a failure (its site log line is written
+# each time); for a compressible one, only with a body of a size never compressed.
+_PLANS: dict[tuple, tuple[str, str, bool, bool]] = {}
 
 
-def _plannable(checked) -> bool:
-    """Whether the head of this checked answer (a JsResponse) is the same whatever its
-    body and its visitor: no failure, no cookie, no compression."""
-    return checked.error is None and not checked.cookies and not may_compress(
-        checked.status, {name.lower(): (name, value) for name, value in checked.headers.items()})
+def _plan_kind(checked) -> bool | None:
+    """Whether the head of this checked answer (a JsResponse) may be remembered: None (no:
+    a failure, a cookie, a body compressed by its size), False (for any body), True (for
+    bodies of sizes never compressed: `compressed_size`)."""
+    if checked.error is not None or checked.cookies:
+        return None
+    sized = may_compress(checked.status, {name.lower(): (name, value)
+                                          for name, value in checked.headers.items()})
+    if sized and compressed_size(len(checked.body)):
+        return None
+    return sized
 
 
 def _head(status: int, sent: dict, cookies: list[str], bodiless: bool, close: bool) -> str:

@@ -35,6 +35,7 @@ function handler(request) {
     throw new Error("boom");
   }
   if (request.path === "/api/bad-status") return { status: 99 };
+  if (request.path === "/api/fn-status") return { status: function () {}, body: "f" };
   if (request.path === "/api/size") {  // one description, bodies of any size
     return { headers: { "Content-Type": q.type }, body: "a".repeat(Number(q.n)) };
   }
@@ -82,6 +83,7 @@ def requests_to_send() -> list[bytes]:
                    "/api/status?code=204", "/api/status?code=304", "/api/status?code=299",
                    "/api/status?code=503&body=x", "/api/cookies", "/api/bad-cookie",
                    "/api/big", "/api/server", "/api/braces", "/api/throw", "/api/bad-status",
+                   "/api/fn-status",
                    "/api/promise", "/api/nothing", "/api/../api/echo", "/api/caf%C3%A9"):
         for method in ("GET", "HEAD"):
             for extra in ("", "Accept-Encoding: gzip\r\n", "Connection: close\r\n"):
@@ -113,6 +115,18 @@ def test_answers_rendered_once_on_the_loop_fit_every_body(pair):
             assert a == b, request
             assert f"Content-Length: {len(a[1])}" in a[0]
     assert Admin(direct).status()["connections"]["js_loop_answers"] >= 30
+
+
+def test_an_answer_fazt_cannot_read_is_the_same_failure_on_the_loop(pair):
+    # A status that JSON leaves out (a function): the same 500 js_error and site log line
+    # from the loop, which renders the answers it has read before without reading them
+    # again, as from a thread.
+    direct, wsgi = pair
+    request = b"GET /api/fn-status HTTP/1.1\r\nHost: js.localhost\r\n\r\n"
+    answers = [(raw(direct.port, request), raw(wsgi.port, request)) for _ in range(8)]
+    assert all(a == b for a, b in answers)
+    assert b'"js_error"' in answers[-1][0][1]
+    assert "Traceback" not in direct.log()
 
 
 def test_direct_and_wsgi_answer_alike(pair):

@@ -76,7 +76,7 @@ from fazt.constants import MB, SCRIPT
 from fazt.runtime.bridge import Bridge
 from fazt.runtime.memory import release_free_memory
 from fazt.runtime.prelude import PENDING, PRELUDE
-from fazt.runtime.response import JsResponse, error_response, read_answer
+from fazt.runtime.response import JsResponse, checked_before, error_response, read_answer
 
 STACK_BYTES = 512 * 1024  # deep recursion becomes a clean error; thread stacks are 8 MB
 CHECK_MEMORY_BYTES = 64 * MB  # for compiling a script at deploy
@@ -159,9 +159,10 @@ def invoke(loaded: Loaded, request: dict, limits: Limits, raw: bool = False
     """Run the handler once more in a loaded context; None when the context cannot be
     used again (the script got in the way of the CPU clock): load a fresh one.
 
-    `raw`: a usual answer (the body's length, its description, a newline, the body) comes
-    back as the prelude wrote it, for `read_answer` later: the event loop renders the
-    answers it has seen before without reading them again (fazt.server.jspath)."""
+    `raw`: a usual answer (the body's length, its description, a newline, the body) whose
+    description was found good before comes back as the prelude wrote it, for `read`
+    later: the event loop renders the answers it has seen before without reading them
+    again (fazt.server.jspath)."""
     ctx, step, bridge = loaded.ctx, loaded.step, loaded.bridge
     clock = None
     if loaded.runs and _clock_due(loaded, limits):  # a warm context: its clock starts again
@@ -187,16 +188,28 @@ def invoke(loaded: Loaded, request: dict, limits: Limits, raw: bool = False
             return read_answer(step(True), bridge, escaped=True)  # the body as JSON text
         if len(answer) > FORGET_CHARS:
             step(False)  # not kept in the context until its next request
-        if raw and type(answer) is str and answer[:1] != "{":  # ("{": a problem)
-            return answer
+        if raw and type(answer) is str and answer[:1] != "{" and checked_before(answer):
+            return answer  # ("{": a problem)
         return read_answer(answer, bridge)
     except quickjs.JSException as exc:
         if _clock_kept(clock):
             return None
         return _failure(exc, limits, bridge)
     except Exception as exc:  # e.g. a string QuickJS hands back that is not valid UTF-8
-        bridge.log("error", f"fazt could not read the script's answer: {exc!r}")
-        return error_response(500, "js_error", "The script's answer could not be read.")
+        return _unreadable(bridge, exc)
+
+
+def read(answer: str, bridge: Bridge) -> JsResponse:
+    """A raw answer of `invoke` read and checked, as `invoke` reads the others."""
+    try:
+        return read_answer(answer, bridge)
+    except Exception as exc:  # noqa: BLE001 - as invoke's
+        return _unreadable(bridge, exc)
+
+
+def _unreadable(bridge: Bridge, exc: Exception) -> JsResponse:
+    bridge.log("error", f"fazt could not read the script's answer: {exc!r}")
+    return error_response(500, "js_error", "The script's answer could not be read.")
 
 
 def _clock_due(loaded: Loaded, limits: Limits) -> bool:

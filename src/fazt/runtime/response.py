@@ -102,6 +102,12 @@ def read_answer(answer: Any, bridge: Bridge, escaped: bool = False) -> JsRespons
                       cookies=list(cookies))
 
 
+def checked_before(answer: str) -> bool:
+    """Whether a usual answer's description (status, headers) was read and found good
+    before: then `read_answer` cannot fail on it."""
+    return answer[answer.find(" ") + 1:answer.find("\n")] in _CHECKED
+
+
 def _check(meta: str, bridge: Bridge) -> "tuple[int, tuple, tuple] | JsResponse":
     """(status, headers, cookies) of an answer's description, or its bad_response."""
     data = json.loads(meta)

@@ -66,7 +66,7 @@ from fazt.runtime.env import SiteEnv
 from fazt.runtime.kv import KvStore
 from fazt.runtime.logs import SiteLogs
 from fazt.runtime.memory import release_free_memory
-from fazt.runtime.response import JsResponse, read_answer
+from fazt.runtime.response import JsResponse
 from fazt.runtime.slots import Slots
 from fazt.store.database import Database
 
@@ -218,9 +218,8 @@ class Runtime:
         return answer
 
     def read_answer(self, site: str, text: str) -> JsResponse:
-        """A raw answer of `handle_on_loop` read and checked (response.read_answer), a
-        bad one logged in the site's log."""
-        return read_answer(text, Bridge(site, self.kv, self.logs_ring, self.env))
+        """A raw answer of `handle_on_loop` read and checked (engine.read)."""
+        return engine.read(text, Bridge(site, self.kv, self.logs_ring, self.env))
 
     def _count(self, answer: JsResponse | str, warm: bool) -> None:
         error = None if type(answer) is str else answer.error

@@ -41,7 +41,7 @@ context unusable left nothing visible (its console lines wait until it ends,
 its context is dropped), so the request starts over on a thread with the
 site's real limits, and the site's handler stays off the loop for
 OFF_LOOP_SECONDS. So does a handler whose runs average more than
-QUICK_SECONDS of the loop's CPU, or that answered more than LOOP_ANSWER_BYTES
+QUICK_SECONDS of the loop's time, or that answered more than LOOP_ANSWER_BYTES
 (its answer still goes out from the loop that once: copying large answers
 between QuickJS, Python and the socket is work for a thread). The loop keeps
 one warm context, as every site thread does (the ledger counts it), and loads
@@ -86,9 +86,11 @@ LOOP_ANSWER_BYTES = 64 * 1024  # a handler that answered more runs on threads (c
 _QUICK_WEIGHT = 1 / 16
 _QUICK_CAP = 4
 # A run on the loop is timed every LOOP_SAMPLE_EVERY runs, and its context's heap measured
-# every LOOP_MEMORY_EVERY (the clock costs about 2 µs, QuickJS's count of its heap, a dict
-# of 30 numbers, about 6: a fair share of a quick run); the server's sweep measures the
-# loop's context once a second as well.
+# every LOOP_MEMORY_EVERY (QuickJS's count of its heap, a dict of 30 numbers, costs about
+# 6 µs: a fair share of a quick run); the server's sweep measures the loop's context once a
+# second as well. Timed by the wall clock: the loop runs nothing else meanwhile, and a CPU
+# clock is a system call whose cost showed in every request's time (a trivial handler
+# answered 4% more requests a second without it, measured side by side, issue 16).
 LOOP_SAMPLE_EVERY = 8
 LOOP_MEMORY_EVERY = 32
 _MOVED = "moved"  # a run on the loop that must start over on a thread
@@ -193,7 +195,7 @@ class Runtime:
             raise JsBusy(self._slots.why_refused(site))
         self._loop_runs += 1
         timed = self._loop_runs % LOOP_SAMPLE_EVERY == 0
-        began = time.thread_time() if timed else 0.0
+        began = time.perf_counter() if timed else 0.0
         try:
             answer, warm = self._run(site, script_sha, source, request, self._loop_limits,
                                      values, raw)
@@ -206,7 +208,7 @@ class Runtime:
                 self._on_loop.clear()
             seen = self._on_loop[key] = [0.0, 0.0]
         if timed and warm:  # (a run that loaded its context also paid for the load, once)
-            spent = min(time.thread_time() - began, _QUICK_CAP * QUICK_SECONDS)
+            spent = min(time.perf_counter() - began, _QUICK_CAP * QUICK_SECONDS)
             seen[0] += (spent - seen[0]) * _QUICK_WEIGHT
         moved = answer is _MOVED
         if moved or seen[0] > QUICK_SECONDS or (

@@ -724,6 +724,23 @@ def test_a_clock_starts_again_once_its_window_has_passed():
     assert answer.error is None and answer.body == str(sum(range(300000))).encode()
 
 
+def test_a_clock_window_counts_from_the_start_of_the_load():
+    """The clock a context's load started counts its top-level code: a request soon after
+    the first is not left the budget minus the load's CPU (README: a run on the loop has
+    2 to 3 ms at least)."""
+    from fazt.runtime import engine
+    from fazt.runtime.bridge import Bridge
+
+    limits = engine.Limits(memory_bytes=32 << 20, timeout_ms=100, cpu_seconds=0.2,
+                           clock_window=0.05)
+    slow_start = "var t = Date.now(); while (Date.now() - t < 150) {}\n" + WORK
+    loaded = engine.load(slow_start, limits, Bridge("alpha", None, SiteLogs(), None))
+    assert engine.invoke(loaded, request(), limits).body == b"0"
+    # (about 0.1 s of CPU: within the budget, not within what the load left of it)
+    answer = engine.invoke(loaded, request(query={"n": "1000000"}), limits)
+    assert answer.error is None and answer.body == str(sum(range(1000000))).encode()
+
+
 def test_the_loop_loads_contexts_sparingly(rt):
     rt.env.get("alpha")
     rt.env.get("beta")

@@ -138,6 +138,9 @@ def load(source: str, limits: Limits, bridge: Bridge) -> "Loaded | JsResponse":
     try:
         ctx.set_memory_limit(limits.memory_bytes)
         ctx.set_max_stack_size(STACK_BYTES)
+        # The clock's window runs from its start, not from the end of the load: a request
+        # soon after the first does not inherit what the top-level code burned.
+        started = time.monotonic()
         start_cpu_clock(ctx, limits.cpu_seconds)  # top-level code counts against request one
         ctx.add_callable("__fazt_bridge", bridge)
         step = ctx.eval(PRELUDE)
@@ -149,7 +152,7 @@ def load(source: str, limits: Limits, bridge: Bridge) -> "Loaded | JsResponse":
                 if problem:
                     return _syntax_failure(problem, bridge)
             raise
-        return Loaded(ctx, step, bridge, clock_at=time.monotonic())
+        return Loaded(ctx, step, bridge, clock_at=started)
     except quickjs.JSException as exc:
         return _failure(exc, limits, bridge)
 

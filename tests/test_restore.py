@@ -71,6 +71,24 @@ def test_a_db_path_that_cannot_hold_a_database_is_one_sentence(db_path, tmp_path
         "a-file", "a-folder", "backup.db", "data.db"]
 
 
+def test_a_pipe_or_device_is_never_replaced_by_a_backup_or_a_restore(db_path, tmp_path):
+    """`fazt backup /dev/null` (run as root) renamed its copy over /dev/null itself, and a
+    restore over a device did the same; a pipe as --db hung SQLite. One sentence now, and
+    the special file stays what it was."""
+    backup = tmp_path / "backup.db"
+    fazt("backup", str(backup), "--db", str(db_path))
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    for args in (["backup", str(pipe), "--db", str(db_path)],
+                 ["restore", str(backup), "--db", str(pipe)],
+                 ["config", "get", "domain", "--db", str(pipe)]):
+        result = fazt(*args, check=False, timeout=30)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert "is not a regular file" in result.stderr, args
+        assert stat.S_ISFIFO(os.stat(pipe).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["backup.db", "data.db", "pipe"]
+
+
 def test_restoring_a_replicating_database_says_it_will_replicate_again(db_path, tmp_path):
     """A restored copy resumes its primary's replication when started: if the primary
     still runs, the two spoil the replica. The restore says so, and only then."""

@@ -41,7 +41,7 @@ from fazt.store.config import (
     save_secret,
     undo_overrides,
 )
-from fazt.store.database import Limits, create_database, refuse_a_folder
+from fazt.store.database import Limits, create_database, refuse_not_a_file
 from fazt.store.env import env_stamp, set_var, unset_var
 from fazt.store.sites import NewFile, count_backends, list_sites
 from fazt.tokens import active_token_hashes
@@ -162,7 +162,7 @@ def init_database(path: str, *, domain: str, username: str, password: str,
         raise FaztError("The username must not be empty.")
     if len(password) < 8:
         raise FaztError("The password must be at least 8 characters long.")
-    refuse_a_folder(path)
+    refuse_not_a_file(path)
     if os.path.exists(path):
         raise FaztError(f"A database already exists at {path}; refusing to touch it.")
     machine = probe(path, memory_mb=memory_mb, cpus=cpus)

@@ -29,7 +29,7 @@ import time
 from fazt.errors import FaztError
 from fazt.store.claim import try_claim
 from fazt.store.config import load_config
-from fazt.store.database import read_only_uri, refuse_a_folder
+from fazt.store.database import read_only_uri, refuse_not_a_file
 from fazt.store.schema import refuse_newer, schema_version
 
 _SIDE_FILES = ("-wal", "-shm", "-journal")
@@ -77,7 +77,7 @@ def database_folder(path: str) -> str:
     """The folder that holds the database at `path`, made if missing; FaztError when
     `path` is a folder itself or its folder cannot be made (a file in the way, no
     permission), before any long work starts."""
-    refuse_a_folder(path)
+    refuse_not_a_file(path)
     folder = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(folder, exist_ok=True)

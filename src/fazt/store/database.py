@@ -20,6 +20,7 @@ import os
 import re
 import secrets
 import sqlite3
+import stat
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -252,6 +253,7 @@ class Database:
         """A consistent copy through SQLite's online backup, written under a temporary
         name and renamed into place, so `out_path` is either complete or absent.
         Mode 0600 from the first byte: the copy holds private keys and the session key."""
+        refuse_a_special_file(out_path)
         if self._is_own_file(out_path):
             raise FaztError(f"{out_path} is the database itself (or its -wal/-shm file): "
                             "a backup over it would lose what it holds. Write the backup "
@@ -367,16 +369,30 @@ def _as_fazt_errors() -> Iterator[None]:
         raise
 
 
-def refuse_a_folder(path: str) -> None:
-    """`--db DIR` is a slip for a file inside it: say so, not "exists" or "no database"."""
+def refuse_not_a_file(path: str) -> None:
+    """`--db DIR` is a slip for a file inside it: say so, not "exists" or "no database".
+    Nor is a device, a pipe or a socket a database: a restore (or a backup written there)
+    renames its file into place, which would replace /dev/null itself, run as root."""
     if os.path.isdir(path):
         raise FaztError(f"{path} is a folder; --db names the database file (such as "
                         f"{os.path.join(path, 'data.db')}).")
+    refuse_a_special_file(path)
+
+
+def refuse_a_special_file(path: str) -> None:
+    """FaztError when `path` is a device, a pipe or a socket: fazt writes only files."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # absent (or unreadable: the caller's own open says why)
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise FaztError(f"{path} is not a regular file (a device, a pipe or a socket); "
+                        "fazt reads and writes databases and backups as files of their own.")
 
 
 def create_database(path: str) -> Database:
     """Make a new database file; refuse one that exists (nothing is overwritten)."""
-    refuse_a_folder(path)
+    refuse_not_a_file(path)
     if os.path.exists(path):
         raise FaztError(f"A database already exists at {path}; refusing to touch it.")
     folder = os.path.dirname(os.path.abspath(path))
@@ -459,7 +475,7 @@ def open_database(path: str, limits: Limits | None = None, read_only: bool = Fal
                   ) -> Database:
     """Open an existing database and bring its schema forward (read-only: check it is
     already this fazt's schema, since nothing may be written)."""
-    refuse_a_folder(path)
+    refuse_not_a_file(path)
     if not os.path.isfile(path):
         raise FaztError(f"No database at {path}; create one with `fazt server init`.")
     if read_only:

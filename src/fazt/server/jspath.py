@@ -22,7 +22,11 @@ A quick handler does not even go to a thread: `on_loop` runs it on the event
 loop when all it needs is in RAM (see Runtime.handle_on_loop for what keeps it
 harmless there), through the same `_respond`. The per-request work is kept
 small for both ways (a path cleaned once, header names spelled once): on the
-loop it is most of what a handler's answer costs beside the handler.
+loop it is most of what a handler's answer costs beside the handler. So the loop
+also remembers, by the answer's status and headers as the handler wrote them, the
+head it rendered for them (`_PLANS`), made once by the same functions
+(`response.read_answer`, `sites.shape_answer`, `_head`); the next such answer is
+its body framed under that head.
 """
 
 import sys
@@ -303,7 +307,7 @@ _HEADS_SIZE = 2048  # characters; a longer head is rendered every time
 
 # A step further on the loop: the rendered head of a handler's usual answer by the site and
 # the answer's description as the prelude wrote it (status, headers), with the framing (the
-# client's Connection: close, HEAD, HSTS). The text is then neither checked, made a
+# client's Connection: close, HSTS). The text is then neither checked, made a
 # JsResponse, shaped nor rendered again: only its body is encoded and framed. Not for an
 # answer with cookies (often one visitor's), nor for a failure (its site log line is written
 # each time); for a compressible one, only with a body of a size never compressed.

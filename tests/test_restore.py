@@ -89,6 +89,25 @@ def test_a_pipe_or_device_is_never_replaced_by_a_backup_or_a_restore(db_path, tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["backup.db", "data.db", "pipe"]
 
 
+def test_another_programs_database_is_never_restored_over(db_path, tmp_path):
+    """--db naming another program's SQLite file by mistake: a restore threw it away
+    ("the database it replaced is gone"). One sentence now, and the file is as it was."""
+    backup = tmp_path / "backup.db"
+    fazt("backup", str(backup), "--db", str(db_path))
+    other = tmp_path / "notes.sqlite"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE notes (body TEXT)")
+    conn.execute("INSERT INTO notes VALUES ('keep me')")
+    conn.commit()
+    conn.close()
+    before = hashlib.sha256(other.read_bytes()).hexdigest()
+    result = fazt("restore", str(backup), "--db", str(other), check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "not a fazt one" in result.stderr
+    assert hashlib.sha256(other.read_bytes()).hexdigest() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["backup.db", "data.db", "notes.sqlite"]
+
+
 def test_restoring_a_replicating_database_says_it_will_replicate_again(db_path, tmp_path):
     """A restored copy resumes its primary's replication when started: if the primary
     still runs, the two spoil the replica. The restore says so, and only then."""

@@ -29,7 +29,7 @@ import time
 from fazt.errors import FaztError
 from fazt.store.claim import try_claim
 from fazt.store.config import load_config
-from fazt.store.database import read_only_uri, refuse_not_a_file
+from fazt.store.database import read_only_uri, refuse_a_foreign_database, refuse_not_a_file
 from fazt.store.schema import refuse_newer, schema_version
 
 _SIDE_FILES = ("-wal", "-shm", "-journal")
@@ -75,9 +75,11 @@ def check_backup(path: str) -> dict:
 
 def database_folder(path: str) -> str:
     """The folder that holds the database at `path`, made if missing; FaztError when
-    `path` is a folder itself or its folder cannot be made (a file in the way, no
-    permission), before any long work starts."""
+    `path` is a folder itself, a device or a pipe, another program's SQLite database
+    (a restore would throw it away), or its folder cannot be made (a file in the way,
+    no permission), before any long work starts."""
     refuse_not_a_file(path)
+    refuse_a_foreign_database(path)
     folder = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(folder, exist_ok=True)

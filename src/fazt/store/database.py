@@ -457,6 +457,22 @@ def _refuse_a_newer_schema(conn: sqlite3.Connection, path: str) -> None:
     refuse_newer(version, path)
 
 
+def refuse_a_foreign_database(path: str) -> None:
+    """FaztError when `path` holds another program's SQLite database, which a restore
+    over it would throw away. An absent or empty file is not one, nor is a file SQLite
+    cannot read (a restore keeps that aside as damaged)."""
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return
+    try:
+        conn = sqlite3.connect(read_only_uri(path), uri=True, isolation_level=None)
+        try:
+            _refuse_a_foreign_file(conn, path)
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return
+
+
 def _refuse_a_foreign_file(conn: sqlite3.Connection, path: str) -> None:
     """Only a database `fazt server init` made is opened for writing: migrating any other
     SQLite file (another program's, given to --db by mistake, or an empty one) would write

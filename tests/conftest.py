@@ -365,7 +365,9 @@ class DatabaseLock:
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run",
-                 "--host-resolver-rules=MAP *.localhost 127.0.0.1"]
+                 # example.test (the tests' domain) too: admin.example.test over plain HTTP is
+                 # not a secure context, as an owner's admin.D is before HTTPS
+                 "--host-resolver-rules=MAP *.localhost 127.0.0.1, MAP *.example.test 127.0.0.1"]
 
 
 @pytest.fixture(scope="session")

@@ -172,3 +172,23 @@ def test_every_view_opens_without_a_script_error(new_page, server: Server):
         page.wait_for_selector(f"body[data-view={view}]")
         page.wait_for_load_state("networkidle")
         assert errors == [], (route, errors)
+
+
+def test_copying_a_new_token_over_plain_http_selects_it(new_page, server: Server):
+    """At http://admin.D (HTTPS not on yet) the page is no secure context: there is no
+    navigator.clipboard, and the Copy button threw a TypeError and did nothing."""
+    base = f"http://admin.example.test:{server.port}"
+    page = new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    sign_in(page, base)
+    page.click("[data-nav=tokens]")
+    page.fill("#token-name", "laptop")
+    page.click("#token-create")
+    page.wait_for_selector("#token-new:not([hidden])")
+    token = page.text_content("#token-value")
+    assert token
+    page.click("#token-copy")
+    page.wait_for_selector("#notice:has-text('Ctrl+C')")
+    assert page.evaluate("String(window.getSelection())") == token
+    assert errors == []

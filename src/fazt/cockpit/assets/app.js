@@ -475,6 +475,19 @@ async function createToken(event) {
   loadTokens();
 }
 
+// Over plain HTTP (admin.D before HTTPS is on) the page is not a secure context and
+// navigator.clipboard is undefined: the button threw and did nothing. The token is
+// selected instead, for Ctrl+C.
+function copyToken() {
+  const value = $("token-value");
+  const byHand = () => {
+    window.getSelection().selectAllChildren(value);
+    notice("Selected: copy it with Ctrl+C (or ⌘C).", true);
+  };
+  if (!navigator.clipboard) { byHand(); return; }
+  navigator.clipboard.writeText(value.textContent).then(() => notice("Copied."), byHand);
+}
+
 // -- settings ------------------------------------------------------------------
 
 async function loadSettings() {
@@ -659,8 +672,7 @@ async function start() {
   $("token-form").addEventListener("submit", createToken);
   $("domain-form").addEventListener("submit", addDomain);
   $("import-form").addEventListener("submit", importCertificate);
-  $("token-copy").addEventListener("click", () =>
-    navigator.clipboard.writeText($("token-value").textContent).then(() => notice("Copied."), () => notice("Select and copy it by hand.", true)));
+  $("token-copy").addEventListener("click", copyToken);
   $("logs-refresh").addEventListener("click", () => loadLogs($("logs-refresh").dataset.site));
   $("env-form").addEventListener("submit", setEnv);
   $("settings-reset-all").addEventListener("click", (event) => resetSettings(null, event.currentTarget));

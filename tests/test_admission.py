@@ -526,6 +526,8 @@ def test_large_downloads_past_max_streams_get_503(live: Server, db_path):
         r = requests.get(live.url("/movie.bin"), headers={"Host": "big.localhost"}, timeout=5)
         assert r.status_code == 503 and int(r.headers["Retry-After"]) >= 1
         assert r.json()["error"]["code"] == "too_many_downloads"
+        # an error, not the file: none of its validators or max-age (a cache kept the 503)
+        assert "ETag" not in r.headers and "max-age" not in r.headers.get("Cache-Control", "")
         assert live.get("/", host="big.localhost").text == "big site"  # small files still go
     finally:
         for s in stalled:

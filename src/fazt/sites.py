@@ -253,10 +253,18 @@ class SiteResource:
     def _body(self, resp: falcon.Response, site: str, info: FileInfo, body: Body,
               start: int, end: int) -> None:
         vfs = self.instance.vfs
-        if vfs.is_large(body):
-            resp.stream = vfs.stream(body, start, end)
-        else:
-            resp.data = vfs.content(site, info, body)[start:end]
+        try:
+            if vfs.is_large(body):
+                resp.stream = vfs.stream(body, start, end)
+            else:
+                resp.data = vfs.content(site, info, body)[start:end]
+        except FaztError:
+            # An error (too many downloads, a file redeployed meanwhile), not the file: none
+            # of the file's headers, which said its JSON was compressed (Content-Encoding)
+            # and let a cache keep it for the file's max-age (see the 416 above).
+            for name in FILE_HEADERS:
+                resp.delete_header(name)
+            raise
 
     def _run(self, req: falcon.Request, resp: falcon.Response, site: str, script: FileInfo) -> None:
         limit = js_body_limit(self.instance.config)
@@ -404,6 +412,11 @@ def may_compress(status: int, headers: dict[str, tuple[str, str]]) -> bool:
     compressed when its body's size is in range and the client takes an encoding."""
     return (status not in (204, 206, 304) and compressible(headers["content-type"][1])
             and not {"content-encoding", "etag", "content-range"} & headers.keys())
+
+
+# What static_headers (and a range) say of a file: dropped when its body fails (_body)
+FILE_HEADERS = ("ETag", "Cache-Control", "Vary", "Content-Type", "Content-Encoding",
+                "Accept-Ranges", "Content-Length", "Content-Range")
 
 
 def _set_headers(resp: falcon.Response, headers: Iterable[tuple[str, str]]) -> None:

@@ -536,6 +536,38 @@ def test_large_downloads_past_max_streams_get_503(live: Server, db_path):
         "Host": "big.localhost"}, timeout=30).status_code == 200)
 
 
+def test_one_address_gets_its_share_of_the_large_downloads_not_all(live: Server, db_path):
+    """One machine that opened `max_streams` downloads and read a byte a minute held every
+    large file of every site at 503 for everyone. An address holds an eighth of them (at
+    least four); past that its next one gets 429, and the others' downloads still go."""
+    _config(live, db_path, max_streams=16)
+    request = b"GET /movie.bin HTTP/1.1\r\nHost: big.localhost\r\n\r\n"
+    stalled = []
+
+    def download(source: str, last: bytes = b"") -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", live.port), source_address=(source, 0))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.settimeout(10)
+        s.sendall(request[:-2] + last + b"\r\n")
+        stalled.append(s)
+        return s
+
+    try:
+        for _ in range(4):
+            assert download("127.0.0.2").recv(64).startswith(b"HTTP/1.1 200")
+        refused = download("127.0.0.2", b"Connection: close\r\n")
+        answer = b""
+        while piece := refused.recv(65536):
+            answer += piece
+        head = answer.split(b"\r\n\r\n")[0].decode().lower()
+        assert head.startswith("http/1.1 429") and "retry-after: 5" in head
+        assert b"too_many_downloads" in answer and "etag" not in head
+        assert download("127.0.0.3").recv(64).startswith(b"HTTP/1.1 200")
+    finally:
+        for s in stalled:
+            s.close()
+
+
 def test_visitors_behind_a_trusted_proxy_each_get_their_own_limits(live: Server, db_path):
     """Behind a trusted proxy every visitor shares the proxy's address: the per-request
     limits count the visitor it names in X-Forwarded-For, and the proxy's own connections

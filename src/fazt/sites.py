@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import falcon
 
+from fazt import proxies
 from fazt.compression import ON_THE_FLY_MAX, compress_answer, worth_it
 from fazt.constants import MB, SCRIPT
 from fazt.deploy import clean_path, hidden_part
@@ -214,7 +215,7 @@ class SiteResource:
                                                            *site_headers])
         _set_headers(resp, [h for h in headers if h[0] not in ("ETag", "Accept-Ranges")])
         if req.method != "HEAD":
-            self._body(resp, site, info, body, 0, body.size)
+            self._body(req, resp, site, info, body, 0, body.size)
 
     def _send(self, req: falcon.Request, resp: falcon.Response, site: str, info: FileInfo,
               site_headers: list[tuple[str, str]]) -> None:
@@ -248,14 +249,16 @@ class SiteResource:
             resp.set_header("Content-Range", f"bytes {start}-{end - 1}/{body.size}")
             resp.content_length = end - start
         if req.method != "HEAD":
-            self._body(resp, site, info, body, start, end)
+            self._body(req, resp, site, info, body, start, end)
 
-    def _body(self, resp: falcon.Response, site: str, info: FileInfo, body: Body,
-              start: int, end: int) -> None:
+    def _body(self, req: falcon.Request, resp: falcon.Response, site: str, info: FileInfo,
+              body: Body, start: int, end: int) -> None:
         vfs = self.instance.vfs
         try:
             if vfs.is_large(body):
-                resp.stream = vfs.stream(body, start, end)
+                # the client's share of the downloads: by the key its connections count under
+                resp.stream = vfs.stream(body, start, end,
+                                         proxies.address_key(req.remote_addr or "-"))
             else:
                 resp.data = vfs.content(site, info, body)[start:end]
         except FaztError:

@@ -41,7 +41,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from fazt.errors import FaztError, Unavailable
+from fazt.errors import Busy, FaztError, Unavailable
 from fazt.siterules import EMPTY, HEADERS, REDIRECTS, SiteRules, parse_headers, parse_redirects
 from fazt.store import Database
 from fazt.store.files import (
@@ -78,6 +78,20 @@ class TooManyStreams(Unavailable):
 
     code = "too_many_downloads"
     retry_after = 5
+
+
+class TooManyStreamsHere(Busy):
+    """This address holds its share of the large downloads already (429, Retry-After)."""
+
+    code = "too_many_downloads"
+    retry_after = 5
+
+
+# One address may hold this share of `max_streams` (at least STREAMS_ADDRESS_MIN): else
+# one machine opens `max_streams` downloads of a large file, reads a byte a minute, and
+# every other visitor's large file is a 503 for as long as it likes.
+STREAMS_SHARE = 8
+STREAMS_ADDRESS_MIN = 4
 
 
 class Stale(Unavailable):
@@ -234,6 +248,7 @@ class VFS:
         self.leases = Leases()
         self.max_streams: int | None = None  # `max_streams`, set by the instance
         self.streams = 0  # open now
+        self._client_streams: Counter[str] = Counter()  # open now, by client address key
         self._streams_lock = threading.Lock()
 
     def pin_site(self, site: str) -> int:
@@ -405,27 +420,49 @@ class VFS:
             self.cache.put(body.sha256, data)  # callers stream large files, never ask here
         return data
 
-    def stream(self, body: Body, start: int = 0, end: int | None = None) -> "ChunkStream":
+    def stream(self, body: Body, start: int = 0, end: int | None = None,
+               client: str | None = None) -> "ChunkStream":
         """A stream that holds the body's blob until it is closed (see Leases).
 
         At most `max_streams` at once: each holds a chunk or two however slowly its client
-        reads, so their count, not the connections', bounds that memory."""
+        reads, so their count, not the connections', bounds that memory. And at most
+        `address_streams` of them for one `client` (its `proxies.address_key`)."""
         with self._streams_lock:
-            if self.max_streams is not None and self.streams >= self.max_streams:
-                raise TooManyStreams(f"{self.streams} large downloads are running, as many "
-                                     "as this server holds at once; try again shortly.")
+            if self.max_streams is not None:
+                if client is not None and \
+                        self._client_streams[client] >= self.address_streams:
+                    raise TooManyStreamsHere(
+                        f"This address is already downloading {self.address_streams} large "
+                        "files, as many as one address may at once; try again when one "
+                        "is done.")
+                if self.streams >= self.max_streams:
+                    raise TooManyStreams(f"{self.streams} large downloads are running, as "
+                                         "many as this server holds at once; try again "
+                                         "shortly.")
             self.streams += 1
+            if client is not None:
+                self._client_streams[client] += 1
         try:
-            return self._stream(body, start, end)
+            return self._stream(body, start, end, client)
         except BaseException:
-            self._stream_ended(body.blob_id)
+            self._stream_ended(body.blob_id, client)
             raise
 
-    def _stream_ended(self, blob_id: int) -> None:
+    @property
+    def address_streams(self) -> int:
+        """The large downloads one address may hold at once."""
+        return max(STREAMS_ADDRESS_MIN, (self.max_streams or 0) // STREAMS_SHARE)
+
+    def _stream_ended(self, blob_id: int, client: str | None = None) -> None:
         with self._streams_lock:
             self.streams -= 1
+            if client is not None:
+                self._client_streams[client] -= 1
+                if self._client_streams[client] <= 0:
+                    del self._client_streams[client]
 
-    def _stream(self, body: Body, start: int, end: int | None) -> "ChunkStream":
+    def _stream(self, body: Body, start: int, end: int | None,
+                client: str | None = None) -> "ChunkStream":
         self.leases.take(body.blob_id)
         try:
             with self.db.read() as conn:  # collected between lookup and lease?
@@ -439,7 +476,7 @@ class VFS:
             raise
         def ended(blob_id: int) -> None:
             self.leases.give(blob_id)
-            self._stream_ended(blob_id)
+            self._stream_ended(blob_id, client)
 
         return ChunkStream(self.db, body.blob_id, start, body.size if end is None else end,
                            self.loop, on_close=ended)

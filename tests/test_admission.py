@@ -303,6 +303,35 @@ def test_saying_host_admin_earns_a_crowd_nothing(live: Server, db_path):
             s.close()
 
 
+def test_dribbled_sign_ins_do_not_hold_every_place_from_the_owner(live: Server, db_path):
+    """Sign-ins are exempt from the shares of bodies (the owner signs in from an address a
+    crowd shares): a crowd that sent a sign-in's headers and dribbles its body held every
+    place, the reserve's too, and the owner's sign-in waited in the kernel's backlog for
+    their 408 (10 s and more). Such a sign-in is closable as headers still arriving are:
+    its client gets 503 + Retry-After, gracefully, and the owner gets in."""
+    _config(live, db_path, connection_limit=64, address_connections=100000)
+    squat = crowd(live.port, 200, b"POST /api/login HTTP/1.1\r\nHost: admin.localhost\r\n"
+                                  b"X-Fazt-Request: 1\r\nContent-Type: application/json\r\n"
+                                  b"Content-Length: 8000\r\n\r\n{\"username\": \"")
+    try:
+        time.sleep(0.5)  # quiet for longer than MIN_QUIET
+        for _ in range(3):
+            signed, took = sign_in(live, timeout=5)
+            assert signed == 200 and took < 2.0, (signed, took)
+        answers = []
+        for s in squat:
+            s.setblocking(False)
+            try:
+                answers.append(s.recv(4096))
+            except BlockingIOError:
+                pass  # still in place: the limit holds some of them
+        assert answers and all(a.startswith(b"HTTP/1.1 503") and b"Retry-After" in a
+                               for a in answers), {a[:20] for a in answers}  # no reset
+    finally:
+        for s in squat:
+            s.close()
+
+
 @pytest.mark.client_timeout(4)  # a body's rate is checked after 4 s instead of 10
 def test_slow_bodies_do_not_hold_the_owner_or_the_sites(live: Server, db_path):
     """Connections that announce a body and trickle it: the owner signs in and sites

@@ -7,7 +7,8 @@ The rules, in the order a connection meets them:
    as two, its memory being twice an idle plain one's: tls.py), room is made by
    closing a connection *between requests*, never one whose request has
    arrived and never one that has spoken to the cockpit: first one that has
-   not completed a request yet (silent, or still sending its headers) for
+   not completed a request yet (silent, still sending its headers, or a sign-in
+   still sending its few bytes of body: sign-ins are exempt from 3) for
    MIN_QUIET seconds, else a keep-alive idle for IDLE_EVICT seconds. A client
    in use sends its next request well within IDLE_EVICT; closing its
    connection then would race that request into a reset (HTTP allows the

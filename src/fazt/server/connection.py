@@ -435,6 +435,12 @@ class Connection:
         self.body_bytes = 0
         parser.body_rcv.buf = Spool(self.server.spool_folder)
         self.state, self.since = BODY, time.monotonic()
+        if verdict.exempt:
+            # A sign-in's few hundred bytes come with its headers. One that dribbles may be
+            # closed to make room, as headers still arriving are: sign-ins are exempt from
+            # the shares of bodies, and a crowd of dribbling ones held every place (the
+            # reserve's too) and kept the owner in the kernel's backlog for their 408.
+            self.server.admission.quiet_again(self)
         if parser.expect_continue:
             self.send(b"HTTP/1.1 100 Continue\r\n\r\n")
 
@@ -456,6 +462,7 @@ class Connection:
             self.parse()  # what arrived of the body with the headers
 
     def body_done(self) -> None:
+        self.server.admission.busy(self)  # a sign-in's was closable until whole
         self.server.admission.body_ended(self)
         parser = self.parser
         if parser.error is not None:
@@ -785,7 +792,7 @@ class Connection:
         still being sent gets an explicit 503, and the close is a half-close that reads and
         drops what still arrives until the client closes too (or LINGER passes)."""
         self.server.admission.left(self)  # the room is free now, whatever the linger takes
-        if self.state == HEADERS:
+        if self.state in (HEADERS, BODY):  # BODY: a sign-in's, the one body closable
             self.refuse(Refusal(503, "over_capacity", "The server is at its connection "
                                 "limit; try again shortly.", 2, close=True))
         else:

@@ -390,7 +390,7 @@ def _as_sent(answer: JsResponse, accept_encoding: str | None
     otherwise (an answer may be personal: no shared cache should keep it), and an answer
     of 1 KiB to ON_THE_FLY_MAX in a compressible type compressed for a client that takes
     it, unless the handler encoded it or gave it an ETag of its own."""
-    headers = {name.lower(): (name, value) for name, value in answer.headers.items()}
+    headers = keyed_headers(answer.headers)
     headers.setdefault("cache-control", ("Cache-Control", "no-store"))
     body = answer.body
     if compressed_size(len(body)) and may_compress(answer.status, headers):
@@ -403,6 +403,12 @@ def _as_sent(answer: JsResponse, accept_encoding: str | None
                 headers["content-encoding"] = ("Content-Encoding", coding)
                 body = packed
     return headers, body
+
+
+def keyed_headers(headers: dict[str, str]) -> dict[str, tuple[str, str]]:
+    """A handler's headers by their lowercased names, as `_as_sent` and `may_compress`
+    key them."""
+    return {name.lower(): (name, value) for name, value in headers.items()}
 
 
 def compressed_size(size: int) -> bool:

@@ -51,6 +51,7 @@ from fazt.sites import (
     compressed_size,
     handler_request,
     js_body_limit,
+    keyed_headers,
     may_compress,
     run_handler,
     shape_answer,
@@ -210,19 +211,17 @@ class JsPath:
             status, sent, body = self._error(raw, headers, 500, "internal_error",
                                              "Something went wrong on the server; it is logged.")
             cookies = []
-        instance.rate.hit()
         if hsts_on:
             for name, value in hsts(instance.config):
                 sent[name.lower()] = (name, value)
-        data = self._render(status, sent, cookies, body, method, close)
-        if plan_key is not None:
-            self._plan(plan_key, status, sent, close, sized)
-        self.answered += 1
-        self.on_loop_answers += on_loop
-        if self.log is not None:
-            self.log.write(line(conn.ip, headers.get("HOST"), method, raw, str(status),
-                                (time.monotonic() - began) * 1000))
-        return data, close
+        bodiless = status in _BODILESS
+        head = _head_of(status, sent, cookies, bodiless, close)
+        if plan_key is not None and len(head) <= _HEADS_SIZE:
+            if len(_PLANS) >= _HEADS_COUNT:
+                _PLANS.clear()
+            _PLANS[plan_key] = (str(status), head, bodiless, sized)
+        self._answered(conn, headers, method, raw, str(status), began, on_loop)
+        return _framed(head, body, bodiless, method), close
 
     def _planned(self, conn, parser, plan: tuple, text: str, method: str, raw: str,
                  began: float, close: bool) -> tuple[bytes, bool] | None:
@@ -232,26 +231,18 @@ class JsPath:
         body = text.encode("utf-8", "replace")  # as response.read_answer encodes it
         if sized and compressed_size(len(body)):
             return None
-        data = head.format(length=len(body), date=responses.http_date()).encode("latin-1")
-        if not bodiless and method != "HEAD":
-            data += body
+        self._answered(conn, parser.headers, method, raw, status, began, True)
+        return _framed(head, body, bodiless, method), close
+
+    def _answered(self, conn, headers: dict, method: str, raw: str, status: str,
+                  began: float, on_loop: bool) -> None:
+        """Count an answer and write its request log line."""
         self.instance.rate.hit()
         self.answered += 1
-        self.on_loop_answers += 1
+        self.on_loop_answers += on_loop
         if self.log is not None:
-            self.log.write(line(conn.ip, parser.headers.get("HOST"), method, raw, status,
+            self.log.write(line(conn.ip, headers.get("HOST"), method, raw, status,
                                 (time.monotonic() - began) * 1000))
-        return data, close
-
-    @staticmethod
-    def _plan(key: tuple, status: int, sent: dict, close: bool, sized: bool) -> None:
-        """Remember how a handler's usual answer was rendered, for the next time."""
-        bodiless = status in _BODILESS
-        head = _head(status, sent, [], bodiless, close)
-        if len(head) <= _HEADS_SIZE:
-            if len(_PLANS) >= _HEADS_COUNT:
-                _PLANS.clear()
-            _PLANS[key] = (str(status), head, bodiless, sized)
 
     def _run(self, parser, method: str, path: str, site: str, script: FileInfo, tls: bool,
              on_loop: bool):
@@ -278,24 +269,26 @@ class JsPath:
             sent["retry-after"] = ("Retry-After", str(retry_after))
         return status, sent, text.encode("utf-8")
 
-    @staticmethod
-    def _render(status: int, sent: dict, cookies: list[str], body: bytes, method: str,
-                close: bool) -> bytes:
-        """Status line, headers and body, framed as Falcon and Waitress frame them."""
-        bodiless = status in _BODILESS
-        if cookies:  # a cookie is often one visitor's: not worth remembering
-            head = _head(status, sent, cookies, bodiless, close)
-        else:
-            key = (status, tuple(sent.values()), bodiless, close)
-            head = _HEADS.get(key)
-            if head is None:
-                head = _head(status, sent, cookies, bodiless, close)
-                if len(head) <= _HEADS_SIZE:
-                    if len(_HEADS) >= _HEADS_COUNT:
-                        _HEADS.clear()
-                    _HEADS[key] = head
-        data = head.format(length=len(body), date=responses.http_date()).encode("latin-1")
-        return data if bodiless or method == "HEAD" else data + body
+
+def _head_of(status: int, sent: dict, cookies: list[str], bodiless: bool, close: bool) -> str:
+    """The head for an answer (`_head`), remembered in _HEADS when it has no cookie."""
+    if cookies:  # a cookie is often one visitor's: not worth remembering
+        return _head(status, sent, cookies, bodiless, close)
+    key = (status, tuple(sent.values()), bodiless, close)
+    head = _HEADS.get(key)
+    if head is None:
+        head = _head(status, sent, cookies, bodiless, close)
+        if len(head) <= _HEADS_SIZE:
+            if len(_HEADS) >= _HEADS_COUNT:
+                _HEADS.clear()
+            _HEADS[key] = head
+    return head
+
+
+def _framed(head: str, body: bytes, bodiless: bool, method: str) -> bytes:
+    """Status line, headers and body, framed as Falcon and Waitress frame them."""
+    data = head.format(length=len(body), date=responses.http_date()).encode("latin-1")
+    return data if bodiless or method == "HEAD" else data + body
 
 
 # Rendered heads by status, headers and framing, as format strings with the length and the
@@ -320,8 +313,7 @@ def _plan_kind(checked) -> bool | None:
     bodies of sizes never compressed: `compressed_size`)."""
     if checked.error is not None or checked.cookies:
         return None
-    sized = may_compress(checked.status, {name.lower(): (name, value)
-                                          for name, value in checked.headers.items()})
+    sized = may_compress(checked.status, keyed_headers(checked.headers))
     if sized and compressed_size(len(checked.body)):
         return None
     return sized

@@ -42,6 +42,16 @@ def fazt(*args: str, check: bool = True, env: dict | None = None, timeout: float
     return result
 
 
+def foreign_database(path: Path) -> bytes:
+    """Another program's SQLite database at `path` (a --db given by mistake): its bytes."""
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE notes (body TEXT)")
+    conn.execute("INSERT INTO notes VALUES ('keep me')")
+    conn.commit()
+    conn.close()
+    return path.read_bytes()
+
+
 def configure(db: Path, **values: str) -> None:
     """Settings written in this process, as `fazt config set` writes each, all at once
     (a `fazt` process costs ~0.5 s here)."""

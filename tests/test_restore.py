@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import Admin, Server, eventually, fazt, fazt_env, init_db, zip_of
+from conftest import Admin, Server, eventually, fazt, fazt_env, foreign_database, init_db, zip_of
 
 
 def _sites(db: Path) -> dict:
@@ -95,12 +95,7 @@ def test_another_programs_database_is_never_restored_over(db_path, tmp_path):
     backup = tmp_path / "backup.db"
     fazt("backup", str(backup), "--db", str(db_path))
     other = tmp_path / "notes.sqlite"
-    conn = sqlite3.connect(other)
-    conn.execute("CREATE TABLE notes (body TEXT)")
-    conn.execute("INSERT INTO notes VALUES ('keep me')")
-    conn.commit()
-    conn.close()
-    before = hashlib.sha256(other.read_bytes()).hexdigest()
+    before = hashlib.sha256(foreign_database(other)).hexdigest()
     result = fazt("restore", str(backup), "--db", str(other), check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert "not a fazt one" in result.stderr

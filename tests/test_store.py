@@ -8,7 +8,7 @@ import sys
 import tempfile
 
 import pytest
-from conftest import fazt_env
+from conftest import fazt_env, foreign_database
 
 from fazt.errors import FaztError
 from fazt.store import open_database
@@ -62,12 +62,7 @@ def test_open_leaves_a_file_it_did_not_make_untouched(tmp_path):
     """--db naming another program's SQLite file, or an empty one, by mistake: refused,
     and the file keeps its bytes (no fazt tables written in, no switch to WAL)."""
     other = tmp_path / "notes.db"
-    conn = sqlite3.connect(other)
-    conn.execute("CREATE TABLE notes (text TEXT)")
-    conn.execute("INSERT INTO notes VALUES ('precious')")
-    conn.commit()
-    conn.close()
-    before = other.read_bytes()
+    before = foreign_database(other)
     with pytest.raises(FaztError, match="not a fazt one"):
         open_database(str(other))
     assert other.read_bytes() == before
